@@ -1,0 +1,70 @@
+"""What the example services share: their database session and injected faults."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from workflows import PermanentError, get_runtime
+from workflows.db import session_factory
+
+from .models import Fault
+
+SERVICES = ("inventory", "payment", "shipping", "notification")
+
+
+class TransientServiceError(Exception):
+    """A failure that may go away (a timeout, a 503): retried by the default policy."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    factory = session_factory(get_runtime().settings.resolved_database_url())
+    with factory.begin() as s:
+        yield s
+
+
+def check_fault(service: str, operation: str) -> None:
+    """Raise the armed failure of `service`, if any, consuming one of its remaining calls.
+
+    Consumed in its own committed statement so a failure is counted even though the caller's
+    transaction rolls back.
+    """
+    factory = session_factory(get_runtime().settings.resolved_database_url())
+    with factory.begin() as fs:
+        row = fs.execute(update(Fault).where(Fault.service == service, Fault.remaining > 0,
+                                             Fault.operation.in_([operation, "any"]))
+                         .values(remaining=Fault.remaining - 1)
+                         .returning(Fault.permanent, Fault.message)).first()
+    if row is None:
+        return
+    permanent, message = row
+    if permanent:
+        raise PermanentError(f"{service}: {message}")
+    raise TransientServiceError(f"{service}: {message}")
+
+
+def arm_fault(service: str, times: int = 1, *, permanent: bool = True, message: str = "injected failure",
+              operation: str = "action") -> None:
+    """Make the next `times` calls of `service` fail. `operation`: action, compensation or any."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    if operation not in ("action", "compensation", "any"):
+        raise ValueError("operation must be 'action', 'compensation' or 'any'")
+    if times < 0:
+        raise ValueError("times must be >= 0")
+    with transaction() as s:
+        s.execute(delete(Fault).where(Fault.service == service))
+        s.add(Fault(service=service, remaining=times, permanent=permanent, message=message, operation=operation))
+
+
+def clear_faults() -> None:
+    with transaction() as s:
+        s.execute(delete(Fault))

@@ -1,0 +1,21 @@
+"""Saga orchestration on Celery: declare sagas, run them, query every transition.
+
+    from workflows import Saga, Step, RetryPolicy, step_task, start_saga, get_saga
+"""
+from .client import get_saga, list_sagas, start_saga, wait_for
+from .definition import Saga, Step, register_saga, registry
+from .engine import RunStatus, StepStatus
+from .errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput, InvalidOperation,
+                     PermanentError, RetryableError, SagaError, SagaNotFound, UnknownSaga)
+from .retry import RetryPolicy
+from .runtime import get_runtime, install
+from .steps import StepContext, step_task
+from .views import DeadLetterView, EventView, SagaView, StepView
+
+__all__ = [
+    "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "IdempotencyConflict",
+    "InvalidInput", "InvalidOperation", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
+    "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepStatus", "StepView",
+    "UnknownSaga", "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
+    "start_saga", "step_task", "wait_for",
+]

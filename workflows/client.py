@@ -1,0 +1,56 @@
+"""Starting and reading sagas: what a web app or script calls."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .definition import Saga, registry
+from .errors import SagaError
+from .orchestrator import publish_start
+from .runtime import get_runtime
+from .views import SagaView
+
+
+def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
+               saga_id: str | None = None) -> str:
+    """Validate, record the run with all its steps in one transaction, publish its start.
+
+    Returns the saga id. The same idempotency key with the same input returns the same id
+    (and publishes nothing new); with a different input it raises `IdempotencyConflict`.
+    Bad input raises `InvalidInput` and writes nothing. If the broker is down after the run
+    was recorded, the error propagates and the sweeper starts the run once the broker is back.
+    """
+    rt = get_runtime()
+    definition = registry.get(saga if isinstance(saga, str) else saga.name)
+    if not isinstance(saga, str) and saga != definition:
+        raise SagaError(f"saga {saga.name!r} is not the registered definition of that name")
+    clean = definition.validate_input(data)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
+        raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
+    run_id, created = rt.store.create_run(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id,
+                                          start_grace=rt.settings.start_grace)
+    if created:
+        publish_start(rt, run_id)
+    return run_id
+
+
+def get_saga(saga_id: str) -> SagaView:
+    """The run's state, every step, its history and its dead letters. Raises `SagaNotFound`."""
+    return get_runtime().store.get(saga_id)
+
+
+def list_sagas(*, state: str | None = None, saga_type: str | None = None, limit: int = 50,
+               offset: int = 0) -> tuple[list[SagaView], int]:
+    return get_runtime().store.list(state=state, saga_type=saga_type, limit=limit, offset=offset)
+
+
+def wait_for(saga_id: str, timeout: float = 30.0, poll: float = 0.05) -> SagaView:
+    """Poll until the run is terminal (for scripts and tests); raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = get_saga(saga_id)
+        if view.terminal:
+            return view
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"saga {saga_id} is still {view.state} after {timeout}s")
+        time.sleep(poll)

@@ -1,0 +1,97 @@
+"""Database engines and migrations, chosen by URL: PostgreSQL in production, SQLite embedded.
+
+One engine per process and URL, created lazily (never inherited across a fork: call
+`dispose_engines()` in a child). SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE`, so
+concurrent writers in several worker processes queue up instead of failing.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+_sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_engine(url: str) -> Engine:
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = _create(url)
+                _engines[key] = engine
+    return engine
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    key = (os.getpid(), url)
+    factory = _sessions.get(key)
+    if factory is None:
+        factory = sessionmaker(get_engine(url), expire_on_commit=False)
+        _sessions[key] = factory
+    return factory
+
+
+def dispose_engines() -> None:
+    """Forget engines created by another process (after fork) and close our own."""
+    with _lock:
+        for (pid, _), engine in list(_engines.items()):
+            engine.dispose(close=pid == os.getpid())
+        _engines.clear()
+        _sessions.clear()
+
+
+def _create(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+            # Take the write lock up front: a deferred transaction that reads, then writes, would
+            # fail with SQLITE_BUSY when another process committed in between.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str) -> None:
+    """Bring the schema at `url` to the newest revision (idempotent)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+def downgrade_all(url: str) -> None:
+    """Drop every table the migrations made (tests and `sagas migrate --reset`)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), "base")

@@ -1,0 +1,92 @@
+"""The dead-letter queue: tasks whose retries ran out, kept for an operator.
+
+Each dead letter is a row in `dead_letters` (the record: message, exception, traceback) and a
+copy in the broker queue `dead_letter` (for tools that watch queues). Operations work on the
+rows: list, show, redrive (once: the row moves from OPEN to REDRIVEN in the same transaction
+that decides what the redrive does), discard (with a reason).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from .definition import registry
+from .engine import Resume
+from .errors import InvalidOperation
+from .runtime import Runtime, get_runtime
+from .views import DeadLetterView
+
+Redriver = Callable[[Runtime, DeadLetterView, str, str], None]
+redrivers: dict[str, Redriver] = {}
+"""How to redrive a dead letter of each kind; the choreography registers 'event'."""
+
+
+def list_dead_letters(status: str | None = "OPEN", saga_id: str | None = None, limit: int = 100) -> list[DeadLetterView]:
+    return get_runtime().store.dead_letters(status=status, saga_id=saga_id, limit=limit)
+
+
+def get_dead_letter(dl_id: str) -> DeadLetterView:
+    return get_runtime().store.dead_letter(dl_id)
+
+
+def redrive(dl_id: str, *, who: str = "operator", reason: str = "") -> DeadLetterView:
+    """Publish the dead letter's work again, once. A second redrive raises `InvalidOperation`."""
+    rt = get_runtime()
+    dl = rt.store.dead_letter(dl_id)
+    if dl.status != "OPEN":
+        raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
+    redriver = redrivers.get(dl.kind)
+    if redriver is None:
+        raise InvalidOperation(f"dead letters of kind {dl.kind!r} cannot be redriven")
+    redriver(rt, dl, who, reason)
+    return rt.store.dead_letter(dl_id)
+
+
+def discard(dl_id: str, *, who: str = "operator", reason: str) -> DeadLetterView:
+    if not reason:
+        raise InvalidOperation("discarding a dead letter needs a reason")
+    rt = get_runtime()
+    dl = rt.store.dead_letter(dl_id)
+    with rt.store.sessions.begin() as s:
+        if not rt.store.resolve_dead_letter(s, dl_id, "DISCARDED", f"discarded by {who}: {reason}"):
+            raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
+    if dl.saga_id:
+        rt.store.record(dl.saga_id, "DeadLetterDiscarded", step=dl.step, dead_letter=dl_id, who=who, reason=reason)
+    return rt.store.dead_letter(dl_id)
+
+
+def _claim(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> Callable[[Session, object, object], None]:
+    """A before-commit hook that moves the dead letter to REDRIVEN, or aborts the transition."""
+
+    def hook(s: Session, _t: object, _dl: object) -> None:
+        if not rt.store.resolve_dead_letter(s, dl.id, "REDRIVEN", f"redriven by {who}: {reason}".strip(": ")):
+            raise InvalidOperation(f"dead letter {dl.id} was handled already")
+
+    return hook
+
+
+def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
+    from .orchestrator import publish_command
+
+    assert dl.saga_id and dl.step
+    run = rt.store.load(dl.saga_id)
+    saga = registry.get(run.saga_type)
+    applied = rt.store.apply(saga, dl.saga_id, Resume(dl.step, reason or f"redrive of dead letter {dl.id}", who),
+                             by=f"operator:{who}", timing=rt.timing, before_commit=_claim(rt, dl, who, reason))
+    if applied.transition is None:
+        raise InvalidOperation(f"cannot redrive: {applied.ignored}")
+    assert applied.transition.command is not None
+    publish_command(rt, applied.transition.after, applied.transition.command)
+
+
+def _redrive_action(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
+    run = rt.store.load(dl.saga_id or "")
+    raise InvalidOperation(
+        f"the action of step {dl.step!r} ran out of retries and saga {dl.saga_id} went on to compensate "
+        f"(it is {run.status.value}); there is nothing to redrive: discard this dead letter, or start "
+        "a new saga")
+
+
+redrivers["compensation"] = _redrive_compensation
+redrivers["action"] = _redrive_action

@@ -1,0 +1,59 @@
+"""Every error the saga system raises on purpose.
+
+Errors a *caller* sees (bad declaration, bad input, unknown saga, idempotency conflict)
+derive from `SagaError`. Errors a *step* raises to steer the retry policy are
+`PermanentError` (never retried) and `RetryableError` (always retried while attempts last).
+"""
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Base class of the errors this package raises to its callers."""
+
+
+class DefinitionError(SagaError, ValueError):
+    """A saga, step or retry policy was declared wrongly. The message says what to change."""
+
+
+class InvalidInput(SagaError, ValueError):
+    """A saga's input failed validation. Nothing was written."""
+
+    def __init__(self, message: str, errors: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class UnknownSaga(SagaError, LookupError):
+    """No saga definition is registered under that name."""
+
+
+class SagaNotFound(SagaError, LookupError):
+    """No saga run has that id."""
+
+
+class IdempotencyConflict(SagaError):
+    """The idempotency key was already used to start a saga with different content."""
+
+    def __init__(self, key: str, saga_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used by saga {saga_id} with a different "
+            "saga type or input; use a new key for a different request"
+        )
+        self.key = key
+        self.saga_id = saga_id
+
+
+class InvalidOperation(SagaError):
+    """An operator action does not apply to the saga or dead letter in its current state."""
+
+
+class DeadLetterNotFound(SagaError, LookupError):
+    """No dead letter has that id."""
+
+
+class PermanentError(Exception):
+    """Raise from a step to fail it at once: the error will not go away by retrying."""
+
+
+class RetryableError(Exception):
+    """Raise from a step to ask for a retry even if the policy would not retry the cause."""

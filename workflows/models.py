@@ -1,0 +1,146 @@
+"""SQLAlchemy 2 typed models of the saga store. The same tables on PostgreSQL and SQLite."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator, UniqueConstraint)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
+
+
+class SagaRow(Base):
+    """One saga run. `version` guards every transition (optimistic lock)."""
+
+    __tablename__ = "sagas"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", name="uq_sagas_idempotency_key"),
+        Index("ix_sagas_state_type", "state", "saga_type"),
+        Index("ix_sagas_deadline", "deadline_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    saga_type: Mapped[str] = mapped_column(String(100))
+    style: Mapped[str] = mapped_column(String(20), default="orchestrated")
+    state: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    input: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    input_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    caused_by: Mapped[str | None] = mapped_column(String(200))
+    """Task id of the message whose handling made the current version. Lets a redelivered
+    message find out that its own transition already committed."""
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    deadline_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    steps: Mapped[list[StepRow]] = relationship(
+        back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class StepRow(Base):
+    __tablename__ = "saga_steps"
+    __table_args__ = (
+        UniqueConstraint("saga_id", "name", name="uq_saga_steps_name"),
+        Index("ix_saga_steps_deadline", "status", "deadline_at"),
+    )
+
+    saga_id: Mapped[str] = mapped_column(ForeignKey("sagas.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(24))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    compensation_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    """Celery task id of the message in flight for this step (kept through retries)."""
+    eta: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    compensated_at: Mapped[datetime | None]
+
+    saga: Mapped[SagaRow] = relationship(back_populates="steps")
+
+
+class EventRow(Base):
+    """Append-only history of a saga: every transition, attempt, and operator action."""
+
+    __tablename__ = "saga_events"
+    __table_args__ = (Index("ix_saga_events_saga", "saga_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    saga_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(60))
+    step: Mapped[str | None] = mapped_column(String(100))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class DeadLetterRow(Base):
+    """A task whose retries ran out, with all it takes to inspect and redrive it."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_status", "status", "created_at"),
+                      Index("ix_dead_letters_saga", "saga_id"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    saga_id: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[str | None] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    """'action', 'compensation' or 'event' (a choreography handler)."""
+    task_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str | None] = mapped_column(String(100))
+    args: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    exception: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default="OPEN")
+    """OPEN, REDRIVEN or DISCARDED."""
+    resolution: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+
+
+class ProcessedEventRow(Base):
+    """(consumer, event id) pairs already handled: a duplicate insert means 'already done'."""
+
+    __tablename__ = "processed_events"
+
+    consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    saga_id: Mapped[str | None] = mapped_column(String(64))
+    processed_at: Mapped[datetime]

@@ -1,0 +1,238 @@
+"""The orchestrator: where a decision becomes a message.
+
+The hot path is one message and one transaction per step: a step task runs its function,
+then, in the same worker, records the outcome, lets the engine decide and publishes the next
+step (`run_step`). The `saga.*` tasks are the entry point (`saga.start`) and recovery
+(`saga.sweep`); operator actions call `apply_and_publish` directly.
+
+Crash safety: every message is acknowledged late, after the transition committed and its
+follow-up was published. A message redelivered after its transition committed finds the run
+one version ahead and made by itself (`caused_by`), and re-publishes the follow-up derived
+from the state (`command_for`); the follow-up's own version check makes a duplicate harmless.
+"""
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu import Queue
+
+from .definition import Saga, registry
+from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
+                     CompensationSucceeded, ErrorInfo, Outcome, RunState, Started, Transition,
+                     command_for)
+from .runtime import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
+from .steps import StepContext, StepTask, step_tasks
+from .store import Applied, MessageInfo
+
+log = logging.getLogger("workflows.orchestrator")
+
+HARD_LIMIT_GRACE = 5.0
+"""Seconds between a step's soft time limit (raises in the task) and its hard one (kills it)."""
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def message_for(run: RunState, cmd: Command) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments of a step message: saga id first (Flower shows and searches it)."""
+    s = run.step(cmd.step)
+    kwargs: dict[str, Any] = {"saga": run.saga_type, "kind": cmd.kind, "version": cmd.version,
+                              "input": run.input}
+    if cmd.kind == "action":
+        kwargs["results"] = {k: v for k, v in run.results().items() if run.step(k).index < s.index}
+        kwargs["attempt"] = s.attempts + 1
+    else:
+        kwargs["result"] = s.result
+        kwargs["attempt"] = s.compensation_attempts + 1
+    return [run.saga_id, cmd.step], kwargs
+
+
+def publish_command(rt: Runtime, run: RunState, cmd: Command) -> None:
+    args, kwargs = message_for(run, cmd)
+    rt.app.send_task(cmd.task, args=args, kwargs=kwargs, task_id=cmd.task_id, queue=rt.queue_for(cmd.task),
+                     eta=cmd.eta, soft_time_limit=cmd.time_limit, time_limit=cmd.time_limit + HARD_LIMIT_GRACE)
+    log.info("dispatched %s %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id, "step": cmd.step})
+
+
+def publish_start(rt: Runtime, saga_id: str) -> None:
+    rt.app.send_task("saga.start", args=[saga_id], queue=ORCHESTRATOR_QUEUE)
+
+
+def dead_letter_publisher(rt: Runtime, message: MessageInfo | None):  # type: ignore[no-untyped-def]
+    """A `before_commit` hook: copy a dead letter to the broker's dead-letter queue.
+
+    Published inside the transaction, before commit: if the commit then fails, the message is
+    delivered again and dead-lettered again (a duplicate in the queue, never a loss).
+    """
+
+    def hook(_session: Any, t: Transition, dl_id: str | None) -> None:
+        if dl_id is None or t.dead_letter is None:
+            return
+        dl = t.dead_letter
+        m = message or MessageInfo(dl.task, None, [t.after.saga_id, dl.step], {}, {})
+        publish_dead_letter(rt, {
+            "dead_letter_id": dl_id, "saga_id": t.after.saga_id, "step": dl.step, "kind": dl.kind,
+            "task": dl.task, "queue": m.queue, "args": m.args, "kwargs": m.kwargs, "headers": m.headers,
+            "attempts": dl.attempts, "exception": str(dl.error), "traceback": dl.error.traceback,
+            "at": datetime.now(timezone.utc).isoformat()})
+
+    return hook
+
+
+def publish_dead_letter(rt: Runtime, body: dict[str, Any]) -> None:
+    queue = Queue(DEAD_LETTER_QUEUE, durable=True)
+    with rt.app.producer_or_acquire() as producer:
+        producer.publish(body, exchange="", routing_key=DEAD_LETTER_QUEUE, declare=[queue],
+                         serializer="json", delivery_mode=2, retry=True)
+
+
+def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
+                      expected_version: int | None = None, message: MessageInfo | None = None) -> Applied:
+    """Record `outcome` in one transaction, then publish what it leads to."""
+    applied = rt.store.apply(saga, saga_id, outcome, by=by, expected_version=expected_version,
+                             timing=rt.timing, message=message,
+                             before_commit=dead_letter_publisher(rt, message))
+    if applied.transition is not None and applied.transition.command is not None:
+        publish_command(rt, applied.transition.after, applied.transition.command)
+    elif applied.own_commit:
+        republish(rt, saga, applied.state)
+    return applied
+
+
+def republish(rt: Runtime, saga: Saga, run: RunState) -> Command | None:
+    """Publish again the message `run` waits on (after a crash between commit and publish)."""
+    cmd = command_for(saga, run, rt.timing)
+    if cmd is not None:
+        log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
+        publish_command(rt, run, cmd)
+    return cmd
+
+
+# ------------------------------------------------------------------ step tasks
+
+
+def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, kind: str, version: int,
+             input: dict[str, Any], attempt: int = 1, results: dict[str, Any] | None = None,
+             result: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The body of every step task: check, run the function, record, advance."""
+    rt = get_runtime()
+    definition = registry.get(saga)
+    by = task.request.id
+    current = rt.store.current_version(saga_id)
+    if current is None:
+        log.error("message for unknown saga dropped", extra={"saga_id": saga_id, "step": step})
+        return None
+    if current != version:
+        # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered.
+        applied = rt.store.apply(definition, saga_id, _noop_outcome(kind, step), by=by,
+                                 expected_version=version, timing=rt.timing)
+        if applied.own_commit:
+            republish(rt, definition, applied.state)
+        return None
+
+    ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
+                      input=input, results=results or {}, result=result)
+    index = definition.index_of(step)
+    policy = definition.steps[index].retry if kind == "action" else definition.steps[index].compensation_retry
+    error: BaseException | None = None
+    try:
+        out = st.fn(ctx, input)
+        value = _as_result(out, st.name)
+    except SoftTimeLimitExceeded as exc:
+        error = exc
+        limit = definition.steps[index].timeout if kind == "action" else definition.steps[index].effective_compensation_timeout
+        reason = f"exceeded its time limit of {limit:g}s"
+        outcome: Outcome = (ActionTimedOut(step, reason) if kind == "action" else
+                            CompensationFailed(step, ErrorInfo("TimeLimitExceeded", reason), True,
+                                               policy.countdown(attempt)))
+    except Exception as exc:  # the policy decides what is retryable
+        error = exc
+        info = ErrorInfo(type(exc).__name__, str(exc), tb.format_exc())
+        retryable = policy.is_retryable(exc)
+        countdown = policy.countdown(attempt)
+        outcome = (ActionFailed(step, info, retryable, countdown) if kind == "action" else
+                   CompensationFailed(step, info, retryable, countdown))
+    else:
+        outcome = ActionSucceeded(step, value) if kind == "action" else CompensationSucceeded(step)
+
+    message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
+                          kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
+                                  "attempt": attempt, "results": results, "result": result},
+                          headers={"task_id": by, "retries": task.request.retries})
+    applied = rt.store.apply(definition, saga_id, outcome, by=by, expected_version=version,
+                             timing=rt.timing, message=message, before_commit=dead_letter_publisher(rt, message))
+    t = applied.transition
+    if t is None:
+        if applied.own_commit:
+            republish(rt, definition, applied.state)
+        return None
+    cmd = t.command
+    if cmd is not None and cmd.step == step and cmd.kind == kind and cmd.task_id == by and error is not None:
+        # A retry of this very task: Celery's own retry (same task id, countdown, retries + 1).
+        args, kwargs = message_for(t.after, cmd)
+        countdown = max(0.0, (cmd.eta - datetime.now(timezone.utc)).total_seconds()) if cmd.eta else 0.0
+        raise task.retry(args=args, kwargs=kwargs, countdown=countdown, exc=error)
+    if cmd is not None:
+        publish_command(rt, t.after, cmd)
+    return None
+
+
+def _noop_outcome(kind: str, step: str) -> Outcome:
+    # Only used for a stale message: `apply` returns before the engine sees it.
+    return ActionSucceeded(step, {}) if kind == "action" else CompensationSucceeded(step)
+
+
+def _as_result(out: Any, name: str) -> dict[str, Any]:
+    import json
+
+    if out is None:
+        return {}
+    if not isinstance(out, dict):
+        raise TypeError(f"step task {name!r} must return a dict or None, not {type(out).__name__}")
+    try:
+        return json.loads(json.dumps(out))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"step task {name!r} returned a result that is not JSON: {e}") from None
+
+
+def make_step_task(app: Celery, st: StepTask) -> Task:
+    def body(self: Task, saga_id: str, step: str, **kwargs: Any) -> dict[str, Any] | None:
+        return run_step(self, st, saga_id, step, **kwargs)
+
+    body.__name__ = st.fn.__name__
+    body.__doc__ = st.fn.__doc__
+    return app.task(bind=True, name=st.name, queue=st.queue, acks_late=True, reject_on_worker_lost=True,
+                    max_retries=None, ignore_result=True, typing=False)(body)
+
+
+# ------------------------------------------------------------------ orchestrator tasks
+
+
+def register_tasks(app: Celery) -> None:
+    for st in step_tasks.all():
+        make_step_task(app, st)
+
+    @app.task(bind=True, name="saga.start", queue=ORCHESTRATOR_QUEUE, acks_late=True,
+              reject_on_worker_lost=True, ignore_result=True)
+    def start(self: Task, saga_id: str) -> None:
+        """Dispatch the first step of a recorded saga (idempotent)."""
+        rt = get_runtime()
+        try:
+            run = rt.store.load(saga_id)
+        except LookupError:
+            log.error("saga.start for unknown saga dropped", extra={"saga_id": saga_id})
+            return
+        apply_and_publish(rt, registry.get(run.saga_type), saga_id, Started(), by=self.request.id)
+
+    @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
+    def sweep(self: Task) -> dict[str, int]:
+        """Act on runs past a deadline: re-dispatch lost starts, time out lost steps."""
+        from .sweeper import sweep as run_sweep
+
+        return run_sweep(get_runtime()).counts()
+

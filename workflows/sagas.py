@@ -1,0 +1,55 @@
+"""The saga definitions this deployment runs: the example order fulfillment."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+from tasks.inventory import release_reservation, reserve_items
+from tasks.notification import send_confirmation
+from tasks.payment import CardDeclined, charge_payment, refund_payment
+from tasks.shipping import cancel_shipment, create_shipment
+
+from .definition import Saga, Step, register_saga
+from .retry import RetryPolicy
+
+
+class Item(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(gt=0, le=1000)
+    price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+
+
+class Address(BaseModel):
+    name: str = Field(min_length=1)
+    street: str = Field(min_length=1)
+    city: str = Field(min_length=1)
+    country: str = Field(min_length=2, max_length=2)
+
+
+class PaymentMethod(BaseModel):
+    card: str = Field(pattern=r"^\d{12,19}$")
+
+
+class Order(BaseModel):
+    order_id: str = Field(min_length=1, max_length=64)
+    customer_id: str = Field(min_length=1, max_length=64)
+    email: str | None = None
+    items: list[Item] = Field(min_length=1)
+    payment: PaymentMethod
+    shipping_address: Address
+
+
+order_fulfillment = register_saga(Saga(
+    "order_fulfillment",
+    input_model=Order,
+    description="Reserve stock, charge the card, book the shipment, confirm by e-mail.",
+    steps=[
+        Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
+        Step("process_payment", action=charge_payment, compensation=refund_payment, timeout=30,
+             retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
+                               non_retryable=(CardDeclined,))),
+        Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
+        Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),  # nothing to undo
+    ],
+))

@@ -1,0 +1,101 @@
+"""Step tasks: plain functions made into saga steps.
+
+    @step_task("payment.charge", queue="payment")
+    def charge_payment(ctx: StepContext, order: dict) -> dict:
+        return gateway.charge(order["total"], idempotency_key=ctx.idempotency_key)
+
+The decorator only records the function; `workflows.install(app)` (in `worker.py`) turns every
+recorded step into a Celery task named as declared, with late acks, routed to its queue. The
+decorated function stays a plain function: tests can call it directly.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import DefinitionError
+
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step knows about the saga it runs in. Immutable."""
+
+    saga_id: str
+    saga_type: str
+    step: str
+    kind: str
+    """'action' or 'compensation'."""
+    attempt: int
+    """1 for the first try, 2 for the first retry, ..."""
+    task_id: str
+    input: dict[str, Any]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Results of the steps before this one, by step name (actions)."""
+    result: dict[str, Any] | None = None
+    """The recorded result of this step's action (compensations; None if it timed out)."""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries, redeliveries and redrives: saga id + step name."""
+        return f"{self.saga_id}-{self.step}"
+
+
+StepFunction = Callable[[StepContext, dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class StepTask:
+    """A function declared as a step: its task name, queue and the function itself."""
+
+    name: str
+    queue: str
+    fn: StepFunction
+
+    def __call__(self, ctx: StepContext, data: dict[str, Any]) -> dict[str, Any] | None:
+        return self.fn(ctx, data)
+
+
+class StepTaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, StepTask] = {}
+
+    def add(self, st: StepTask) -> StepTask:
+        old = self._tasks.get(st.name)
+        if old is not None and old.fn is not st.fn and old.fn.__qualname__ != st.fn.__qualname__:
+            raise DefinitionError(f"two different functions are declared as step task {st.name!r}")
+        self._tasks[st.name] = st
+        return st
+
+    def get(self, name: str) -> StepTask | None:
+        return self._tasks.get(name)
+
+    def all(self) -> list[StepTask]:
+        return list(self._tasks.values())
+
+    def queues(self) -> set[str]:
+        return {t.queue for t in self._tasks.values()}
+
+
+step_tasks = StepTaskRegistry()
+
+
+def step_task(name: str, *, queue: str) -> Callable[[StepFunction], StepTask]:
+    """Declare `fn(ctx, data) -> dict | None` as the step task `name`, consumed from `queue`."""
+    if not isinstance(name, str) or not _TASK_NAME.match(name):
+        raise DefinitionError(f"step task name {name!r} must be dotted, like 'payment.charge'")
+    if name.startswith("saga."):
+        raise DefinitionError(f"step task name {name!r}: the 'saga.' prefix is reserved for the orchestrator")
+    if not isinstance(queue, str) or not _QUEUE.match(queue):
+        raise DefinitionError(f"step task {name!r}: queue {queue!r} must be a plain queue name")
+
+    def wrap(fn: StepFunction) -> StepTask:
+        if not callable(fn):
+            raise DefinitionError(f"step task {name!r} must decorate a function")
+        return step_tasks.add(StepTask(name=name, queue=queue, fn=fn))
+
+    return wrap

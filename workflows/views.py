@@ -1,0 +1,98 @@
+"""Read models returned by `get_saga`, `list_sagas` and the dead-letter operations."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _View:
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True)
+class StepView(_View):
+    index: int
+    name: str
+    status: str
+    attempts: int
+    compensation_attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    task_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    compensated_at: datetime | None
+    deadline_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EventView(_View):
+    id: int
+    at: datetime
+    type: str
+    step: str | None
+    attempt: int | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeadLetterView(_View):
+    id: str
+    saga_id: str | None
+    step: str | None
+    kind: str
+    task_name: str
+    queue: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    headers: dict[str, Any]
+    attempts: int
+    exception: str
+    traceback: str
+    status: str
+    resolution: str | None
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SagaView(_View):
+    id: str
+    saga_type: str
+    style: str
+    state: str
+    version: int
+    input: dict[str, Any]
+    idempotency_key: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime | None
+    steps: list[StepView] = field(default_factory=list)
+    events: list[EventView] = field(default_factory=list)
+    dead_letters: list[DeadLetterView] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("COMPLETED", "COMPENSATED", "FAILED")
+
+    def step(self, name: str) -> StepView:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def event_types(self, step: str | None = None) -> list[str]:
+        return [e.type for e in self.events if step is None or e.step == step]
