@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import random
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, update
@@ -42,27 +43,34 @@ def check_fault(service: str, operation: str) -> None:
         row = fs.execute(update(Fault).where(Fault.service == service, Fault.remaining > 0,
                                              Fault.operation.in_([operation, "any"]))
                          .values(remaining=Fault.remaining - 1)
-                         .returning(Fault.permanent, Fault.message)).first()
+                         .returning(Fault.permanent, Fault.message, Fault.rate)).first()
     if row is None:
         return
-    permanent, message = row
+    permanent, message, rate = row
+    if rate < 1.0 and random.random() >= rate:
+        return
     if permanent:
         raise PermanentError(f"{service}: {message}")
     raise TransientServiceError(f"{service}: {message}")
 
 
 def arm_fault(service: str, times: int = 1, *, permanent: bool = True, message: str = "injected failure",
-              operation: str = "action") -> None:
-    """Make the next `times` calls of `service` fail. `operation`: action, compensation or any."""
+              operation: str = "action", rate: float = 1.0) -> None:
+    """Make the next `times` calls of `service` fail. `operation`: action, compensation or any.
+
+    With `rate` < 1 each of those calls fails only with that probability (chaos testing)."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     if operation not in ("action", "compensation", "any"):
         raise ValueError("operation must be 'action', 'compensation' or 'any'")
     if times < 0:
         raise ValueError("times must be >= 0")
+    if not 0.0 < rate <= 1.0:
+        raise ValueError("rate must be in (0, 1]")
     with transaction() as s:
         s.execute(delete(Fault).where(Fault.service == service))
-        s.add(Fault(service=service, remaining=times, permanent=permanent, message=message, operation=operation))
+        s.add(Fault(service=service, remaining=times, permanent=permanent, message=message, operation=operation,
+                    rate=rate))
 
 
 def clear_faults() -> None:

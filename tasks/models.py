@@ -79,3 +79,5 @@ class Fault(ServiceBase):
     permanent: Mapped[bool]
     message: Mapped[str] = mapped_column(String(200))
     operation: Mapped[str] = mapped_column(String(40), default="action")  # action | compensation | any
+    rate: Mapped[float] = mapped_column(default=1.0)
+    """Probability that a call fails while `remaining` lasts (chaos tests use < 1)."""

@@ -158,6 +158,7 @@ def upgrade() -> None:
     sa.Column('permanent', sa.Boolean(), nullable=False),
     sa.Column('message', sa.String(length=200), nullable=False),
     sa.Column('operation', sa.String(length=40), nullable=False),
+    sa.Column('rate', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('service')
     )
     op.create_table('shipments',

@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BENCH_N ?= 500
+
+.PHONY: install demo test bench migrate worker beat flower api clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## run real sagas end to end on the embedded default (no server needed)
+	$(BIN)/python -m workflows.demo
+
+test: $(STAMP)  ## the whole suite, against the real PostgreSQL, Redis and RabbitMQ
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## throughput and latency against a bare Celery chain (Redis + PostgreSQL)
+	$(BIN)/python bench/run.py --n $(BENCH_N)
+
+migrate: $(STAMP)
+	$(BIN)/sagas migrate
+
+worker: $(STAMP)
+	$(BIN)/celery -A worker worker --loglevel=INFO
+
+beat: $(STAMP)
+	$(BIN)/celery -A worker beat --loglevel=INFO
+
+flower: $(STAMP)
+	FLOWER_UNAUTHENTICATED_API=true $(BIN)/celery -A worker flower
+
+api: $(STAMP)
+	$(BIN)/uvicorn workflows.api:app --port 8000
+
+clean:
+	rm -rf $(VENV) .saga-data .demo-data

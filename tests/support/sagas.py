@@ -1,0 +1,68 @@
+"""Sagas used only by the tests, loaded into test workers with SAGA_EXTRA_MODULES.
+
+One generic step function whose behaviour per step comes from the saga input, so each test
+builds the failure it needs: {"behaviour": {"b": {"fail": "permanent"}}}, {"fail_times": 2},
+{"sleep": 5}, {"switch": true} (fails while the Redis key switch:<saga>:<step> exists).
+Every call appends "<kind>:<step>:<attempt>" to the Redis list effects:<saga id>.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+
+_redis: redis.Redis | None = None
+
+
+def r() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    return _redis
+
+
+class Transient(Exception):
+    pass
+
+
+def behave(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    key = "behaviour" if ctx.kind == "action" else "compensation_behaviour"
+    b = data.get(key, {}).get(ctx.step, {})
+    r().rpush(f"effects:{ctx.saga_id}", f"{ctx.kind}:{ctx.step}:{ctx.attempt}")
+    if b.get("sleep"):
+        time.sleep(b["sleep"])
+    if b.get("fail") == "permanent":
+        raise PermanentError(f"{ctx.step} refuses")
+    if ctx.attempt <= b.get("fail_times", 0):
+        raise Transient(f"{ctx.step} flaked on attempt {ctx.attempt}")
+    if b.get("switch") and r().exists(f"switch:{ctx.saga_id}:{ctx.step}"):
+        raise Transient(f"{ctx.step} is switched off")
+    return {"step": ctx.step, "saw": sorted(ctx.results), "own": ctx.result}
+
+
+action = step_task("tests.action", queue="tests")(behave)
+compensate = step_task("tests.compensate", queue="tests")(behave)
+orphan = step_task("tests.orphan", queue="unconsumed")(behave)
+
+FAST = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff=2.0, max_interval=1.0)
+FAST_COMP = RetryPolicy(max_attempts=3, initial_interval=0.2, backoff=2.0, max_interval=1.0)
+
+three_steps = register_saga(Saga("tests.three", steps=[
+    Step("a", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    Step("b", action=action, compensation=None, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    Step("c", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=2),
+]))
+
+with_orphan = register_saga(Saga("tests.orphan", steps=[
+    Step("a", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    Step("lost", action=orphan, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=1),
+]))
+
+with_deadline = register_saga(Saga("tests.deadline", deadline=1.0, steps=[
+    Step("a", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    Step("slow", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+]))
