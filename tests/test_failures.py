@@ -1,0 +1,190 @@
+"""Failure paths with a real worker: retries, permanent errors, dead letters, timeouts, the
+sweeper and operator actions. Test sagas come from tests/support/sagas.py."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.support.sagas import FAST, FAST_COMP
+from workflows import InvalidOperation, get_runtime, get_saga, start_saga, wait_for
+from workflows.dead_letters import discard, list_dead_letters, redrive
+from workflows.operations import cancel, resume, retry_step
+from workflows.sweeper import sweep
+
+pytestmark = pytest.mark.usefixtures("running_worker")
+
+
+def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e.decode() for e in redis_client.lrange(f"effects:{saga_id}", 0, -1)]
+
+
+def new_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+def test_transient_failures_are_retried_with_backoff_then_succeed(redis_client):  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"a": {"fail_times": 2}}}), timeout=30)
+
+    assert view.state == "COMPLETED"
+    assert view.step("a").attempts == 3
+    failed = [e for e in view.events if e.type == "StepAttemptFailed"]
+    assert [e.attempt for e in failed] == [1, 2]
+    for e in failed:  # full jitter: within [0, the capped interval for that attempt]
+        assert 0.0 <= e.detail["retry_in"] <= FAST.interval(e.attempt) + 1e-3
+        assert "flaked on attempt" in e.detail["error"]
+    assert effects(redis_client, view.id)[:3] == ["action:a:1", "action:a:2", "action:a:3"]
+
+
+def test_permanent_error_compensates_after_one_attempt(redis_client):  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail": "permanent"}}}), timeout=30)
+
+    assert view.state == "COMPENSATED"
+    assert view.step("c").attempts == 1 and view.step("c").status == "FAILED"
+    assert "PermanentError" in view.step("c").error
+    assert view.dead_letters == []  # a permanent error is not an exhausted retry
+    assert effects(redis_client, view.id) == ["action:a:1", "action:b:1", "action:c:1", "compensation:a:1"]
+
+
+def test_exhausted_action_lands_in_dead_letter_queue_and_saga_compensates(redis_client):  # type: ignore[no-untyped-def]
+    before = redis_client.llen("dead_letter")
+
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
+
+    assert view.state == "COMPENSATED"
+    assert view.step("c").status == "FAILED" and view.step("c").attempts == FAST.max_attempts
+    [dl] = view.dead_letters
+    assert (dl.kind, dl.step, dl.task_name, dl.queue, dl.attempts) == ("action", "c", "tests.action", "tests", 3)
+    assert "Transient" in dl.exception and "Traceback" in dl.traceback
+    assert dl.args == [view.id, "c"]
+    assert redis_client.llen("dead_letter") == before + 1
+    bodies = [json.loads(m) for m in redis_client.lrange("dead_letter", 0, -1)]
+    payloads = [json.loads(__import__("base64").b64decode(b["body"])) if b.get("properties", {}).get("body_encoding") == "base64" else b["body"] for b in bodies]
+    assert any(p["dead_letter_id"] == dl.id and p["saga_id"] == view.id for p in payloads)
+    assert "DeadLettered" in view.event_types("c")
+    with pytest.raises(InvalidOperation, match="nothing to redrive"):
+        redrive(dl.id)
+
+
+def test_exhausted_compensation_fails_the_saga_then_redrive_completes_it_once(redis_client):  # type: ignore[no-untyped-def]
+    saga_id = new_id()
+    redis_client.set(f"switch:{saga_id}:a", 1)  # a's compensation fails until the switch is removed
+    data = {"behaviour": {"c": {"fail": "permanent"}}, "compensation_behaviour": {"a": {"switch": True}}}
+
+    view = wait_for(start_saga("tests.three", data, saga_id=saga_id), timeout=30)
+
+    assert view.state == "FAILED"
+    assert view.step("a").status == "COMPENSATION_FAILED"
+    assert view.step("a").compensation_attempts == FAST_COMP.max_attempts
+    assert "an operator must" in view.failure_reason
+    [dl] = [d for d in view.dead_letters if d.status == "OPEN"]
+    assert dl.kind == "compensation" and dl.step == "a"
+
+    redis_client.delete(f"switch:{saga_id}:a")  # the operator fixes the cause
+    redrive(dl.id, who="alice", reason="downstream fixed")
+    with pytest.raises(InvalidOperation):
+        redrive(dl.id, who="alice", reason="double click")
+
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    assert view.step("a").status == "COMPENSATED"
+    assert effects(redis_client, saga_id).count("compensation:a:1") == 2  # 3 failed tries, then 1 redrive
+    assert len([e for e in effects(redis_client, saga_id) if e.startswith("compensation:a")]) == 4
+    assert get_runtime().store.dead_letter(dl.id).status == "REDRIVEN"
+    resumed = [e for e in view.events if e.type == "CompensationResumed"]
+    assert len(resumed) == 1 and resumed[0].detail["who"] == "alice"
+
+
+def test_resume_and_retry_step_act_on_a_failed_saga(redis_client):  # type: ignore[no-untyped-def]
+    saga_id = new_id()
+    redis_client.set(f"switch:{saga_id}:a", 1)
+    data = {"behaviour": {"c": {"fail": "permanent"}}, "compensation_behaviour": {"a": {"switch": True}}}
+    assert wait_for(start_saga("tests.three", data, saga_id=saga_id), timeout=30).state == "FAILED"
+    with pytest.raises(InvalidOperation):
+        cancel(saga_id, reason="too late")  # only a RUNNING saga can be cancelled
+
+    redis_client.delete(f"switch:{saga_id}:a")
+    resume(saga_id, reason="fixed", who="bob")
+
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    with pytest.raises(InvalidOperation):
+        retry_step(saga_id, "a")
+    with pytest.raises(InvalidOperation):
+        resume(saga_id)
+    # the dead letter stays open until someone discards it, with a reason
+    [dl] = list_dead_letters(saga_id=saga_id)
+    assert discard(dl.id, who="bob", reason="resolved by resume").status == "DISCARDED"
+    assert "DeadLetterDiscarded" in get_saga(saga_id).event_types()
+
+
+def test_step_hanging_past_its_time_limit_is_timed_out_and_compensated(redis_client):  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"sleep": 8}}}), timeout=30)
+
+    assert view.state == "COMPENSATED"
+    assert "StepTimedOut" in view.event_types("c")
+    assert view.step("c").status == "COMPENSATED"  # outcome unknown: compensated too
+    assert "time limit of 2s" in view.step("c").error
+    assert [e.step for e in view.events if e.type == "StepCompensated"] == ["c", "a"]
+
+
+def test_step_whose_queue_has_no_consumer_is_timed_out_by_the_sweeper(redis_client):  # type: ignore[no-untyped-def]
+    saga_id = start_saga("tests.orphan", {})
+    wait_until(lambda: get_saga(saga_id).step("lost").status == "RUNNING")
+    assert get_saga(saga_id).state == "RUNNING"
+
+    deadline = get_saga(saga_id).step("lost").deadline_at
+    time.sleep(max(0.0, (deadline - get_saga(saga_id).updated_at).total_seconds()) + 0.5)
+    report = sweep(get_runtime())
+
+    assert f"{saga_id}:lost" in report.timed_out
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    assert [e.step for e in view.events if e.type == "StepCompensated"] == ["lost", "a"]
+    assert "StepTimedOut" in view.event_types("lost")
+    # a second sweep finds nothing more to do
+    assert f"{saga_id}:lost" not in sweep(get_runtime()).timed_out
+
+
+def test_saga_deadline_cancels_and_a_late_result_changes_nothing(redis_client):  # type: ignore[no-untyped-def]
+    saga_id = start_saga("tests.deadline", {"behaviour": {"slow": {"sleep": 2.5}}})
+    wait_until(lambda: get_saga(saga_id).step("slow").status == "RUNNING")
+    time.sleep(1.2)
+
+    report = sweep(get_runtime())
+
+    assert saga_id in report.cancelled
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    assert "SagaCancelled" in view.event_types()
+    # the slow step finishes after the cancel: recorded, nothing else changes
+    wait_until(lambda: "StaleMessageIgnored" in get_saga(saga_id).event_types("slow"), timeout=10)
+    after = get_saga(saga_id)
+    assert after.state == "COMPENSATED" and after.step("slow").status == "COMPENSATED"
+
+
+def test_operator_cancel_compensates_a_running_saga(redis_client):  # type: ignore[no-untyped-def]
+    saga_id = start_saga("tests.three", {"behaviour": {"b": {"sleep": 1.5}}})
+    wait_until(lambda: get_saga(saga_id).step("b").status == "RUNNING")
+
+    cancel(saga_id, reason="customer asked", who="carol")
+
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    cancelled = [e for e in view.events if e.type == "SagaCancelled"][0]
+    assert cancelled.detail == {"reason": "customer asked", "who": "carol", "by": "operator:carol"}
+    # b has no compensation, its outcome was unknown: it is skipped and said so; a is undone
+    assert [e.step for e in view.events if e.type == "StepCompensated"] == ["a"]
+    assert view.step("b").status == "TIMED_OUT"
