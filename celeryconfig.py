@@ -40,6 +40,8 @@ task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# Retries wait for their countdown in the worker's timer: check it every 0.1s, not every 1s.
+worker_timer_precision = 0.1
 
 # One queue for the orchestrator, one per service (each pool scales on its own). Queues of
 # your own step tasks are added by workflows.install(). The dead_letter queue is published to,

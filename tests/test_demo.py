@@ -1,0 +1,26 @@
+"""`make demo` on a machine with no server: SQLite and the filesystem broker, its own worker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_without_any_server_and_shows_the_four_outcomes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
+    env["SAGA_DATA_DIR"] = str(tmp_path / "data")
+
+    done = subprocess.run([sys.executable, "-m", "workflows.demo"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert f"sqlite:///{tmp_path / 'data'}" in out and "filesystem://" in out
+    assert out.count("✔") >= 4 and "✘" not in out
+    assert "StepAttemptFailed process_payment (attempt 1)" in out
+    assert "StepSucceeded process_payment (attempt 3)" in out
+    assert "StepCompensated process_payment" in out and "StepCompensated reserve_inventory" in out
+    assert (tmp_path / "data" / "sagas.db").exists()
