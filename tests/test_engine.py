@@ -1,0 +1,180 @@
+"""The pure engine: (definition, run state, outcome) -> transition. No broker, no database."""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from workflows import RetryPolicy, Saga, Step
+from workflows.engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, CompensationFailed,
+                              CompensationSucceeded, ErrorInfo, Ignored, Resume, RunState, RunStatus, Started,
+                              StepState, StepStatus, Timing, command_for, decide)
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+ERR = ErrorInfo("Boom", "it broke")
+
+SAGA = Saga("s", steps=[
+    Step("a", action="svc.a", compensation="svc.undo_a", timeout=10),
+    Step("b", action="svc.b", compensation=None, timeout=10),
+    Step("c", action="svc.c", compensation="svc.undo_c", timeout=10,
+         retry=RetryPolicy(max_attempts=3, initial_interval=1, jitter=False),
+         compensation_retry=RetryPolicy(max_attempts=2, initial_interval=1, jitter=False)),
+    Step("d", action="svc.d", compensation="svc.undo_d", timeout=10),
+])
+
+
+def fresh() -> RunState:
+    return RunState("r1", "s", RunStatus.RUNNING, 1, {"x": 1},
+                    tuple(StepState(i, s.name) for i, s in enumerate(SAGA.steps)))
+
+
+def run(*outcomes) -> RunState:  # type: ignore[no-untyped-def]
+    state = fresh()
+    for o in outcomes:
+        state = decide(SAGA, state, o, NOW).after
+    return state
+
+
+def statuses(state: RunState) -> list[str]:
+    return [s.status.value for s in state.steps]
+
+
+def test_start_dispatches_the_first_action_with_a_deadline() -> None:
+    t = decide(SAGA, fresh(), Started(), NOW)
+    assert t.command is not None
+    assert (t.command.kind, t.command.step, t.command.task, t.command.version) == ("action", "a", "svc.a", 2)
+    assert t.after.steps[0].deadline_at == NOW + timedelta(seconds=10 + Timing().dispatch_grace)
+    assert statuses(t.after) == ["RUNNING", "PENDING", "PENDING", "PENDING"]
+    assert [e.type for e in t.events] == ["SagaStarted", "StepDispatched"]
+
+
+def test_starting_twice_is_ignored() -> None:
+    with pytest.raises(Ignored):
+        decide(SAGA, run(Started()), Started(), NOW)
+
+
+def test_success_advances_and_the_last_success_completes() -> None:
+    state = run(Started(), ActionSucceeded("a", {"r": 1}), ActionSucceeded("b", {}), ActionSucceeded("c", {}))
+    t = decide(SAGA, state, ActionSucceeded("d", {"done": True}), NOW)
+    assert t.after.status == RunStatus.COMPLETED and t.command is None
+    assert statuses(t.after) == ["SUCCEEDED"] * 4
+    assert t.after.results() == {"a": {"r": 1}, "b": {}, "c": {}, "d": {"done": True}}
+    assert t.events[-1].type == "SagaCompleted"
+
+
+def test_retryable_failure_retries_with_the_same_task_id_until_attempts_run_out() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}))
+    first_id = state.step("c").task_id
+    t = decide(SAGA, state, ActionFailed("c", ERR, retryable=True, countdown=1.5), NOW)
+    assert t.command is not None and t.command.task_id == first_id and t.command.eta == NOW + timedelta(seconds=1.5)
+    assert t.after.step("c").attempts == 1 and t.after.step("c").status == StepStatus.RUNNING
+    t = decide(SAGA, t.after, ActionFailed("c", ERR, retryable=True, countdown=2), NOW)
+    t = decide(SAGA, t.after, ActionFailed("c", ERR, retryable=True, countdown=4), NOW)
+    assert t.after.step("c").status == StepStatus.FAILED and t.after.step("c").attempts == 3
+    assert t.dead_letter is not None and t.dead_letter.kind == "action" and t.dead_letter.attempts == 3
+    assert t.after.status == RunStatus.COMPENSATING
+    assert t.command is not None and (t.command.kind, t.command.step) == ("compensation", "a")
+
+
+def test_permanent_failure_compensates_at_once_without_dead_letter() -> None:
+    state = run(Started(), ActionSucceeded("a", {}))
+    t = decide(SAGA, state, ActionFailed("b", ERR, retryable=False), NOW)
+    assert t.dead_letter is None
+    assert t.after.step("b").attempts == 1 and t.after.step("b").status == StepStatus.FAILED
+    assert t.command is not None and t.command.step == "a" and t.command.kind == "compensation"
+
+
+def test_first_step_failing_compensates_nothing() -> None:
+    t = decide(SAGA, run(Started()), ActionFailed("a", ERR, retryable=False), NOW)
+    assert t.after.status == RunStatus.COMPENSATED and t.command is None
+    assert statuses(t.after) == ["FAILED", "PENDING", "PENDING", "PENDING"]
+
+
+def test_compensations_run_newest_first_and_skip_steps_without_one() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}), ActionSucceeded("c", {"id": 7}))
+    t = decide(SAGA, state, ActionFailed("d", ERR, retryable=False), NOW)
+    assert t.command is not None and t.command.step == "c"
+    t = decide(SAGA, t.after, CompensationSucceeded("c"), NOW)
+    assert t.command is not None and t.command.step == "a"  # b declares no compensation
+    t = decide(SAGA, t.after, CompensationSucceeded("a"), NOW)
+    assert t.after.status == RunStatus.COMPENSATED
+    assert statuses(t.after) == ["COMPENSATED", "SUCCEEDED", "COMPENSATED", "FAILED"]
+    assert [e.type for e in t.events] == ["StepCompensated", "CompensationSkipped", "SagaCompensated"]
+
+
+def test_timed_out_step_is_compensated_because_its_effect_is_unknown() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}))
+    t = decide(SAGA, state, ActionTimedOut("c", "lost"), NOW)
+    assert [e.type for e in t.events][:2] == ["StepTimedOut", "CompensationStarted"]
+    assert t.after.step("c").status == StepStatus.COMPENSATING  # undone in the same transition
+    assert t.command is not None and t.command.step == "c" and t.command.kind == "compensation"
+
+
+def test_exhausted_compensation_fails_the_run_and_dead_letters_it() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}), ActionSucceeded("c", {}),
+                ActionFailed("d", ERR, retryable=False))
+    t = decide(SAGA, state, CompensationFailed("c", ERR, retryable=True, countdown=1), NOW)
+    assert t.after.status == RunStatus.COMPENSATING and t.command is not None and t.command.eta is not None
+    t = decide(SAGA, t.after, CompensationFailed("c", ERR, retryable=True, countdown=1), NOW)
+    assert t.after.status == RunStatus.FAILED and t.command is None
+    assert t.after.step("c").status == StepStatus.COMPENSATION_FAILED
+    assert t.dead_letter is not None and t.dead_letter.kind == "compensation"
+    assert "operator" in (t.after.failure_reason or "")
+
+
+def test_resume_of_a_failed_run_continues_the_compensation_chain() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}), ActionSucceeded("c", {}),
+                ActionFailed("d", ERR, retryable=False), CompensationFailed("c", ERR, retryable=False))
+    assert state.status == RunStatus.FAILED
+    t = decide(SAGA, state, Resume(None, "fixed", "ops"), NOW)
+    assert t.after.status == RunStatus.COMPENSATING and t.after.step("c").compensation_attempts == 0
+    t = decide(SAGA, t.after, CompensationSucceeded("c"), NOW)
+    assert t.command is not None and t.command.step == "a"
+
+
+def test_cancel_marks_the_running_step_unknown_and_compensates_it_too() -> None:
+    state = run(Started(), ActionSucceeded("a", {}))
+    t = decide(SAGA, state, Cancel("customer asked", "ops"), NOW)
+    assert t.after.step("b").status == StepStatus.TIMED_OUT
+    # b has no compensation: a is the first to undo
+    assert t.command is not None and t.command.step == "a"
+    with pytest.raises(Ignored):
+        decide(SAGA, t.after, Cancel("again", "ops"), NOW)
+
+
+@pytest.mark.parametrize("outcome", [
+    ActionSucceeded("a", {}), ActionFailed("a", ERR, True), ActionTimedOut("a", "x"),
+])
+def test_a_late_outcome_for_a_step_that_is_no_longer_running_changes_nothing(outcome) -> None:  # type: ignore[no-untyped-def]
+    state = run(Started(), ActionTimedOut("a", "lost"))
+    with pytest.raises(Ignored) as info:
+        decide(SAGA, state, outcome, NOW)
+    assert info.value.event is not None and info.value.event.type == "OutcomeIgnored"
+
+
+def test_a_step_that_never_started_is_never_compensated() -> None:
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}), ActionFailed("c", ERR, False))
+    assert state.step("d").status == StepStatus.PENDING
+    with pytest.raises(Ignored):
+        decide(SAGA, state, CompensationSucceeded("d"), NOW)
+
+
+def test_command_for_rebuilds_the_message_a_run_waits_on() -> None:
+    t = decide(SAGA, run(Started()), ActionFailed("a", ERR, retryable=True, countdown=3), NOW)
+    assert command_for(SAGA, t.after) == t.command
+    done = run(Started(), ActionFailed("a", ERR, retryable=False))
+    assert command_for(SAGA, done) is None
+
+
+def test_every_transition_bumps_the_version_once() -> None:
+    state = fresh()
+    for o in (Started(), ActionSucceeded("a", {}), ActionFailed("b", ERR, False), CompensationSucceeded("a")):
+        t = decide(SAGA, state, o, NOW)
+        assert t.after.version == state.version + 1
+        state = t.after
+
+
+def test_decide_refuses_a_run_of_another_saga() -> None:
+    with pytest.raises(ValueError):
+        decide(SAGA, replace(fresh(), saga_type="other"), Started(), NOW)
