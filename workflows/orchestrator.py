@@ -17,6 +17,8 @@ import traceback as tb
 from datetime import datetime, timezone
 from typing import Any
 
+import kombu.exceptions
+import sqlalchemy.exc
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Queue
@@ -27,7 +29,7 @@ from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, Com
                      command_for)
 from .runtime import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
 from .steps import StepContext, StepTask, step_tasks
-from .store import Applied, MessageInfo
+from .store import Applied, ConcurrentTransition, MessageInfo
 
 log = logging.getLogger("workflows.orchestrator")
 
@@ -206,8 +208,26 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
 
     body.__name__ = st.fn.__name__
     body.__doc__ = st.fn.__doc__
-    return app.task(bind=True, name=st.name, queue=st.queue, acks_late=True, reject_on_worker_lost=True,
-                    max_retries=None, ignore_result=True, typing=False)(body)
+    return app.task(bind=True, name=st.name, queue=st.queue, ignore_result=True, typing=False,
+                    **DELIVERY_OPTIONS)(body)
+
+
+INFRASTRUCTURE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                         kombu.exceptions.OperationalError, ConcurrentTransition)
+"""The database or broker was unreachable: the step's own outcome is not in question."""
+
+DELIVERY_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "max_retries": None,
+    # An outage of the database or broker retries the whole message (Celery's autoretry, with
+    # backoff): its effects are idempotent and its transition is version-checked. Errors of the
+    # step function itself never reach this: the saga's RetryPolicy handles them in run_step.
+    "autoretry_for": INFRASTRUCTURE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+}
 
 
 # ------------------------------------------------------------------ orchestrator tasks
@@ -217,8 +237,7 @@ def register_tasks(app: Celery) -> None:
     for st in step_tasks.all():
         make_step_task(app, st)
 
-    @app.task(bind=True, name="saga.start", queue=ORCHESTRATOR_QUEUE, acks_late=True,
-              reject_on_worker_lost=True, ignore_result=True)
+    @app.task(bind=True, name="saga.start", queue=ORCHESTRATOR_QUEUE, ignore_result=True, **DELIVERY_OPTIONS)
     def start(self: Task, saga_id: str) -> None:
         """Dispatch the first step of a recorded saga (idempotent)."""
         rt = get_runtime()
