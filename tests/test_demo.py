@@ -24,3 +24,17 @@ def test_demo_runs_without_any_server_and_shows_the_four_outcomes(tmp_path: Path
     assert "StepSucceeded process_payment (attempt 3)" in out
     assert "StepCompensated process_payment" in out and "StepCompensated reserve_inventory" in out
     assert (tmp_path / "data" / "sagas.db").exists()
+
+
+def test_the_same_demo_runs_on_rabbitmq_and_postgresql() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    env["SAGA_BROKER_URL"] = os.environ["TEST_AMQP_URL"]
+    env["SAGA_DATABASE_URL"] = os.environ["TEST_PG_URL"]
+
+    done = subprocess.run([sys.executable, "-m", "workflows.demo"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "amqp://" in out and "postgresql" in out
+    assert out.count("✔") >= 4 and "✘" not in out
