@@ -188,3 +188,16 @@ def test_operator_cancel_compensates_a_running_saga(redis_client):  # type: igno
     # b has no compensation, its outcome was unknown: it is skipped and said so; a is undone
     assert [e.step for e in view.events if e.type == "StepCompensated"] == ["a"]
     assert view.step("b").status == "TIMED_OUT"
+
+
+def test_a_message_for_a_saga_type_the_worker_does_not_know_is_dead_lettered(app, redis_client):  # type: ignore[no-untyped-def]
+    saga_id = new_id()
+    before = redis_client.llen("dead_letter")
+
+    app.send_task("tests.action", args=[saga_id, "a"], queue="tests",
+                  kwargs={"saga": "tests.not_deployed", "kind": "action", "version": 1, "input": {}, "attempt": 1})
+
+    [dl] = wait_until(lambda: list_dead_letters(saga_id=saga_id))
+    assert dl.kind == "action" and dl.task_name == "tests.action" and "UnknownSaga" in dl.exception
+    assert dl.kwargs["saga"] == "tests.not_deployed"
+    assert redis_client.llen("dead_letter") == before + 1

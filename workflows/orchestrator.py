@@ -13,6 +13,8 @@ from the state (`command_for`); the follow-up's own version check makes a duplic
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import traceback as tb
 from datetime import datetime, timezone
 from typing import Any
@@ -24,6 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Queue
 
 from .definition import Saga, registry
+from .errors import UnknownSaga
 from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
                      CompensationSucceeded, ErrorInfo, Outcome, RunState, Started, Transition,
                      command_for)
@@ -115,6 +118,34 @@ def republish(rt: Runtime, saga: Saga, run: RunState) -> Command | None:
     return cmd
 
 
+def found_own_commit(rt: Runtime, saga: Saga, run: RunState, task: Task, step: str) -> None:
+    """This message's transition already committed: re-publish the follow-up only if it may be missing.
+
+    The copy that committed publishes before it is acked. So only a redelivery (that copy died)
+    or a retry of the same message (its publish failed) can owe the follow-up; a fresh duplicate
+    leaves it to the copy that committed, and duplicates do not multiply along the saga.
+    """
+    req = task.request
+    redelivered = bool((req.delivery_info or {}).get("redelivered"))
+    if redelivered or (req.retries or 0) > 0:
+        cmd = republish(rt, saga, run)
+        rt.store.record(run.saga_id, "FollowUpRepublished", step=step, by=req.id, run_version=run.version,
+                        redelivered=redelivered, retries=req.retries, task=cmd.task if cmd else None)
+    else:
+        log.warning("duplicate of %s for step %s ignored", task.name, step, extra={"saga_id": run.saga_id})
+        rt.store.record(run.saga_id, "DuplicateIgnored", step=step, by=req.id, run_version=run.version)
+
+
+def _test_crash_point(step: str) -> None:
+    """Test only: SAGA_TEST_CRASH_AFTER_COMMIT=<step> kills this pool process right after the commit,
+    before the follow-up is published; <step>:worker kills the whole worker (tests/test_crash_safety.py)."""
+    target = os.environ.get("SAGA_TEST_CRASH_AFTER_COMMIT")
+    if target and target.split(":")[0] == step:
+        if target.endswith(":worker"):
+            os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
+
+
 # ------------------------------------------------------------------ step tasks
 
 
@@ -123,8 +154,12 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
              result: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The body of every step task: check, run the function, record, advance."""
     rt = get_runtime()
-    definition = registry.get(saga)
     by = task.request.id
+    try:
+        definition = registry.get(saga)
+    except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
+        _dead_letter_unknown(rt, st, saga_id, step, saga, kind, task.request.kwargs, by, str(e))
+        return None
     current = rt.store.current_version(saga_id)
     if current is None:
         log.error("message for unknown saga dropped", extra={"saga_id": saga_id, "step": step})
@@ -134,7 +169,7 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
         applied = rt.store.apply(definition, saga_id, _noop_outcome(kind, step), by=by,
                                  expected_version=version, timing=rt.timing)
         if applied.own_commit:
-            republish(rt, definition, applied.state)
+            found_own_commit(rt, definition, applied.state, task, step)
         return None
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
@@ -168,10 +203,11 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
                           headers={"task_id": by, "retries": task.request.retries})
     applied = rt.store.apply(definition, saga_id, outcome, by=by, expected_version=version,
                              timing=rt.timing, message=message, before_commit=dead_letter_publisher(rt, message))
+    _test_crash_point(step)
     t = applied.transition
     if t is None:
         if applied.own_commit:
-            republish(rt, definition, applied.state)
+            found_own_commit(rt, definition, applied.state, task, step)
         return None
     cmd = t.command
     if cmd is not None and cmd.step == step and cmd.kind == kind and cmd.task_id == by and error is not None:
@@ -182,6 +218,19 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
     if cmd is not None:
         publish_command(rt, t.after, cmd)
     return None
+
+
+def _dead_letter_unknown(rt: Runtime, st: StepTask, saga_id: str, step: str, saga: str, kind: str,
+                         kwargs: dict[str, Any], by: str, reason: str) -> None:
+    message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step], kwargs=dict(kwargs or {}),
+                          headers={"task_id": by})
+    with rt.store.sessions.begin() as s:
+        dl_id = rt.store.add_dead_letter(s, kind=kind, task_name=st.name, message=message, saga_id=saga_id,
+                                         step=step, exception=f"UnknownSaga: {reason}")
+        publish_dead_letter(rt, {"dead_letter_id": dl_id, "saga_id": saga_id, "step": step, "kind": kind,
+                                 "task": st.name, "queue": st.queue, "args": message.args,
+                                 "kwargs": message.kwargs, "exception": f"UnknownSaga: {reason}"})
+    log.error("message for unknown saga type %s dead-lettered", saga, extra={"saga_id": saga_id, "step": step})
 
 
 def _noop_outcome(kind: str, step: str) -> Outcome:
