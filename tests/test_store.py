@@ -94,6 +94,16 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
     assert view.version == v + 1 and view.event_types().count("StepSucceeded") == 1
 
 
+def test_an_explicit_saga_id_cannot_be_used_twice(store: SagaStore) -> None:
+    from workflows.store import SagaIdTaken
+
+    saga_id = f"mine-{uuid.uuid4()}"
+    store.create_run(SAGA, {}, saga_id=saga_id)
+    with pytest.raises(SagaIdTaken, match=saga_id):
+        store.create_run(SAGA, {"other": True}, saga_id=saga_id)
+    assert counts(store, saga_id) == (1, 2, 1)
+
+
 def test_unknown_saga_id_is_not_found(store: SagaStore) -> None:
     with pytest.raises(SagaNotFound):
         store.get("nope")

@@ -24,7 +24,7 @@ from .db import session_factory
 from .definition import Saga
 from .engine import (Ignored, Outcome, RunState, RunStatus, StepState, StepStatus, Timing, Transition,
                      decide)
-from .errors import DeadLetterNotFound, IdempotencyConflict, SagaNotFound
+from .errors import DeadLetterNotFound, IdempotencyConflict, SagaError, SagaNotFound
 from .models import DeadLetterRow, EventRow, SagaRow, StepRow
 from .views import DeadLetterView, EventView, SagaView, StepView
 
@@ -36,6 +36,10 @@ def utcnow() -> datetime:
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
     blob = json.dumps([saga_type, data], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class SagaIdTaken(SagaError):
+    """`start_saga(saga_id=...)` named an id that is already used."""
 
 
 class ConcurrentTransition(Exception):
@@ -102,12 +106,13 @@ class SagaStore:
                 s.add(row)
                 s.add(EventRow(saga_id=run_id, at=now, type=initial_event, detail={
                     "saga_type": saga.name, "idempotency_key": idempotency_key}))
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
+        except IntegrityError as e:
             with self.sessions() as s:
-                existing = s.scalars(select(SagaRow).where(SagaRow.idempotency_key == idempotency_key)).first()
-            if existing is None:  # the conflicting row was the saga id, not the key
+                existing = None if idempotency_key is None else s.scalars(
+                    select(SagaRow).where(SagaRow.idempotency_key == idempotency_key)).first()
+                if existing is None and s.get(SagaRow, run_id) is not None:
+                    raise SagaIdTaken(f"a saga with id {run_id!r} exists already; choose another id") from e
+            if existing is None:
                 raise
             if existing.input_hash != digest:
                 raise IdempotencyConflict(idempotency_key, existing.id) from None
