@@ -1,0 +1,398 @@
+"""The HTTP API: start sagas from a web app, read them, act on them. OpenAPI at /docs.
+
+    uvicorn workflows.api:app --port 8000
+
+Every endpoint but `/healthz` (and the OpenAPI pages) needs `Authorization: Bearer <token>`
+when `SAGA_API_TOKEN` is set. Errors are JSON: `{"error": <kind>, "message": <what to do>}`.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated, Any, Literal
+
+import kombu.exceptions
+import sqlalchemy.exc
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import worker  # noqa: F401  (builds the Celery app and installs the saga runtime)
+from tasks.common import SERVICES, arm_fault
+
+from . import dead_letters, operations
+from .client import get_saga, list_sagas, start_saga
+from .definition import registry
+from .engine import RunStatus
+from .errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
+                     SagaNotFound, UnknownSaga)
+from .metrics import saga_registry
+from .runtime import Runtime, get_runtime
+from .sagas import Order
+from .settings import Settings, get_settings
+from .views import DeadLetterView, SagaView
+
+log = logging.getLogger("workflows.api")
+
+# ------------------------------------------------------------------ dependencies
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime or get_runtime()  # type: ignore[no-any-return]
+
+
+bearer = HTTPBearer(auto_error=False, description="The value of SAGA_API_TOKEN")
+
+AppSettings = Annotated[Settings, Depends(_settings)]
+AppRuntime = Annotated[Runtime, Depends(_runtime)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                              description="Retries of a request with the same key start one saga")]
+Operator = Annotated[str, Header(alias="X-Operator", min_length=1, max_length=100,
+                                 description="Who acts, for the saga's history")]
+
+
+def require_token(settings: AppSettings, credentials: Credentials) -> None:
+    expected = settings.api_token
+    if not expected:  # no token configured (an empty SAGA_API_TOKEN counts as none)
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <SAGA_API_TOKEN>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Authorized = Depends(require_token)
+
+# ------------------------------------------------------------------ bodies and answers
+
+
+class Started(BaseModel):
+    saga_id: str
+    saga_type: str
+    status_url: str = Field(description="GET this path to follow the saga")
+
+
+class OrderStarted(Started):
+    order_id: str
+
+
+class StepSummary(BaseModel):
+    name: str
+    status: str
+    attempts: int
+    compensation_attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class HistoryItem(BaseModel):
+    at: str
+    type: str
+    step: str | None
+    attempt: int | None
+
+
+class SagaStatus(BaseModel):
+    id: str
+    saga_type: str
+    state: str
+    terminal: bool
+    failure_reason: str | None
+    updated_at: str
+    steps: list[StepSummary]
+    history: list[HistoryItem]
+    open_dead_letters: list[str]
+
+
+class SagaPage(BaseModel):
+    items: list[SagaView]
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(description="The next page, if any")
+
+
+class SagaType(BaseModel):
+    name: str
+    description: str
+    steps: list[str]
+    input_schema: dict[str, Any] | None
+
+
+class RetryRequest(BaseModel):
+    step: str | None = Field(None, description="The step to dispatch again (default: the stuck or in-flight one)")
+    reason: str = ""
+
+
+class ReasonRequest(BaseModel):
+    reason: str = ""
+
+
+class RequiredReason(BaseModel):
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class FailNextRequest(BaseModel):
+    """Arm a failure in an example service. Every field has a default: no body fails the next payment."""
+
+    service: Literal["inventory", "payment", "shipping", "notification"] = "payment"
+    times: int = Field(1, ge=1, le=1000, description="How many calls fail")
+    permanent: bool = Field(True, description="Permanent: compensated at once; transient: retried")
+    operation: Literal["action", "compensation", "any"] = "action"
+    message: str = Field("injected by POST /api/test/fail-next-request", max_length=500)
+
+
+# ------------------------------------------------------------------ sagas
+
+api = APIRouter(prefix="/api", dependencies=[Authorized])
+
+
+def _status_path(request: Request, saga_id: str) -> str:
+    return request.app.url_path_for("saga_status", saga_id=saga_id)
+
+
+@api.get("/saga-types", tags=["sagas"])
+def saga_types() -> list[SagaType]:
+    """The saga types this deployment can start, with the JSON schema of their input."""
+    sagas = [registry.get(n) for n in registry.names()]
+    return [SagaType(name=s.name, description=s.description, steps=[st.name for st in s.steps],
+                     input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]
+
+
+@api.post("/sagas/{saga_type}", status_code=202, tags=["sagas"])
+def start(saga_type: str, data: Annotated[dict[str, Any], Body()], request: Request, response: Response,
+          key: IdempotencyKey = None) -> Started:
+    """Validate the body against the saga's input model, record the run, publish its start."""
+    saga_id = start_saga(saga_type, data, idempotency_key=key)
+    response.headers["Location"] = _status_path(request, saga_id)
+    return Started(saga_id=saga_id, saga_type=saga_type, status_url=_status_path(request, saga_id))
+
+
+@api.post("/orders", status_code=202, tags=["sagas"])
+def start_order(order: Order, request: Request, response: Response, key: IdempotencyKey = None) -> OrderStarted:
+    """Start the example order fulfillment saga (what a shop's checkout would call)."""
+    saga_id = start_saga("order_fulfillment", order.model_dump(mode="json"), idempotency_key=key)
+    response.headers["Location"] = _status_path(request, saga_id)
+    return OrderStarted(saga_id=saga_id, saga_type="order_fulfillment", order_id=order.order_id,
+                        status_url=_status_path(request, saga_id))
+
+
+@api.get("/sagas", tags=["sagas"])
+def list_runs(request: Request, state: RunStatus | None = None,
+              saga_type: Annotated[str | None, Query(alias="type", max_length=100)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0)] = 0) -> SagaPage:
+    """Runs, newest first, without their history; `next` is the following page."""
+    items, total = list_sagas(state=state.value if state else None, saga_type=saga_type, limit=limit, offset=offset)
+    following = None
+    if offset + len(items) < total:
+        url = request.url.include_query_params(offset=offset + limit)
+        following = f"{url.path}?{url.query}"
+    return SagaPage(items=items, total=total, limit=limit, offset=offset, next=following)
+
+
+@api.get("/sagas/{saga_id}", tags=["sagas"])
+def show(saga_id: str) -> SagaView:
+    """Everything about a run: state, every step, the full history, its dead letters."""
+    return get_saga(saga_id)
+
+
+@api.get("/sagas/{saga_id}/status", name="saga_status", tags=["sagas"])
+def status(saga_id: str) -> SagaStatus:
+    """The run's state, its steps with attempts and results, and its history in brief."""
+    v = get_saga(saga_id)
+    return SagaStatus(
+        id=v.id, saga_type=v.saga_type, state=v.state, terminal=v.terminal, failure_reason=v.failure_reason,
+        updated_at=v.updated_at.isoformat(),
+        steps=[StepSummary(name=s.name, status=s.status, attempts=s.attempts,
+                           compensation_attempts=s.compensation_attempts, result=s.result, error=s.error)
+               for s in v.steps],
+        history=[HistoryItem(at=e.at.isoformat(), type=e.type, step=e.step, attempt=e.attempt) for e in v.events],
+        open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"])
+
+
+@api.post("/sagas/{saga_id}/retry", tags=["operator"])
+def retry(saga_id: str, body: Annotated[RetryRequest | None, Body()] = None, who: Operator = "api") -> SagaView:
+    """Dispatch a step again now: a stuck compensation of a FAILED saga, or an in-flight step."""
+    body = body or RetryRequest()
+    return operations.retry_step(saga_id, body.step, reason=body.reason, who=who)
+
+
+@api.post("/sagas/{saga_id}/resume", tags=["operator"])
+def resume(saga_id: str, body: Annotated[ReasonRequest | None, Body()] = None, who: Operator = "api") -> SagaView:
+    """Resume the compensation of a FAILED saga once its cause is fixed."""
+    return operations.resume(saga_id, reason=(body or ReasonRequest()).reason, who=who)
+
+
+@api.post("/sagas/{saga_id}/cancel", tags=["operator"])
+def cancel(saga_id: str, body: RequiredReason, who: Operator = "api") -> SagaView:
+    """Force the compensation of a RUNNING saga."""
+    return operations.cancel(saga_id, reason=body.reason, who=who)
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+@api.get("/dead-letters", tags=["dead letters"])
+def list_dead_letters(status: Literal["OPEN", "REDRIVEN", "DISCARDED", "ALL"] = "OPEN",
+                      saga_id: Annotated[str | None, Query(max_length=64)] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeadLetterView]:
+    """Dead letters, newest first (OPEN ones wait for an operator)."""
+    return dead_letters.list_dead_letters(None if status == "ALL" else status, saga_id=saga_id, limit=limit)
+
+
+@api.get("/dead-letters/{dl_id}", tags=["dead letters"])
+def show_dead_letter(dl_id: str) -> DeadLetterView:
+    return dead_letters.get_dead_letter(dl_id)
+
+
+@api.post("/dead-letters/{dl_id}/redrive", tags=["dead letters"])
+def redrive(dl_id: str, body: Annotated[ReasonRequest | None, Body()] = None, who: Operator = "api") -> DeadLetterView:
+    """Publish the dead letter's work again, once; a second redrive answers 409."""
+    return dead_letters.redrive(dl_id, who=who, reason=(body or ReasonRequest()).reason)
+
+
+@api.post("/dead-letters/{dl_id}/discard", tags=["dead letters"])
+def discard(dl_id: str, body: RequiredReason, who: Operator = "api") -> DeadLetterView:
+    return dead_letters.discard(dl_id, who=who, reason=body.reason)
+
+
+# ------------------------------------------------------------------ test mode
+
+test_api = APIRouter(prefix="/api/test", dependencies=[Authorized], tags=["test mode"])
+
+
+@test_api.post("/fail-next-request")
+def fail_next_request(body: Annotated[FailNextRequest | None, Body()] = None) -> FailNextRequest:
+    """Make the next `times` calls of an example service fail (only with SAGA_TEST_MODE=true)."""
+    spec = body or FailNextRequest()
+    assert spec.service in SERVICES
+    arm_fault(spec.service, spec.times, permanent=spec.permanent, message=spec.message, operation=spec.operation)
+    return spec
+
+
+# ------------------------------------------------------------------ health and metrics
+
+ops = APIRouter(tags=["operations"])
+
+
+@ops.get("/healthz")
+def healthz(rt: AppRuntime) -> JSONResponse:
+    """The database and the broker answer (no token needed)."""
+    checks = {"database": _check(lambda: _ping_database(rt)), "broker": _check(lambda: _ping_broker(rt))}
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+
+@ops.get("/metrics", dependencies=[Authorized], response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics, computed from the database at scrape time."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check(probe: Any) -> str:
+    try:
+        probe()
+    except Exception as e:  # a health check reports, it does not raise
+        return f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    return "ok"
+
+
+def _ping_database(rt: Runtime) -> None:
+    with rt.store.sessions() as s:
+        s.execute(text("SELECT 1"))
+
+
+def _ping_broker(rt: Runtime) -> None:
+    with rt.app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+
+
+# ------------------------------------------------------------------ errors
+
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    SagaNotFound: (404, "saga_not_found"),
+    DeadLetterNotFound: (404, "dead_letter_not_found"),
+    UnknownSaga: (404, "unknown_saga_type"),
+    IdempotencyConflict: (409, "idempotency_conflict"),
+    InvalidOperation: (409, "invalid_operation"),
+    InvalidInput: (422, "invalid_input"),
+    SagaError: (422, "invalid_request"),
+}
+
+
+def _error(status_code: int, kind: str, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> JSONResponse:
+    return JSONResponse(jsonable_encoder({"error": kind, "message": message, **extra}), status_code=status_code,
+                        headers=headers)
+
+
+def _saga_error(_: Request, exc: Exception) -> JSONResponse:
+    code, kind = next(v for t, v in ERRORS.items() if isinstance(exc, t))
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidInput):
+        extra["errors"] = exc.errors
+    if isinstance(exc, IdempotencyConflict):
+        extra["saga_id"] = exc.saga_id
+    return _error(code, kind, str(exc), **extra)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    return _error(422, "invalid_request", f"invalid request: {summary}", errors=errors)
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _unavailable(what: str) -> Any:
+    def handler(_: Request, exc: Exception) -> JSONResponse:
+        log.error("%s unavailable: %s", what, exc)
+        return _error(503, f"{what}_unavailable", f"the {what} is not answering; retry later (with the same "
+                      "Idempotency-Key, a start that was recorded is not repeated)")
+    return handler
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The API with `settings` (default: the environment). `runtime` is the one /healthz and
+    /metrics check (default: the installed one); the saga operations use the installed runtime."""
+    settings = settings or get_settings()
+    app = FastAPI(title="Saga orchestration API", version="0.1.0",
+                  description="Start sagas, follow them, and operate them (retry, resume, cancel, dead letters).")
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store)
+    app.include_router(ops)
+    app.include_router(api)
+    if settings.test_mode:
+        app.include_router(test_api)
+    for exc_type in ERRORS:
+        app.add_exception_handler(exc_type, _saga_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(kombu.exceptions.OperationalError, _unavailable("broker"))
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _unavailable("database"))
+    return app
+
+
+app = create_app()

@@ -1,0 +1,159 @@
+"""Prometheus metrics, computed from the saga store at scrape time.
+
+Workers run in other processes (and on other machines), so in-process counters in the API
+would see nothing of what they do. The database is the record: each scrape reads it with a
+few aggregate queries. What each family means:
+
+- `sagas_started_total{saga_type}`: runs ever recorded (counter).
+- `sagas_completed_total`, `sagas_compensated_total{saga_type}`: runs in those terminal states
+  (counters: nothing leaves them).
+- `sagas_failed{saga_type}`: runs FAILED now, a compensation stuck until an operator acts
+  (a gauge: resuming or redriving moves a run out of FAILED).
+- `sagas_by_state{saga_type,state}`: every run by its current state (gauge).
+- `saga_step_retries_total{saga_type,step,kind}`: attempts beyond the first, actions and
+  compensations (counter).
+- `saga_step_duration_seconds{saga_type,step}`: a gauge histogram of the actions that
+  finished in the last `window` seconds (started_at → finished_at; query it with
+  `histogram_quantile`, not `rate`: old steps leave the window).
+- `saga_dead_letters{status}`: dead letters by status; OPEN ones wait for an operator.
+- `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet (the
+  sweeper's own queries, each capped at 500).
+- `saga_store_up`: 1 if the store answered this scrape, 0 if not (the others are then absent).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily,
+                                    Metric)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from .models import DeadLetterRow, SagaRow, StepRow
+from .store import SagaStore
+
+log = logging.getLogger("workflows.metrics")
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+RECENT_STEPS_LIMIT = 50_000
+"""At most this many recent steps are read per scrape for the duration histogram."""
+
+
+class SagaCollector(Collector):
+    """Reads the store on every `collect()`; register it on a `CollectorRegistry`.
+
+    `store` is called on each scrape (the runtime's store is created lazily, once per process).
+    """
+
+    def __init__(self, store: Callable[[], SagaStore], *, window: float = 3600.0) -> None:
+        self._store = store
+        self.window = window
+
+    @property
+    def store(self) -> SagaStore:
+        return self._store()
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("saga_store_up", "1 if the saga store answered this scrape")
+        try:
+            families = list(self._families(datetime.now(timezone.utc)))
+        except SQLAlchemyError:
+            log.exception("metrics: the saga store did not answer")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self, now: datetime) -> Iterator[Metric]:
+        yield from self._runs()
+        yield self._retries()
+        yield self._durations(now)
+        yield self._dead_letters()
+        yield self._stuck(now)
+
+    def _runs(self) -> Iterator[Metric]:
+        with self.store.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, SagaRow.state, func.count())
+                             .group_by(SagaRow.saga_type, SagaRow.state)).all()
+        by_state = GaugeMetricFamily("sagas_by_state", "Saga runs by current state", labels=["saga_type", "state"])
+        started = CounterMetricFamily("sagas_started", "Saga runs recorded", labels=["saga_type"])
+        completed = CounterMetricFamily("sagas_completed", "Saga runs that completed", labels=["saga_type"])
+        compensated = CounterMetricFamily("sagas_compensated", "Saga runs rolled back cleanly",
+                                          labels=["saga_type"])
+        failed = GaugeMetricFamily("sagas_failed", "Saga runs FAILED now: a compensation is stuck, "
+                                   "an operator must act", labels=["saga_type"])
+        totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for saga_type, state, count in rows:
+            by_state.add_metric([saga_type, state], count)
+            totals[saga_type][state] += count
+        for saga_type, states in sorted(totals.items()):
+            started.add_metric([saga_type], sum(states.values()))
+            completed.add_metric([saga_type], states["COMPLETED"])
+            compensated.add_metric([saga_type], states["COMPENSATED"])
+            failed.add_metric([saga_type], states["FAILED"])
+        yield from (started, completed, compensated, failed, by_state)
+
+    def _retries(self) -> Metric:
+        extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
+        extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1),
+                                    else_=0))
+        with self.store.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .group_by(SagaRow.saga_type, StepRow.name)).all()
+        family = CounterMetricFamily("saga_step_retries", "Step attempts beyond the first",
+                                     labels=["saga_type", "step", "kind"])
+        for saga_type, step, actions, comps in rows:
+            family.add_metric([saga_type, step, "action"], int(actions or 0))
+            family.add_metric([saga_type, step, "compensation"], int(comps or 0))
+        return family
+
+    def _durations(self, now: datetime) -> Metric:
+        since = now - timedelta(seconds=self.window)
+        with self.store.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, StepRow.started_at, StepRow.finished_at)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .where(StepRow.finished_at >= since, StepRow.started_at.is_not(None))
+                             .order_by(StepRow.finished_at.desc()).limit(RECENT_STEPS_LIMIT)).all()
+        seconds: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for saga_type, step, started_at, finished_at in rows:
+            seconds[(saga_type, step)].append(max(0.0, (finished_at - started_at).total_seconds()))
+        family = GaugeHistogramMetricFamily(
+            "saga_step_duration_seconds",
+            f"Duration of the step actions that finished in the last {self.window:g}s",
+            labels=["saga_type", "step"])
+        for (saga_type, step), values in sorted(seconds.items()):
+            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            family.add_metric([saga_type, step], buckets, gsum_value=sum(values))
+        return family
+
+    def _dead_letters(self) -> Metric:
+        with self.store.sessions() as s:
+            rows = dict(s.execute(select(DeadLetterRow.status, func.count()).group_by(DeadLetterRow.status)).all())
+        family = GaugeMetricFamily("saga_dead_letters", "Dead letters by status (OPEN: waiting for an operator)",
+                                   labels=["status"])
+        for status in sorted({"OPEN", "REDRIVEN", "DISCARDED", *rows}):
+            family.add_metric([status], int(rows.get(status, 0)))
+        return family
+
+    def _stuck(self, now: datetime) -> Metric:
+        ids = set(self.store.due_starts(now)) | set(self.store.due_deadlines(now))
+        ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}
+        family = GaugeMetricFamily("sagas_stuck", "Non-terminal runs past a deadline, not yet swept")
+        family.add_metric([], len(ids))
+        return family
+
+
+def saga_registry(store: Callable[[], SagaStore], *, window: float = 3600.0) -> CollectorRegistry:
+    """A registry holding only the saga collector (what the API serves at /metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SagaCollector(store, window=window))
+    return registry
