@@ -1,0 +1,397 @@
+"""`sagas`: operate sagas from a terminal.
+
+    sagas start order_fulfillment --data @order.json --idempotency-key order-1234
+    sagas status <saga id>            sagas list --state FAILED
+    sagas retry|resume|cancel <id>    sagas dlq list|show|redrive|discard
+    sagas sweep    sagas migrate    sagas demo
+
+Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
+reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .errors import SagaError
+
+STATE_STYLE = {"RUNNING": "cyan", "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
+               "FAILED": "bold red", "SUCCEEDED": "green", "PENDING": "dim", "TIMED_OUT": "red",
+               "COMPENSATION_FAILED": "bold red", "OPEN": "bold red", "REDRIVEN": "green", "DISCARDED": "dim"}
+RUN_STATES = ("RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED")
+
+
+class SagaGroup(click.Group):
+    """Turns the errors an operator can cause into a message on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import kombu.exceptions
+        import sqlalchemy.exc
+
+        try:
+            return super().invoke(ctx)
+        except SagaError as e:
+            raise click.ClickException(str(e)) from None
+        except kombu.exceptions.OperationalError as e:
+            raise click.ClickException(f"the broker is not answering: {e}") from None
+        except sqlalchemy.exc.OperationalError as e:
+            raise click.ClickException(f"the database is not answering: {str(e.orig).strip()}") from None
+
+
+def _default_operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in this environment (a container with an arbitrary uid)
+        return "operator"
+
+
+def _runtime() -> Any:
+    import worker  # builds the Celery app and installs the runtime, lazily: `sagas --help` needs no server
+
+    return worker.runtime
+
+
+def _console() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _styled(value: str | None) -> Text:
+    return Text(value or "", style=STATE_STYLE.get(value or "", ""))
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
+
+
+def _short(value: Any, width: int = 70) -> str:
+    s = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _load_data(raw: str) -> Any:
+    if raw == "-":
+        raw = sys.stdin.read()
+    elif raw.startswith("@"):
+        try:
+            with open(raw[1:], encoding="utf-8") as f:
+                raw = f.read()
+        except OSError as e:
+            raise click.BadParameter(f"cannot read {raw[1:]}: {e.strerror}", param_hint="--data") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e})", param_hint="--data") from None
+
+
+@click.group(cls=SagaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--who", envvar="SAGA_OPERATOR", default=_default_operator, show_default="your user name",
+              help="Who acts, for the saga's history (env SAGA_OPERATOR).")
+@click.pass_context
+def main(ctx: click.Context, who: str) -> None:
+    """Start, inspect and operate sagas (configuration from SAGA_* variables)."""
+    ctx.obj = {"who": who}
+
+
+# ------------------------------------------------------------------ sagas
+
+
+@main.command()
+@click.argument("saga_type")
+@click.option("--data", "raw", required=True, help="The input as JSON, @file to read a file, - for stdin.")
+@click.option("--idempotency-key", help="Starting again with the same key and input starts nothing new.")
+@click.option("--wait", is_flag=True, help="Wait until the saga ends, then show its timeline.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Start a saga of SAGA_TYPE with the input --data."""
+    from .client import start_saga, wait_for
+
+    data = _load_data(raw)
+    _runtime()
+    saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key)
+    if not wait:
+        if as_json:
+            _echo_json({"saga_id": saga_id})
+        else:
+            click.echo(saga_id)
+        return
+    try:
+        view = wait_for(saga_id, timeout=timeout)
+    except TimeoutError as e:
+        raise click.ClickException(str(e)) from None
+    _print_saga(view, as_json)
+
+
+@main.command()
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(saga_id: str, as_json: bool) -> None:
+    """A saga's timeline: its steps, attempts, compensations and history."""
+    from .client import get_saga
+
+    _runtime()
+    _print_saga(get_saga(saga_id), as_json)
+
+
+@main.command("list")
+@click.option("--state", type=click.Choice(RUN_STATES, case_sensitive=False), help="Only runs in this state.")
+@click.option("--type", "saga_type", help="Only runs of this saga type.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(state: str | None, saga_type: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """Saga runs, newest first."""
+    from .client import list_sagas
+
+    _runtime()
+    items, total = list_sagas(state=state.upper() if state else None, saga_type=saga_type, limit=limit,
+                              offset=offset)
+    if as_json:
+        _echo_json({"items": [v.to_dict() for v in items], "total": total, "limit": limit, "offset": offset})
+        return
+    table = Table(title=f"{len(items)} of {total} saga(s)", title_justify="left")
+    for col in ("id", "type", "state", "progress", "created", "updated"):
+        table.add_column(col, no_wrap=col in ("id", "created", "updated"))
+    for v in items:
+        done = sum(1 for s in v.steps if s.status == "SUCCEEDED")
+        table.add_row(v.id, v.saga_type, _styled(v.state), f"{done}/{len(v.steps)} succeeded",
+                      _time(v.created_at), _time(v.updated_at))
+    _console().print(table)
+
+
+@main.command()
+@click.argument("saga_id")
+@click.option("--step", help="The step to dispatch again (default: the stuck or in-flight one).")
+@click.option("--reason", default="", help="Why, for the history.")
+@click.pass_obj
+def retry(obj: dict[str, str], saga_id: str, step: str | None, reason: str) -> None:
+    """Dispatch a step again now: a stuck compensation, or an in-flight step."""
+    from .operations import retry_step
+
+    _runtime()
+    _acted(retry_step(saga_id, step, reason=reason, who=obj["who"]), "retried")
+
+
+@main.command()
+@click.argument("saga_id")
+@click.option("--reason", default="", help="Why, for the history.")
+@click.pass_obj
+def resume(obj: dict[str, str], saga_id: str, reason: str) -> None:
+    """Resume the compensation of a FAILED saga once its cause is fixed."""
+    from .operations import resume as resume_saga
+
+    _runtime()
+    _acted(resume_saga(saga_id, reason=reason, who=obj["who"]), "resumed")
+
+
+@main.command()
+@click.argument("saga_id")
+@click.option("--reason", required=True, help="Why, for the history.")
+@click.pass_obj
+def cancel(obj: dict[str, str], saga_id: str, reason: str) -> None:
+    """Cancel a RUNNING saga: what it did so far is compensated."""
+    from .operations import cancel as cancel_saga
+
+    _runtime()
+    _acted(cancel_saga(saga_id, reason=reason, who=obj["who"]), "cancelled")
+
+
+def _acted(view: Any, verb: str) -> None:
+    line = Text(f"saga {view.id} {verb}: now ")
+    line.append_text(_styled(view.state))
+    _console().print(line)
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+@main.group(cls=SagaGroup)
+def dlq() -> None:
+    """The dead-letter queue: tasks whose retries ran out."""
+
+
+@dlq.command("list")
+@click.option("--status", default="OPEN", show_default=True,
+              type=click.Choice(["OPEN", "REDRIVEN", "DISCARDED", "ALL"], case_sensitive=False))
+@click.option("--saga", "saga_id", help="Only the dead letters of this saga.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_list(status: str, saga_id: str | None, limit: int, as_json: bool) -> None:
+    """Dead letters, newest first."""
+    from .dead_letters import list_dead_letters
+
+    _runtime()
+    status = status.upper()
+    items = list_dead_letters(None if status == "ALL" else status, saga_id=saga_id, limit=limit)
+    if as_json:
+        _echo_json([d.to_dict() for d in items])
+        return
+    table = Table(title=f"{len(items)} dead letter(s)", title_justify="left")
+    for col in ("id", "saga", "step", "kind", "status", "attempts", "exception", "created"):
+        table.add_column(col, no_wrap=col in ("id", "saga", "created"))
+    for d in items:
+        table.add_row(d.id, d.saga_id or "", d.step or "", d.kind, _styled(d.status), str(d.attempts),
+                      _short(d.exception, 60), _time(d.created_at))
+    _console().print(table)
+
+
+@dlq.command("show")
+@click.argument("dl_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_show(dl_id: str, as_json: bool) -> None:
+    """One dead letter with its message and traceback."""
+    from .dead_letters import get_dead_letter
+
+    _runtime()
+    d = get_dead_letter(dl_id)
+    if as_json:
+        _echo_json(d.to_dict())
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in (("id", d.id), ("saga", d.saga_id), ("step", d.step), ("kind", d.kind),
+                         ("task", d.task_name), ("queue", d.queue), ("status", d.status),
+                         ("resolution", d.resolution), ("attempts", d.attempts), ("exception", d.exception),
+                         ("created", _time(d.created_at)), ("resolved", _time(d.resolved_at)),
+                         ("args", _short(d.args, 120)), ("kwargs", _short(d.kwargs, 120))):
+        table.add_row(label, _styled(value) if label == "status" else Text(str(value or "")))
+    console = _console()
+    console.print(table)
+    if d.traceback:
+        console.print(Text(d.traceback.rstrip(), style="dim"))
+
+
+@dlq.command("redrive")
+@click.argument("dl_id")
+@click.option("--reason", default="", help="Why, for the history.")
+@click.pass_obj
+def dlq_redrive(obj: dict[str, str], dl_id: str, reason: str) -> None:
+    """Publish the dead letter's work again, once."""
+    from .dead_letters import redrive
+
+    _runtime()
+    d = redrive(dl_id, who=obj["who"], reason=reason)
+    click.echo(f"dead letter {d.id} {d.status.lower()}: {d.resolution or ''}".rstrip(": "))
+
+
+@dlq.command("discard")
+@click.argument("dl_id")
+@click.option("--reason", required=True, help="Why it needs no redrive.")
+@click.pass_obj
+def dlq_discard(obj: dict[str, str], dl_id: str, reason: str) -> None:
+    """Close a dead letter without redriving it."""
+    from .dead_letters import discard
+
+    _runtime()
+    d = discard(dl_id, who=obj["who"], reason=reason)
+    click.echo(f"dead letter {d.id} {d.status.lower()}: {d.resolution or ''}".rstrip(": "))
+
+
+# ------------------------------------------------------------------ maintenance
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sweep(as_json: bool) -> None:
+    """Act now on every run past a deadline (what celery beat does every SAGA_SWEEP_INTERVAL)."""
+    from .sweeper import sweep as run_sweep
+
+    report = run_sweep(_runtime())
+    if as_json:
+        _echo_json({**report.__dict__, "counts": report.counts()})
+        return
+    for what, ids in report.__dict__.items():
+        click.echo(f"{what.replace('_', ' ')}: {len(ids)}" + (f"  {' '.join(ids)}" if ids else ""))
+
+
+@main.command()
+@click.option("--url", help="SQLAlchemy URL (default: SAGA_DATABASE_URL, or the embedded SQLite file).")
+def migrate(url: str | None) -> None:
+    """Bring the database schema to the newest revision (safe to repeat)."""
+    from sqlalchemy.engine import make_url
+
+    from .db import migrate as run_migrations
+    from .settings import get_settings
+
+    url = url or get_settings().resolved_database_url()
+    run_migrations(url)
+    click.echo(f"{make_url(url).render_as_string(hide_password=True)}: schema is at the newest revision")
+
+
+@main.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run real sagas end to end and show their timelines (needs no server)."""
+    try:
+        from . import demo as demo_module
+    except ModuleNotFoundError as e:
+        if e.name != "workflows.demo":
+            raise
+        raise click.ClickException("this installation has no demo (workflows.demo is missing)") from None
+    ctx.exit(demo_module.main() or 0)
+
+
+# ------------------------------------------------------------------ the timeline
+
+
+def _print_saga(view: Any, as_json: bool) -> None:
+    if as_json:
+        _echo_json(view.to_dict())
+    else:
+        _show_saga(view)
+
+
+def _show_saga(v: Any) -> None:
+    console = _console()
+    head = Text(f"saga {v.id}  ", style="bold")
+    head.append(f"{v.saga_type}  ")
+    head.append_text(_styled(v.state))
+    console.print(head)
+    console.print(f"created {_time(v.created_at)}   updated {_time(v.updated_at)}   version {v.version}"
+                  + (f"   idempotency key {v.idempotency_key}" if v.idempotency_key else ""))
+    if v.failure_reason:
+        console.print(Text(f"reason: {v.failure_reason}", style="red"))
+
+    steps = Table(title="steps", title_justify="left")
+    for col in ("#", "step", "status", "attempts", "compensations", "started", "finished", "compensated",
+                "result / error"):
+        steps.add_column(col, no_wrap=col in ("started", "finished", "compensated"))
+    for s in v.steps:
+        detail = Text(_short(s.error), style="red") if s.error else Text(_short(s.result) if s.result else "")
+        steps.add_row(str(s.index + 1), s.name, _styled(s.status), str(s.attempts), str(s.compensation_attempts),
+                      _time(s.started_at), _time(s.finished_at), _time(s.compensated_at), detail)
+    console.print(steps)
+
+    history = Table(title="history", title_justify="left")
+    for col in ("+seconds", "event", "step", "attempt", "detail"):
+        history.add_column(col, no_wrap=col != "detail")
+    for e in v.events:
+        detail = {k: val for k, val in e.detail.items() if k not in ("by", "deadline_at", "task_id") and val}
+        history.add_row(f"{(e.at - v.created_at).total_seconds():8.3f}", _styled(e.type) if e.type.startswith("Saga")
+                        else Text(e.type), e.step or "", str(e.attempt or ""), _short(detail, 90) if detail else "")
+    console.print(history)
+
+    if v.dead_letters:
+        dls = Table(title="dead letters", title_justify="left")
+        for col in ("id", "step", "kind", "status", "attempts", "exception"):
+            dls.add_column(col, no_wrap=col == "id")
+        for d in v.dead_letters:
+            dls.add_row(d.id, d.step or "", d.kind, _styled(d.status), str(d.attempts), _short(d.exception, 60))
+        console.print(dls)
+
+
+if __name__ == "__main__":
+    main()
