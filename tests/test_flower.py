@@ -1,0 +1,130 @@
+"""Flower watching the real Redis broker finds every task of a saga by the saga's id.
+
+Given Flower (`celery -A worker flower`, its HTTP API opened with FLOWER_UNAUTHENTICATED_API)
+receiving the task events of a real worker, when an order saga runs, then Flower's task search
+by the saga id returns that saga's tasks, each named readably, with the saga id as its first
+argument and the step as its second.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from workflows import start_saga, wait_for
+
+pytestmark = pytest.mark.usefixtures("running_worker")
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER_TASKS = {"saga.start", "inventory.reserve", "payment.charge", "shipping.create",
+               "notification.send_confirmation"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def poll(fetch, timeout: float = 30.0, every: float = 0.25):  # type: ignore[no-untyped-def]
+    """`fetch()` until it returns something truthy; its last error or value explains a timeout."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = fetch()
+        except httpx.TransportError as e:
+            value, last = None, e
+        if value:
+            return value
+        last = value if value is not None else last
+        time.sleep(every)
+    raise TimeoutError(f"not seen within {timeout}s (last: {last!r})")
+
+
+@contextmanager
+def running_flower(*, unauthenticated_api: bool) -> Iterator[httpx.Client]:
+    """`celery -A worker flower` on a free loopback port, against this session's broker."""
+    port = free_port()
+    log = Path(f"/tmp/saga-test-flower-{os.getpid()}-{port}.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    if unauthenticated_api:
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+                             "--address=127.0.0.1"], cwd=ROOT, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+    try:
+        def alive() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"flower exited: {log.read_text()[-2000:]}")
+            return client.get("/healthcheck").status_code == 200
+
+        poll(alive)
+        yield client
+    finally:
+        client.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@pytest.fixture
+def flower(app) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    with running_flower(unauthenticated_api=True) as client:
+        # Flower's event receiver is live once it has seen the worker's heartbeat (an event).
+        host = os.uname().nodename
+        poll(lambda: f'flower_worker_online{{worker="main@{host}"}} 1.0' in client.get("/metrics").text)
+        yield client
+
+
+def test_flower_api_answers_401_without_auth_or_flower_unauthenticated_api(app):  # type: ignore[no-untyped-def]
+    with running_flower(unauthenticated_api=False) as closed:
+        r = closed.get("/api/tasks", params={"limit": 1})
+
+    assert r.status_code == 401
+    assert "FLOWER_UNAUTHENTICATED_API" in r.text
+
+
+def test_flower_finds_every_task_of_a_saga_by_its_id(flower, order_factory):  # type: ignore[no-untyped-def]
+    saga_id = start_saga("order_fulfillment", order_factory())
+    other = start_saga("order_fulfillment", order_factory())
+
+    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+    assert wait_for(other, timeout=30).state == "COMPLETED"
+
+    def found() -> dict | None:  # type: ignore[type-arg]
+        r = flower.get("/api/tasks", params={"search": saga_id})
+        r.raise_for_status()
+        tasks = r.json()
+        names = {t["name"] for t in tasks.values()}
+        done = all(t["state"] == "SUCCESS" for t in tasks.values())
+        return tasks if names == ORDER_TASKS and done else None
+
+    tasks = poll(found)
+
+    assert len(tasks) == len(ORDER_TASKS)  # one task per step and the start: nothing of the other saga
+    for task in tasks.values():
+        args = ast.literal_eval(task["args"])  # Flower shows the repr Celery put in the event
+        assert args[0] == saga_id
+        if task["name"] != "saga.start":
+            assert args[1] in ("reserve_inventory", "process_payment", "create_shipment", "send_confirmation")
+        assert other not in task["args"]
+    by_field = flower.get("/api/tasks", params={"search": f"args:{saga_id}", "taskname": "payment.charge"}).json()
+    assert [t["name"] for t in by_field.values()] == ["payment.charge"]
+    assert flower.get(f"/api/task/info/{next(iter(by_field))}").json()["args"].startswith(f"['{saga_id}'")
