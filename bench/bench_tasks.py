@@ -1,0 +1,86 @@
+"""The bench's own tasks and sagas, loaded into its workers with SAGA_EXTRA_MODULES=bench.bench_tasks.
+
+Configurations (see bench/run.py):
+- `baseline`: a bare Celery chain of four `bench.noop`;
+- `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
+- `saga`: `bench.noop4`, four no-op steps with no-op compensations;
+- `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1).
+Everything runs on the queue `bench` (plus `saga` for `saga.start`), which only the bench's
+workers consume. The last task of a chain records its finish time in the Redis hash `bench:done`.
+"""
+from __future__ import annotations
+
+import time
+
+from celery import shared_task
+from sqlalchemy import text
+
+from workflows import PermanentError, Saga, Step, StepContext, get_runtime, register_saga, step_task
+from workflows.db import session_factory
+
+from . import counters
+
+QUEUE = "bench"
+DONE_KEY = "bench:done"
+STATE_TABLE = "bench_chain_state"
+
+CREATE_STATE_TABLE = text(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} ("
+                          "id varchar(64) PRIMARY KEY, n integer NOT NULL DEFAULT 0, updated_at timestamptz)")
+INSERT_STATE = text(f"INSERT INTO {STATE_TABLE} (id) VALUES (:id)")
+UPDATE_STATE = text(f"UPDATE {STATE_TABLE} SET n = n + 1, updated_at = now() WHERE id = :id")
+
+
+def _done(chain_id: str) -> None:
+    counters.redis_client().hset(DONE_KEY, chain_id, repr(time.time()))
+
+
+def sessions():  # type: ignore[no-untyped-def]
+    """The store's own engine and pool: the stateful chain pays what the saga store pays."""
+    return session_factory(get_runtime().settings.resolved_database_url())
+
+
+# ------------------------------------------------------------------ chains
+
+
+@shared_task(name="bench.noop", queue=QUEUE, ignore_result=True)
+def noop(chain_id: str, last: bool = False) -> None:
+    """Nothing; the last link records when the chain finished."""
+    if last:
+        _done(chain_id)
+
+
+@shared_task(name="bench.stateful", queue=QUEUE, ignore_result=True)
+def stateful(chain_id: str, last: bool = False) -> None:
+    """Commit one row UPDATE: the least any saga that persists its state must pay per step."""
+    with sessions().begin() as s:
+        s.execute(UPDATE_STATE, {"id": chain_id})
+    if last:
+        _done(chain_id)
+
+
+# ------------------------------------------------------------------ sagas
+
+
+@step_task("bench.step", queue=QUEUE)
+def noop_step(ctx: StepContext, data: dict) -> None:
+    return None
+
+
+@step_task("bench.undo", queue=QUEUE)
+def noop_undo(ctx: StepContext, data: dict) -> None:
+    return None
+
+
+@step_task("bench.fail", queue=QUEUE)
+def failing_step(ctx: StepContext, data: dict) -> None:
+    raise PermanentError(f"bench: {ctx.step} fails on purpose")
+
+
+def _step(name: str, action=noop_step) -> Step:  # type: ignore[no-untyped-def]
+    return Step(name, action=action, compensation=noop_undo)
+
+
+NOOP4 = register_saga(Saga("bench.noop4", steps=[_step(f"s{i}") for i in range(1, 5)],
+                           description="four no-op steps with no-op compensations"))
+FAIL3 = register_saga(Saga("bench.fail3", steps=[_step("s1"), _step("s2"), _step("s3", failing_step), _step("s4")],
+                           description="step 3 fails for good: compensations of steps 2 and 1 run"))

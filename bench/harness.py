@@ -1,0 +1,189 @@
+"""The bench's machinery: its worker subprocess, an RSS sampler, and the closed-loop driver.
+
+The driver keeps `window` sagas (or chains) in flight: it starts one whenever one finishes, so
+throughput is measured at a steady load and latency is service time plus a bounded queue, not
+the size of a backlog. A run is finished when it is terminal: the last chain link wrote its time
+to `bench:done`, or the saga's row is COMPLETED/COMPENSATED (its `updated_at`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUES = "saga,bench"
+
+
+# ------------------------------------------------------------------ worker
+
+
+class BenchWorker:
+    """`celery -A worker worker -P prefork` on the bench's queues, in its own process group."""
+
+    def __init__(self, env: dict[str, str], concurrency: int = 2, queues: str = QUEUES) -> None:
+        self.name = f"bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.log = Path(f"/tmp/{self.name}.log")
+        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency),
+               "-Q", queues, "-n", f"{self.name}@%h", "--loglevel=WARNING", "--without-gossip", "--without-mingle"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench worker exited: {self.log.read_text()[-2000:]}")
+            if app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5):
+                return
+        raise RuntimeError(f"bench worker not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def tree_rss(pid: int) -> dict[int, int]:
+    """RSS in bytes of `pid` and all its descendants, by pid."""
+    try:
+        import psutil
+    except ImportError:  # Linux without psutil: read /proc
+        return _proc_tree_rss(pid)
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    out = {}
+    for p in procs:
+        try:
+            out[p.pid] = p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _proc_tree_rss(pid: int) -> dict[int, int]:
+    out: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                out[p] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+class RssSampler(threading.Thread):
+    """Samples the worker tree's total RSS every `interval` seconds; `peak` since the last reset."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def sample(self) -> int:
+        total = sum(tree_rss(self.pid).values())
+        self.peak = max(self.peak, total)
+        return total
+
+    def reset(self) -> None:
+        self.peak = 0
+        self.sample()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# ------------------------------------------------------------------ driver
+
+
+@dataclass
+class Config:
+    """One configuration: how to start run number i (returns its key) and which runs finished."""
+
+    name: str
+    label: str
+    start: Callable[[str, int], str]
+    finished: Callable[[list[str]], dict[str, tuple[float, bool]]]
+    """keys -> {key: (finish time in epoch seconds, reached the expected terminal state)}"""
+    cleanup: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Phase:
+    config: str
+    n: int
+    elapsed: float
+    latencies: list[float]
+    """Seconds from enqueue to terminal, one per run."""
+    errors: int
+    counts: dict[str, int] = field(default_factory=dict)
+    peak_rss: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.n / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def drive(cfg: Config, n: int, *, window: int, poll: float = 0.005, tag: str = "",
+          stall_timeout: float = 60.0) -> Phase:
+    """Run `n` runs of `cfg` with at most `window` in flight; returns their timings."""
+    started: dict[str, float] = {}
+    inflight: list[str] = []
+    latencies: list[float] = []
+    first = last = 0.0
+    errors = i = 0
+    progress = time.monotonic()
+    while len(latencies) < n:
+        while i < n and len(inflight) < window:
+            t0 = time.time()
+            key = cfg.start(tag, i)
+            started[key] = t0
+            inflight.append(key)
+            first = first or t0
+            i += 1
+        time.sleep(poll)
+        done = cfg.finished(inflight)
+        if done:
+            progress = time.monotonic()
+            for key, (finish, ok) in done.items():
+                latencies.append(max(0.0, finish - started[key]))
+                last = max(last, finish)
+                errors += not ok
+            inflight = [k for k in inflight if k not in done]
+        elif time.monotonic() - progress > stall_timeout:
+            raise RuntimeError(f"{cfg.name}: no run finished for {stall_timeout:.0f}s "
+                               f"({len(latencies)}/{n} done, {len(inflight)} in flight)")
+    cfg.cleanup()
+    return Phase(cfg.name, n, last - first, latencies, errors)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]

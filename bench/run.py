@@ -1,0 +1,343 @@
+"""Saga throughput and latency against a bare Celery chain, in one run (`make bench`).
+
+    .venv/bin/python bench/run.py --n 500            # 4 configurations x 3 interleaved rounds
+    .venv/bin/python bench/run.py --rss-check        # worker RSS after 500 and after 5000 more sagas
+
+Runs on the real Redis and PostgreSQL given by --broker-url/--database-url (or SAGA_BROKER_URL/
+SAGA_DATABASE_URL), by default Redis db 13 and the database `test_bench`. Both are WIPED at
+start (the saga tables truncated, the Redis db flushed): give the bench its own.
+Writes bench/results.json; see the README's benchmark section for what each number means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = "postgresql+psycopg2://postgres@127.0.0.1:5432/test_bench"
+DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
+ORDER = ["baseline", "baseline_state", "saga", "saga_failure"]
+LABELS = {"baseline": "1 chain, no DB", "baseline_state": "2 chain + 1 UPDATE/task",
+          "saga": "3 saga happy path", "saga_failure": "4 saga, fails at step 3"}
+COUNT_FIELDS = ("statements", "checkouts", "commits", "rollbacks", "messages")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=500, help="sagas (or chains) per configuration per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a median worth quoting)")
+    p.add_argument("--window", type=int, default=8, help="runs kept in flight (closed loop)")
+    p.add_argument("--concurrency", type=int, default=2, help="prefork processes of the bench worker")
+    p.add_argument("--warmup", type=int, default=40, help="runs per configuration before measuring")
+    p.add_argument("--configs", default=",".join(ORDER), help="subset of " + ",".join(ORDER))
+    p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
+    p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
+    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--rss-check", action="store_true", help="only check worker RSS across --rss-n sagas")
+    p.add_argument("--rss-n", default="500,5000", help="sagas run before each RSS reading (cumulative)")
+    return p.parse_args(argv)
+
+
+def configure_env(args: argparse.Namespace) -> None:
+    """Everything the bench and its workers read, set before `workflows` is imported."""
+    os.environ.update({
+        "SAGA_DATABASE_URL": args.database_url, "SAGA_BROKER_URL": args.broker_url,
+        "SAGA_EXTRA_MODULES": "bench.bench_tasks", "SAGA_LOG_LEVEL": "WARNING",
+        # The sweeper must never interfere (and no beat runs): a step is "lost" only after a day.
+        "SAGA_DISPATCH_GRACE": "86400", "SAGA_START_GRACE": "86400",
+    })
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+# ------------------------------------------------------------------ setup
+
+
+def pg_dsn(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.drivername.startswith("postgresql"):
+        raise SystemExit(f"the bench needs PostgreSQL, not {u.drivername}")
+    return u.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def prepare(database_url: str, broker_url: str):  # type: ignore[no-untyped-def]
+    """Create and migrate the database, wipe the saga tables and the Redis db; returns clients."""
+    import psycopg2
+    import redis
+    from sqlalchemy.engine import make_url
+
+    from bench.bench_tasks import CREATE_STATE_TABLE, STATE_TABLE
+    from workflows.db import get_engine, migrate
+
+    name = make_url(database_url).database
+    admin = psycopg2.connect(pg_dsn(str(make_url(database_url).set(database="postgres").render_as_string(False))))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    migrate(database_url)
+    with get_engine(database_url).begin() as conn:
+        conn.execute(CREATE_STATE_TABLE)
+        conn.exec_driver_sql(f"TRUNCATE sagas, saga_steps, saga_events, dead_letters, {STATE_TABLE}")
+    r = redis.Redis.from_url(broker_url)
+    r.flushdb()
+    pg = psycopg2.connect(pg_dsn(database_url))
+    pg.autocommit = True
+    return r, pg
+
+
+def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from celery import chain
+
+    from bench.bench_tasks import DONE_KEY, INSERT_STATE, QUEUE, sessions
+    from bench.harness import Config
+    from workflows import start_saga
+
+    def chain_start(task: str, stateful: bool):  # type: ignore[no-untyped-def]
+        def start(tag: str, i: int) -> str:
+            cid = f"{tag}{i}"
+            if stateful:  # the chain's row, as start_saga inserts the saga's
+                with sessions().begin() as s:
+                    s.execute(INSERT_STATE, {"id": cid})
+            links = [app.signature(task, args=(cid,), kwargs={"last": True} if k == 3 else {}, immutable=True,
+                                   queue=QUEUE) for k in range(4)]
+            chain(*links).apply_async()
+            return cid
+        return start
+
+    def chain_finished(keys: list[str]) -> dict[str, tuple[float, bool]]:
+        return {k: (float(v), True) for k, v in zip(keys, r.hmget(DONE_KEY, keys)) if v is not None}
+
+    def saga_finished(expected: str):  # type: ignore[no-untyped-def]
+        def finished(keys: list[str]) -> dict[str, tuple[float, bool]]:
+            with pg.cursor() as cur:
+                cur.execute("SELECT id, state, extract(epoch FROM updated_at) FROM sagas WHERE id = ANY(%s) "
+                            "AND state IN ('COMPLETED', 'COMPENSATED', 'FAILED')", (keys,))
+                return {k: (float(ts), state == expected) for k, state, ts in cur.fetchall()}
+        return finished
+
+    return {
+        "baseline": Config("baseline", LABELS["baseline"], chain_start("bench.noop", False), chain_finished,
+                           cleanup=lambda: r.delete(DONE_KEY)),
+        "baseline_state": Config("baseline_state", LABELS["baseline_state"], chain_start("bench.stateful", True),
+                                 chain_finished, cleanup=lambda: r.delete(DONE_KEY)),
+        "saga": Config("saga", LABELS["saga"], lambda tag, i: start_saga("bench.noop4", {"i": i}),
+                       saga_finished("COMPLETED")),
+        "saga_failure": Config("saga_failure", LABELS["saga_failure"],
+                               lambda tag, i: start_saga("bench.fail3", {"i": i}), saga_finished("COMPENSATED")),
+    }
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def settled_totals(r) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The shared counters once the workers' last flushes landed (two equal reads)."""
+    from bench import counters
+
+    counters.flush(r)
+    prev = counters.totals(r)
+    for _ in range(40):
+        time.sleep(0.05)
+        cur = counters.totals(r)
+        if cur == prev:
+            return cur
+        prev = cur
+    return prev
+
+
+def measure(cfg, n: int, *, window: int, tag: str, r, sampler):  # type: ignore[no-untyped-def]
+    from bench.harness import drive
+
+    before = settled_totals(r)
+    sampler.reset()
+    phase = drive(cfg, n, window=window, tag=tag)
+    after = settled_totals(r)
+    phase.counts = {k: after[k] - before[k] for k in COUNT_FIELDS}
+    phase.peak_rss = sampler.peak
+    return phase
+
+
+def summarize(phases: list, n_rounds: int) -> dict[str, Any]:  # type: ignore[type-arg]
+    from bench.harness import percentile
+
+    tp = [p.throughput for p in phases]
+    lat = [x for p in phases for x in p.latencies]
+    runs = sum(p.n for p in phases)
+    per = {k: sum(p.counts.get(k, 0) for p in phases) / runs for k in COUNT_FIELDS}
+    trips = per["statements"] + per["checkouts"] + per["commits"] + per["rollbacks"]
+    return {
+        "label": LABELS[phases[0].config],
+        "throughput": {"median": statistics.median(tp), "min": min(tp), "max": max(tp), "rounds": tp},
+        "latency_ms": {"p50": 1000 * percentile(lat, 50), "p99": 1000 * percentile(lat, 99),
+                       "max": 1000 * max(lat)},
+        "statements_per_saga": per["statements"], "db_round_trips_per_saga": trips,
+        "transactions_per_saga": per["commits"], "rollbacks_per_saga": per["rollbacks"],
+        "pool_checkouts_per_saga": per["checkouts"], "messages_per_saga": per["messages"],
+        "peak_rss_mb": max(p.peak_rss for p in phases) / 2**20,
+        "errors": sum(p.errors for p in phases),
+    }
+
+
+def ratio(results: dict[str, Any], num: str, den: str) -> float | None:
+    """Median over rounds of the paired throughput ratio (same round, same noise)."""
+    if num not in results or den not in results:
+        return None
+    pairs = zip(results[num]["throughput"]["rounds"], results[den]["throughput"]["rounds"])
+    return statistics.median(a / b for a, b in pairs if b)
+
+
+def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
+    head = (f"{'configuration':<26}{'sagas/s median (min-max)':>26}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'RSS MB':>8}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for name in ORDER:
+        c = results.get(name)
+        if c is None:
+            continue
+        t = c["throughput"]
+        span = f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f})"
+        print(f"{c['label']:<26}{span:>26}{c['latency_ms']['p50']:>9.1f}{c['latency_ms']['p99']:>9.1f}"
+              f"{c['statements_per_saga']:>7.1f}{c['db_round_trips_per_saga']:>9.1f}"
+              f"{c['messages_per_saga']:>6.1f}{c['peak_rss_mb']:>8.1f}", file=out)
+
+
+# ------------------------------------------------------------------ main
+
+
+class Session:
+    """The bench's world for one run: prepared servers, the worker, the sampler. A context manager."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def __enter__(self) -> Session:
+        from bench.harness import BenchWorker, RssSampler
+
+        self.r, self.pg = prepare(self.args.database_url, self.args.broker_url)
+        import worker  # the same app, settings and runtime as the workers
+
+        self.app = worker.app
+        self.configs = make_configs(self.app, self.r, self.pg)
+        self.worker = BenchWorker(worker_env(), concurrency=self.args.concurrency)
+        try:
+            self.worker.wait_ready(self.app)
+        except BaseException:
+            self.worker.stop()
+            raise
+        self.sampler = RssSampler(self.worker.proc.pid)
+        self.sampler.start()
+        return self
+
+    def measure(self, name: str, n: int, tag: str):  # type: ignore[no-untyped-def]
+        return measure(self.configs[name], n, window=self.args.window, tag=tag, r=self.r, sampler=self.sampler)
+
+    def __exit__(self, *exc: object) -> None:
+        self.sampler.stop()
+        self.worker.stop()
+        self.pg.close()
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    names = [c for c in ORDER if c in args.configs.split(",")]
+    started = time.monotonic()
+    phases: dict[str, list] = {c: [] for c in names}  # type: ignore[type-arg]
+    with Session(args) as s:
+        for name in names:
+            if args.warmup:
+                s.measure(name, args.warmup, tag=f"w-{name}-")
+        for rnd in range(args.rounds):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # rotate the order
+                p = s.measure(name, args.n, tag=f"r{rnd}-{name}-")
+                phases[name].append(p)
+                print(f"  round {rnd + 1}/{args.rounds} {name:<15} {p.throughput:7.1f}/s "
+                      f"({p.n} in {p.elapsed:.1f}s, {p.errors} errors)", flush=True)
+    results = {name: summarize(ps, args.rounds) for name, ps in phases.items()}
+    doc: dict[str, Any] = {
+        "saga_vs_baseline_with_state": ratio(results, "saga", "baseline_state"),
+        "saga_vs_baseline": ratio(results, "saga", "baseline"),
+        "saga_failure_vs_baseline_with_state": ratio(results, "saga_failure", "baseline_state"),
+        "saga_p99_vs_baseline_with_state_p99": (
+            results["saga"]["latency_ms"]["p99"] / results["baseline_state"]["latency_ms"]["p99"]
+            if "saga" in results and "baseline_state" in results else None),
+        "configs": results,
+        "settings": {"n": args.n, "rounds": args.rounds, "window": args.window, "warmup": args.warmup,
+                     "concurrency": args.concurrency, "pool": "prefork", "acks_late": True, "prefetch": 1,
+                     "serializer": "json", "database_url": args.database_url, "broker_url": args.broker_url,
+                     "cpus": os.cpu_count()},
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    doc["targets"] = targets(doc)
+    return doc
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    tp, p99 = doc["saga_vs_baseline_with_state"], doc["saga_p99_vs_baseline_with_state_p99"]
+    if tp is not None:
+        out["throughput_vs_baseline_with_state"] = {"target": ">= 0.7", "value": round(tp, 3), "met": tp >= 0.7}
+    if p99 is not None:
+        out["p99_vs_baseline_with_state"] = {"target": "<= 2.0", "value": round(p99, 3), "met": p99 <= 2.0}
+    return out
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    """Write `doc` to `path`, keeping other top-level keys already there (e.g. `rss_check`)."""
+    old: dict[str, Any] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+    if "configs" in doc:  # a new bench run replaces the old one's numbers, not the RSS check
+        old = {k: v for k, v in old.items() if k == "rss_check"}
+    path.write_text(json.dumps({**old, **doc}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_env(args)
+    if args.rss_check:
+        from bench.rss import rss_check
+
+        doc = {"rss_check": rss_check(args)}
+        write(args.output, doc)
+        return 0 if doc["rss_check"]["flat"] else 1
+    print(f"bench: n={args.n} x {args.rounds} rounds, window {args.window}, prefork x{args.concurrency}, "
+          f"{args.database_url} + {args.broker_url}", flush=True)
+    doc = run_bench(args)
+    write(args.output, doc)
+    print()
+    print_table(doc["configs"])
+    print()
+    for key in ("saga_vs_baseline_with_state", "saga_vs_baseline", "saga_failure_vs_baseline_with_state",
+                "saga_p99_vs_baseline_with_state_p99"):
+        if doc[key] is not None:
+            print(f"{key:<40} {doc[key]:.3f}")
+    for name, t in doc["targets"].items():
+        print(f"target {name}: {t['value']} (want {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    print(f"\n{doc['elapsed_s']}s; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+        sys.path[0] = str(ROOT)  # import bench.* as a package, not its files as top-level modules
+    sys.exit(main())
