@@ -20,8 +20,14 @@ if broker_url.startswith("filesystem"):
     }
 elif broker_url.startswith("redis"):
     # Unacked messages (late acks, retries waiting for their countdown) come back after this:
-    # it must exceed the longest retry countdown and step time limit.
-    broker_transport_options = {"visibility_timeout": _settings.redis_visibility_timeout}
+    # it must exceed the longest retry countdown and step time limit. Every consumer scans for
+    # them every `unacked_restore_interval` seconds; kombu's default throttle (a real scan every
+    # 10th tick) would let a dead worker's message wait up to 100 s more.
+    broker_transport_options = {
+        "visibility_timeout": _settings.redis_visibility_timeout,
+        "unacked_restore_interval": max(1, min(10, _settings.redis_visibility_timeout // 5)),
+        "unacked_restore_throttle": 1,
+    }
 
 broker_connection_retry_on_startup = True
 

@@ -1,0 +1,314 @@
+"""Crash safety: duplicates, a crash between commit and publish, killed workers, races, idempotent start.
+
+Real Redis, real PostgreSQL (and SQLite for the race), real prefork workers in subprocesses. The
+crash.chain saga runs on the queue "crash" that only the workers started here consume, and the
+tests start its runs themselves, so they know which worker handles which message.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from conftest import WorkerProcess, worker_env
+from sqlalchemy import func, select
+
+from tasks.common import transaction
+from tasks.inventory import available
+from tasks.models import Notification, Payment, Reservation, Shipment
+from tests.support import crash_sagas
+from tests.support.crash_sagas import applied, calls, deliveries
+from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
+from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo, Started
+from workflows.models import EventRow, SagaRow
+from workflows.orchestrator import publish_command
+from workflows.store import SagaStore
+
+EXTRA_MODULES = "tests.support.sagas,tests.support.crash_sagas"
+ORDER_QUEUES = "saga,inventory,payment,shipping,notification"
+VISIBILITY = "5"
+
+
+@pytest.fixture
+def workers(app):  # type: ignore[no-untyped-def]
+    """Start workers of our own (killed at the end): workers(name, queues, concurrency, **env)."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str, queues: str = crash_sagas.QUEUE, concurrency: int = 1, **env: str) -> WorkerProcess:
+        env.setdefault("SAGA_REDIS_VISIBILITY_TIMEOUT", VISIBILITY)
+        w = WorkerProcess(f"{name}-{uuid.uuid4().hex[:6]}", queues, concurrency,
+                          env=worker_env(SAGA_EXTRA_MODULES=EXTRA_MODULES, **env))
+        started.append(w)
+        w.wait_ready(app)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def begin(saga_name: str, data: dict) -> tuple[str, object, object]:  # type: ignore[type-arg]
+    """Record a run and its start in the test process; return (id, run, first step's command).
+
+    The test publishes the command itself (once, or twice), instead of a worker's saga.start.
+    """
+    rt = get_runtime()
+    definition = registry.get(saga_name)
+    saga_id, _ = rt.store.create_run(definition, definition.validate_input(data))
+    t = rt.store.apply(definition, saga_id, Started(), by=f"test-start-{saga_id}").transition
+    assert t is not None and t.command is not None
+    return saga_id, t.after, t.command
+
+
+def history(view, type_: str, step: str | None = None) -> list:  # type: ignore[no-untyped-def,type-arg]
+    return [e for e in view.events if e.type == type_ and (step is None or e.step == step)]
+
+
+def step_counts(view, type_: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {s.name: len(history(view, type_, s.name)) for s in view.steps}
+
+
+# ---------------------------------------------------------------- duplicate delivery
+
+
+def test_a_duplicated_step_message_runs_the_step_once_and_publishes_its_follow_up_once(workers):  # type: ignore[no-untyped-def]
+    # Given one worker taking one message at a time: the duplicate is handled right after the
+    # original committed and published the next step, before that step ran.
+    w = workers("dup", concurrency=1)
+    saga_id, run, cmd = begin("crash.chain", {})
+
+    # When the first step's message is published twice (same task id, same arguments)
+    publish_command(get_runtime(), run, cmd)
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+    _drain(w)
+
+    # Then the step ran once, the run advanced once per step, and the follow-up was not duplicated
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert deliveries(saga_id) == ["action:a", "action:a", "action:b", "action:c"]
+    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
+    assert step_counts(view, "StepDispatched") == {"a": 1, "b": 1, "c": 1}
+    assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+    ignored = history(view, "DuplicateIgnored", "a") + history(view, "StaleMessageIgnored", "a")
+    assert [e.detail["by"] for e in ignored] == [cmd.task_id]
+
+
+def test_a_duplicated_order_step_takes_effect_once(workers, order_factory):  # type: ignore[no-untyped-def]
+    # Given workers of the order services taking two messages at a time (the copies may race)
+    workers("orders", ORDER_QUEUES, concurrency=2)
+    order = order_factory()
+    sku = order["items"][0]["sku"]
+    saga_id, run, cmd = begin("order_fulfillment", order)
+
+    # When the reservation message is delivered twice
+    publish_command(get_runtime(), run, cmd)
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then each service's effect exists once and stock moved once
+    assert view.state == "COMPLETED"
+    with transaction() as s:
+        for model in (Reservation, Payment, Shipment, Notification):
+            assert s.scalar(select(func.count()).select_from(model).where(model.saga_id == saga_id)) == 1
+    assert available(sku) == 8
+    assert set(step_counts(view, "StepSucceeded").values()) == {1}
+    assert set(step_counts(view, "StepDispatched").values()) == {1}
+
+
+# ---------------------------------------------------------------- crash between commit and publish
+
+
+def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(workers):  # type: ignore[no-untyped-def]
+    # Given a worker whose pool process dies right after committing step b, before publishing c
+    workers("crash-child", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b")
+    saga_id, run, cmd = begin("crash.chain", {})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then reject_on_worker_lost requeued b; the redelivery found its own commit, did not run b
+    # again, and published c
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert [e.detail["by"] for e in history(view, "FollowUpRepublished", "b")] == [view.step("b").task_id]
+    assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_timeout(workers):  # type: ignore[no-untyped-def]
+    # Given a worker that is killed whole (no parent left to requeue) right after committing step b
+    doomed = workers("crash-worker", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b:worker")
+    saga_id, run, cmd = begin("crash.chain", {})
+    publish_command(get_runtime(), run, cmd)
+    _wait_until(lambda: doomed.proc.poll() is not None, 30, "the worker did not die at its crash point")
+
+    # When another worker comes up (the unacked message is restored after the visibility timeout)
+    workers("survivor", concurrency=1)
+    view = wait_for(saga_id, timeout=60)
+
+    # Then the saga completed, with each step run once
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert len(history(view, "FollowUpRepublished", "b")) == 1
+    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
+
+
+def test_a_worker_killed_in_the_middle_of_a_step_is_redelivered_and_the_effect_happens_once(workers):  # type: ignore[no-untyped-def]
+    # Given a worker running a step that takes a while
+    victim = workers("victim", concurrency=1)
+    saga_id, run, cmd = begin("crash.chain", {"sleep": {"b": 4}})
+    publish_command(get_runtime(), run, cmd)
+    _wait_until(lambda: "action:b:1" in calls(saga_id), 30, "step b never started")
+
+    # When the worker is SIGKILLed mid-step and another one takes over
+    victim.kill()
+    workers("heir", concurrency=1)
+    view = wait_for(saga_id, timeout=60)
+
+    # Then b ran again from the redelivered message, and every effect happened once
+    assert view.state == "COMPLETED"
+    assert calls(saga_id).count("action:b:1") == 2
+    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
+    assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+
+
+def _drain(w: WorkerProcess) -> None:
+    """Wait until the crash queue is empty and `w` holds no message (nothing left to deliver)."""
+    import redis
+
+    broker = redis.Redis.from_url(os.environ["TEST_REDIS_URL"])
+    node = f"{w.name}@{os.uname().nodename}"
+
+    def idle() -> bool:
+        if broker.llen(crash_sagas.QUEUE):
+            return False
+        inspect = get_runtime().app.control.inspect(destination=[node], timeout=1.0)
+        active, reserved = inspect.active() or {}, inspect.reserved() or {}
+        return node in active and not active[node] and not reserved.get(node)
+
+    _wait_until(idle, 30, "the crash queue did not drain")
+
+
+def _wait_until(check, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- two workers racing
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def race_store(request, tmp_path):  # type: ignore[no-untyped-def]
+    from workflows.db import migrate
+
+    if request.param == "postgresql":
+        request.getfixturevalue("database")
+        return SagaStore(os.environ["TEST_PG_URL"])
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    migrate(url)
+    return SagaStore(url)
+
+
+def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_store):  # type: ignore[no-untyped-def]
+    chain = crash_sagas.chain
+    outcomes = [ActionSucceeded("a", {"n": 1}), ActionFailed("a", ErrorInfo("Boom", "flaky"), True, 0.0),
+                ActionTimedOut("a", "lost"), ActionSucceeded("a", {"n": 2})]
+    for _ in range(8):
+        saga_id, _ = race_store.create_run(chain, {})
+        start = race_store.apply(chain, saga_id, Started(), by="start").transition
+        version = start.after.version
+        barrier = threading.Barrier(len(outcomes))
+        results: list = [None] * len(outcomes)  # type: ignore[type-arg]
+
+        def report(i: int) -> None:
+            barrier.wait()
+            results[i] = race_store.apply(chain, saga_id, outcomes[i], by=f"worker-{i}", expected_version=version,
+                                          now=datetime.now(timezone.utc))
+
+        threads = [threading.Thread(target=report, args=(i,)) for i in range(len(outcomes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        winners = [i for i, r in enumerate(results) if r.transition is not None]
+        assert len(winners) == 1
+        assert all(r.stale and not r.own_commit for r in results if r.transition is None)
+        run = race_store.load(saga_id)
+        assert run.version == version + 1
+        assert run.caused_by == f"worker-{winners[0]}"
+        a = run.step("a")
+        assert a.attempts == 1
+        assert a.status.value == {0: "SUCCEEDED", 1: "RUNNING", 2: "COMPENSATING", 3: "SUCCEEDED"}[winners[0]]
+        with race_store.sessions() as s:
+            stale = s.scalar(select(func.count()).select_from(EventRow).where(
+                EventRow.saga_id == saga_id, EventRow.type == "StaleMessageIgnored"))
+        assert stale == len(outcomes) - 1
+
+
+# ---------------------------------------------------------------- idempotent start
+
+
+def _rows_with_key(key: str) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+    with get_runtime().store.sessions() as s:
+        return [(r.id, r.input) for r in s.scalars(select(SagaRow).where(SagaRow.idempotency_key == key))]
+
+
+def _event_count(saga_id: str) -> int:
+    with get_runtime().store.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(EventRow).where(EventRow.saga_id == saga_id)) or 0)
+
+
+def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # type: ignore[no-untyped-def]
+    workers("starts", ORDER_QUEUES, concurrency=2)
+    order = order_factory()
+    key = f"order-{order['order_id']}"
+
+    # When the same request arrives twice in a row, then six times at once
+    first = start_saga("order_fulfillment", order, idempotency_key=key)
+    second = start_saga("order_fulfillment", dict(order), idempotency_key=key)
+    ids: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def again() -> None:
+        barrier.wait()
+        ids.append(start_saga("order_fulfillment", order, idempotency_key=key))
+
+    threads = [threading.Thread(target=again) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then every call returned the same saga, which ran once
+    assert second == first and ids == [first] * 6
+    assert [i for i, _ in _rows_with_key(key)] == [first]
+    view = wait_for(first, timeout=30)
+    assert view.state == "COMPLETED"
+    assert len(history(view, "SagaCreated")) == 1 and len(history(view, "SagaStarted")) == 1
+    with transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Payment).where(Payment.saga_id == first)) == 1
+
+
+def test_one_key_with_another_payload_is_refused_and_writes_nothing(order_factory):  # type: ignore[no-untyped-def]
+    order = order_factory()
+    key = f"order-{order['order_id']}"
+    first = start_saga("order_fulfillment", order, idempotency_key=key)
+    before = _event_count(first)
+    changed = {**order, "items": [{**order["items"][0], "quantity": 3}]}
+
+    with pytest.raises(IdempotencyConflict) as err:
+        start_saga("order_fulfillment", changed, idempotency_key=key)
+    assert err.value.saga_id == first and key in str(err.value)
+    with pytest.raises(IdempotencyConflict):
+        start_saga("crash.chain", order, idempotency_key=key)  # same key, another saga type
+
+    assert _rows_with_key(key) == [(first, get_runtime().store.get(first).input)]
+    assert get_runtime().store.get(first).input["items"][0]["quantity"] == 2
+    assert _event_count(first) == before
