@@ -53,7 +53,7 @@ def poll(fetch, timeout: float = 30.0, every: float = 0.25):  # type: ignore[no-
 
 
 @contextmanager
-def running_flower(*, unauthenticated_api: bool) -> Iterator[httpx.Client]:
+def running_flower(*, unauthenticated_api: bool, basic_auth: str | None = None) -> Iterator[httpx.Client]:
     """`celery -A worker flower` on a free loopback port, against this session's broker."""
     port = free_port()
     log = Path(f"/tmp/saga-test-flower-{os.getpid()}-{port}.log")
@@ -61,6 +61,8 @@ def running_flower(*, unauthenticated_api: bool) -> Iterator[httpx.Client]:
     env["PYTHONPATH"] = str(ROOT)
     if unauthenticated_api:
         env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    if basic_auth:
+        env["FLOWER_BASIC_AUTH"] = basic_auth  # what docker-compose.yml sets
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
                              "--address=127.0.0.1"], cwd=ROOT, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -99,6 +101,16 @@ def test_flower_api_answers_401_without_auth_or_flower_unauthenticated_api(app):
 
     assert r.status_code == 401
     assert "FLOWER_UNAUTHENTICATED_API" in r.text
+
+
+def test_flower_api_with_basic_auth_answers_only_with_the_credentials(app):  # type: ignore[no-untyped-def]
+    with running_flower(unauthenticated_api=False, basic_auth="ops:s3cret") as guarded:
+        anonymous = guarded.get("/api/tasks", params={"limit": 1})
+        wrong = guarded.get("/api/tasks", params={"limit": 1}, auth=("ops", "nope"))
+        right = guarded.get("/api/tasks", params={"limit": 1}, auth=("ops", "s3cret"))
+
+    assert anonymous.status_code == wrong.status_code == 401
+    assert right.status_code == 200 and isinstance(right.json(), dict)
 
 
 def test_flower_finds_every_task_of_a_saga_by_its_id(flower, order_factory):  # type: ignore[no-untyped-def]

@@ -1,0 +1,124 @@
+"""docker-compose.yml runs the whole system: servers, migrations, two worker pools, beat, Flower, API.
+
+No Docker daemon is needed: the YAML is read as compose reads it, and `docker-compose config`
+(or `docker compose config`) validates it when either is installed.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tasks.common import SERVICES
+from workflows.runtime import ORCHESTRATOR_QUEUE
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "beat", "flower", "api"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # resolves the << merge keys
+
+
+def queues_of(command: list[str]) -> set[str]:
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def test_compose_declares_every_service(compose):  # type: ignore[no-untyped-def]
+    assert set(compose["services"]) == {"redis", "postgres", *APP_SERVICES}
+
+
+def test_every_saga_service_runs_the_image_built_here_against_the_same_servers(compose):  # type: ignore[no-untyped-def]
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        env = service["environment"]
+        assert service["build"] == "." and service["image"] == "celery-sagas:latest", name
+        assert env["SAGA_DATABASE_URL"].startswith("postgresql+psycopg2://sagas:sagas@postgres:5432/"), name
+        assert env["SAGA_BROKER_URL"].startswith("redis://redis:6379/"), name
+        assert "SAGA_API_TOKEN" in env and "SAGA_TEST_MODE" in env, name
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+        if name != "migrate":
+            assert service["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+            assert service["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+
+
+def test_migrate_is_a_one_shot_sagas_migrate(compose):  # type: ignore[no-untyped-def]
+    migrate = compose["services"]["migrate"]
+
+    assert migrate["command"] == ["sagas", "migrate"]
+    assert migrate["restart"] == "no"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["sagas"] == "workflows.cli:main"
+
+
+def test_two_worker_pools_consume_every_queue_a_saga_task_is_sent_to(compose):  # type: ignore[no-untyped-def]
+    services = compose["services"]
+    orchestrator = services["worker-orchestrator"]["command"]
+    pool = services["worker-services"]["command"]
+
+    assert orchestrator[:4] == pool[:4] == ["celery", "-A", "worker", "worker"]
+    assert queues_of(orchestrator) == {ORCHESTRATOR_QUEUE}
+    assert queues_of(pool) == set(SERVICES)
+    assert "-n" in orchestrator and "-n" in pool  # distinct node names, so Flower tells them apart
+    assert orchestrator[orchestrator.index("-n") + 1] != pool[pool.index("-n") + 1]
+
+
+def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
+    services = compose["services"]
+
+    assert services["beat"]["command"][:4] == ["celery", "-A", "worker", "beat"]
+    flower = services["flower"]
+    assert flower["command"][:4] == ["celery", "-A", "worker", "flower"] and "--port=5555" in flower["command"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].count(":") >= 1  # Flower's API needs auth (or the flag)
+    assert flower["environment"]["SAGA_BROKER_URL"] == services["api"]["environment"]["SAGA_BROKER_URL"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    api = services["api"]
+    assert api["command"] == ["uvicorn", "workflows.api:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+
+
+def test_servers_have_health_checks_the_others_wait_for(compose):  # type: ignore[no-untyped-def]
+    services = compose["services"]
+
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "sagas"
+
+
+def test_dockerfile_installs_the_project_on_python_3_11_slim():  # type: ignore[no-untyped-def]
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+
+    assert "FROM python:3.11-slim" in lines
+    assert any(line.startswith("RUN pip install .") for line in lines)
+    assert "PYTHONPATH=/app \\" in lines  # the migrations live next to the source, not in the wheel
+    assert (ROOT / "migrations" / "env.py").exists()
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return None
+
+
+def test_docker_compose_config_accepts_the_file(compose):  # type: ignore[no-untyped-def]
+    cmd = compose_command()
+    if cmd is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed (the YAML checks above ran)")
+
+    done = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)
+    assert set(resolved["services"]) == set(compose["services"])
+    assert resolved["services"]["worker-services"]["command"] == compose["services"]["worker-services"]["command"]
+    assert resolved["services"]["flower"]["environment"]["SAGA_DATABASE_URL"].startswith("postgresql+psycopg2://")
