@@ -1,0 +1,46 @@
+"""Choreographed sagas: services react to events on a bus; one queryable history.
+
+    from workflows.choreography import Choreography, EventContext, Envelope, publish
+
+    shop = Choreography("order_parallel", completed={"OrderCompleted"},
+                        compensating={"InventoryReservationFailed", "PaymentFailed"},
+                        compensated={"OrderCancelled"})
+    payment = shop.service("payment")
+
+    @payment.subscribe("OrderCreated")
+    def charge(ctx: EventContext, event: Envelope) -> None:
+        ...                                               # the effect, in ctx.session
+        ctx.publish("PaymentProcessed", {"payment_id": 7})   # committed with it, sent after commit
+
+    saga_id = shop.start("OrderCreated", {"order_id": "o-1", ...})
+
+The modules: `envelope` (the validated event), `declaration` (choreographies, services,
+subscriptions), `bus` (exchange, queues, routing), `outbox` (atomic publishing and the relay),
+`consumer` (handling one delivery once), `history` (the saga's history and derived state),
+`operations` (redrive, stuck sagas, trace), `install` (Celery wiring), `demo`.
+"""
+from ..dead_letters import redrivers
+from ..runtime import installers
+from ..sweeper import extra_detectors
+from .bus import exchange, queue_name, routing_key, use_publisher
+from .context import EventContext, Published, current, publish
+from .declaration import DEFAULT_HANDLER_POLICY, Choreography, Service, Subscription, choreographies
+from .envelope import SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, make_envelope, parse_envelope
+from .history import derive
+from .install import install_consumers
+from .operations import Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas, sweep_choreographies, trace
+from .outbox import backlog, relay_pending
+
+redrivers["event"] = redrive_event
+if sweep_choreographies not in extra_detectors:
+    extra_detectors.append(sweep_choreographies)
+if install_consumers not in installers:
+    installers.append(install_consumers)
+
+__all__ = [
+    "DEFAULT_HANDLER_POLICY", "Choreography", "Delivery", "Envelope", "EventContext", "InvalidEvent",
+    "MalformedEvent", "Published", "SCHEMA_VERSION", "Service", "Subscription", "TracedEvent", "backlog",
+    "choreographies", "current", "derive", "exchange", "format_trace", "install_consumers", "make_envelope",
+    "parse_envelope", "publish", "queue_name", "relay_pending", "routing_key", "stuck_sagas", "trace",
+    "use_publisher",
+]

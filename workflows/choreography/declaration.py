@@ -1,0 +1,243 @@
+"""Declaring a choreography: its name, which events end it how, and who reacts to what.
+
+    shop = Choreography("order_parallel", completed={"OrderCompleted"},
+                        compensating={"InventoryReservationFailed", "PaymentFailed"},
+                        compensated={"OrderCancelled"}, schemas={"OrderCreated": Order}, deadline=60)
+    payment = shop.service("payment", retry=RetryPolicy(max_attempts=5))
+
+    @payment.subscribe("OrderCreated")
+    def charge(ctx: EventContext, event: Envelope) -> None:
+        ...
+        ctx.publish("PaymentProcessed", {"payment_id": p.id})
+
+There is no coordinator: each service declares the events it reacts to, and its handler publishes
+what happened. The declaration says only what the events *mean* for the saga's state, so the
+state can be derived from the history (see `history.derive`). Validated when declared.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import DefinitionError, UnknownSaga
+from ..retry import RetryPolicy
+from .envelope import EVENT_TYPE, NAME, InvalidEvent
+
+Handler = Callable[..., Any]
+"""`fn(ctx: EventContext, event: Envelope) -> dict | None`, or the same as `async def`."""
+
+DEFAULT_HANDLER_POLICY = RetryPolicy(max_attempts=5, initial_interval=1.0, backoff=2.0, max_interval=60.0)
+"""5 tries, 1 s, 2 s, 4 s, 8 s apart (full jitter); then the event is dead-lettered."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One service's handler for one event type of one choreography. Immutable."""
+
+    choreography: str
+    event_type: str
+    service: str
+    handler: Handler
+    retry: RetryPolicy
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}.{getattr(self.handler, '__name__', 'handler')}"
+
+    def call(self, ctx: Any, event: Any) -> Any:
+        """Run the handler; an `async def` handler runs to completion in its own event loop."""
+        out = self.handler(ctx, event)
+        if inspect.isawaitable(out):
+            out = asyncio.run(_await(out))
+        return out
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service's view of a choreography: `@service.subscribe("EventType")` declares a handler."""
+
+    choreography: Choreography
+    name: str
+    retry: RetryPolicy
+
+    def subscribe(self, event_type: str, handler: Handler | None = None, *,
+                  retry: RetryPolicy | None = None) -> Any:
+        """Declare `handler` for `event_type` (as a decorator when `handler` is omitted).
+
+        The decorated function is returned unchanged, so it can be stacked for several event
+        types and called directly in a test.
+        """
+        def wrap(fn: Handler) -> Handler:
+            self.choreography._add(Subscription(self.choreography.name, event_type, self.name, fn,
+                                                retry or self.retry))
+            return fn
+
+        return wrap(handler) if handler is not None else wrap
+
+
+@dataclass
+class Choreography:
+    """A saga run by events. Registered under its name when declared.
+
+    The sets say what an event means for the saga's derived state; an event in none of them is
+    progress. Once nothing is left to handle (every published event handled by every subscriber):
+    COMPLETED after a `completed` event; COMPENSATED after a `compensating` event (and, when
+    declared, a `compensated` one). A `failed` event, or a handler that ran out of retries, makes
+    it FAILED: an operator must act.
+    """
+
+    name: str
+    completed: Iterable[str]
+    compensating: Iterable[str] = ()
+    compensated: Iterable[str] = ()
+    failed: Iterable[str] = ()
+    events: Iterable[str] = ()
+    """Event types published but subscribed by no service (they are still validated and recorded)."""
+    schemas: dict[str, type[BaseModel]] = field(default_factory=dict)
+    """Payload models by event type, checked on publish and on receipt."""
+    deadline: float = 300.0
+    """Seconds without any new event after which a non-terminal saga is reported stuck."""
+    description: str = ""
+    subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict, repr=False)
+    """(event type, service) -> subscription."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME.match(self.name):
+            raise DefinitionError(f"choreography name {self.name!r} must be lower_snake_case (a-z, 0-9, _), "
+                                  "at most 40 characters, no dots")
+        for attr in ("completed", "compensating", "compensated", "failed", "events"):
+            value = frozenset([getattr(self, attr)] if isinstance(getattr(self, attr), str) else getattr(self, attr))
+            for t in value:
+                _check_event_type(self.name, t)
+            setattr(self, attr, value)
+        if not self.completed:
+            raise DefinitionError(f"choreography {self.name!r}: name the event type(s) that complete it "
+                                  "(completed={'OrderFulfilled'})")
+        sets = {k: getattr(self, k) for k in ("completed", "compensating", "compensated", "failed")}
+        for a in sets:
+            for b in sets:
+                if a < b and sets[a] & sets[b]:
+                    raise DefinitionError(f"choreography {self.name!r}: {sorted(sets[a] & sets[b])} cannot be "
+                                          f"both {a} and {b}")
+        for t, model in self.schemas.items():
+            _check_event_type(self.name, t)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise DefinitionError(f"choreography {self.name!r}: schema of {t!r} must be a pydantic model")
+        if not isinstance(self.deadline, (int, float)) or self.deadline <= 0:
+            raise DefinitionError(f"choreography {self.name!r}: deadline must be seconds > 0 (got {self.deadline!r})")
+        choreographies.register(self)
+
+    def service(self, name: str, *, retry: RetryPolicy | None = None) -> Service:
+        """The service `name` (its queue is `<namespace>.<name>`), with its handlers' default policy."""
+        if not isinstance(name, str) or not NAME.match(name):
+            raise DefinitionError(f"service name {name!r} must be lower_snake_case, at most 40 characters")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise DefinitionError(f"service {name!r}: retry must be a RetryPolicy")
+        return Service(self, name, retry or DEFAULT_HANDLER_POLICY)
+
+    def _add(self, sub: Subscription) -> None:
+        _check_event_type(self.name, sub.event_type)
+        if not callable(sub.handler):
+            raise DefinitionError(f"{self.name}: the handler of {sub.event_type!r} must be a function")
+        if not isinstance(sub.retry, RetryPolicy):
+            raise DefinitionError(f"{self.name}: retry of {sub.name!r} must be a RetryPolicy")
+        params = inspect.signature(sub.handler).parameters
+        if len(params) < 2:
+            raise DefinitionError(f"handler {sub.name!r} must take (ctx, event)")
+        old = self.subscriptions.get((sub.event_type, sub.service))
+        if old is not None and getattr(old.handler, "__qualname__", None) != getattr(sub.handler, "__qualname__", None):
+            raise DefinitionError(
+                f"{self.name}: service {sub.service!r} already handles {sub.event_type!r} with {old.name!r}; "
+                "a service handles an event type once: do both things in one handler")
+        self.subscriptions[(sub.event_type, sub.service)] = sub
+
+    def start(self, event_type: str, payload: dict[str, Any], *, saga_id: str | None = None,
+              idempotency_key: str | None = None) -> str:
+        """Start a saga by publishing its first event (validated, written, relayed). Returns its id."""
+        from .context import start
+
+        return start(self, event_type, payload, saga_id=saga_id, idempotency_key=idempotency_key)
+
+    # ------------------------------------------------------------ questions
+
+    def subscription(self, event_type: str, service: str) -> Subscription | None:
+        return self.subscriptions.get((event_type, service))
+
+    def consumers(self, event_type: str) -> list[str]:
+        """The services subscribed to `event_type`, sorted: each receives its own copy."""
+        return sorted(s for (t, s) in self.subscriptions if t == event_type)
+
+    def event_types(self) -> frozenset[str]:
+        """Every event type this choreography knows (subscribed, declared or given a meaning)."""
+        subscribed = {t for (t, _) in self.subscriptions}
+        return frozenset(subscribed | set(self.schemas) | self.completed | self.compensating  # type: ignore[operator]
+                         | self.compensated | self.failed | self.events)  # type: ignore[operator]
+
+    def validate(self, event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Check that `event_type` belongs here and its payload fits its schema. Raises `InvalidEvent`."""
+        if event_type not in self.event_types():
+            raise InvalidEvent(f"{event_type!r} is not an event of choreography {self.name!r}: subscribe a "
+                               "service to it, or declare it in `events=`")
+        model = self.schemas.get(event_type)
+        if model is None:
+            return payload
+        try:
+            return model.model_validate(payload).model_dump(mode="json")
+        except ValidationError as e:
+            errors = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+            raise InvalidEvent(f"invalid payload for {self.name}.{event_type}: {errors}") from None
+
+
+def _check_event_type(choreography: str, t: Any) -> None:
+    if not isinstance(t, str) or not EVENT_TYPE.match(t):
+        raise DefinitionError(f"choreography {choreography!r}: event type {t!r} must be PascalCase letters and "
+                              "digits (OrderCreated), at most 60 characters")
+
+
+class ChoreographyRegistry:
+    def __init__(self) -> None:
+        self._by_name: dict[str, Choreography] = {}
+
+    def register(self, ch: Choreography) -> None:
+        old = self._by_name.get(ch.name)
+        if old is not None and old is not ch:
+            # A module imported twice (e.g. as a script and as a module) declares the same thing again.
+            same = (old.completed, old.compensating, old.compensated, old.failed) == \
+                   (ch.completed, ch.compensating, ch.compensated, ch.failed)
+            if not same:
+                raise DefinitionError(f"a different choreography is already registered as {ch.name!r}")
+            ch.subscriptions = old.subscriptions
+        self._by_name[ch.name] = ch
+
+    def get(self, name: str) -> Choreography:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name)) or "none"
+            raise UnknownSaga(f"unknown choreography {name!r} (registered: {known})") from None
+
+    def all(self) -> list[Choreography]:
+        return list(self._by_name.values())
+
+    def routes(self) -> dict[str, list[tuple[str, str]]]:
+        """service -> [(choreography, event type)] it subscribes to, for its queue's bindings."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for ch in self._by_name.values():
+            for (t, s) in ch.subscriptions:
+                out.setdefault(s, []).append((ch.name, t))
+        return {s: sorted(v) for s, v in sorted(out.items())}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+
+choreographies = ChoreographyRegistry()

@@ -1,0 +1,179 @@
+"""Operating choreographed sagas: redrive a dead-lettered event, find stuck sagas, trace a saga.
+
+- `redrive` of a dead letter of kind 'event' (registered in `workflows.dead_letters.redrivers`):
+  one transaction moves the dead letter OPEN -> REDRIVEN and writes the event again to the outbox
+  for that one consumer; the relay sends it after commit. Once, and never lost.
+- `sweep_choreographies` (registered in `workflows.sweeper.extra_detectors`, so `saga.sweep` on
+  celery beat runs it): sends outbox rows a crashed publisher left, re-derives the state of FAILED
+  sagas whose dead letters were discarded, and returns the stuck sagas.
+- `stuck_sagas`: choreographed sagas, not terminal, with no new event for longer than their
+  choreography's deadline (`sagas.deadline_at` is pushed forward by every event).
+- `trace`: each event of a saga with what caused it and where each of its deliveries stands.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+
+from ..errors import InvalidOperation
+from ..models import EventRow, SagaRow
+from ..runtime import Runtime, get_runtime
+from ..views import DeadLetterView
+from . import history, outbox
+from .declaration import choreographies
+from .envelope import MalformedEvent, parse_envelope
+from .models import OutboxRow
+
+log = logging.getLogger("workflows.choreography")
+
+OUTBOX_GRACE = 5.0
+"""Seconds the sweeper leaves a fresh outbox row to its own publisher before sending it itself."""
+
+
+def redrive_event(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
+    """Publish a dead-lettered event again, to the one consumer that gave up on it."""
+    raw = dl.kwargs.get("event")
+    consumer = (dl.headers or {}).get("consumer")
+    try:
+        event = parse_envelope(raw)
+    except MalformedEvent as e:
+        raise InvalidOperation(f"dead letter {dl.id} holds a malformed event ({e}); it can never be handled: "
+                               "fix the publisher and discard it") from None
+    if not consumer:
+        raise InvalidOperation(f"dead letter {dl.id} does not say which consumer it was for")
+    now = datetime.now(timezone.utc)
+    with rt.store.sessions.begin() as s:
+        if not rt.store.resolve_dead_letter(s, dl.id, "REDRIVEN", f"redriven by {who}: {reason}".strip(": ")):
+            raise InvalidOperation(f"dead letter {dl.id} was handled already")
+        row = outbox.write(s, event, [consumer], now, note_history=False)
+        history.add(s, event.saga_id, "EventRedriven", now, step=event.event_type, event_id=event.event_id,
+                    consumer=consumer, dead_letter=dl.id, who=who, reason=reason)
+        if event.saga_type in choreographies:
+            history.refresh(s, choreographies.get(event.saga_type), event.saga_id, now)
+    outbox.relay([row.id])
+
+
+def stuck_sagas(rt: Runtime | None = None, now: datetime | None = None, limit: int = 500) -> list[str]:
+    """Ids of choreographed sagas that saw no event for longer than their deadline."""
+    rt = rt or get_runtime()
+    now = now or datetime.now(timezone.utc)
+    with rt.store.sessions() as s:
+        return list(s.scalars(select(SagaRow.id).where(
+            SagaRow.style == "choreographed", SagaRow.state.in_(["RUNNING", "COMPENSATING"]),
+            SagaRow.deadline_at < now).order_by(SagaRow.deadline_at).limit(limit)))
+
+
+def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
+    """The sweeper's part for choreographies; returns the stuck sagas (reported, not changed)."""
+    try:
+        sent = outbox.relay_pending(older_than=OUTBOX_GRACE)
+    except Exception as e:  # the broker is down: the next sweep tries again
+        log.warning("outbox relay failed: %s", e)
+        sent = 0
+    if sent:
+        log.warning("sweep: relayed %d event(s) their publisher left unsent", sent)
+    _refresh_failed(rt, now)
+    stuck = stuck_sagas(rt, now)
+    for saga_id in stuck:
+        log.warning("choreographed saga is stuck: no event before its deadline", extra={"saga_id": saga_id})
+    return stuck
+
+
+def _refresh_failed(rt: Runtime, now: datetime) -> None:
+    """A FAILED saga whose dead letters were all discarded may not be FAILED any more."""
+    with rt.store.sessions() as s:
+        rows = s.execute(select(SagaRow.id, SagaRow.saga_type).where(
+            SagaRow.style == "choreographed", SagaRow.state == "FAILED").limit(200)).all()
+    for saga_id, saga_type in rows:
+        if saga_type not in choreographies:
+            continue
+        with rt.store.sessions.begin() as s:
+            if not any(dl.status == "OPEN" for dl in history.letters(s, saga_id)):
+                history.refresh(s, choreographies.get(saga_type), saga_id, now)
+
+
+# ------------------------------------------------------------------ trace
+
+
+@dataclass(frozen=True)
+class Delivery:
+    consumer: str
+    status: str
+    """'pending', 'retrying', 'handled', 'dead-lettered', 'redriven' or 'discarded'."""
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TracedEvent:
+    event_id: str
+    event_type: str
+    causation_id: str | None
+    source: str
+    at: datetime
+    sent: bool
+    payload: dict[str, Any]
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+def trace(saga_id: str) -> list[TracedEvent]:
+    """Every event of the saga, oldest first, with the state of each of its deliveries."""
+    rt = get_runtime()
+    with rt.store.sessions() as s:
+        rows = s.scalars(select(EventRow).where(EventRow.saga_id == saga_id).order_by(EventRow.id)).all()
+        unsent = set(s.scalars(select(OutboxRow.event_id).where(OutboxRow.saga_id == saga_id,
+                                                                OutboxRow.sent_at.is_(None))))
+        letters = history.letters(s, saga_id)
+    state: dict[tuple[str, str], Delivery] = {}
+    events: list[tuple[EventRow, list[str]]] = []
+    for r in rows:
+        d = r.detail or {}
+        key = (d.get("event_id"), d.get("consumer"))
+        if r.type == "EventPublished":
+            events.append((r, list(d.get("consumers", []))))
+        elif r.type == "EventHandled":
+            state[key] = Delivery(key[1], "handled", d.get("attempt") or 1)
+        elif r.type == "EventAttemptFailed":
+            state[key] = Delivery(key[1], "retrying" if d.get("retry_in") is not None else "failed",
+                                  r.attempt or 0, d.get("error"))
+        elif r.type == "EventRedriven":
+            state[key] = Delivery(key[1], "redriven", 0)
+    for dl in letters:
+        key = (dl.event_id, dl.consumer)
+        if dl.status in ("OPEN", "DISCARDED") and state.get(key, Delivery("", "")).status != "handled":
+            old = state.get(key)
+            state[key] = Delivery(dl.consumer or "", "dead-lettered" if dl.status == "OPEN" else "discarded",
+                                  old.attempts if old else 0, dl.exception)
+    out = []
+    for r, consumers in events:
+        d = r.detail
+        out.append(TracedEvent(d["event_id"], r.step or "", d.get("causation_id"), d.get("source", ""), r.at,
+                               d["event_id"] not in unsent, d.get("payload") or {},
+                               [state.get((d["event_id"], c), Delivery(c, "pending")) for c in consumers]))
+    return out
+
+
+def format_trace(events: list[TracedEvent]) -> list[str]:
+    """The trace as an indented tree (each event under the one whose handling published it)."""
+    children: dict[str | None, list[TracedEvent]] = {}
+    ids = {e.event_id for e in events}
+    for e in events:
+        children.setdefault(e.causation_id if e.causation_id in ids else None, []).append(e)
+    t0 = events[0].at if events else None
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for e in children.get(parent, []):
+            ms = (e.at - t0).total_seconds() * 1000 if t0 else 0.0
+            got = ", ".join(f"{d.consumer}: {d.status}" + (f" ({d.error})" if d.error and d.status != "handled" else "")
+                            for d in e.deliveries) or "no subscriber"
+            lines.append(f"{'   ' * depth}+{ms:6.0f} ms  {e.event_type}  by {e.source}  -> {got}"
+                         + ("" if e.sent else "  [unsent]"))
+            walk(e.event_id, depth + 1)
+
+    walk(None, 0)
+    return lines
