@@ -1,0 +1,10 @@
+"""The two choreographed examples, on the example services' own tables.
+
+- `order_sequential` (seed 000): an order service turns each outcome into the next command.
+- `order_parallel` (seed 001): payment and inventory react to OrderCreated at once; the order
+  service joins them, and each failure is undone by the service that already acted.
+"""
+from .parallel import parallel
+from .sequential import sequential
+
+__all__ = ["parallel", "sequential"]
