@@ -6,5 +6,5 @@ from workflows.logs import configure_logging
 
 app = Celery("sagas")
 app.config_from_object("celeryconfig")
-runtime = install(app, modules=["tasks", "workflows.sagas"])
+runtime = install(app, modules=["tasks", "workflows.sagas", "tasks.choreography"])
 configure_logging()

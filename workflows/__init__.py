@@ -11,8 +11,10 @@ from .retry import RetryPolicy
 from .runtime import get_runtime, install
 from .steps import StepContext, step_task
 from .views import DeadLetterView, EventView, SagaView, StepView
+from .choreography import Choreography, EventContext, publish  # noqa: E402  (last: it builds on the above)
 
 __all__ = [
+    "Choreography", "EventContext", "publish",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepStatus", "StepView",

@@ -6,6 +6,7 @@ app and the store through `get_runtime()`, never through Celery's implicit `curr
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -45,6 +46,9 @@ class Runtime:
 
 _runtime: Runtime | None = None
 
+installers: list[Callable[[Celery, Runtime], object]] = []
+"""Called at the end of `install` (the choreography registers its event consumers and queues)."""
+
 
 def get_runtime() -> Runtime:
     if _runtime is None:
@@ -71,6 +75,8 @@ def install(app: Celery, *, settings: Settings | None = None, modules: list[str]
     for q in sorted(step_tasks.queues() - known - {ORCHESTRATOR_QUEUE}):
         queues.append(Queue(q))
     app.conf.task_queues = queues
+    for installer in installers:
+        installer(app, _runtime)
     return _runtime
 
 
