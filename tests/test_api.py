@@ -6,19 +6,15 @@ say what happened, errors are JSON with a clear message, and refused requests wr
 from __future__ import annotations
 
 import socket
-import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from celery import Celery
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from workflows import get_runtime, get_saga, start_saga, wait_for
+from tests.support.interfaces import new_id, saga_count
+from workflows import get_saga, wait_for
 from workflows.api import create_app
-from workflows.models import SagaRow
 from workflows.runtime import Runtime
 from workflows.settings import Settings, get_settings
 
@@ -26,34 +22,6 @@ pytestmark = pytest.mark.usefixtures("running_worker")
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def new_id() -> str:
-    return f"api-{uuid.uuid4().hex[:12]}"
-
-
-def saga_count() -> int:
-    with get_runtime().store.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(SagaRow)) or 0)
-
-
-def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
-
-
-def failed_saga(redis_client) -> str:  # type: ignore[no-untyped-def]
-    """A tests.three saga whose compensation of `a` ran out of retries: FAILED, one open dead letter."""
-    saga_id = new_id()
-    redis_client.set(f"switch:{saga_id}:a", 1)  # a's compensation fails until the switch is removed
-    data = {"behaviour": {"c": {"fail": "permanent"}}, "compensation_behaviour": {"a": {"switch": True}}}
-    assert wait_for(start_saga("tests.three", data, saga_id=saga_id), timeout=30).state == "FAILED"
-    return saga_id
 
 
 @pytest.fixture
@@ -99,7 +67,7 @@ def test_every_endpoint_but_healthz_refuses_a_missing_or_wrong_token(api_app):  
     anonymous = TestClient(api_app)
     endpoints = [(method.upper(), path) for path, item in api_app.openapi()["paths"].items() if path != "/healthz"
                  for method in item]
-    assert len(endpoints) == 15  # every endpoint but /healthz
+    assert len(endpoints) == 16  # every endpoint but /healthz
 
     for method, template in endpoints:
         path = template.replace("{saga_type}", "order_fulfillment").replace("{saga_id}", "x").replace("{dl_id}", "x")
@@ -329,122 +297,14 @@ def test_fail_next_request_does_not_exist_without_test_mode():  # type: ignore[n
     assert r.json()["error"] == "not_found"
 
 
-# ------------------------------------------------------------------ operator actions and dead letters
+def test_restock_sets_stock_levels_in_test_mode(client, order_factory):  # type: ignore[no-untyped-def]
+    from tasks.inventory import available
 
+    sku = f"SKU-{new_id()}"
 
-def test_cancel_compensates_a_running_saga_and_a_second_cancel_is_409(client):  # type: ignore[no-untyped-def]
-    saga_id = client.post("/api/sagas/tests.three", json={"behaviour": {"b": {"sleep": 1.5}}}).json()["saga_id"]
-    wait_until(lambda: get_saga(saga_id).step("b").status == "RUNNING")
-    assert client.post(f"/api/sagas/{saga_id}/cancel", json={}).status_code == 422  # a reason is required
+    r = client.post("/api/test/restock", json={sku: 7})
 
-    r = client.post(f"/api/sagas/{saga_id}/cancel", json={"reason": "customer asked"}, headers={"X-Operator": "dana"})
-
-    assert r.status_code == 200 and r.json()["state"] in ("COMPENSATING", "COMPENSATED")
-    view = wait_for(saga_id, timeout=30)
-    assert view.state == "COMPENSATED"
-    cancelled = next(e for e in view.events if e.type == "SagaCancelled")
-    assert cancelled.detail["who"] == "dana" and cancelled.detail["reason"] == "customer asked"
-    again = client.post(f"/api/sagas/{saga_id}/cancel", json={"reason": "twice"})
-    assert again.status_code == 409
-    assert again.json()["error"] == "invalid_operation" and "RUNNING" in again.json()["message"]
-
-
-def test_exhausted_compensation_is_listed_shown_and_redriven_once(client, redis_client):  # type: ignore[no-untyped-def]
-    saga_id = failed_saga(redis_client)
-
-    listed = client.get("/api/dead-letters", params={"saga_id": saga_id}).json()
-    [dl] = listed
-    shown = client.get(f"/api/dead-letters/{dl['id']}").json()
-    assert (shown["kind"], shown["step"], shown["status"], shown["args"]) == ("compensation", "a", "OPEN", [saga_id, "a"])
-    assert "Traceback" in shown["traceback"]
-    assert client.get(f"/api/sagas/{saga_id}/status").json()["open_dead_letters"] == [dl["id"]]
-
-    redis_client.delete(f"switch:{saga_id}:a")  # the operator fixes the cause
-    r = client.post(f"/api/dead-letters/{dl['id']}/redrive", json={"reason": "fixed"}, headers={"X-Operator": "eve"})
-
-    assert r.status_code == 200 and r.json()["status"] == "REDRIVEN"
-    assert wait_for(saga_id, timeout=30).state == "COMPENSATED"
-    again = client.post(f"/api/dead-letters/{dl['id']}/redrive")
-    assert again.status_code == 409 and "REDRIVEN" in again.json()["message"]
-    assert client.get("/api/dead-letters", params={"saga_id": saga_id}).json() == []
-    assert [d["status"] for d in client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()] == ["REDRIVEN"]
-
-
-def test_resume_compensates_a_failed_saga_and_its_dead_letter_is_discarded(client, redis_client):  # type: ignore[no-untyped-def]
-    saga_id = failed_saga(redis_client)
-    redis_client.delete(f"switch:{saga_id}:a")
-
-    r = client.post(f"/api/sagas/{saga_id}/resume", json={"reason": "fixed"})
-
-    assert r.status_code == 200 and r.json()["state"] in ("COMPENSATING", "COMPENSATED")
-    assert wait_for(saga_id, timeout=30).state == "COMPENSATED"
-    assert client.post(f"/api/sagas/{saga_id}/resume").status_code == 409
-    [dl] = client.get("/api/dead-letters", params={"saga_id": saga_id}).json()
-    assert client.post(f"/api/dead-letters/{dl['id']}/discard", json={}).status_code == 422  # needs a reason
-    discarded = client.post(f"/api/dead-letters/{dl['id']}/discard", json={"reason": "resolved by resume"})
-    assert discarded.status_code == 200 and discarded.json()["status"] == "DISCARDED"
-    assert "DeadLetterDiscarded" in get_saga(saga_id).event_types()
-
-
-def test_retry_step_dispatches_a_stuck_compensation_again(client, redis_client):  # type: ignore[no-untyped-def]
-    saga_id = failed_saga(redis_client)
-    redis_client.delete(f"switch:{saga_id}:a")
-    assert client.post(f"/api/sagas/{saga_id}/retry", json={"step": "b"}).status_code == 409  # b is not stuck
-
-    r = client.post(f"/api/sagas/{saga_id}/retry", json={"step": "a", "reason": "try again"})
-
-    assert r.status_code == 200
-    view = wait_for(saga_id, timeout=30)
-    assert view.state == "COMPENSATED" and view.step("a").status == "COMPENSATED"
-    again = client.post(f"/api/sagas/{saga_id}/retry")
-    assert again.status_code == 409 and again.json()["error"] == "invalid_operation"
-
-
-# ------------------------------------------------------------------ metrics
-
-
-def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    r = client.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for f in text_string_to_metric_families(r.text) for s in f.samples}
-
-
-def value(m: dict[Any, float], name: str, **labels: str) -> float:
-    return m.get((name, frozenset(labels.items())), 0.0)
-
-
-def test_metrics_are_computed_from_the_database(client, redis_client):  # type: ignore[no-untyped-def]
-    from workflows.sweeper import sweep
-
-    before = scrape(client)
-    three = {"saga_type": "tests.three"}
-
-    retried = wait_for(start_saga("tests.three", {"behaviour": {"a": {"fail_times": 2}}}), timeout=30)
-    exhausted = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
-    after = scrape(client)
-
-    assert (retried.state, exhausted.state) == ("COMPLETED", "COMPENSATED")
-    assert value(after, "saga_store_up") == 1
-    assert value(after, "sagas_started_total", **three) == value(before, "sagas_started_total", **three) + 2
-    assert value(after, "sagas_completed_total", **three) == value(before, "sagas_completed_total", **three) + 1
-    assert value(after, "sagas_compensated_total", **three) == value(before, "sagas_compensated_total", **three) + 1
-    for step in ("a", "c"):
-        labels = {**three, "step": step, "kind": "action"}
-        assert value(after, "saga_step_retries_total", **labels) == value(before, "saga_step_retries_total", **labels) + 2
-    assert value(after, "saga_dead_letters", status="OPEN") == value(before, "saga_dead_letters", status="OPEN") + 1
-    a_inf = {**three, "step": "a", "le": "+Inf"}
-    assert value(after, "saga_step_duration_seconds_bucket", **a_inf) == value(
-        before, "saga_step_duration_seconds_bucket", **a_inf) + 2
-    assert value(after, "saga_step_duration_seconds_gsum", **three, step="a") > value(
-        before, "saga_step_duration_seconds_gsum", **three, step="a")
-
-    # a step whose queue nobody consumes is stuck once its deadline passes, until the sweeper acts
-    orphan = start_saga("tests.orphan", {})
-    stuck = wait_until(lambda: value(m := scrape(client), "sagas_stuck") > value(before, "sagas_stuck") and m)
-    assert value(stuck, "sagas_by_state", saga_type="tests.orphan", state="RUNNING") >= 1
-    assert f"{orphan}:lost" in sweep(get_runtime()).timed_out
-    assert wait_for(orphan, timeout=30).state == "COMPENSATED"
-    assert value(scrape(client), "sagas_stuck") == value(stuck, "sagas_stuck") - 1
+    assert r.status_code == 200 and r.json() == {sku: 7}
+    assert available(sku) == 7
+    assert client.post("/api/test/restock", json={sku: -1}).status_code == 422
+    assert available(sku) == 7

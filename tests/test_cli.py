@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
+from tests.support.interfaces import failed_saga, new_id, saga_count, wait_until
 from workflows import get_saga, start_saga, wait_for
 from workflows.cli import main
 
@@ -37,29 +36,6 @@ def env(**extra: str) -> dict[str, str]:
 
 def sagas(*args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(main, list(args), input=input)
-
-
-def new_id() -> str:
-    return f"cli-{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
-
-
-def failed_saga(redis_client) -> str:  # type: ignore[no-untyped-def]
-    """A tests.three saga whose compensation of `a` ran out of retries: FAILED, one open dead letter."""
-    saga_id = new_id()
-    redis_client.set(f"switch:{saga_id}:a", 1)
-    data = {"behaviour": {"c": {"fail": "permanent"}}, "compensation_behaviour": {"a": {"switch": True}}}
-    assert wait_for(start_saga("tests.three", data, saga_id=saga_id), timeout=30).state == "FAILED"
-    return saga_id
 
 
 def test_start_prints_the_id_and_status_shows_the_timeline():  # type: ignore[no-untyped-def]
@@ -110,12 +86,6 @@ def test_refusals_exit_non_zero_with_the_reason_on_stderr(args, code, message): 
     assert message in r.stderr
     assert r.stdout == ""
     assert saga_count() == before
-
-
-def saga_count() -> int:
-    from workflows import list_sagas
-
-    return list_sagas(limit=1)[1]
 
 
 def test_list_filters_by_state_and_type(redis_client):  # type: ignore[no-untyped-def]

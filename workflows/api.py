@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import worker  # noqa: F401  (builds the Celery app and installs the saga runtime)
 from tasks.common import SERVICES, arm_fault
+from tasks.inventory import restock
 
 from . import dead_letters, operations
 from .client import get_saga, list_sagas, start_saga
@@ -280,6 +281,14 @@ def fail_next_request(body: Annotated[FailNextRequest | None, Body()] = None) ->
     assert spec.service in SERVICES
     arm_fault(spec.service, spec.times, permanent=spec.permanent, message=spec.message, operation=spec.operation)
     return spec
+
+
+@test_api.post("/restock")
+def restock_skus(levels: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
+                                        Annotated[int, Field(ge=0)]], Body()]) -> dict[str, int]:
+    """Set the available stock of each SKU in the example inventory (only with SAGA_TEST_MODE=true)."""
+    restock(levels)
+    return levels
 
 
 # ------------------------------------------------------------------ health and metrics
