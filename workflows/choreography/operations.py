@@ -136,7 +136,7 @@ def trace(saga_id: str) -> list[TracedEvent]:
         if r.type == "EventPublished":
             events.append((r, list(d.get("consumers", []))))
         elif r.type == "EventHandled":
-            state[key] = Delivery(key[1], "handled", d.get("attempt") or 1)
+            state[key] = Delivery(key[1], "handled", r.attempt or 1)
         elif r.type == "EventAttemptFailed":
             state[key] = Delivery(key[1], "retrying" if d.get("retry_in") is not None else "failed",
                                   r.attempt or 0, d.get("error"))
@@ -169,11 +169,19 @@ def format_trace(events: list[TracedEvent]) -> list[str]:
     def walk(parent: str | None, depth: int) -> None:
         for e in children.get(parent, []):
             ms = (e.at - t0).total_seconds() * 1000 if t0 else 0.0
-            got = ", ".join(f"{d.consumer}: {d.status}" + (f" ({d.error})" if d.error and d.status != "handled" else "")
-                            for d in e.deliveries) or "no subscriber"
+            got = ", ".join(_delivery(d) for d in e.deliveries) or "no subscriber"
             lines.append(f"{'   ' * depth}+{ms:6.0f} ms  {e.event_type}  by {e.source}  -> {got}"
                          + ("" if e.sent else "  [unsent]"))
             walk(e.event_id, depth + 1)
 
     walk(None, 0)
     return lines
+
+
+def _delivery(d: Delivery) -> str:
+    text = f"{d.consumer}: {d.status}"
+    if d.attempts > 1:
+        text += f" (attempt {d.attempts})"
+    if d.error and d.status != "handled":
+        text += f" ({d.error})"
+    return text
