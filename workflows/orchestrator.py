@@ -290,12 +290,11 @@ def register_tasks(app: Celery) -> None:
     def start(self: Task, saga_id: str) -> None:
         """Dispatch the first step of a recorded saga (idempotent)."""
         rt = get_runtime()
-        try:
-            run = rt.store.load(saga_id)
-        except LookupError:
+        saga_type = rt.store.saga_type(saga_id)  # one column: the transition reads the rest, locked
+        if saga_type is None:
             log.error("saga.start for unknown saga dropped", extra={"saga_id": saga_id})
             return
-        apply_and_publish(rt, registry.get(run.saga_type), saga_id, Started(), by=self.request.id)
+        apply_and_publish(rt, registry.get(saga_type), saga_id, Started(), by=self.request.id)
 
     @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
     def sweep(self: Task) -> dict[str, int]:

@@ -90,6 +90,7 @@ _BUMP = (update(_SAGAS).where(_SAGAS.c.id == bindparam("b_id"), _SAGAS.c.version
 _STEP_UPDATE = update(_STEPS).where(_STEPS.c.saga_id == bindparam("b_saga_id"),
                                     _STEPS.c.index == bindparam("b_index"))
 _VERSION = select(_SAGAS.c.version).where(_SAGAS.c.id == bindparam("saga_id"))
+_TYPE = select(_SAGAS.c.saga_type).where(_SAGAS.c.id == bindparam("saga_id"))
 
 
 class SagaStore:
@@ -228,6 +229,11 @@ class SagaStore:
     def current_version(self, saga_id: str) -> int | None:
         with get_engine(self.url).connect() as c:
             return c.execute(_VERSION, {"saga_id": saga_id}).scalar()
+
+    def saga_type(self, saga_id: str) -> str | None:
+        """The run's saga type (what `saga.start` needs to find its definition), or None."""
+        with get_engine(self.url).connect() as c:
+            return c.execute(_TYPE, {"saga_id": saga_id}).scalar()
 
     def load(self, saga_id: str) -> RunState:
         with self.sessions() as s:
