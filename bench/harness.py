@@ -92,6 +92,44 @@ def _proc_tree_rss(pid: int) -> dict[int, int]:
     return out
 
 
+def cpu_seconds(pids: list[int] | set[int]) -> dict[int, float]:
+    """User + system CPU seconds used so far by each of `pids` that still exists."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds spent by the worker tree and by the database backends serving the bench."""
+
+    def __init__(self, worker_pid: int, pg: Any) -> None:
+        self.worker_pid, self.pg = worker_pid, pg
+        self.own_backend = pg.get_backend_pid()  # the driver's polling connection: not counted
+
+    def backends(self) -> set[int]:
+        with self.pg.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s",
+                        (self.own_backend,))
+            return {p for (p,) in cur.fetchall()}
+
+    def snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
+        return cpu_seconds(set(tree_rss(self.worker_pid))), cpu_seconds(self.backends())
+
+    @staticmethod
+    def delta(before: tuple[dict[int, float], dict[int, float]],
+              after: tuple[dict[int, float], dict[int, float]]) -> tuple[float, float]:
+        """(worker seconds, database seconds) between two snapshots; new processes count in full."""
+        return tuple(sum(v - b.get(pid, 0.0) for pid, v in a.items())  # type: ignore[return-value]
+                     for b, a in zip(before, after))
+
+
 class RssSampler(threading.Thread):
     """Samples the worker tree's total RSS every `interval` seconds; `peak` since the last reset."""
 
@@ -143,6 +181,10 @@ class Phase:
     errors: int
     counts: dict[str, int] = field(default_factory=dict)
     peak_rss: int = 0
+    worker_cpu: float = 0.0
+    """CPU seconds of the worker tree (main process and pool children) during the phase."""
+    db_cpu: float = 0.0
+    """CPU seconds of the PostgreSQL backends connected to the bench's database (not the driver's)."""
 
     @property
     def throughput(self) -> float:

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--wipe", action="store_true",
+                   help="allow wiping a database whose name has neither 'test' nor 'bench' in it, or Redis db 0")
     p.add_argument("--rss-check", action="store_true", help="only check worker RSS across --rss-n sagas")
     p.add_argument("--rss-n", default="500,5000", help="sagas run before each RSS reading (cumulative)")
     return p.parse_args(argv)
@@ -72,6 +74,17 @@ def pg_dsn(url: str) -> str:
     if not u.drivername.startswith("postgresql"):
         raise SystemExit(f"the bench needs PostgreSQL, not {u.drivername}")
     return u.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def check_wipe_allowed(database_url: str, broker_url: str, wipe: bool) -> None:
+    """The bench wipes its database and Redis db: refuse ones that look like somebody's data."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(database_url).database or ""
+    redis_db = broker_url.rstrip("/").rsplit("/", 1)[-1]
+    if not wipe and ("test" not in name and "bench" not in name or not redis_db.isdigit() or redis_db == "0"):
+        raise SystemExit(f"refusing to wipe database {name!r} and Redis db {redis_db!r}: give the bench its own "
+                         "(a database named *bench* or *test*, a Redis db other than 0) or pass --wipe")
 
 
 def prepare(database_url: str, broker_url: str):  # type: ignore[no-untyped-def]
@@ -162,13 +175,15 @@ def settled_totals(r) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return prev
 
 
-def measure(cfg, n: int, *, window: int, tag: str, r, sampler):  # type: ignore[no-untyped-def]
+def measure(cfg, n: int, *, window: int, tag: str, r, sampler, cpu):  # type: ignore[no-untyped-def]
     from bench.harness import drive
 
     before = settled_totals(r)
     sampler.reset()
+    cpu0 = cpu.snapshot()
     phase = drive(cfg, n, window=window, tag=tag)
     after = settled_totals(r)
+    phase.worker_cpu, phase.db_cpu = cpu.delta(cpu0, cpu.snapshot())
     phase.counts = {k: after[k] - before[k] for k in COUNT_FIELDS}
     phase.peak_rss = sampler.peak
     return phase
@@ -190,6 +205,8 @@ def summarize(phases: list, n_rounds: int) -> dict[str, Any]:  # type: ignore[ty
         "statements_per_saga": per["statements"], "db_round_trips_per_saga": trips,
         "transactions_per_saga": per["commits"], "rollbacks_per_saga": per["rollbacks"],
         "pool_checkouts_per_saga": per["checkouts"], "messages_per_saga": per["messages"],
+        "worker_cpu_ms_per_saga": 1000 * sum(p.worker_cpu for p in phases) / runs,
+        "db_cpu_ms_per_saga": 1000 * sum(p.db_cpu for p in phases) / runs,
         "peak_rss_mb": max(p.peak_rss for p in phases) / 2**20,
         "errors": sum(p.errors for p in phases),
     }
@@ -205,7 +222,7 @@ def ratio(results: dict[str, Any], num: str, den: str) -> float | None:
 
 def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
     head = (f"{'configuration':<26}{'sagas/s median (min-max)':>26}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'RSS MB':>8}")
+            f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'wCPU ms':>8}{'dbCPU ms':>9}{'RSS MB':>8}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for name in ORDER:
@@ -216,7 +233,8 @@ def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
         span = f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f})"
         print(f"{c['label']:<26}{span:>26}{c['latency_ms']['p50']:>9.1f}{c['latency_ms']['p99']:>9.1f}"
               f"{c['statements_per_saga']:>7.1f}{c['db_round_trips_per_saga']:>9.1f}"
-              f"{c['messages_per_saga']:>6.1f}{c['peak_rss_mb']:>8.1f}", file=out)
+              f"{c['messages_per_saga']:>6.1f}{c['worker_cpu_ms_per_saga']:>8.1f}{c['db_cpu_ms_per_saga']:>9.1f}"
+              f"{c['peak_rss_mb']:>8.1f}", file=out)
 
 
 # ------------------------------------------------------------------ main
@@ -229,7 +247,7 @@ class Session:
         self.args = args
 
     def __enter__(self) -> Session:
-        from bench.harness import BenchWorker, RssSampler
+        from bench.harness import BenchWorker, CpuMeter, RssSampler
 
         self.r, self.pg = prepare(self.args.database_url, self.args.broker_url)
         import worker  # the same app, settings and runtime as the workers
@@ -244,10 +262,12 @@ class Session:
             raise
         self.sampler = RssSampler(self.worker.proc.pid)
         self.sampler.start()
+        self.cpu = CpuMeter(self.worker.proc.pid, self.pg)
         return self
 
     def measure(self, name: str, n: int, tag: str):  # type: ignore[no-untyped-def]
-        return measure(self.configs[name], n, window=self.args.window, tag=tag, r=self.r, sampler=self.sampler)
+        return measure(self.configs[name], n, window=self.args.window, tag=tag, r=self.r, sampler=self.sampler,
+                       cpu=self.cpu)
 
     def __exit__(self, *exc: object) -> None:
         self.sampler.stop()
@@ -313,6 +333,7 @@ def write(path: Path, doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_wipe_allowed(args.database_url, args.broker_url, args.wipe)
     configure_env(args)
     if args.rss_check:
         from bench.rss import rss_check

@@ -1,0 +1,47 @@
+"""The benchmark at a smoke size: it runs end to end and its JSON says what the README promises.
+
+Not a timing test: the numbers are only checked to be sane (positive, counts that follow from
+the definitions). Runs on its own database and Redis db (TEST_BENCH_PG_URL, TEST_BENCH_REDIS_URL),
+because the bench wipes both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PG_URL = os.environ.get("TEST_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test_bench")
+BENCH_REDIS_URL = os.environ.get("TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}  # not the test session's settings
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--n", "10", "--rounds", "1", "--warmup", "2",
+         "--window", "4", "--database-url", BENCH_PG_URL, "--broker-url", BENCH_REDIS_URL, "--output", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["saga_vs_baseline_with_state"] > 0 and doc["saga_vs_baseline"] > 0
+    configs = doc["configs"]
+    assert set(configs) == {"baseline", "baseline_state", "saga", "saga_failure"}
+    for name, c in configs.items():
+        assert c["errors"] == 0, name
+        assert c["throughput"]["median"] > 0 and len(c["throughput"]["rounds"]) == 1
+        assert 0 < c["latency_ms"]["p50"] <= c["latency_ms"]["p99"]
+        assert c["peak_rss_mb"] > 0
+    # messages follow from the definitions: 4 chain links; saga.start + 4 steps; start + 3 actions + 2 undos
+    assert configs["baseline"]["messages_per_saga"] == 4
+    assert configs["baseline_state"]["messages_per_saga"] == 4
+    assert configs["saga"]["messages_per_saga"] >= 5
+    assert configs["saga_failure"]["messages_per_saga"] >= 6
+    assert configs["baseline"]["statements_per_saga"] == 0
+    assert configs["baseline_state"]["statements_per_saga"] >= 5  # INSERT + 4 UPDATEs
+    assert configs["saga"]["transactions_per_saga"] >= 6  # the run's creation + 5 transitions
+    assert "sagas/s median (min-max)" in proc.stdout  # the table was printed
