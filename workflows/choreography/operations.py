@@ -70,7 +70,7 @@ def stuck_sagas(rt: Runtime | None = None, now: datetime | None = None, limit: i
 def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
     """The sweeper's part for choreographies; returns the stuck sagas (reported, not changed)."""
     try:
-        sent = outbox.relay_pending(older_than=OUTBOX_GRACE)
+        sent = outbox.relay_pending(older_than=OUTBOX_GRACE, now=now)
     except Exception as e:  # the broker is down: the next sweep tries again
         log.warning("outbox relay failed: %s", e)
         sent = 0

@@ -57,9 +57,10 @@ def relay_left_by(consumer: str, event_id: str, app: Celery | None = None) -> in
     return _relay(select(OutboxRow).where(OutboxRow.causation_id == event_id, OutboxRow.source == consumer), app)
 
 
-def relay_pending(app: Celery | None = None, *, older_than: float = 5.0, limit: int = 500) -> int:
+def relay_pending(app: Celery | None = None, *, older_than: float = 5.0, limit: int = 500,
+                  now: datetime | None = None) -> int:
     """Send rows left unsent for more than `older_than` seconds (the sweeper's part)."""
-    cutoff = utcnow() - timedelta(seconds=older_than)
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than)
     return _relay(select(OutboxRow).where(OutboxRow.created_at <= cutoff).limit(limit), app)
 
 
