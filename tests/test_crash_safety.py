@@ -252,6 +252,30 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
         assert stale == len(outcomes) - 1
 
 
+# ---------------------------------------------------------------- the sweeper racing a start
+
+
+def test_a_run_that_starts_while_the_sweeper_looks_keeps_no_phantom_deadline(app, monkeypatch):  # type: ignore[no-untyped-def]
+    from workflows import sweeper
+
+    # Given a run whose start committed after the sweeper listed it as not started yet
+    rt = get_runtime()
+    saga_id, _run, _cmd = begin("crash.chain", {})
+    monkeypatch.setattr(rt.store, "due_starts", lambda now, limit=500: [saga_id])
+    monkeypatch.setattr(rt.store, "due_steps", lambda now, limit=500: [])
+    monkeypatch.setattr(rt.store, "due_deadlines", lambda now, limit=500: [])
+    published: list[str] = []
+    monkeypatch.setattr(sweeper, "publish_start", lambda _rt, sid: published.append(sid))
+
+    # When the sweeper acts on its list
+    report = sweeper.sweep(rt)
+
+    # Then it neither re-publishes the start nor gives the started run a deadline (which a later
+    # sweep would take for a passed saga deadline, and cancel a healthy saga)
+    assert published == [] and report.restarted == []
+    assert rt.store.load(saga_id).deadline_at is None
+
+
 # ---------------------------------------------------------------- idempotent start
 
 
@@ -296,7 +320,7 @@ def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # t
         assert s.scalar(select(func.count()).select_from(Payment).where(Payment.saga_id == first)) == 1
 
 
-def test_one_key_with_another_payload_is_refused_and_writes_nothing(order_factory):  # type: ignore[no-untyped-def]
+def test_one_key_with_another_payload_is_refused_and_writes_nothing(app, order_factory):  # type: ignore[no-untyped-def]
     order = order_factory()
     key = f"order-{order['order_id']}"
     first = start_saga("order_fulfillment", order, idempotency_key=key)

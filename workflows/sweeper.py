@@ -15,12 +15,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from .definition import registry
-from .engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, RunStatus
+from .engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, RunStatus, StepStatus
 from .errors import UnknownSaga
-from .models import SagaRow
+from .models import SagaRow, StepRow
 from .orchestrator import apply_and_publish, publish_start
 from .runtime import Runtime
 
@@ -52,8 +52,15 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
     for saga_id in store.due_starts(now):
         with store.sessions.begin() as s:  # push the deadline first: one re-publish per grace period
-            s.execute(update(SagaRow).where(SagaRow.id == saga_id, SagaRow.state == RunStatus.RUNNING.value)
-                      .values(deadline_at=now + timedelta(seconds=rt.settings.start_grace)))
+            # Under the run's lock, look again: its start may have committed since due_starts read.
+            s.execute(select(SagaRow.id).where(SagaRow.id == saga_id).with_for_update())
+            if s.scalar(select(StepRow.saga_id).where(StepRow.saga_id == saga_id,
+                                                      StepRow.status != StepStatus.PENDING.value).limit(1)):
+                continue
+            pushed = s.execute(update(SagaRow).where(SagaRow.id == saga_id, SagaRow.state == RunStatus.RUNNING.value)
+                               .values(deadline_at=now + timedelta(seconds=rt.settings.start_grace)))
+        if pushed.rowcount != 1:  # type: ignore[attr-defined]
+            continue
         publish_start(rt, saga_id)
         report.restarted.append(saga_id)
 
