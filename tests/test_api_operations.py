@@ -76,20 +76,30 @@ def test_exhausted_compensation_is_listed_shown_and_redriven_once(client, redis_
     assert [d["status"] for d in client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()] == ["REDRIVEN"]
 
 
-def test_resume_compensates_a_failed_saga_and_its_dead_letter_is_discarded(client, redis_client):  # type: ignore[no-untyped-def]
+def test_resume_compensates_a_failed_saga_and_resolves_its_dead_letter(client, redis_client):  # type: ignore[no-untyped-def]
     saga_id = failed_saga(redis_client)
     redis_client.delete(f"switch:{saga_id}:a")
 
-    r = client.post(f"/api/sagas/{saga_id}/resume", json={"reason": "fixed"})
+    r = client.post(f"/api/sagas/{saga_id}/resume", json={"reason": "fixed"}, headers={"X-Operator": "hana"})
 
     assert r.status_code == 200 and r.json()["state"] in ("COMPENSATING", "COMPENSATED")
     assert wait_for(saga_id, timeout=30).state == "COMPENSATED"
     assert client.post(f"/api/sagas/{saga_id}/resume").status_code == 409
-    [dl] = client.get("/api/dead-letters", params={"saga_id": saga_id}).json()
+    assert client.get("/api/dead-letters", params={"saga_id": saga_id}).json() == []
+    [dl] = client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()
+    assert (dl["status"], dl["resolution"]) == ("REDRIVEN", "resumed by hana")
+    assert client.post(f"/api/dead-letters/{dl['id']}/discard", json={"reason": "again"}).status_code == 409
+
+
+def test_discard_needs_a_reason_and_is_recorded(client):  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
+    [dl] = client.get("/api/dead-letters", params={"saga_id": view.id}).json()
+
     assert client.post(f"/api/dead-letters/{dl['id']}/discard", json={}).status_code == 422  # needs a reason
-    discarded = client.post(f"/api/dead-letters/{dl['id']}/discard", json={"reason": "resolved by resume"})
+    discarded = client.post(f"/api/dead-letters/{dl['id']}/discard", json={"reason": "customer re-ordered"})
+
     assert discarded.status_code == 200 and discarded.json()["status"] == "DISCARDED"
-    assert "DeadLetterDiscarded" in get_saga(saga_id).event_types()
+    assert "DeadLetterDiscarded" in get_saga(view.id).event_types()
 
 
 def test_retry_step_dispatches_a_stuck_compensation_again(client, redis_client):  # type: ignore[no-untyped-def]

@@ -138,23 +138,33 @@ def test_dead_letter_is_listed_shown_and_redriven_once(redis_client):  # type: i
                                                   "--json").stdout)] == ["REDRIVEN"]
 
 
-def test_resume_then_discard_and_retry_of_a_stuck_compensation(redis_client):  # type: ignore[no-untyped-def]
+def test_resume_and_retry_of_a_stuck_compensation_resolve_its_dead_letter(redis_client):  # type: ignore[no-untyped-def]
     resumed, retried = failed_saga(redis_client), failed_saga(redis_client)
     for saga_id in (resumed, retried):
         redis_client.delete(f"switch:{saga_id}:a")
 
-    r1 = sagas("resume", resumed, "--reason", "fixed")
+    r1 = sagas("--who", "ivan", "resume", resumed, "--reason", "fixed")
     r2 = sagas("retry", retried, "--step", "a")
 
     assert r1.exit_code == 0 and "resumed" in r1.stdout
     assert r2.exit_code == 0 and "retried" in r2.stdout
     assert wait_for(resumed, timeout=30).state == wait_for(retried, timeout=30).state == "COMPENSATED"
     assert sagas("resume", resumed).exit_code == 1
-    [dl] = json.loads(sagas("dlq", "list", "--saga", resumed, "--json").stdout)
+    for saga_id in (resumed, retried):
+        assert json.loads(sagas("dlq", "list", "--saga", saga_id, "--json").stdout) == []
+    [dl] = json.loads(sagas("dlq", "list", "--saga", resumed, "--status", "all", "--json").stdout)
+    assert (dl["status"], dl["resolution"]) == ("REDRIVEN", "resumed by ivan")
+
+
+def test_discard_needs_a_reason_and_is_recorded():  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
+    [dl] = json.loads(sagas("dlq", "list", "--saga", view.id, "--json").stdout)
+
     assert sagas("dlq", "discard", dl["id"]).exit_code == 2  # a reason is required
-    discarded = sagas("dlq", "discard", dl["id"], "--reason", "resolved by resume")
+    discarded = sagas("dlq", "discard", dl["id"], "--reason", "customer re-ordered")
+
     assert discarded.exit_code == 0 and "discarded" in discarded.stdout
-    assert "DeadLetterDiscarded" in get_saga(resumed).event_types()
+    assert "DeadLetterDiscarded" in get_saga(view.id).event_types()
 
 
 def test_sweep_times_out_a_step_nobody_consumes():  # type: ignore[no-untyped-def]

@@ -124,10 +124,23 @@ def test_resume_and_retry_step_act_on_a_failed_saga(redis_client):  # type: igno
         retry_step(saga_id, "a")
     with pytest.raises(InvalidOperation):
         resume(saga_id)
-    # the dead letter stays open until someone discards it, with a reason
-    [dl] = list_dead_letters(saga_id=saga_id)
-    assert discard(dl.id, who="bob", reason="resolved by resume").status == "DISCARDED"
-    assert "DeadLetterDiscarded" in get_saga(saga_id).event_types()
+    # the resume resolved the compensation's dead letter in the same transition
+    assert list_dead_letters(saga_id=saga_id) == []
+    [dl] = list_dead_letters(saga_id=saga_id, status=None)
+    assert (dl.status, dl.resolution) == ("REDRIVEN", "resumed by bob")
+    with pytest.raises(InvalidOperation, match="not OPEN"):
+        discard(dl.id, who="bob", reason="already handled")
+
+
+def test_discarding_a_dead_letter_needs_a_reason_and_is_recorded(redis_client):  # type: ignore[no-untyped-def]
+    view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
+    [dl] = view.dead_letters
+    with pytest.raises(InvalidOperation, match="reason"):
+        discard(dl.id, who="bob", reason="")
+
+    assert discard(dl.id, who="bob", reason="customer re-ordered").status == "DISCARDED"
+    assert "DeadLetterDiscarded" in get_saga(view.id).event_types()
+    assert get_runtime().store.dead_letter(dl.id).resolution == "discarded by bob: customer re-ordered"
 
 
 def test_step_hanging_past_its_time_limit_is_timed_out_and_compensated(redis_client):  # type: ignore[no-untyped-def]

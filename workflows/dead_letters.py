@@ -8,11 +8,15 @@ that decides what the redrive does), discard (with a reason).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from .definition import registry
-from .engine import Resume
+from .engine import Resume, StepStatus
+from .models import DeadLetterRow
+from .store import utcnow
 from .errors import InvalidOperation
 from .runtime import Runtime, get_runtime
 from .views import DeadLetterView
@@ -59,9 +63,26 @@ def discard(dl_id: str, *, who: str = "operator", reason: str) -> DeadLetterView
 def _claim(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> Callable[[Session, object, object], None]:
     """A before-commit hook that moves the dead letter to REDRIVEN, or aborts the transition."""
 
-    def hook(s: Session, _t: object, _dl: object) -> None:
-        if not rt.store.resolve_dead_letter(s, dl.id, "REDRIVEN", f"redriven by {who}: {reason}".strip(": ")):
+    def hook(s: Session, t: object, dl_id: object) -> None:
+        resolution = f"redriven by {who}: {reason}".strip(": ")
+        if not rt.store.resolve_dead_letter(s, dl.id, "REDRIVEN", resolution):
             raise InvalidOperation(f"dead letter {dl.id} was handled already")
+        close_resumed_dead_letters(rt, resolution)(s, t, dl_id)  # older ones of the same step, if any
+
+    return hook
+
+
+def close_resumed_dead_letters(rt: Runtime, resolution: str) -> Callable[[Session, Any, Any], None]:
+    """A before-commit hook: the OPEN compensation dead letters of each step this transition
+    takes out of COMPENSATION_FAILED are resolved (REDRIVEN) in the same transaction."""
+
+    def hook(s: Session, t: Any, _dl: Any) -> None:
+        for old, new in zip(t.before.steps, t.after.steps):
+            if old.status == StepStatus.COMPENSATION_FAILED and new.status == StepStatus.COMPENSATING:
+                s.execute(update(DeadLetterRow).where(
+                    DeadLetterRow.saga_id == t.after.saga_id, DeadLetterRow.step == new.name,
+                    DeadLetterRow.kind == "compensation", DeadLetterRow.status == "OPEN")
+                    .values(status="REDRIVEN", resolution=resolution, resolved_at=utcnow()))
 
     return hook
 

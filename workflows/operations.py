@@ -8,6 +8,7 @@ from .definition import registry
 from .engine import Cancel, Resume
 from .errors import InvalidOperation
 from .orchestrator import apply_and_publish
+from .dead_letters import close_resumed_dead_letters
 from .runtime import get_runtime
 from .views import SagaView
 
@@ -34,7 +35,8 @@ def retry_step(saga_id: str, step: str | None = None, *, reason: str = "", who: 
 def _act(saga_id: str, outcome: Cancel | Resume, who: str) -> SagaView:
     rt = get_runtime()
     run = rt.store.load(saga_id)
-    applied = apply_and_publish(rt, registry.get(run.saga_type), saga_id, outcome, by=f"operator:{who}")
+    applied = apply_and_publish(rt, registry.get(run.saga_type), saga_id, outcome, by=f"operator:{who}",
+                                before_commit=close_resumed_dead_letters(rt, f"resumed by {who}"))
     if applied.transition is None:
         raise InvalidOperation(f"saga {saga_id}: {applied.ignored}")
     return rt.store.get(saga_id)

@@ -32,7 +32,7 @@ from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, Com
                      command_for)
 from .runtime import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
 from .steps import StepContext, StepTask, step_tasks
-from .store import Applied, ConcurrentTransition, MessageInfo
+from .store import Applied, BeforeCommit, ConcurrentTransition, MessageInfo
 
 log = logging.getLogger("workflows.orchestrator")
 
@@ -97,11 +97,20 @@ def publish_dead_letter(rt: Runtime, body: dict[str, Any]) -> None:
 
 
 def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
-                      expected_version: int | None = None, message: MessageInfo | None = None) -> Applied:
-    """Record `outcome` in one transaction, then publish what it leads to."""
+                      expected_version: int | None = None, message: MessageInfo | None = None,
+                      before_commit: BeforeCommit | None = None) -> Applied:
+    """Record `outcome` in one transaction, then publish what it leads to.
+
+    `before_commit` runs inside that transaction too (after the dead-letter copy, if any)."""
+    publish_dl = dead_letter_publisher(rt, message)
+
+    def hooks(s: Any, t: Transition, dl_id: str | None) -> None:
+        publish_dl(s, t, dl_id)
+        if before_commit is not None:
+            before_commit(s, t, dl_id)
+
     applied = rt.store.apply(saga, saga_id, outcome, by=by, expected_version=expected_version,
-                             timing=rt.timing, message=message,
-                             before_commit=dead_letter_publisher(rt, message))
+                             timing=rt.timing, message=message, before_commit=hooks)
     if applied.transition is not None and applied.transition.command is not None:
         publish_command(rt, applied.transition.after, applied.transition.command)
     elif applied.own_commit:
