@@ -4,7 +4,8 @@ Every process that imports this module (the bench's workers, through SAGA_EXTRA_
 the bench driver) counts in memory:
 - `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`);
 - `checkouts`: pool checkouts, each one a `SELECT 1` round trip (`pool_pre_ping=True`);
-- `commits` and `rollbacks`: transaction ends (a read-only session ends with a rollback);
+- `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip with psycopg2
+  (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK);
 - `messages`: task messages published (`before_task_publish`: sends, chain steps, retries).
 A worker process adds its counts to the Redis hash `bench:counters` after every task, in one
 pipelined round trip (the same for every configuration); the driver flushes its own before it
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 KEY = "bench:counters"
-FIELDS = ("statements", "checkouts", "commits", "rollbacks", "messages")
+FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 TRACE = os.environ.get("BENCH_TRACE_SQL") == "1"
 """Print every statement (first line) to stderr: to see what a step costs, one by one."""
 
@@ -93,3 +94,12 @@ def totals(client: redis.Redis) -> dict[str, int]:
 @task_postrun.connect
 def _after_task(**_: Any) -> None:
     flush()
+
+
+@event.listens_for(Engine, "begin")
+def _on_begin(conn: Any) -> None:
+    # psycopg2 sends BEGIN as its own round trip before a transaction's first statement
+    # (not in autocommit mode).
+    dbapi = getattr(getattr(conn.connection, "dbapi_connection", None), "autocommit", False)
+    if not dbapi:
+        _bump("begins")

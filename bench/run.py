@@ -25,7 +25,7 @@ DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
 ORDER = ["baseline", "baseline_state", "saga", "saga_failure"]
 LABELS = {"baseline": "1 chain, no DB", "baseline_state": "2 chain + 1 UPDATE/task",
           "saga": "3 saga happy path", "saga_failure": "4 saga, fails at step 3"}
-COUNT_FIELDS = ("statements", "checkouts", "commits", "rollbacks", "messages")
+COUNT_FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a median worth quoting)")
     p.add_argument("--window", type=int, default=8, help="runs kept in flight (closed loop)")
     p.add_argument("--concurrency", type=int, default=2, help="prefork processes of the bench worker")
-    p.add_argument("--warmup", type=int, default=40, help="runs per configuration before measuring")
+    p.add_argument("--warmup", type=int, default=20, help="runs per configuration before measuring")
     p.add_argument("--configs", default=",".join(ORDER), help="subset of " + ",".join(ORDER))
     p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
@@ -50,7 +50,9 @@ def configure_env(args: argparse.Namespace) -> None:
     """Everything the bench and its workers read, set before `workflows` is imported."""
     os.environ.update({
         "SAGA_DATABASE_URL": args.database_url, "SAGA_BROKER_URL": args.broker_url,
-        "SAGA_EXTRA_MODULES": "bench.bench_tasks", "SAGA_LOG_LEVEL": "WARNING",
+        # BENCH_EXTRA_MODULES: more modules for the workers (to A/B a patch of the hot path).
+        "SAGA_EXTRA_MODULES": ",".join(["bench.bench_tasks", *filter(None, [os.environ.get("BENCH_EXTRA_MODULES")])]),
+        "SAGA_LOG_LEVEL": "WARNING",
         # The sweeper must never interfere (and no beat runs): a step is "lost" only after a day.
         "SAGA_DISPATCH_GRACE": "86400", "SAGA_START_GRACE": "86400",
     })
@@ -196,7 +198,7 @@ def summarize(phases: list, n_rounds: int) -> dict[str, Any]:  # type: ignore[ty
     lat = [x for p in phases for x in p.latencies]
     runs = sum(p.n for p in phases)
     per = {k: sum(p.counts.get(k, 0) for p in phases) / runs for k in COUNT_FIELDS}
-    trips = per["statements"] + per["checkouts"] + per["commits"] + per["rollbacks"]
+    trips = per["statements"] + per["checkouts"] + per["begins"] + per["commits"] + per["rollbacks"]
     return {
         "label": LABELS[phases[0].config],
         "throughput": {"median": statistics.median(tp), "min": min(tp), "max": max(tp), "rounds": tp},
