@@ -39,7 +39,7 @@ TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
 
 def start_pool(name: str, env: dict[str, str]) -> WorkerProcess:
     queues = ",".join(f"{NAMESPACE}.{s}" for s in POOLS[name].split(","))
-    return WorkerProcess(f"choreo-chaos-{name}", queues, concurrency=2, env=env)
+    return WorkerProcess(f"{NAMESPACE}-chaos-{name}", queues, concurrency=2, env=env)
 
 
 def start_sagas(rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:

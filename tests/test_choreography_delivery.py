@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from support.choreo import (effects, envelope_of, handled, history, order, outbox, published, settle,
-                            wait_until)
+from support.choreo import (NAMESPACE, effects, envelope_of, handled, history, order, outbox, published,
+                            settle, wait_until)
 from tasks.choreography import parallel, sequential
 from tasks.common import arm_fault, transaction
 from workflows import get_runtime, get_saga
@@ -137,7 +137,7 @@ def test_malformed_event_is_dead_lettered_with_its_reason_and_the_consumer_goes_
     wait_until(lambda: open_event_letters(view.id), what="dead letter")
 
     dl = open_event_letters(view.id)[0]
-    assert dl.task_name == "events.payment" and dl.queue == "test_choreo.payment"
+    assert dl.task_name == "events.payment" and dl.queue == f"{NAMESPACE}.payment"
     assert dl.exception.startswith("MalformedEvent") and "schemaVersion 99 is not supported" in dl.exception
     assert dl.kwargs["event"] == bad
     assert dl.id in cluster.dead_letter_ids()
@@ -204,20 +204,27 @@ def test_exhausted_handler_is_dead_lettered_then_redriven_once(cluster):  # type
 # ------------------------------------------------------------------ stuck
 
 
-def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_stuck(cluster):  # type: ignore[no-untyped-def]
+def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost_delivery_sent_again(cluster):  # type: ignore[no-untyped-def]
     assert sweep_choreographies in extra_detectors
     cluster.workers["shipping"].stop()
     try:
         saga_id = sequential.start("OrderCreated", order())
         wait_until(lambda: "CreateShipment" in published(saga_id), what="CreateShipment published")
-        later = datetime.now(timezone.utc) + timedelta(seconds=sequential.deadline + 1)
-
-        assert saga_id not in stuck_sagas()
-        assert saga_id in stuck_sagas(now=later)
-        assert saga_id in sweep_choreographies(get_runtime(), later)
+        cluster.purge("shipping")  # the message is lost on its way (as a Redis BRPOP to a dying worker can)
     finally:
         cluster.restart("shipping")
+    later = datetime.now(timezone.utc) + timedelta(seconds=sequential.deadline + 1)
 
-    # The event waited in its queue for a consumer; once one runs, the saga completes.
-    assert settle(saga_id).state == "COMPLETED"
+    # Then nothing moves, and the saga is reported once its deadline passed
+    assert get_saga(saga_id).state == "RUNNING" and ("CreateShipment", "shipping") not in handled(saga_id)
+    assert saga_id not in stuck_sagas()
+    assert saga_id in stuck_sagas(now=later)
+    # When the sweeper sees it, it sends the delivery that never arrived again, once per deadline
+    assert saga_id in sweep_choreographies(get_runtime(), later)
+    assert count(saga_id, "DeliveryResent", "CreateShipment") == 1
     assert saga_id not in stuck_sagas(now=later)
+
+    view = settle(saga_id)
+    assert view.state == "COMPLETED"
+    assert effects(saga_id)["shipment"] == ["CREATED"]
+    assert handled(saga_id).count(("CreateShipment", "shipping")) == 1

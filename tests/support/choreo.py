@@ -2,9 +2,10 @@
 
 A `Cluster` runs four `celery -A worker worker` processes (prefork), each consuming the event
 queue(s) of one service, against Redis (TEST_REDIS_URL) or RabbitMQ (TEST_AMQP_URL), all on the
-suite's database. The event namespace is `test_choreo` (exchange `test_choreo`, queues
-`test_choreo.<service>`), so nothing collides with another test's or a demo's queues; they are
-purged when a cluster starts.
+suite's database. The event namespace (exchange, queue prefix, worker names) is
+`test_choreo_<hash of the test database and Redis URLs>`, so nothing collides with a demo's
+queues or with another test session on the same RabbitMQ; the queues are purged when a cluster
+starts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ import os
 import time
 from typing import Any
 
-NAMESPACE = "test_choreo"
+
+def _namespace() -> str:
+    """Unique per test database and Redis: sessions run side by side share one RabbitMQ vhost."""
+    import hashlib
+
+    key = f"{os.environ.get('TEST_PG_URL', '')}|{os.environ.get('TEST_REDIS_URL', '')}"
+    return f"test_choreo_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+NAMESPACE = _namespace()
 os.environ["SAGA_EVENT_NAMESPACE"] = NAMESPACE  # before any worker is started or event published
 
 from sqlalchemy import select  # noqa: E402
@@ -73,7 +83,7 @@ class Cluster:
         from workflows.choreography import queue_name
 
         services, concurrency = POOLS[pool]
-        w = WorkerProcess(f"choreo-{self.kind}-{pool}", ",".join(queue_name(s) for s in services),
+        w = WorkerProcess(f"{NAMESPACE}-{self.kind}-{pool}", ",".join(queue_name(s) for s in services),
                           concurrency=concurrency, env=self.env(**extra))
         self.workers[pool] = w
         return w
@@ -89,7 +99,8 @@ class Cluster:
         for w in self.workers.values():
             w.stop()
 
-    def purge(self) -> None:
+    def purge(self, *services: str) -> None:
+        """Empty the event queues of `services` (default: all), declaring them first."""
         from kombu import Connection
 
         from workflows.choreography import choreographies
@@ -98,6 +109,8 @@ class Cluster:
         with Connection(self.url) as conn:
             ch = conn.channel()
             for service, routes in choreographies.routes().items():
+                if services and service not in services:
+                    continue
                 q = consumer_queue(service, routes)(ch)
                 q.declare()
                 q.purge()

@@ -12,7 +12,7 @@ History rows (type, step = the event type):
     EventHandled         detail: event_id, consumer, attempt, published, result
     EventAttemptFailed   detail: event_id, consumer, error, retry_in (attempt = the failed try)
     DeadLettered         a handler ran out of retries, or the event was malformed
-    DuplicateEventIgnored / EventRedriven
+    DuplicateEventIgnored / EventRedriven / DeliveryResent (by the sweeper, for a stuck saga)
     CompensationStarted, SagaCompleted, SagaCompensated, SagaFailed, SagaResumed: state changes
 """
 from __future__ import annotations
@@ -130,12 +130,7 @@ def refresh(s: Session, ch: Choreography, saga_id: str, now: datetime) -> Derive
     row = lock_saga(s, saga_id)
     if row is None:
         return None
-    s.flush()
-    rows = [Row(t, st, d or {}) for t, st, d in s.execute(
-        select(EventRow.type, EventRow.step, EventRow.detail)
-        .where(EventRow.saga_id == saga_id, EventRow.type.in_(["EventPublished", "EventHandled"]))
-        .order_by(EventRow.id)).all()]
-    derived = derive(ch, rows, letters(s, saga_id))
+    derived = derive(ch, rows(s, saga_id), letters(s, saga_id))
     before = row.state
     if derived.status.value != before:
         add(s, saga_id, STATE_EVENTS[derived.status], now, reason=derived.reason, previous=before)
@@ -145,6 +140,15 @@ def refresh(s: Session, ch: Choreography, saga_id: str, now: datetime) -> Derive
     row.caused_by = None
     row.deadline_at = None if derived.status.terminal else now + timedelta(seconds=ch.deadline)
     return derived
+
+
+def rows(s: Session, saga_id: str) -> list[Row]:
+    """The history rows derivation reads (this transaction's included)."""
+    s.flush()
+    return [Row(t, st, d or {}) for t, st, d in s.execute(
+        select(EventRow.type, EventRow.step, EventRow.detail)
+        .where(EventRow.saga_id == saga_id, EventRow.type.in_(["EventPublished", "EventHandled"]))
+        .order_by(EventRow.id)).all()]
 
 
 def letters(s: Session, saga_id: str) -> list[Letter]:

@@ -5,7 +5,8 @@
   for that one consumer; the relay sends it after commit. Once, and never lost.
 - `sweep_choreographies` (registered in `workflows.sweeper.extra_detectors`, so `saga.sweep` on
   celery beat runs it): sends outbox rows a crashed publisher left, re-derives the state of FAILED
-  sagas whose dead letters were discarded, and returns the stuck sagas.
+  sagas whose dead letters were discarded, sends again the deliveries of stuck sagas that never
+  arrived, and returns the stuck sagas.
 - `stuck_sagas`: choreographed sagas, not terminal, with no new event for longer than their
   choreography's deadline (`sagas.deadline_at` is pushed forward by every event).
 - `trace`: each event of a saga with what caused it and where each of its deliveries stands.
@@ -68,7 +69,8 @@ def stuck_sagas(rt: Runtime | None = None, now: datetime | None = None, limit: i
 
 
 def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
-    """The sweeper's part for choreographies; returns the stuck sagas (reported, not changed)."""
+    """The sweeper's part for choreographies; returns the stuck sagas (reported, their lost
+    deliveries sent again)."""
     try:
         sent = outbox.relay_pending(older_than=OUTBOX_GRACE, now=now)
     except Exception as e:  # the broker is down: the next sweep tries again
@@ -79,8 +81,44 @@ def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
     _refresh_failed(rt, now)
     stuck = stuck_sagas(rt, now)
     for saga_id in stuck:
-        log.warning("choreographed saga is stuck: no event before its deadline", extra={"saga_id": saga_id})
+        resent = resend_pending(rt, saga_id, now)
+        log.warning("choreographed saga is stuck: no event before its deadline; %d delivery(ies) sent again",
+                    resent, extra={"saga_id": saga_id})
     return stuck
+
+
+def resend_pending(rt: Runtime, saga_id: str, now: datetime) -> int:
+    """Send again each delivery of a stuck saga that was sent but never handled.
+
+    A message can be lost on its way to a worker (a Redis consumer killed while its BRPOP
+    returns); consumers are idempotent, so a second copy is safe. Rows the relay has not sent yet
+    are left to the relay. The saga's deadline moves on: one resend per deadline period."""
+    with rt.store.sessions.begin() as s:
+        row = history.lock_saga(s, saga_id)
+        if (row is None or row.state not in ("RUNNING", "COMPENSATING") or row.deadline_at is None
+                or row.deadline_at >= now or row.saga_type not in choreographies):
+            return 0
+        ch = choreographies.get(row.saga_type)
+        pending = history.derive(ch, history.rows(s, saga_id), history.letters(s, saga_id)).pending
+        open_letters = {(dl.event_id, dl.consumer) for dl in history.letters(s, saga_id) if dl.status == "OPEN"}
+        sent: dict[str, dict[str, Any]] = {}
+        unsent: set[str] = set()
+        for r in s.scalars(select(OutboxRow).where(OutboxRow.saga_id == saga_id).order_by(OutboxRow.id)):
+            if r.sent_at is None:
+                unsent.add(r.event_id)
+            else:
+                sent.setdefault(r.event_id, r.envelope)
+        new = []
+        for event_id, consumer in pending:
+            if event_id in unsent or event_id not in sent or (event_id, consumer) in open_letters:
+                continue
+            event = parse_envelope(sent[event_id])
+            new.append(outbox.write(s, event, [consumer], now, note_history=False))
+            history.add(s, saga_id, "DeliveryResent", now, step=event.event_type, event_id=event_id,
+                        consumer=consumer, reason="no event before the saga's deadline")
+        history.refresh(s, ch, saga_id, now)
+    outbox.relay([r.id for r in new])
+    return len(new)
 
 
 def _refresh_failed(rt: Runtime, now: datetime) -> None:
