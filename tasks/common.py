@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 import random
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from workflows import PermanentError, get_runtime
@@ -30,6 +31,18 @@ def transaction() -> Iterator[Session]:
     factory = session_factory(get_runtime().settings.resolved_database_url())
     with factory.begin() as s:
         yield s
+
+
+def already_done(model: Any, idempotency_key: str) -> Any:
+    """The row an earlier call with this idempotency key made, if any.
+
+    Actions look first: a repeated call (a redelivery after the worker died between the
+    service's commit and the saga's) replays its effect before anything can fail, like an
+    idempotent API replays its first response. Failing it instead would leave the step FAILED,
+    never compensated, with its effect standing.
+    """
+    with transaction() as s:
+        return s.scalars(select(model).where(model.idempotency_key == idempotency_key)).first()
 
 
 def check_fault(service: str, operation: str) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from workflows import PermanentError, StepContext, step_task
 
-from .common import check_fault, now, transaction
+from .common import already_done, check_fault, now, transaction
 from .models import Reservation, Stock
 
 
@@ -20,6 +20,9 @@ class OutOfStock(PermanentError):
 @step_task("inventory.reserve", queue="inventory")
 def reserve_items(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
     """Take the order's items out of available stock, once per idempotency key."""
+    done = already_done(Reservation, ctx.idempotency_key)
+    if done is not None:
+        return {"reservation_id": done.id}
     check_fault("inventory", "action")
     with transaction() as s:
         existing = s.scalars(select(Reservation).where(Reservation.idempotency_key == ctx.idempotency_key)).first()

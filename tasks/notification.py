@@ -8,13 +8,14 @@ from sqlalchemy import select
 
 from workflows import StepContext, step_task
 
-from .common import check_fault, now, transaction
+from .common import already_done, check_fault, now, transaction
 from .models import Notification
 
 
 @step_task("notification.send_confirmation", queue="notification")
 def send_confirmation(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
-    check_fault("notification", "action")
+    if already_done(Notification, ctx.idempotency_key) is None:
+        check_fault("notification", "action")
     tracking = ctx.results.get("create_shipment", {}).get("tracking_number")
     with transaction() as s:
         existing = s.scalars(select(Notification).where(Notification.idempotency_key == ctx.idempotency_key)).first()

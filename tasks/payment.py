@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from workflows import PermanentError, StepContext, step_task
 
-from .common import check_fault, now, transaction
+from .common import already_done, check_fault, now, transaction
 from .models import Payment
 
 DECLINED_CARDS = {"4000000000000002"}
@@ -26,6 +26,9 @@ def order_total(order: dict[str, Any]) -> Decimal:
 @step_task("payment.charge", queue="payment")
 def charge_payment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
     """Charge the order total to the customer's card, once per idempotency key."""
+    done = already_done(Payment, ctx.idempotency_key)
+    if done is not None:
+        return {"payment_id": done.id, "amount": str(done.amount)}
     check_fault("payment", "action")
     total = order_total(order)
     card = str(order.get("payment", {}).get("card", ""))

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from workflows import PermanentError, StepContext, step_task
 
-from .common import check_fault, now, transaction
+from .common import already_done, check_fault, now, transaction
 from .models import Shipment
 
 UNSERVED_COUNTRIES = {"XX"}
@@ -20,6 +20,9 @@ class UndeliverableAddress(PermanentError):
 
 @step_task("shipping.create", queue="shipping")
 def create_shipment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
+    done = already_done(Shipment, ctx.idempotency_key)
+    if done is not None:
+        return {"shipment_id": done.id, "tracking_number": done.tracking_number}
     check_fault("shipping", "action")
     address = order.get("shipping_address") or {}
     if address.get("country") in UNSERVED_COUNTRIES:

@@ -200,6 +200,44 @@ def _wait_until(check, timeout: float, message: str) -> None:  # type: ignore[no
         time.sleep(0.1)
 
 
+# ---------------------------------------------------------------- idempotent effects
+
+
+ACTIONS = [("reserve_inventory", "inventory", "tasks.inventory", "reserve_items"),
+           ("process_payment", "payment", "tasks.payment", "charge_payment"),
+           ("create_shipment", "shipping", "tasks.shipping", "create_shipment"),
+           ("send_confirmation", "notification", "tasks.notification", "send_confirmation")]
+
+
+@pytest.mark.parametrize("step,service,module,fn", ACTIONS, ids=[a[0] for a in ACTIONS])
+def test_a_repeated_action_replays_its_effect_even_when_the_service_now_fails(app, order_factory, step, service,
+                                                                               module, fn):  # type: ignore[no-untyped-def]
+    # A worker died after the service committed the effect, before the saga recorded it; the
+    # redelivered message calls the service again, which meanwhile fails for good. Reporting that
+    # failure would leave the step FAILED, never compensated, its effect (a charge) standing.
+    import importlib
+
+    from tasks.common import arm_fault
+    from workflows import StepContext
+
+    action = getattr(importlib.import_module(module), fn)
+    order = order_factory()
+    saga_id = str(uuid.uuid4())
+    ctx = StepContext(saga_id=saga_id, saga_type="order_fulfillment", step=step, kind="action", attempt=1,
+                      task_id="t1", input=order)
+    first = action(ctx, order)
+
+    arm_fault(service, times=1, permanent=True, message="down for good")
+    again = action(ctx, order)
+
+    assert again == first
+    with transaction() as s:
+        for model in (Reservation, Payment, Shipment, Notification):
+            n = s.scalar(select(func.count()).select_from(model).where(model.saga_id == saga_id))
+            assert n == (1 if model.__tablename__.startswith(service[:4]) else 0)
+    assert available(order["items"][0]["sku"]) == (8 if service == "inventory" else 10)
+
+
 # ---------------------------------------------------------------- two workers racing
 
 
@@ -219,8 +257,10 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
     chain = crash_sagas.chain
     outcomes = [ActionSucceeded("a", {"n": 1}), ActionFailed("a", ErrorInfo("Boom", "flaky"), True, 0.0),
                 ActionTimedOut("a", "lost"), ActionSucceeded("a", {"n": 2})]
+    ids: list[str] = []
     for _ in range(8):
         saga_id, _ = race_store.create_run(chain, {})
+        ids.append(saga_id)
         start = race_store.apply(chain, saga_id, Started(), by="start").transition
         version = start.after.version
         barrier = threading.Barrier(len(outcomes))
@@ -250,6 +290,15 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
             stale = s.scalar(select(func.count()).select_from(EventRow).where(
                 EventRow.saga_id == saga_id, EventRow.type == "StaleMessageIgnored"))
         assert stale == len(outcomes) - 1
+    _forget(race_store, ids)  # runs without messages: leave nothing for later sweeps
+
+
+def _forget(store: SagaStore, ids: list[str]) -> None:
+    from sqlalchemy import delete
+
+    with store.sessions.begin() as s:
+        s.execute(delete(EventRow).where(EventRow.saga_id.in_(ids)))
+        s.execute(delete(SagaRow).where(SagaRow.id.in_(ids)))
 
 
 # ---------------------------------------------------------------- the sweeper racing a start
@@ -274,6 +323,7 @@ def test_a_run_that_starts_while_the_sweeper_looks_keeps_no_phantom_deadline(app
     # sweep would take for a passed saga deadline, and cancel a healthy saga)
     assert published == [] and report.restarted == []
     assert rt.store.load(saga_id).deadline_at is None
+    _forget(rt.store, [saga_id])  # its step message was never published: leave nothing for later sweeps
 
 
 # ---------------------------------------------------------------- idempotent start
@@ -282,11 +332,6 @@ def test_a_run_that_starts_while_the_sweeper_looks_keeps_no_phantom_deadline(app
 def _rows_with_key(key: str) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
     with get_runtime().store.sessions() as s:
         return [(r.id, r.input) for r in s.scalars(select(SagaRow).where(SagaRow.idempotency_key == key))]
-
-
-def _event_count(saga_id: str) -> int:
-    with get_runtime().store.sessions() as s:
-        return int(s.scalar(select(func.count()).select_from(EventRow).where(EventRow.saga_id == saga_id)) or 0)
 
 
 def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # type: ignore[no-untyped-def]
@@ -321,10 +366,11 @@ def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # t
 
 
 def test_one_key_with_another_payload_is_refused_and_writes_nothing(app, order_factory):  # type: ignore[no-untyped-def]
+    from workflows.store import input_hash
+
     order = order_factory()
     key = f"order-{order['order_id']}"
     first = start_saga("order_fulfillment", order, idempotency_key=key)
-    before = _event_count(first)
     changed = {**order, "items": [{**order["items"][0], "quantity": 3}]}
 
     with pytest.raises(IdempotencyConflict) as err:
@@ -333,6 +379,13 @@ def test_one_key_with_another_payload_is_refused_and_writes_nothing(app, order_f
     with pytest.raises(IdempotencyConflict):
         start_saga("crash.chain", order, idempotency_key=key)  # same key, another saga type
 
-    assert _rows_with_key(key) == [(first, get_runtime().store.get(first).input)]
+    # (the first run may be progressing meanwhile: look for what the refused calls would have written)
+    refused = [input_hash("order_fulfillment", registry.get("order_fulfillment").validate_input(changed)),
+               input_hash("crash.chain", order)]
+    with get_runtime().store.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SagaRow).where(SagaRow.input_hash.in_(refused))) == 0
+        created = s.scalars(select(EventRow.saga_id).where(EventRow.type == "SagaCreated",
+                                                           EventRow.detail["idempotency_key"].as_string() == key))
+        assert list(created) == [first]
+    assert [i for i, _ in _rows_with_key(key)] == [first]
     assert get_runtime().store.get(first).input["items"][0]["quantity"] == 2
-    assert _event_count(first) == before
