@@ -115,16 +115,16 @@ class PrivateRedis:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="sagas to run")
-    p.add_argument("--rate", type=float, default=40.0, help="sagas started per second")
+    p.add_argument("--rate", type=float, default=8.0, help="sagas started per second (keep it under the throughput)")
     p.add_argument("--database", default=os.environ.get(
         "SAGA_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test_chaos"))
     p.add_argument("--broker", default=None, help="Redis URL; default: a private redis-server, restarted once")
     p.add_argument("--kill-every", type=float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
                    help="seconds between two kills (uniform)")
-    p.add_argument("--bound", type=float, default=180.0, help="seconds after the last start for all to finish")
+    p.add_argument("--bound", type=float, default=300.0, help="seconds after the last start for all to finish")
     p.add_argument("--visibility-timeout", type=int, default=10)
     p.add_argument("--dispatch-grace", type=float, default=10.0)
-    p.add_argument("--start-grace", type=float, default=10.0)
+    p.add_argument("--start-grace", type=float, default=15.0)
     p.add_argument("--sweep-every", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures and violations here")

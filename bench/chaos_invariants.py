@@ -151,15 +151,31 @@ def _check_saga(saga: dict[str, Any]) -> list[str]:
     indices = [definition.index_of(s) for s in compensated]
     if indices != sorted(indices, reverse=True):
         bad.append(f"compensations not newest first: {compensated}")
-    for ev in events:
-        if ev.type == "CompensationDispatched":
-            seen = by_step[ev.step][:by_step[ev.step].index("CompensationDispatched")]
-            if "StepSucceeded" not in seen and "StepTimedOut" not in seen:
-                bad.append(f"compensation of {ev.step} dispatched, but the step never succeeded nor timed out")
+    bad.extend(_check_compensated_only_what_may_have_happened(events))
     for name, st in steps.items():
         if st.status == "PENDING" and by_step[name]:
             bad.append(f"step {name} never started but has history {by_step[name]}")
     bad.extend(_check_dead_letters(saga, definition))
+    return bad
+
+
+def _check_compensated_only_what_may_have_happened(events: list[Any]) -> list[str]:
+    """Replay the history: a compensation is dispatched only for a step that succeeded or whose
+    outcome is unknown (timed out, or in flight when the saga was cancelled)."""
+    bad: list[str] = []
+    status: dict[str, str] = {}
+    for ev in events:
+        if ev.type == "StepDispatched":
+            status[ev.step] = "in flight"
+        elif ev.type in ("StepSucceeded", "StepFailed", "StepTimedOut"):
+            status[ev.step] = ev.type
+        elif ev.type == "SagaCancelled":
+            status.update({k: "StepTimedOut" for k, v in status.items() if v == "in flight"})
+        elif ev.type == "CompensationDispatched" and status.get(ev.step) not in (
+                "StepSucceeded", "StepTimedOut", "compensating"):
+            bad.append(f"compensation of {ev.step} dispatched while the step was {status.get(ev.step, 'never started')}")
+        if ev.type == "CompensationDispatched":
+            status[ev.step] = "compensating"
     return bad
 
 
