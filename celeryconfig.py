@@ -12,6 +12,7 @@ _settings = get_settings()
 broker_url = _settings.resolved_broker_url()
 if broker_url.startswith("filesystem"):
     _folder = _settings.broker_folder()
+    broker_transport = "workflows.fs_broker:Transport"  # kombu's, writing each message atomically
     broker_transport_options = {
         "data_folder_in": str(_folder / "queue"),
         "data_folder_out": str(_folder / "queue"),
