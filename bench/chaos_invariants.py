@@ -107,6 +107,7 @@ def check(sagas: dict[str, dict[str, Any]], saga_ids: list[str], stock: dict[str
         "sagas": len(saga_ids), "states": dict(states),
         "stale_messages_ignored": events["StaleMessageIgnored"], "duplicates_ignored": events["DuplicateIgnored"],
         "follow_ups_republished": events["FollowUpRepublished"], "steps_timed_out": events["StepTimedOut"],
+        "duplicates_suppressed": events["StaleMessageIgnored"] + events["DuplicateIgnored"],
         "outcomes_ignored": events["OutcomeIgnored"],
         "dead_letters": sum(len(sagas[i]["dead_letters"]) for i in saga_ids if i in sagas),
         "step_attempts_failed": events["StepAttemptFailed"] + events["CompensationAttemptFailed"],
