@@ -270,21 +270,21 @@ class SagaStore:
 
     def due_starts(self, now: datetime, limit: int = 500) -> list[str]:
         """Running orchestrated runs past their start deadline with no step dispatched yet."""
-        with self.sessions() as s:
-            dispatched = select(StepRow.saga_id).where(StepRow.saga_id == SagaRow.id,
-                                                       StepRow.status != StepStatus.PENDING.value)
-            return list(s.scalars(select(SagaRow.id).where(
-                SagaRow.state == RunStatus.RUNNING.value, SagaRow.style == "orchestrated",
-                SagaRow.deadline_at < now, ~dispatched.exists()).limit(limit)))
+        return self._due_runs(now, limit, dispatched=False)
 
     def due_deadlines(self, now: datetime, limit: int = 500) -> list[str]:
         """Running runs past their saga-level deadline (some step already dispatched)."""
+        return self._due_runs(now, limit, dispatched=True)
+
+    def _due_runs(self, now: datetime, limit: int, *, dispatched: bool) -> list[str]:
+        # A running run's deadline is its start deadline until a step is dispatched, then its
+        # saga-level deadline (if any): which one passed depends on whether a step is in flight.
+        any_dispatched = select(StepRow.saga_id).where(StepRow.saga_id == SagaRow.id,
+                                                       StepRow.status != StepStatus.PENDING.value).exists()
         with self.sessions() as s:
-            dispatched = select(StepRow.saga_id).where(StepRow.saga_id == SagaRow.id,
-                                                       StepRow.status != StepStatus.PENDING.value)
             return list(s.scalars(select(SagaRow.id).where(
                 SagaRow.state == RunStatus.RUNNING.value, SagaRow.style == "orchestrated",
-                SagaRow.deadline_at < now, dispatched.exists()).limit(limit)))
+                SagaRow.deadline_at < now, any_dispatched if dispatched else ~any_dispatched).limit(limit)))
 
     def due_steps(self, now: datetime, limit: int = 500) -> list[tuple[str, str, str, int]]:
         """(saga id, saga type, step, run version) of in-flight steps past their deadline."""
