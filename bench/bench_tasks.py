@@ -5,11 +5,13 @@ Configurations (see bench/run.py):
 - `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
 - `saga`: `bench.noop4`, four no-op steps with no-op compensations;
 - `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1).
-Everything runs on the queue `bench` (plus `saga` for `saga.start`), which only the bench's
-workers consume. The last task of a chain records its finish time in the Redis hash `bench:done`.
+Everything runs on the queue named by BENCH_QUEUE (plus `saga` for `saga.start`), one per bench
+run, which only that run's worker consumes. The last task of a chain records its finish time in
+the Redis hash `bench:<BENCH_RUN_ID>:done`.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from celery import shared_task
@@ -20,8 +22,8 @@ from workflows.db import session_factory
 
 from . import counters
 
-QUEUE = "bench"
-DONE_KEY = "bench:done"
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+DONE_KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:done"
 STATE_TABLE = "bench_chain_state"
 
 CREATE_STATE_TABLE = text(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} ("

@@ -7,7 +7,7 @@ the bench driver) counts in memory:
 - `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip with psycopg2
   (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK);
 - `messages`: task messages published (`before_task_publish`: sends, chain steps, retries).
-A worker process adds its counts to the Redis hash `bench:counters` after every task, in one
+A worker process adds its counts to the Redis hash `bench:<run id>:counters` after every task, in one
 pipelined round trip (the same for every configuration); the driver flushes its own before it
 reads the hash. Deltas of the hash around a phase, divided by its sagas, are the cost per saga.
 """
@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-KEY = "bench:counters"
+KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:counters"
 FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 TRACE = os.environ.get("BENCH_TRACE_SQL") == "1"
 """Print every statement (first line) to stderr: to see what a step costs, one by one."""

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUES = "saga,bench"
 
 
 # ------------------------------------------------------------------ worker
@@ -29,7 +28,7 @@ QUEUES = "saga,bench"
 class BenchWorker:
     """`celery -A worker worker -P prefork` on the bench's queues, in its own process group."""
 
-    def __init__(self, env: dict[str, str], concurrency: int = 2, queues: str = QUEUES) -> None:
+    def __init__(self, env: dict[str, str], queues: str, concurrency: int = 2) -> None:
         self.name = f"bench-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.log = Path(f"/tmp/{self.name}.log")
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency),
@@ -179,6 +178,7 @@ class Phase:
     latencies: list[float]
     """Seconds from enqueue to terminal, one per run."""
     errors: int
+    keys: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     peak_rss: int = 0
     worker_cpu: float = 0.0
@@ -221,7 +221,7 @@ def drive(cfg: Config, n: int, *, window: int, poll: float = 0.005, tag: str = "
             raise RuntimeError(f"{cfg.name}: no run finished for {stall_timeout:.0f}s "
                                f"({len(latencies)}/{n} done, {len(inflight)} in flight)")
     cfg.cleanup()
-    return Phase(cfg.name, n, last - first, latencies, errors)
+    return Phase(cfg.name, n, last - first, latencies, errors, keys=list(started))
 
 
 def percentile(values: list[float], q: float) -> float:

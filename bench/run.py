@@ -4,8 +4,10 @@
     .venv/bin/python bench/run.py --rss-check        # worker RSS after 500 and after 5000 more sagas
 
 Runs on the real Redis and PostgreSQL given by --broker-url/--database-url (or SAGA_BROKER_URL/
-SAGA_DATABASE_URL), by default Redis db 13 and the database `test_bench`. Both are WIPED at
-start (the saga tables truncated, the Redis db flushed): give the bench its own.
+SAGA_DATABASE_URL), by default Redis db 13 and the database `test_bench`. Each run has its own
+queue and Redis keys and deletes its own rows at the end, so two runs (or the smoke test in
+someone's `make test`) disturb each other's numbers, never their results. --fresh truncates the
+saga tables and flushes the Redis db first, for when the bench is alone on them.
 Writes bench/results.json; see the README's benchmark section for what each number means.
 """
 from __future__ import annotations
@@ -39,15 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
-    p.add_argument("--wipe", action="store_true",
-                   help="allow wiping a database whose name has neither 'test' nor 'bench' in it, or Redis db 0")
+    p.add_argument("--fresh", action="store_true",
+                   help="truncate the saga tables and flush the Redis db first (a *test*/*bench* database only)")
     p.add_argument("--rss-check", action="store_true", help="only check worker RSS across --rss-n sagas")
     p.add_argument("--rss-n", default="500,5000", help="sagas run before each RSS reading (cumulative)")
+    p.add_argument("--rss-config", default="saga", choices=ORDER, help="the configuration the RSS check runs")
     return p.parse_args(argv)
 
 
 def configure_env(args: argparse.Namespace) -> None:
     """Everything the bench and its workers read, set before `workflows` is imported."""
+    import uuid
+
+    run_id = os.environ.setdefault("BENCH_RUN_ID", uuid.uuid4().hex[:8])
+    os.environ.setdefault("BENCH_QUEUE", f"bench.{run_id}")
     os.environ.update({
         "SAGA_DATABASE_URL": args.database_url, "SAGA_BROKER_URL": args.broker_url,
         # BENCH_EXTRA_MODULES: more modules for the workers (to A/B a patch of the hot path).
@@ -78,19 +85,19 @@ def pg_dsn(url: str) -> str:
     return u.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def check_wipe_allowed(database_url: str, broker_url: str, wipe: bool) -> None:
-    """The bench wipes its database and Redis db: refuse ones that look like somebody's data."""
+def check_wipe_allowed(database_url: str, broker_url: str) -> None:
+    """--fresh wipes the database and Redis db: refuse ones that look like somebody's data."""
     from sqlalchemy.engine import make_url
 
     name = make_url(database_url).database or ""
     redis_db = broker_url.rstrip("/").rsplit("/", 1)[-1]
-    if not wipe and ("test" not in name and "bench" not in name or not redis_db.isdigit() or redis_db == "0"):
-        raise SystemExit(f"refusing to wipe database {name!r} and Redis db {redis_db!r}: give the bench its own "
-                         "(a database named *bench* or *test*, a Redis db other than 0) or pass --wipe")
+    if "test" not in name and "bench" not in name or not redis_db.isdigit() or redis_db == "0":
+        raise SystemExit(f"--fresh refuses to wipe database {name!r} and Redis db {redis_db!r}: "
+                         "use a database named *bench* or *test* and a Redis db other than 0")
 
 
-def prepare(database_url: str, broker_url: str):  # type: ignore[no-untyped-def]
-    """Create and migrate the database, wipe the saga tables and the Redis db; returns clients."""
+def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: ignore[no-untyped-def]
+    """Create and migrate the database (and with `fresh`, wipe it and the Redis db); returns clients."""
     import psycopg2
     import redis
     from sqlalchemy.engine import make_url
@@ -109,9 +116,11 @@ def prepare(database_url: str, broker_url: str):  # type: ignore[no-untyped-def]
     migrate(database_url)
     with get_engine(database_url).begin() as conn:
         conn.execute(CREATE_STATE_TABLE)
-        conn.exec_driver_sql(f"TRUNCATE sagas, saga_steps, saga_events, dead_letters, {STATE_TABLE}")
+        if fresh:
+            conn.exec_driver_sql(f"TRUNCATE sagas, saga_steps, saga_events, dead_letters, {STATE_TABLE}")
     r = redis.Redis.from_url(broker_url)
-    r.flushdb()
+    if fresh:
+        r.flushdb()
     pg = psycopg2.connect(pg_dsn(database_url))
     pg.autocommit = True
     return r, pg
@@ -251,12 +260,14 @@ class Session:
     def __enter__(self) -> Session:
         from bench.harness import BenchWorker, CpuMeter, RssSampler
 
-        self.r, self.pg = prepare(self.args.database_url, self.args.broker_url)
+        self.r, self.pg = prepare(self.args.database_url, self.args.broker_url, self.args.fresh)
+        self.saga_ids: list[str] = []
         import worker  # the same app, settings and runtime as the workers
 
         self.app = worker.app
         self.configs = make_configs(self.app, self.r, self.pg)
-        self.worker = BenchWorker(worker_env(), concurrency=self.args.concurrency)
+        self.worker = BenchWorker(worker_env(), concurrency=self.args.concurrency,
+                                  queues=f"saga,{os.environ['BENCH_QUEUE']}")
         try:
             self.worker.wait_ready(self.app)
         except BaseException:
@@ -268,13 +279,35 @@ class Session:
         return self
 
     def measure(self, name: str, n: int, tag: str):  # type: ignore[no-untyped-def]
-        return measure(self.configs[name], n, window=self.args.window, tag=tag, r=self.r, sampler=self.sampler,
-                       cpu=self.cpu)
+        phase = measure(self.configs[name], n, window=self.args.window, tag=f"{os.environ['BENCH_RUN_ID']}-{tag}",
+                        r=self.r, sampler=self.sampler, cpu=self.cpu)
+        if name.startswith("saga"):
+            self.saga_ids.extend(phase.keys)
+        return phase
 
     def __exit__(self, *exc: object) -> None:
         self.sampler.stop()
         self.worker.stop()
+        self.cleanup()
         self.pg.close()
+
+    def cleanup(self) -> None:
+        """Delete this run's rows and Redis keys (its queue is empty once its runs finished)."""
+        from bench import counters
+        from bench.bench_tasks import DONE_KEY, STATE_TABLE
+
+        with self.pg.cursor() as cur:
+            for i in range(0, len(self.saga_ids), 5000):
+                chunk = self.saga_ids[i:i + 5000]
+                cur.execute("DELETE FROM saga_events WHERE saga_id = ANY(%s)", (chunk,))
+                cur.execute("DELETE FROM sagas WHERE id = ANY(%s)", (chunk,))  # steps: ON DELETE CASCADE
+            cur.execute(f"DELETE FROM {STATE_TABLE} WHERE id LIKE %s", (os.environ["BENCH_RUN_ID"] + "-%",))
+        queue = os.environ["BENCH_QUEUE"]
+        self.r.delete(DONE_KEY, counters.KEY, queue)
+        for key in self.r.scan_iter("_kombu.binding.*"):  # kombu's routing table entry of our queue
+            for member in self.r.smembers(key):
+                if member.endswith(b"\x06\x16" + queue.encode()):
+                    self.r.srem(key, member)
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -335,14 +368,15 @@ def write(path: Path, doc: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_wipe_allowed(args.database_url, args.broker_url, args.wipe)
+    if args.fresh:
+        check_wipe_allowed(args.database_url, args.broker_url)
     configure_env(args)
     if args.rss_check:
         from bench.rss import rss_check
 
         doc = {"rss_check": rss_check(args)}
         write(args.output, doc)
-        return 0 if doc["rss_check"]["flat"] else 1
+        return 0 if doc["rss_check"]["pool_processes_flat"] else 1
     print(f"bench: n={args.n} x {args.rounds} rounds, window {args.window}, prefork x{args.concurrency}, "
           f"{args.database_url} + {args.broker_url}", flush=True)
     doc = run_bench(args)
