@@ -45,6 +45,15 @@ extra_detectors: list = []  # type: ignore[type-arg]
 """Functions (rt, now) -> saga ids reported as stuck; the choreography adds its own."""
 
 
+def next_start_deadline(created_at: datetime, now: datetime, grace: float) -> datetime:
+    """When to re-publish a start again if it still has not reached a worker.
+
+    At least `grace` away, and as far away as the run is old: each re-publish at least doubles
+    the wait, so a backlog (starts slow, not lost) is not flooded with more starts.
+    """
+    return now + timedelta(seconds=max(grace, (now - created_at).total_seconds()))
+
+
 def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     now = now or datetime.now(timezone.utc)
     store = rt.store
@@ -53,12 +62,12 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     for saga_id in store.due_starts(now):
         with store.sessions.begin() as s:  # push the deadline first: one re-publish per grace period
             # Under the run's lock, look again: its start may have committed since due_starts read.
-            s.execute(select(SagaRow.id).where(SagaRow.id == saga_id).with_for_update())
-            if s.scalar(select(StepRow.saga_id).where(StepRow.saga_id == saga_id,
-                                                      StepRow.status != StepStatus.PENDING.value).limit(1)):
+            created = s.scalar(select(SagaRow.created_at).where(SagaRow.id == saga_id).with_for_update())
+            if created is None or s.scalar(select(StepRow.saga_id).where(
+                    StepRow.saga_id == saga_id, StepRow.status != StepStatus.PENDING.value).limit(1)):
                 continue
             pushed = s.execute(update(SagaRow).where(SagaRow.id == saga_id, SagaRow.state == RunStatus.RUNNING.value)
-                               .values(deadline_at=now + timedelta(seconds=rt.settings.start_grace)))
+                               .values(deadline_at=next_start_deadline(created, now, rt.settings.start_grace)))
         if pushed.rowcount != 1:  # type: ignore[attr-defined]
             continue
         publish_start(rt, saga_id)
