@@ -109,7 +109,7 @@ class Cluster:
         with Connection(self.url) as conn:
             ch = conn.channel()
             for service, routes in choreographies.routes().items():
-                if services and service not in services:
+                if service not in (services or SERVICES):
                     continue
                 q = consumer_queue(service, routes)(ch)
                 q.declare()

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ..errors import InvalidOperation
-from ..models import EventRow, SagaRow
+from ..models import DeadLetterRow, EventRow, SagaRow
 from ..runtime import Runtime, get_runtime
 from ..views import DeadLetterView
 from . import history, outbox
@@ -122,16 +122,17 @@ def resend_pending(rt: Runtime, saga_id: str, now: datetime) -> int:
 
 
 def _refresh_failed(rt: Runtime, now: datetime) -> None:
-    """A FAILED saga whose dead letters were all discarded may not be FAILED any more."""
+    """A FAILED saga whose dead letter was discarded since its last change may not be FAILED any more."""
     with rt.store.sessions() as s:
-        rows = s.execute(select(SagaRow.id, SagaRow.saga_type).where(
-            SagaRow.style == "choreographed", SagaRow.state == "FAILED").limit(200)).all()
+        rows = s.execute(select(SagaRow.id, SagaRow.saga_type).distinct().join(
+            DeadLetterRow, DeadLetterRow.saga_id == SagaRow.id).where(
+            SagaRow.style == "choreographed", SagaRow.state == "FAILED", DeadLetterRow.kind == "event",
+            DeadLetterRow.status == "DISCARDED", DeadLetterRow.resolved_at >= SagaRow.updated_at).limit(200)).all()
     for saga_id, saga_type in rows:
         if saga_type not in choreographies:
             continue
         with rt.store.sessions.begin() as s:
-            if not any(dl.status == "OPEN" for dl in history.letters(s, saga_id)):
-                history.refresh(s, choreographies.get(saga_type), saga_id, now)
+            history.refresh(s, choreographies.get(saga_type), saga_id, now)
 
 
 # ------------------------------------------------------------------ trace
