@@ -114,17 +114,18 @@ class SagaStore:
         now = utcnow()
         digest = input_hash(saga.name, data)
         run_id = saga_id or str(uuid.uuid4())
-        row = SagaRow(id=run_id, saga_type=saga.name, style=style, state=RunStatus.RUNNING.value,
-                      input=data, input_hash=digest, idempotency_key=idempotency_key,
-                      caused_by="start", created_at=now, updated_at=now,
-                      deadline_at=now + timedelta(seconds=start_grace))
-        row.steps = [StepRow(index=i, name=s.name, status=StepStatus.PENDING.value, attempts=0,
-                             compensation_attempts=0) for i, s in enumerate(saga.steps)]
         try:
-            with self.sessions.begin() as s:
-                s.add(row)
-                s.add(EventRow(saga_id=run_id, at=now, type=initial_event, detail={
-                    "saga_type": saga.name, "idempotency_key": idempotency_key}))
+            with self.sessions.begin() as s:  # Core statements: the ORM's unit of work cost ~2 ms of CPU here
+                s.execute(insert(_SAGAS), {
+                    "id": run_id, "saga_type": saga.name, "style": style, "state": RunStatus.RUNNING.value,
+                    "version": 1, "input": data, "input_hash": digest, "idempotency_key": idempotency_key,
+                    "caused_by": "start", "created_at": now, "updated_at": now,
+                    "deadline_at": now + timedelta(seconds=start_grace)})
+                s.execute(insert(_STEPS), [{"saga_id": run_id, "index": i, "name": st.name,
+                                            "status": StepStatus.PENDING.value, "attempts": 0,
+                                            "compensation_attempts": 0} for i, st in enumerate(saga.steps)])
+                s.execute(insert(_EVENTS), {"saga_id": run_id, "at": now, "type": initial_event, "detail": {
+                    "saga_type": saga.name, "idempotency_key": idempotency_key}})
         except IntegrityError as e:
             with self.sessions() as s:
                 existing = None if idempotency_key is None else s.scalars(
