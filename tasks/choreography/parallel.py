@@ -22,7 +22,7 @@ from workflows.choreography import Choreography, Envelope, EventContext
 from workflows.sagas import Order
 
 from ..common import check_fault
-from . import effects
+from .. import effects
 
 parallel = Choreography(
     "order_parallel",

@@ -1,9 +1,9 @@
-"""The example services' effects, run inside a choreography handler's transaction.
+"""The example services' rules and effects, written through the caller's session.
 
-The same tables as the orchestrated steps (`tasks.models`: Reservation, Payment, Shipment,
-Notification, Stock) and the same rules (stock, declined cards, unserved countries), but written
-through the handler's session, so an effect commits together with the events it causes. Each is
-idempotent on its key (a unique constraint): a second call finds the row and does nothing new.
+One implementation for both styles: the orchestrated step tasks (`tasks/inventory.py`, ...) call
+these in a transaction of their own; the choreography handlers call them in the handler's
+transaction, so an effect commits together with the events it causes. Each is idempotent on its
+key (a unique constraint): a second call finds the row and does nothing new.
 
 A compensation that arrives before the action it undoes (events can overtake each other) leaves
 a VOIDED row under the action's key: the late action then finds it and never takes effect.
@@ -17,14 +17,33 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..common import now
-from ..inventory import OutOfStock
-from ..models import Notification, Payment, Reservation, Shipment, Stock
-from ..payment import DECLINED_CARDS, LIMIT, CardDeclined, order_total
-from ..shipping import UNSERVED_COUNTRIES, UndeliverableAddress
+from workflows import PermanentError
 
-__all__ = ["CardDeclined", "OutOfStock", "UndeliverableAddress", "charge", "notify", "order_total",
-           "refund_or_void", "release_or_void", "reserve", "ship"]
+from .common import now
+from .models import Notification, Payment, Reservation, Shipment, Stock
+
+DECLINED_CARDS = {"4000000000000002"}
+LIMIT = Decimal("10000")
+UNSERVED_COUNTRIES = {"XX"}
+
+
+class OutOfStock(PermanentError):
+    """Not enough stock (or an unknown SKU): retrying will not help."""
+
+
+class CardDeclined(PermanentError):
+    """The card was declined: retrying will not help."""
+
+
+class UndeliverableAddress(PermanentError):
+    """No carrier serves the address: retrying will not help."""
+
+
+def order_total(order: dict[str, Any]) -> Decimal:
+    return sum((Decimal(str(i["price"])) * i["quantity"] for i in order["items"]), Decimal("0"))
+
+__all__ = ["CardDeclined", "OutOfStock", "UndeliverableAddress", "cancel_or_void", "charge", "notify",
+           "order_total", "refund_or_void", "release_or_void", "reserve", "ship"]
 
 
 def reserve(s: Session, key: str, saga_id: str, items: list[dict[str, Any]]) -> Reservation:
@@ -97,7 +116,7 @@ def refund_or_void(s: Session, key: str, saga_id: str, order: dict[str, Any]) ->
 
 def ship(s: Session, key: str, saga_id: str, address: dict[str, Any]) -> Shipment:
     """Book the shipment once per key. Raises `UndeliverableAddress` having written nothing."""
-    existing = s.scalars(select(Shipment).where(Shipment.idempotency_key == key)).first()
+    existing = s.scalars(select(Shipment).where(Shipment.idempotency_key == key).with_for_update()).first()
     if existing is not None:
         return existing
     if address.get("country") in UNSERVED_COUNTRIES:
@@ -108,6 +127,21 @@ def ship(s: Session, key: str, saga_id: str, address: dict[str, Any]) -> Shipmen
     s.add(sh)
     s.flush()
     return sh
+
+
+def cancel_or_void(s: Session, key: str, saga_id: str, address: dict[str, Any]) -> str:
+    """Cancel a shipment once: 'cancelled'; none booked yet: a VOIDED row so a late booking never
+    happens, 'voided'; already cancelled or voided: 'nothing'."""
+    sh = s.scalars(select(Shipment).where(Shipment.idempotency_key == key).with_for_update()).first()
+    if sh is None:
+        s.add(Shipment(idempotency_key=key, saga_id=saga_id, tracking_number="", address=address,
+                       status="VOIDED", created_at=now()))
+        s.flush()
+        return "voided"
+    if sh.status != "CREATED":
+        return "nothing"
+    sh.status, sh.cancelled_at = "CANCELLED", now()
+    return "cancelled"
 
 
 def notify(s: Session, key: str, saga_id: str, recipient: str, kind: str = "order_confirmation") -> bool:
