@@ -21,6 +21,7 @@ from tasks.common import arm_fault, transaction
 from workflows import get_runtime, get_saga
 from workflows.choreography import bus
 from workflows.choreography.consumer import FAULT_VARIABLE
+from workflows.metrics import SagaCollector
 from workflows.choreography.operations import OUTBOX_GRACE, stuck_sagas, sweep_choreographies
 from workflows.dead_letters import discard, redrive
 from workflows.errors import InvalidOperation
@@ -219,6 +220,7 @@ def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost
     assert get_saga(saga_id).state == "RUNNING" and ("CreateShipment", "shipping") not in handled(saga_id)
     assert saga_id not in stuck_sagas()
     assert saga_id in stuck_sagas(now=later)
+    assert saga_id in SagaCollector(lambda: get_runtime().store).stuck_ids(later)  # and in sagas_stuck
     # When the sweeper sees it, it sends the delivery that never arrived again, once per deadline
     assert saga_id in sweep_choreographies(get_runtime(), later)
     assert count(saga_id, "DeliveryResent", "CreateShipment") == 1

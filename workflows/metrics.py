@@ -16,8 +16,9 @@ few aggregate queries. What each family means:
   finished in the last `window` seconds (started_at → finished_at; query it with
   `histogram_quantile`, not `rate`: old steps leave the window).
 - `saga_dead_letters{status}`: dead letters by status; OPEN ones wait for an operator.
-- `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet (the
-  sweeper's own queries, each capped at 500).
+- `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet, and
+  choreographed sagas that heard no event for longer than their deadline (the sweeper's own
+  queries, each capped at 500).
 - `saga_store_up`: 1 if the store answered this scrape, 0 if not (the others are then absent).
 """
 from __future__ import annotations
@@ -144,11 +145,18 @@ class SagaCollector(Collector):
             family.add_metric([status], int(rows.get(status, 0)))
         return family
 
-    def _stuck(self, now: datetime) -> Metric:
+    def stuck_ids(self, now: datetime) -> set[str]:
+        """Orchestrated runs past a deadline, and choreographies that heard no event for too long."""
+        from .choreography.operations import stuck_sagas
+        from .runtime import get_runtime
+
         ids = set(self.store.due_starts(now)) | set(self.store.due_deadlines(now))
         ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}
+        return ids | set(stuck_sagas(get_runtime(), now))
+
+    def _stuck(self, now: datetime) -> Metric:
         family = GaugeMetricFamily("sagas_stuck", "Non-terminal runs past a deadline, not yet swept")
-        family.add_metric([], len(ids))
+        family.add_metric([], len(self.stuck_ids(now)))
         return family
 
 
