@@ -6,8 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # The source tree comes first on the path: workflows/db.py finds the Alembic migrations
-    # next to the package (/app/migrations), which `pip install .` does not copy.
+    # The working directory is the app (celery -A worker, uvicorn); the package, its Alembic
+    # migrations (workflows/migrations) included, is installed by pip below.
     PYTHONPATH=/app \
     SAGA_DATA_DIR=/tmp/saga-data
 

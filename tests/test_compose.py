@@ -97,8 +97,20 @@ def test_dockerfile_installs_the_project_on_python_3_11_slim():  # type: ignore[
 
     assert "FROM python:3.11-slim" in lines
     assert any(line.startswith("RUN pip install .") for line in lines)
-    assert "PYTHONPATH=/app \\" in lines  # the migrations live next to the source, not in the wheel
-    assert (ROOT / "migrations" / "env.py").exists()
+    assert "PYTHONPATH=/app \\" in lines
+
+
+def test_the_wheel_ships_the_migrations_so_sagas_migrate_works_after_pip_install(tmp_path):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=180)
+    [wheel] = tmp_path.glob("celery_sagas-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"workflows/migrations/env.py", "workflows/migrations/script.py.mako",
+            "workflows/migrations/versions/0001_initial_schema.py", "worker.py", "celeryconfig.py"} <= names
 
 
 def compose_command() -> list[str] | None:

@@ -17,7 +17,8 @@ _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
 
-ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""Alembic scripts, shipped inside the package so `pip install .` has them."""
 
 
 def get_engine(url: str) -> Engine:
@@ -78,7 +79,7 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
