@@ -5,9 +5,10 @@ Configurations (see bench/run.py):
 - `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
 - `saga`: `bench.noop4`, four no-op steps with no-op compensations;
 - `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1).
-Everything runs on the queue named by BENCH_QUEUE (plus `saga` for `saga.start`), one per bench
-run, which only that run's worker consumes. The last task of a chain records its finish time in
-the Redis hash `bench:<BENCH_RUN_ID>:done`.
+Everything runs on the queue `bench` (plus `saga` for `saga.start`), which only bench workers
+consume. Two bench runs at once (or the smoke test in someone's `make test`) may run each other's
+messages: that disturbs their numbers, never their results, because whatever a task must record
+travels in its message (the last link of a chain gets the Redis hash its finish time goes to).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from . import counters
 
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 DONE_KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:done"
+"""This run's hash of chain id -> finish time (read by the driver; passed to the last link)."""
 STATE_TABLE = "bench_chain_state"
 
 CREATE_STATE_TABLE = text(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} ("
@@ -32,8 +34,8 @@ INSERT_STATE = text(f"INSERT INTO {STATE_TABLE} (id) VALUES (:id)")
 UPDATE_STATE = text(f"UPDATE {STATE_TABLE} SET n = n + 1, updated_at = now() WHERE id = :id")
 
 
-def _done(chain_id: str) -> None:
-    counters.redis_client().hset(DONE_KEY, chain_id, repr(time.time()))
+def _done(done_key: str, chain_id: str) -> None:
+    counters.redis_client().hset(done_key, chain_id, repr(time.time()))
 
 
 def sessions():  # type: ignore[no-untyped-def]
@@ -45,19 +47,19 @@ def sessions():  # type: ignore[no-untyped-def]
 
 
 @shared_task(name="bench.noop", queue=QUEUE, ignore_result=True)
-def noop(chain_id: str, last: bool = False) -> None:
-    """Nothing; the last link records when the chain finished."""
-    if last:
-        _done(chain_id)
+def noop(chain_id: str, done: str | None = None) -> None:
+    """Nothing; the last link records when the chain finished in the hash `done`."""
+    if done:
+        _done(done, chain_id)
 
 
 @shared_task(name="bench.stateful", queue=QUEUE, ignore_result=True)
-def stateful(chain_id: str, last: bool = False) -> None:
+def stateful(chain_id: str, done: str | None = None) -> None:
     """Commit one row UPDATE: the least any saga that persists its state must pay per step."""
     with sessions().begin() as s:
         s.execute(UPDATE_STATE, {"id": chain_id})
-    if last:
-        _done(chain_id)
+    if done:
+        _done(done, chain_id)
 
 
 # ------------------------------------------------------------------ sagas

@@ -5,9 +5,9 @@
 
 Runs on the real Redis and PostgreSQL given by --broker-url/--database-url (or SAGA_BROKER_URL/
 SAGA_DATABASE_URL), by default Redis db 13 and the database `test_bench`. Each run has its own
-queue and Redis keys and deletes its own rows at the end, so two runs (or the smoke test in
-someone's `make test`) disturb each other's numbers, never their results. --fresh truncates the
-saga tables and flushes the Redis db first, for when the bench is alone on them.
+Redis keys and deletes its own rows at the end, so two runs (or the smoke test in someone's
+`make test`) disturb each other's numbers, never their results. --fresh truncates the saga
+tables and flushes the Redis db first, for when the bench is alone on them.
 Writes bench/results.json; see the README's benchmark section for what each number means.
 """
 from __future__ import annotations
@@ -53,8 +53,8 @@ def configure_env(args: argparse.Namespace) -> None:
     """Everything the bench and its workers read, set before `workflows` is imported."""
     import uuid
 
-    run_id = os.environ.setdefault("BENCH_RUN_ID", uuid.uuid4().hex[:8])
-    os.environ.setdefault("BENCH_QUEUE", f"bench.{run_id}")
+    os.environ.setdefault("BENCH_RUN_ID", uuid.uuid4().hex[:8])
+    os.environ.setdefault("BENCH_QUEUE", "bench")
     os.environ.update({
         "SAGA_DATABASE_URL": args.database_url, "SAGA_BROKER_URL": args.broker_url,
         # BENCH_EXTRA_MODULES: more modules for the workers (to A/B a patch of the hot path).
@@ -139,7 +139,7 @@ def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             if stateful:  # the chain's row, as start_saga inserts the saga's
                 with sessions().begin() as s:
                     s.execute(INSERT_STATE, {"id": cid})
-            links = [app.signature(task, args=(cid,), kwargs={"last": True} if k == 3 else {}, immutable=True,
+            links = [app.signature(task, args=(cid,), kwargs={"done": DONE_KEY} if k == 3 else {}, immutable=True,
                                    queue=QUEUE) for k in range(4)]
             chain(*links).apply_async()
             return cid
@@ -292,7 +292,7 @@ class Session:
         self.pg.close()
 
     def cleanup(self) -> None:
-        """Delete this run's rows and Redis keys (its queue is empty once its runs finished)."""
+        """Delete this run's rows and Redis keys."""
         from bench import counters
         from bench.bench_tasks import DONE_KEY, STATE_TABLE
 
@@ -302,12 +302,7 @@ class Session:
                 cur.execute("DELETE FROM saga_events WHERE saga_id = ANY(%s)", (chunk,))
                 cur.execute("DELETE FROM sagas WHERE id = ANY(%s)", (chunk,))  # steps: ON DELETE CASCADE
             cur.execute(f"DELETE FROM {STATE_TABLE} WHERE id LIKE %s", (os.environ["BENCH_RUN_ID"] + "-%",))
-        queue = os.environ["BENCH_QUEUE"]
-        self.r.delete(DONE_KEY, counters.KEY, queue)
-        for key in self.r.scan_iter("_kombu.binding.*"):  # kombu's routing table entry of our queue
-            for member in self.r.smembers(key):
-                if member.endswith(b"\x06\x16" + queue.encode()):
-                    self.r.srem(key, member)
+        self.r.delete(DONE_KEY, counters.KEY)
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
