@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from tests.support.interfaces import wait_until
 from tests.support.sagas import FAST, FAST_COMP
 from workflows import InvalidOperation, get_runtime, get_saga, start_saga, wait_for
 from workflows.dead_letters import discard, list_dead_letters, redrive
@@ -23,16 +24,6 @@ def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped
 
 def new_id() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 def test_transient_failures_are_retried_with_backoff_then_succeed(redis_client):  # type: ignore[no-untyped-def]
