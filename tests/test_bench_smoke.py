@@ -12,11 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PG_URL = os.environ.get("TEST_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test_bench")
 BENCH_REDIS_URL = os.environ.get("TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 
 
+@pytest.mark.skipif("TEST_BENCH_REDIS_URL" not in os.environ and BENCH_REDIS_URL == os.environ.get("TEST_REDIS_URL"),
+                    reason="the session's test workers consume the 'saga' queue of this Redis db and do not know "
+                           "the bench's sagas; set TEST_BENCH_REDIS_URL to a db of the bench's own")
 def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}  # not the test session's settings
