@@ -3,7 +3,7 @@
 Every process that imports this module (the bench's workers, through SAGA_EXTRA_MODULES, and
 the bench driver) counts in memory:
 - `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`);
-- `checkouts`: pool checkouts, each one a `SELECT 1` round trip (`pool_pre_ping=True`);
+- `checkouts`: pool checkouts (no round trip: the engines do not pre-ping; see workflows/db.py);
 - `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip with psycopg2
   (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK);
 - `messages`: task messages published (`before_task_publish`: sends, chain steps, retries).

@@ -207,7 +207,7 @@ def summarize(phases: list, n_rounds: int) -> dict[str, Any]:  # type: ignore[ty
     lat = [x for p in phases for x in p.latencies]
     runs = sum(p.n for p in phases)
     per = {k: sum(p.counts.get(k, 0) for p in phases) / runs for k in COUNT_FIELDS}
-    trips = per["statements"] + per["checkouts"] + per["begins"] + per["commits"] + per["rollbacks"]
+    trips = per["statements"] + per["begins"] + per["commits"] + per["rollbacks"]  # checkouts: no ping
     return {
         "label": LABELS[phases[0].config],
         "throughput": {"median": statistics.median(tp), "min": min(tp), "max": max(tp), "rounds": tp},

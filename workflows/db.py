@@ -72,7 +72,10 @@ def _create(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping (a round trip per checkout, two per step): a connection that died with the
+    # server raises OperationalError, the pool is invalidated, and the task is retried by Celery's
+    # autoretry (orchestrator.DELIVERY_OPTIONS); callers outside a task retry or fail loudly.
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800)
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]
