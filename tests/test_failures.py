@@ -205,3 +205,27 @@ def test_a_message_for_a_saga_type_the_worker_does_not_know_is_dead_lettered(app
     assert dl.kind == "action" and dl.task_name == "tests.action" and "UnknownSaga" in dl.exception
     assert dl.kwargs["saga"] == "tests.not_deployed"
     assert redis_client.llen("dead_letter") == before + 1
+
+
+def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_saga_completes(redis_client):  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from workflows.db import dispose_engines
+
+    saga_id = start_saga("tests.three", {"behaviour": {"a": {"sleep": 1.5}}})
+    wait_until(lambda: effects(redis_client, saga_id) == ["action:a:1"])
+
+    # When the database drops every connection while the step runs (a failover, a restart) ...
+    with get_runtime().store.sessions() as s:
+        killed = s.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    dispose_engines()  # this test process's own pool held some of them
+    get_runtime()._store = None
+    assert killed and killed >= 1
+
+    # ... the worker's report fails with OperationalError, Celery's autoretry delivers the message
+    # again, the step runs again (idempotent; the same attempt of the saga) and the saga completes.
+    view = wait_for(saga_id, timeout=60)
+    assert view.state == "COMPLETED"
+    assert effects(redis_client, saga_id).count("action:a:1") == 2
+    assert view.step("a").attempts == 1 and "StepAttemptFailed" not in view.event_types()
