@@ -229,3 +229,33 @@ def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_sag
     assert view.state == "COMPLETED"
     assert effects(redis_client, saga_id).count("action:a:1") == 2
     assert view.step("a").attempts == 1 and "StepAttemptFailed" not in view.event_types()
+
+
+def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(app):  # type: ignore[no-untyped-def]
+    from celery.signals import before_task_publish
+
+    from tests.support.sagas import three_steps
+    from workflows.engine import ActionTimedOut, Started
+    from workflows.orchestrator import apply_and_publish
+
+    store = get_runtime().store
+    saga_id, _ = store.create_run(three_steps, {})  # never published: no worker touches it
+    version = store.apply(three_steps, saga_id, Started(), by="test-start").state.version
+    sent: list[str] = []
+
+    def count(sender=None, **_):  # type: ignore[no-untyped-def]
+        sent.append(sender)
+
+    before_task_publish.connect(count)
+    try:
+        # Given two sweeps (beat and `sagas sweep`) that both saw step a past its deadline at `version`
+        first = apply_and_publish(get_runtime(), three_steps, saga_id, ActionTimedOut("a", "lost"),
+                                  by="sweeper", expected_version=version)
+        second = apply_and_publish(get_runtime(), three_steps, saga_id, ActionTimedOut("a", "lost"),
+                                   by="sweeper", expected_version=version)
+    finally:
+        before_task_publish.disconnect(count)
+
+    # Then the first one's compensation is published once; the second, stale, publishes nothing
+    assert first.transition is not None and second.stale
+    assert sent == ["tests.compensate"]

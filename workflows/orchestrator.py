@@ -98,10 +98,13 @@ def publish_dead_letter(rt: Runtime, body: dict[str, Any]) -> None:
 
 def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
                       expected_version: int | None = None, message: MessageInfo | None = None,
-                      before_commit: BeforeCommit | None = None) -> Applied:
+                      before_commit: BeforeCommit | None = None, task: Task | None = None) -> Applied:
     """Record `outcome` in one transaction, then publish what it leads to.
 
-    `before_commit` runs inside that transaction too (after the dead-letter copy, if any)."""
+    `before_commit` runs inside that transaction too (after the dead-letter copy, if any).
+    `task`: the Celery task whose message reported `outcome`. Only a message can find its own
+    earlier commit (its task id is `by`) and owe the follow-up; the sweeper and operators share
+    their `by`, so for them a commit made "by" the same name is someone else's."""
     publish_dl = dead_letter_publisher(rt, message)
 
     def hooks(s: Any, t: Transition, dl_id: str | None) -> None:
@@ -113,8 +116,8 @@ def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *
                              timing=rt.timing, message=message, before_commit=hooks)
     if applied.transition is not None and applied.transition.command is not None:
         publish_command(rt, applied.transition.after, applied.transition.command)
-    elif applied.own_commit:
-        republish(rt, saga, applied.state)
+    elif applied.own_commit and task is not None:
+        found_own_commit(rt, saga, applied.state, task, getattr(outcome, "step", None))
     return applied
 
 
@@ -127,7 +130,7 @@ def republish(rt: Runtime, saga: Saga, run: RunState) -> Command | None:
     return cmd
 
 
-def found_own_commit(rt: Runtime, saga: Saga, run: RunState, task: Task, step: str) -> None:
+def found_own_commit(rt: Runtime, saga: Saga, run: RunState, task: Task, step: str | None) -> None:
     """This message's transition already committed: re-publish the follow-up only if it may be missing.
 
     The copy that committed publishes before it is acked. So only a redelivery (that copy died)
@@ -303,7 +306,7 @@ def register_tasks(app: Celery) -> None:
         if saga_type is None:
             log.error("saga.start for unknown saga dropped", extra={"saga_id": saga_id})
             return
-        apply_and_publish(rt, registry.get(saga_type), saga_id, Started(), by=self.request.id)
+        apply_and_publish(rt, registry.get(saga_type), saga_id, Started(), by=self.request.id, task=self)
 
     @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
     def sweep(self: Task) -> dict[str, int]:
