@@ -89,3 +89,16 @@ def arm_fault(service: str, times: int = 1, *, permanent: bool = True, message: 
 def clear_faults() -> None:
     with transaction() as s:
         s.execute(delete(Fault))
+
+
+def effects_of(saga_id: str) -> dict[str, list[str]]:
+    """The statuses a saga left in each service's table (demo output, tests, invariant checks)."""
+    from .models import Notification, Payment, Reservation, Shipment
+
+    with transaction() as s:
+        return {
+            "reservation": list(s.scalars(select(Reservation.status).where(Reservation.saga_id == saga_id))),
+            "payment": list(s.scalars(select(Payment.status).where(Payment.saga_id == saga_id))),
+            "shipment": list(s.scalars(select(Shipment.status).where(Shipment.saga_id == saga_id))),
+            "notification": list(s.scalars(select(Notification.kind).where(Notification.saga_id == saga_id))),
+        }

@@ -6,11 +6,9 @@ are compensated, newest first, and the service tables show each effect undone on
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
-from tasks.common import arm_fault, transaction
+from tasks.common import arm_fault, effects_of, transaction
 from tasks.inventory import available
-from tasks.models import Notification, Payment, Reservation, Shipment
 from workflows import get_saga, start_saga, wait_for
 
 pytestmark = pytest.mark.usefixtures("running_worker")
@@ -20,14 +18,7 @@ SERVICE_OF = {"reserve_inventory": "inventory", "process_payment": "payment",
               "create_shipment": "shipping", "send_confirmation": "notification"}
 
 
-def effects(saga_id: str) -> dict[str, list[str]]:
-    with transaction() as s:
-        return {
-            "reservation": list(s.scalars(select(Reservation.status).where(Reservation.saga_id == saga_id))),
-            "payment": list(s.scalars(select(Payment.status).where(Payment.saga_id == saga_id))),
-            "shipment": list(s.scalars(select(Shipment.status).where(Shipment.saga_id == saga_id))),
-            "notification": list(s.scalars(select(Notification.kind).where(Notification.saga_id == saga_id))),
-        }
+effects = effects_of
 
 
 def compensated_order(view) -> list[str]:  # type: ignore[no-untyped-def]

@@ -183,9 +183,9 @@ def handled(saga_id: str) -> list[tuple[str, str]]:
 
 
 def effects(saga_id: str) -> dict[str, list[str]]:
-    from workflows.choreography.demo import effects as read
+    from tasks.common import effects_of
 
-    return read(saga_id)
+    return effects_of(saga_id)
 
 
 def outbox(saga_id: str) -> list[tuple[str, str, bool]]:

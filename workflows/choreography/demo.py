@@ -84,27 +84,15 @@ def run_choreography_demo(console: Any = None, *, timeout: float = 60.0) -> list
 
 
 def _print(out: Any, n: int, title: str, view: Any, saga_id: str) -> None:
+    from tasks.common import effects_of
+
     from .operations import format_trace, trace
 
     out(f"C{n}. {title} — saga {saga_id[:8]} ({view.saga_type}) {view.state}"
         + (f"  [{view.failure_reason}]" if view.failure_reason else ""))
     for line in format_trace(trace(saga_id)):
         out(f"   {line}")
-    out(f"   effects: {effects(saga_id)}")
+    out(f"   effects: {effects_of(saga_id)}")
     out("")
 
 
-def effects(saga_id: str) -> dict[str, list[str]]:
-    """The statuses the saga left in each service's table."""
-    from sqlalchemy import select
-
-    from tasks.common import transaction
-    from tasks.models import Notification, Payment, Reservation, Shipment
-
-    with transaction() as s:
-        return {
-            "reservation": list(s.scalars(select(Reservation.status).where(Reservation.saga_id == saga_id))),
-            "payment": list(s.scalars(select(Payment.status).where(Payment.saga_id == saga_id))),
-            "shipment": list(s.scalars(select(Shipment.status).where(Shipment.saga_id == saga_id))),
-            "notification": list(s.scalars(select(Notification.kind).where(Notification.saga_id == saga_id))),
-        }
