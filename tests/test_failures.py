@@ -259,3 +259,21 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     # Then the first one's compensation is published once; the second, stale, publishes nothing
     assert first.transition is not None and second.stale
     assert sent == ["tests.compensate"]
+
+
+def test_a_start_lost_between_commit_and_publish_is_republished_by_the_sweeper(redis_client):  # type: ignore[no-untyped-def]
+    from tests.support.sagas import three_steps
+
+    rt = get_runtime()
+    # Given a run recorded by start_saga whose process died before publishing saga.start
+    saga_id, _ = rt.store.create_run(three_steps, {}, start_grace=rt.settings.start_grace)
+    assert sweep(rt).restarted.count(saga_id) == 0  # not before its start grace
+
+    time.sleep(rt.settings.start_grace + 0.2)
+    report = sweep(rt)
+
+    # Then the sweeper publishes the start once, and the saga runs to the end
+    assert saga_id in report.restarted
+    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+    assert effects(redis_client, saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert saga_id not in sweep(rt).restarted
