@@ -5,7 +5,8 @@ the bench driver) counts in memory:
 - `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`);
 - `checkouts`: pool checkouts (no round trip: the engines do not pre-ping; see workflows/db.py);
 - `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip with psycopg2
-  (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK);
+  (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK),
+  none on a connection in autocommit mode (`workflows.db.statement_engine`);
 - `messages`: task messages published (`before_task_publish`: sends, chain steps, retries).
 A worker process adds its counts to the Redis hash `bench:<run id>:counters` after every task, in one
 pipelined round trip (the same for every configuration); the driver flushes its own before it
@@ -44,14 +45,21 @@ def _on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         print(f"[sql {os.getpid()}] {statement.split(chr(10))[0][:160]}", file=sys.stderr)
 
 
+def _sends(conn: Any) -> bool:
+    """Whether BEGIN/COMMIT/ROLLBACK on `conn` reach the server: psycopg2 in autocommit mode sends none."""
+    return not getattr(getattr(conn.connection, "dbapi_connection", None), "autocommit", False)
+
+
 @event.listens_for(Engine, "commit")
-def _on_commit(_conn: Any) -> None:
-    _bump("commits")
+def _on_commit(conn: Any) -> None:
+    if _sends(conn):
+        _bump("commits")
 
 
 @event.listens_for(Engine, "rollback")
-def _on_rollback(_conn: Any) -> None:
-    _bump("rollbacks")
+def _on_rollback(conn: Any) -> None:
+    if _sends(conn):
+        _bump("rollbacks")
 
 
 @event.listens_for(Pool, "checkout")
@@ -100,6 +108,5 @@ def _after_task(**_: Any) -> None:
 def _on_begin(conn: Any) -> None:
     # psycopg2 sends BEGIN as its own round trip before a transaction's first statement
     # (not in autocommit mode).
-    dbapi = getattr(getattr(conn.connection, "dbapi_connection", None), "autocommit", False)
-    if not dbapi:
+    if _sends(conn):
         _bump("begins")
