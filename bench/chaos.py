@@ -124,7 +124,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bound", type=float, default=300.0, help="seconds after the last start for all to finish")
     p.add_argument("--visibility-timeout", type=int, default=10)
     p.add_argument("--dispatch-grace", type=float, default=10.0)
-    p.add_argument("--start-grace", type=float, default=15.0)
     p.add_argument("--sweep-every", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures and violations here")
@@ -136,7 +135,7 @@ def configure(args: argparse.Namespace, broker: str) -> dict[str, str]:
     os.environ.update({
         "SAGA_DATABASE_URL": args.database, "SAGA_BROKER_URL": broker, "SAGA_EXTRA_MODULES": "",
         "SAGA_REDIS_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
-        "SAGA_DISPATCH_GRACE": str(args.dispatch_grace), "SAGA_START_GRACE": str(args.start_grace),
+        "SAGA_DISPATCH_GRACE": str(args.dispatch_grace),
         "SAGA_LOG_LEVEL": "WARNING"})
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 

@@ -61,7 +61,7 @@ def configure_env(args: argparse.Namespace) -> None:
         "SAGA_EXTRA_MODULES": ",".join(["bench.bench_tasks", *filter(None, [os.environ.get("BENCH_EXTRA_MODULES")])]),
         "SAGA_LOG_LEVEL": "WARNING",
         # The sweeper must never interfere (and no beat runs): a step is "lost" only after a day.
-        "SAGA_DISPATCH_GRACE": "86400", "SAGA_START_GRACE": "86400",
+        "SAGA_DISPATCH_GRACE": "86400",
     })
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))

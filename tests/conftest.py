@@ -27,7 +27,6 @@ os.environ["SAGA_BROKER_URL"] = REDIS_URL
 os.environ["SAGA_DATABASE_URL"] = PG_URL
 os.environ["SAGA_EXTRA_MODULES"] = "tests.support.sagas"
 os.environ["SAGA_DISPATCH_GRACE"] = "1"
-os.environ["SAGA_START_GRACE"] = "2"
 os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
 sys.path.insert(0, str(ROOT))
 

@@ -22,7 +22,7 @@ from tasks.models import Notification, Payment, Reservation, Shipment
 from tests.support import crash_sagas
 from tests.support.crash_sagas import applied, calls, deliveries
 from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
-from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo, Started
+from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
 from workflows.models import EventRow, SagaRow
 from workflows.orchestrator import publish_command
 from workflows.store import SagaStore
@@ -53,14 +53,13 @@ def workers(app):  # type: ignore[no-untyped-def]
 def begin(saga_name: str, data: dict) -> tuple[str, object, object]:  # type: ignore[type-arg]
     """Record a run and its start in the test process; return (id, run, first step's command).
 
-    The test publishes the command itself (once, or twice), instead of a worker's saga.start.
+    The test publishes the command itself (once, or twice), instead of `start_saga`.
     """
     rt = get_runtime()
     definition = registry.get(saga_name)
-    saga_id, _ = rt.store.create_run(definition, definition.validate_input(data))
-    t = rt.store.apply(definition, saga_id, Started(), by=f"test-start-{saga_id}").transition
-    assert t is not None and t.command is not None
-    return saga_id, t.after, t.command
+    created = rt.store.create_run(definition, definition.validate_input(data), timing=rt.timing)
+    assert created.state is not None and created.command is not None
+    return created.saga_id, created.state, created.command
 
 
 def history(view, type_: str, step: str | None = None) -> list:  # type: ignore[no-untyped-def,type-arg]
@@ -259,10 +258,10 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
                 ActionTimedOut("a", "lost"), ActionSucceeded("a", {"n": 2})]
     ids: list[str] = []
     for _ in range(8):
-        saga_id, _ = race_store.create_run(chain, {})
+        created = race_store.create_run(chain, {})
+        assert created.state is not None
+        saga_id, version = created.saga_id, created.state.version
         ids.append(saga_id)
-        start = race_store.apply(chain, saga_id, Started(), by="start").transition
-        version = start.after.version
         barrier = threading.Barrier(len(outcomes))
         results: list = [None] * len(outcomes)  # type: ignore[type-arg]
 
@@ -301,29 +300,68 @@ def _forget(store: SagaStore, ids: list[str]) -> None:
         s.execute(delete(SagaRow).where(SagaRow.id.in_(ids)))
 
 
-# ---------------------------------------------------------------- the sweeper racing a start
+# ---------------------------------------------------------------- a lost first message
 
 
-def test_a_run_that_starts_while_the_sweeper_looks_keeps_no_phantom_deadline(app, monkeypatch):  # type: ignore[no-untyped-def]
-    from workflows import sweeper
+def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
 
-    # Given a run whose start committed after the sweeper listed it as not started yet
+    from workflows import orchestrator
+    from workflows.sweeper import sweep
+
     rt = get_runtime()
-    saga_id, _run, _cmd = begin("crash.chain", {})
-    monkeypatch.setattr(rt.store, "due_starts", lambda now, limit=500: [saga_id])
-    monkeypatch.setattr(rt.store, "due_steps", lambda now, limit=500: [])
-    monkeypatch.setattr(rt.store, "due_deadlines", lambda now, limit=500: [])
-    published: list[str] = []
-    monkeypatch.setattr(sweeper, "publish_start", lambda _rt, sid: published.append(sid))
+    sent: list[tuple[str, str, str, int, str]] = []
+    monkeypatch.setattr(orchestrator, "publish_command", lambda _rt, run, cmd: sent.append(
+        (run.saga_id, cmd.step, cmd.kind, cmd.version, cmd.task_id)))
+    # Given a run whose first message was never published (and whose re-sent one is lost too)
+    saga_id, run, cmd = begin("crash.chain", {})
+    ours = lambda keys: [k for k in keys if k.startswith(saga_id)]  # noqa: E731 (other tests' leftovers)
 
-    # When the sweeper acts on its list
-    report = sweeper.sweep(rt)
+    # When the sweeper passes step a's deadline: a new message for step a, under a new version
+    first = sweep(rt, now=run.step("a").deadline_at + timedelta(seconds=1))
+    assert ours(first.redispatched) == [f"{saga_id}:a"] and ours(first.timed_out) == []
+    again = rt.store.load(saga_id)
+    assert again.version == run.version + 1 and again.caused_by == "sweeper"
+    assert [m for m in sent if m[0] == saga_id] == [(saga_id, "a", "action", again.version, again.step("a").task_id)]
+    assert again.step("a").task_id != cmd.task_id
 
-    # Then it neither re-publishes the start nor gives the started run a deadline (which a later
-    # sweep would take for a passed saga deadline, and cancel a healthy saga)
-    assert published == [] and report.restarted == []
-    assert rt.store.load(saga_id).deadline_at is None
-    _forget(rt.store, [saga_id])  # its step message was never published: leave nothing for later sweeps
+    # When that message is lost as well: the second deadline times the step out (compensated),
+    # as for any later step; the sweeper sends a first step again only once
+    second = sweep(rt, now=again.step("a").deadline_at + timedelta(seconds=1))
+    assert ours(second.redispatched) == [] and ours(second.timed_out) == [f"{saga_id}:a"]
+    final = rt.store.load(saga_id)
+    assert final.status.value == "COMPENSATING" and final.step("a").attempts == 1
+    assert final.step("a").status.value == "COMPENSATING"  # timed out: its effect is unknown, so undone
+    assert [m[1:3] for m in sent if m[0] == saga_id] == [("a", "action"), ("a", "compensation")]
+    assert [e.type for e in rt.store.get(saga_id).events if e.step == "a"] == [
+        "StepDispatched", "StepRedispatched", "StepDispatched", "StepTimedOut", "CompensationDispatched"]
+    _forget(rt.store, [saga_id])
+
+
+def test_the_original_first_message_arriving_after_a_redispatch_is_stale(workers, monkeypatch):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from workflows.sweeper import sweep
+
+    # Given a run whose first message was only slow: the sweeper sent step a again meanwhile
+    rt = get_runtime()
+    saga_id, run, cmd = begin("crash.chain", {})
+    report = sweep(rt, now=run.step("a").deadline_at + timedelta(seconds=1))
+    assert f"{saga_id}:a" in report.redispatched
+
+    # When a worker starts, and the original message arrives too
+    workers("late-first", concurrency=1)
+    publish_command(rt, run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then the saga completed with each effect applied once, and the original message, delivered
+    # too, was recognised as stale (its version is older than the redispatch's)
+    assert view.state == "COMPLETED"
+    assert [applied(saga_id, step) for step in "abc"] == [1, 1, 1]
+    _wait_until(lambda: deliveries(saga_id).count("action:a") == 2, 30, "the original message never arrived")
+    _wait_until(lambda: history(rt.store.get(saga_id), "StaleMessageIgnored", "a"), 10, "no stale message noted")
+    view = rt.store.get(saga_id)
+    assert view.step("a").attempts == 1 and len(history(view, "StepSucceeded", "a")) == 1
 
 
 # ---------------------------------------------------------------- idempotent start

@@ -8,8 +8,8 @@ import pytest
 
 from workflows import RetryPolicy, Saga, Step
 from workflows.engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, CompensationFailed,
-                              CompensationSucceeded, ErrorInfo, Ignored, Resume, RunState, RunStatus, Started,
-                              StepState, StepStatus, Timing, command_for, decide)
+                              CompensationSucceeded, ErrorInfo, Ignored, Redispatch, Resume, RunState, RunStatus,
+                              Started, StepStatus, Timing, command_for, decide, new_run)
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 ERR = ErrorInfo("Boom", "it broke")
@@ -25,8 +25,7 @@ SAGA = Saga("s", steps=[
 
 
 def fresh() -> RunState:
-    return RunState("r1", "s", RunStatus.RUNNING, 1, {"x": 1},
-                    tuple(StepState(i, s.name) for i, s in enumerate(SAGA.steps)))
+    return new_run(SAGA, "r1", {"x": 1}, caused_by="start")
 
 
 def run(*outcomes) -> RunState:  # type: ignore[no-untyped-def]
@@ -47,6 +46,25 @@ def test_start_dispatches_the_first_action_with_a_deadline() -> None:
     assert t.after.steps[0].deadline_at == NOW + timedelta(seconds=10 + Timing().dispatch_grace)
     assert statuses(t.after) == ["RUNNING", "PENDING", "PENDING", "PENDING"]
     assert [e.type for e in t.events] == ["SagaStarted", "StepDispatched"]
+
+
+def test_a_new_run_is_version_1_with_every_step_pending() -> None:
+    state = fresh()
+    assert (state.version, state.status, state.caused_by) == (1, RunStatus.RUNNING, "start")
+    assert [s.name for s in state.steps] == ["a", "b", "c", "d"] and set(statuses(state)) == {"PENDING"}
+
+
+def test_redispatch_sends_a_running_step_again_under_a_new_version_and_task_id() -> None:
+    started = decide(SAGA, fresh(), Started(), NOW)
+    later = NOW + timedelta(seconds=100)
+    t = decide(SAGA, started.after, Redispatch("a", "lost"), later)
+    assert t.command is not None and (t.command.kind, t.command.step, t.command.version) == ("action", "a", 3)
+    assert t.command.task_id != started.command.task_id  # type: ignore[union-attr]
+    assert t.after.step("a").attempts == 0 and t.after.step("a").status == StepStatus.RUNNING
+    assert t.after.step("a").deadline_at == later + timedelta(seconds=10 + Timing().dispatch_grace)
+    assert [(e.type, e.attempt) for e in t.events] == [("StepRedispatched", 1), ("StepDispatched", 1)]
+    with pytest.raises(Ignored):  # only a step in flight can be sent again
+        decide(SAGA, run(Started(), ActionSucceeded("a", {})), Redispatch("a", "lost"), NOW)
 
 
 def test_starting_twice_is_ignored() -> None:

@@ -235,12 +235,13 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     from celery.signals import before_task_publish
 
     from tests.support.sagas import three_steps
-    from workflows.engine import ActionTimedOut, Started
+    from workflows.engine import ActionTimedOut
     from workflows.orchestrator import apply_and_publish
 
     store = get_runtime().store
-    saga_id, _ = store.create_run(three_steps, {})  # never published: no worker touches it
-    version = store.apply(three_steps, saga_id, Started(), by="test-start").state.version
+    created = store.create_run(three_steps, {})  # its first step never published: no worker touches it
+    assert created.state is not None
+    saga_id, version = created.saga_id, created.state.version
     sent: list[str] = []
 
     def count(sender=None, **_):  # type: ignore[no-untyped-def]
@@ -261,19 +262,29 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     assert sent == ["tests.compensate"]
 
 
-def test_a_start_lost_between_commit_and_publish_is_republished_by_the_sweeper(redis_client):  # type: ignore[no-untyped-def]
+def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_completes(redis_client):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
     from tests.support.sagas import three_steps
 
     rt = get_runtime()
-    # Given a run recorded by start_saga whose process died before publishing saga.start
-    saga_id, _ = rt.store.create_run(three_steps, {}, start_grace=rt.settings.start_grace)
-    assert sweep(rt).restarted.count(saga_id) == 0  # not before its start grace
+    # Given a run recorded by start_saga whose process died before publishing its first step
+    created = rt.store.create_run(three_steps, {}, timing=rt.timing)
+    assert created.state is not None and created.command is not None
+    saga_id, deadline = created.saga_id, created.state.step("a").deadline_at
+    assert deadline is not None
+    assert sweep(rt, now=deadline - timedelta(seconds=1)).redispatched == []  # not before step a's deadline
 
-    time.sleep(rt.settings.start_grace + 0.2)
-    report = sweep(rt)
+    # When the sweeper runs after that deadline
+    report = sweep(rt, now=deadline + timedelta(seconds=0.1))
 
-    # Then the sweeper publishes the start once, and the saga runs to the end
-    assert saga_id in report.restarted
-    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+    # Then it sends step a again, under a new version and task id, and the saga runs to the end
+    assert report.redispatched.count(f"{saga_id}:a") == 1 and f"{saga_id}:a" not in report.timed_out
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPLETED"
     assert effects(redis_client, saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
-    assert saga_id not in sweep(rt).restarted
+    redispatched = [e for e in view.events if e.type == "StepRedispatched"]
+    assert [(e.step, e.detail["by"]) for e in redispatched] == [("a", "sweeper")]
+    dispatched = [e.detail["task_id"] for e in view.events if e.type == "StepDispatched" and e.step == "a"]
+    assert len(dispatched) == 2 and dispatched[0] == created.command.task_id and dispatched[1] != dispatched[0]
+    assert view.step("a").attempts == 1

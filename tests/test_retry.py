@@ -53,19 +53,3 @@ def test_defaults_are_sane_and_compensations_are_more_patient() -> None:
     assert DEFAULT_ACTION_POLICY.max_attempts == 3
     assert DEFAULT_COMPENSATION_POLICY.max_attempts > DEFAULT_ACTION_POLICY.max_attempts
     assert DEFAULT_COMPENSATION_POLICY.max_interval > DEFAULT_ACTION_POLICY.max_interval
-
-
-def test_a_lost_start_is_republished_with_a_doubling_wait() -> None:
-    from datetime import datetime, timedelta, timezone
-
-    from workflows.sweeper import next_start_deadline
-
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert next_start_deadline(t0, t0 + timedelta(seconds=5), grace=30) == t0 + timedelta(seconds=35)
-    # each re-publish happens at the previous deadline: the wait doubles with the run's age
-    now, waits = t0 + timedelta(seconds=30), []
-    for _ in range(4):
-        nxt = next_start_deadline(t0, now, grace=30)
-        waits.append((nxt - now).total_seconds())
-        now = nxt
-    assert waits == [30, 60, 120, 240]

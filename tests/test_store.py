@@ -35,19 +35,28 @@ def counts(store: SagaStore, saga_id: str) -> tuple[int, int, int]:
                 s.scalar(select(func.count()).select_from(EventRow).where(EventRow.saga_id == saga_id)) or 0)
 
 
-def test_a_run_is_written_with_all_its_steps_and_first_event_at_once(store: SagaStore) -> None:
-    saga_id, created = store.create_run(SAGA, {"n": 1})
-    assert created and counts(store, saga_id) == (1, 2, 1)
+def test_a_run_is_written_started_with_all_its_steps_and_its_history_at_once(store: SagaStore) -> None:
+    run = store.create_run(SAGA, {"n": 1})
+    assert run.created and run.state is not None and run.command is not None
+    saga_id = run.saga_id
+    assert counts(store, saga_id) == (1, 2, 3)
     view = store.get(saga_id)
-    assert view.state == "RUNNING" and [s.status for s in view.steps] == ["PENDING", "PENDING"]
-    assert view.events[0].type == "SagaCreated"
+    # step a is dispatched in the same transaction: the caller publishes exactly that command
+    assert view.state == "RUNNING" and [s.status for s in view.steps] == ["RUNNING", "PENDING"]
+    assert view.event_types() == ["SagaCreated", "SagaStarted", "StepDispatched"]
+    assert view.version == run.state.version == run.command.version
+    assert view.step("a").task_id == run.command.task_id and view.step("a").deadline_at is not None
+    assert view.step("a").started_at is not None and view.step("b").started_at is None
+    assert (run.command.step, run.command.kind, run.command.task) == ("a", "action", SAGA.steps[0].action_name)
+    assert store.load(saga_id) == run.state
 
 
 def test_idempotency_key_returns_the_same_run_or_refuses_other_content(store: SagaStore) -> None:
     key = f"k-{uuid.uuid4()}"
-    first, created = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
-    again, created_again = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
-    assert created and not created_again and again == first
+    first = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
+    again = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
+    assert first.created and not again.created and again.saga_id == first.saga_id
+    assert again.command is None  # nothing to publish: the first call did
     with pytest.raises(IdempotencyConflict, match=key):
         store.create_run(SAGA, {"n": 2}, idempotency_key=key)
     with store.sessions() as s:
@@ -55,9 +64,9 @@ def test_idempotency_key_returns_the_same_run_or_refuses_other_content(store: Sa
 
 
 def test_a_stale_message_changes_nothing_and_is_noted(store: SagaStore) -> None:
-    saga_id, _ = store.create_run(SAGA, {})
-    started = store.apply(SAGA, saga_id, Started(), by="t-start")
-    v = started.state.version
+    started = store.create_run(SAGA, {})
+    assert started.state is not None
+    saga_id, v = started.saga_id, started.state.version
     done = store.apply(SAGA, saga_id, ActionSucceeded("a", {"r": 1}), by="t-a", expected_version=v)
     assert done.transition is not None
 
@@ -72,8 +81,9 @@ def test_a_stale_message_changes_nothing_and_is_noted(store: SagaStore) -> None:
 
 
 def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: SagaStore) -> None:
-    saga_id, _ = store.create_run(SAGA, {})
-    v = store.apply(SAGA, saga_id, Started(), by="start").state.version
+    started = store.create_run(SAGA, {})
+    assert started.state is not None
+    saga_id, v = started.saga_id, started.state.version
     results = []
     barrier = threading.Barrier(4)
 
@@ -94,6 +104,97 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
     assert view.version == v + 1 and view.event_types().count("StepSucceeded") == 1
 
 
+def test_an_operator_cancel_racing_a_step_report_decides_on_what_the_report_wrote(store: SagaStore) -> None:
+    from workflows.engine import Cancel
+
+    # Given a cancel (no expected version: an operator's) and step a's success racing, many times
+    for _ in range(12):
+        run = store.create_run(SAGA, {})
+        assert run.state is not None
+        barrier = threading.Barrier(2)
+
+        def report() -> None:
+            barrier.wait()
+            store.apply(SAGA, run.saga_id, ActionSucceeded("a", {}), by="w", expected_version=run.state.version)
+
+        def cancel() -> None:
+            barrier.wait()
+            store.apply(SAGA, run.saga_id, Cancel("race", "ops"), by="operator:ops")
+
+        threads = [threading.Thread(target=report), threading.Thread(target=cancel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        # Then whichever came second saw the first's steps: the cancel never leaves a step
+        # dispatched by the report RUNNING (uncompensated, its result ignored) in a compensating run
+        # (report first: b was dispatched, so the cancel times it out; cancel first: b never ran)
+        final = store.load(run.saga_id)
+        statuses = [s.status.value for s in final.steps]
+        assert final.status.value == "COMPENSATING" and "RUNNING" not in statuses, final.steps
+        assert (statuses, final.version - run.state.version) in (
+            (["COMPENSATING", "TIMED_OUT"], 2), (["COMPENSATING", "PENDING"], 1)), final.steps
+
+
+COMPENSATED_LATE = Saga("store_suite_3", steps=[
+    Step("a", action="x.a", compensation="x.undo_a"), Step("b", action="x.b", compensation=None),
+    Step("c", action="x.c", compensation="x.undo_c")])
+
+
+def _written(store: SagaStore, saga_id: str) -> tuple[object, ...]:
+    """What a run's rows say, without what differs between two runs by nature (ids, times, task ids)."""
+    view = store.get(saga_id)
+    steps = [(s.name, s.status, s.attempts, s.compensation_attempts, s.result, s.error,
+              s.started_at is not None, s.finished_at is not None, s.compensated_at is not None,
+              s.deadline_at is not None, s.task_id is not None) for s in view.steps]
+    events = [(e.type, e.step, e.attempt, {k: v for k, v in e.detail.items() if k not in ("task_id", "deadline_at", "eta")})
+              for e in view.events]
+    return view.state, view.version, view.failure_reason, steps, events
+
+
+def test_the_one_statement_transition_writes_what_the_transactional_one_writes(database) -> None:  # type: ignore[no-untyped-def]
+    from workflows.engine import ActionFailed, CompensationSucceeded, ErrorInfo
+
+    # Given the same outcomes (success, retry, failure, compensation) reported to two runs, one
+    # written by PostgreSQL's one-statement transition and one by the transaction SQLite uses
+    outcomes = [ActionSucceeded("a", {"r": [1, "x"]}), ActionSucceeded("b", {}),
+                ActionFailed("c", ErrorInfo("Boom", "try again"), True, 0.5),
+                ActionFailed("c", ErrorInfo("Boom", "no"), False), CompensationSucceeded("a")]
+    from sqlalchemy import event
+
+    from workflows.db import get_engine, statement_engine
+
+    written, statements = [], []
+    sent: list[str] = []
+    listener = lambda conn, cursor, statement, *a: sent.append(statement)  # noqa: E731
+    engines = {get_engine(database), statement_engine(database)}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", listener)
+    try:
+        for single in (True, False):
+            store = SagaStore(database)
+            store.single_statement = single
+            run = store.create_run(COMPENSATED_LATE, {"n": 1})
+            assert run.state is not None
+            version = run.state.version
+            sent.clear()
+            for o in outcomes:
+                applied = store.apply(COMPENSATED_LATE, run.saga_id, o, by="t", expected_version=version)
+                assert applied.transition is not None, o
+                version = applied.state.version
+            statements.append(len(sent))
+            written.append(_written(store, run.saga_id))
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", listener)
+
+    # Then both runs hold the same rows; the first took one read and one write per transition
+    assert written[0][0] == "COMPENSATED" and len(written[0][4]) > 10
+    assert written[0] == written[1]
+    assert statements[0] == 2 * len(outcomes) and statements[1] > 4 * len(outcomes)
+
+
 def test_an_explicit_saga_id_cannot_be_used_twice(store: SagaStore) -> None:
     from workflows.store import SagaIdTaken
 
@@ -101,7 +202,7 @@ def test_an_explicit_saga_id_cannot_be_used_twice(store: SagaStore) -> None:
     store.create_run(SAGA, {}, saga_id=saga_id)
     with pytest.raises(SagaIdTaken, match=saga_id):
         store.create_run(SAGA, {"other": True}, saga_id=saga_id)
-    assert counts(store, saga_id) == (1, 2, 1)
+    assert counts(store, saga_id) == (1, 2, 3)
 
 
 def test_unknown_saga_id_is_not_found(store: SagaStore) -> None:

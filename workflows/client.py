@@ -6,19 +6,20 @@ from typing import Any
 
 from .definition import Saga, registry
 from .errors import SagaError
-from .orchestrator import publish_start
+from .orchestrator import publish_command
 from .runtime import get_runtime
 from .views import SagaView
 
 
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
                saga_id: str | None = None) -> str:
-    """Validate, record the run with all its steps in one transaction, publish its start.
+    """Validate, record the run with all its steps in one transaction, publish its first step.
 
     Returns the saga id. The same idempotency key with the same input returns the same id
     (and publishes nothing new); with a different input it raises `IdempotencyConflict`.
     Bad input raises `InvalidInput` and writes nothing. If the broker is down after the run
-    was recorded, the error propagates and the sweeper starts the run once the broker is back.
+    was recorded, the error propagates and the sweeper sends the first step again once its
+    deadline passed (step timeout + `SAGA_DISPATCH_GRACE`).
     """
     rt = get_runtime()
     definition = registry.get(saga if isinstance(saga, str) else saga.name)
@@ -27,11 +28,12 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     clean = definition.validate_input(data)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
-    run_id, created = rt.store.create_run(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id,
-                                          start_grace=rt.settings.start_grace)
-    if created:
-        publish_start(rt, run_id)
-    return run_id
+    run = rt.store.create_run(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id,
+                              timing=rt.timing)
+    if run.created:
+        assert run.state is not None and run.command is not None
+        publish_command(rt, run.state, run.command)
+    return run.saga_id
 
 
 def get_saga(saga_id: str) -> SagaView:

@@ -8,28 +8,47 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _engines: dict[tuple[int, str], Engine] = {}
 _sessions: dict[tuple[int, str], sessionmaker[Session]] = {}
+_statement_engines: dict[tuple[int, str], Engine] = {}
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 """Alembic scripts, shipped inside the package so `pip install .` has them."""
 
 
 def get_engine(url: str) -> Engine:
+    return _per_process(_engines, url, lambda: _create(url))
+
+
+def statement_engine(url: str) -> Engine:
+    """`get_engine(url)` for single statements outside a transaction: reads, history notes and,
+    on PostgreSQL, the one-statement transition (`store.transition_statement`), atomic by itself.
+
+    On PostgreSQL an engine of its own whose connections are in autocommit: one round trip per
+    statement instead of three (psycopg2 sends `BEGIN` before the statement and `ROLLBACK` or
+    `COMMIT` after it), and a pool that never switches a connection's mode. On SQLite it begins a
+    plain (deferred) transaction: a snapshot, without the write lock.
+    """
+    if url.startswith("sqlite"):
+        return _per_process(_statement_engines, url, lambda: get_engine(url).execution_options(saga_read=True))
+    return _per_process(_statement_engines, url, lambda: _create(url, isolation_level="AUTOCOMMIT"))
+
+
+def _per_process(cache: dict[tuple[int, str], Engine], url: str, make: Callable[[], Engine]) -> Engine:
     key = (os.getpid(), url)
-    engine = _engines.get(key)
+    engine = cache.get(key)
     if engine is None:
         with _lock:
-            engine = _engines.get(key)
+            engine = cache.get(key)
             if engine is None:
-                engine = _create(url)
-                _engines[key] = engine
+                engine = cache[key] = make()
     return engine
 
 
@@ -45,13 +64,14 @@ def session_factory(url: str) -> sessionmaker[Session]:
 def dispose_engines() -> None:
     """Forget engines created by another process (after fork) and close our own."""
     with _lock:
-        for (pid, _), engine in list(_engines.items()):
+        for (pid, _), engine in [*_engines.items(), *_statement_engines.items()]:
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
         _sessions.clear()
+        _statement_engines.clear()
 
 
-def _create(url: str) -> Engine:
+def _create(url: str, **options: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -68,14 +88,15 @@ def _create(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
             # Take the write lock up front: a deferred transaction that reads, then writes, would
-            # fail with SQLITE_BUSY when another process committed in between.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # fail with SQLITE_BUSY when another process committed in between. Reads (`statement_engine`)
+            # take a snapshot only, and do not queue behind writers.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("saga_read") else "BEGIN IMMEDIATE")
 
         return engine
     # No pre-ping (a round trip per checkout, two per step): a connection that died with the
     # server raises OperationalError, the pool is invalidated, and the task is retried by Celery's
     # autoretry (orchestrator.DELIVERY_OPTIONS); callers outside a task retry or fail loudly.
-    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800)
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, **options)
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

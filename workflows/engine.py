@@ -68,8 +68,7 @@ class RunState:
     input: dict[str, Any]
     steps: tuple[StepState, ...]
     deadline_at: datetime | None = None
-    """When the run is considered stuck if no step was dispatched (start) or, with a saga
-    deadline, when it is cancelled."""
+    """With a saga-level deadline, when the run is cancelled."""
     failure_reason: str | None = None
     caused_by: str | None = None
     """Who made the current version (store metadata; the engine does not read it)."""
@@ -148,6 +147,14 @@ class Cancel(Outcome):
 
     reason: str
     who: str = "operator"
+
+
+@dataclass(frozen=True)
+class Redispatch(Outcome):
+    """Send a running step's message again, under a new version (its first message may be lost)."""
+
+    step: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -247,9 +254,18 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, timing: T
             d.cancel(reason, who)
         case Resume(step=step, reason=reason, who=who):
             d.resume(step, reason, who)
+        case Redispatch(step=step, reason=reason):
+            d.redispatch(step, reason)
         case _:
             raise TypeError(f"unknown outcome {outcome!r}")
     return d.transition()
+
+
+def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str) -> RunState:
+    """A run as created, before `Started`: every step PENDING, version 1."""
+    return RunState(saga_id=saga_id, saga_type=saga.name, status=RunStatus.RUNNING, version=1, input=data,
+                    steps=tuple(StepState(index=i, name=st.name) for i, st in enumerate(saga.steps)),
+                    caused_by=caused_by)
 
 
 def command_for(saga: Saga, run: RunState, timing: Timing = Timing()) -> Command | None:
@@ -453,6 +469,12 @@ class _Decision:
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
                           deadline_at=None, finished_at=self.now)
         self._begin_compensation(f"cancelled by {who}: {reason}")
+
+    def redispatch(self, name: str, reason: str) -> None:
+        s = self._get(name)
+        self._require(RunStatus.RUNNING, s, StepStatus.RUNNING, "Redispatch")
+        self._emit("StepRedispatched", s.name, s.attempts + 1, reason=reason)
+        self._dispatch(s, "action")
 
     def resume(self, name: str | None, reason: str, who: str) -> None:
         if self.status == RunStatus.FAILED:

@@ -150,7 +150,7 @@ class SagaCollector(Collector):
         from .choreography.operations import stuck_sagas
         from .runtime import get_runtime
 
-        ids = set(self.store.due_starts(now)) | set(self.store.due_deadlines(now))
+        ids = set(self.store.due_deadlines(now))
         ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}
         return ids | set(stuck_sagas(get_runtime(), now))
 

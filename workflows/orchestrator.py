@@ -2,8 +2,8 @@
 
 The hot path is one message and one transaction per step: a step task runs its function,
 then, in the same worker, records the outcome, lets the engine decide and publishes the next
-step (`run_step`). The `saga.*` tasks are the entry point (`saga.start`) and recovery
-(`saga.sweep`); operator actions call `apply_and_publish` directly.
+step (`run_step`). `start_saga` records a run with its first step dispatched and publishes that
+step; recovery (`saga.sweep`) and operator actions call `apply_and_publish`.
 
 Crash safety: every message is acknowledged late, after the transition committed and its
 follow-up was published. A message redelivered after its transition committed finds the run
@@ -26,13 +26,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Queue
 
 from .definition import Saga, registry
-from .errors import UnknownSaga
+from .errors import SagaNotFound, UnknownSaga
 from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
-                     CompensationSucceeded, ErrorInfo, Outcome, RunState, Started, Transition,
-                     command_for)
+                     CompensationSucceeded, ErrorInfo, Outcome, RunState, Transition, command_for)
 from .runtime import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
 from .steps import StepContext, StepTask, step_tasks
-from .store import Applied, BeforeCommit, ConcurrentTransition, MessageInfo
+from .store import Applied, BeforeCommit, MessageInfo
 
 log = logging.getLogger("workflows.orchestrator")
 
@@ -64,12 +63,8 @@ def publish_command(rt: Runtime, run: RunState, cmd: Command) -> None:
     log.info("dispatched %s %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id, "step": cmd.step})
 
 
-def publish_start(rt: Runtime, saga_id: str) -> None:
-    rt.app.send_task("saga.start", args=[saga_id], queue=ORCHESTRATOR_QUEUE)
-
-
 def dead_letter_publisher(rt: Runtime, message: MessageInfo | None):  # type: ignore[no-untyped-def]
-    """A `before_commit` hook: copy a dead letter to the broker's dead-letter queue.
+    """An `on_dead_letter` hook: copy a dead letter to the broker's dead-letter queue.
 
     Published inside the transaction, before commit: if the commit then fails, the message is
     delivered again and dead-lettered again (a duplicate in the queue, never a loss).
@@ -105,15 +100,9 @@ def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *
     `task`: the Celery task whose message reported `outcome`. Only a message can find its own
     earlier commit (its task id is `by`) and owe the follow-up; the sweeper and operators share
     their `by`, so for them a commit made "by" the same name is someone else's."""
-    publish_dl = dead_letter_publisher(rt, message)
-
-    def hooks(s: Any, t: Transition, dl_id: str | None) -> None:
-        publish_dl(s, t, dl_id)
-        if before_commit is not None:
-            before_commit(s, t, dl_id)
-
     applied = rt.store.apply(saga, saga_id, outcome, by=by, expected_version=expected_version,
-                             timing=rt.timing, message=message, before_commit=hooks)
+                             timing=rt.timing, message=message, on_dead_letter=dead_letter_publisher(rt, message),
+                             before_commit=before_commit)
     if applied.transition is not None and applied.transition.command is not None:
         publish_command(rt, applied.transition.after, applied.transition.command)
     elif applied.own_commit and task is not None:
@@ -172,14 +161,16 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
     except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
         _dead_letter_unknown(rt, st, saga_id, step, saga, kind, task.request.kwargs, by, str(e))
         return None
-    current = rt.store.current_version(saga_id)
-    if current is None:
+    try:
+        run = rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
+    except SagaNotFound:
         log.error("message for unknown saga dropped", extra={"saga_id": saga_id, "step": step})
         return None
-    if current != version:
-        # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered.
+    if run.version != version:
+        # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered:
+        # the step must not run again.
         applied = rt.store.apply(definition, saga_id, _noop_outcome(kind, step), by=by,
-                                 expected_version=version, timing=rt.timing)
+                                 expected_version=version, timing=rt.timing, state=run)
         if applied.own_commit:
             found_own_commit(rt, definition, applied.state, task, step)
         return None
@@ -213,8 +204,8 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
                           kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": by, "retries": task.request.retries})
-    applied = rt.store.apply(definition, saga_id, outcome, by=by, expected_version=version,
-                             timing=rt.timing, message=message, before_commit=dead_letter_publisher(rt, message))
+    applied = rt.store.apply(definition, saga_id, outcome, by=by, expected_version=version, timing=rt.timing,
+                             message=message, on_dead_letter=dead_letter_publisher(rt, message), state=run)
     _test_crash_point(step)
     t = applied.transition
     if t is None:
@@ -274,7 +265,7 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
 
 
 INFRASTRUCTURE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                         kombu.exceptions.OperationalError, ConcurrentTransition)
+                         kombu.exceptions.OperationalError)
 """The database or broker was unreachable: the step's own outcome is not in question."""
 
 DELIVERY_OPTIONS: dict[str, Any] = {
@@ -297,16 +288,6 @@ DELIVERY_OPTIONS: dict[str, Any] = {
 def register_tasks(app: Celery) -> None:
     for st in step_tasks.all():
         make_step_task(app, st)
-
-    @app.task(bind=True, name="saga.start", queue=ORCHESTRATOR_QUEUE, ignore_result=True, **DELIVERY_OPTIONS)
-    def start(self: Task, saga_id: str) -> None:
-        """Dispatch the first step of a recorded saga (idempotent)."""
-        rt = get_runtime()
-        saga_type = rt.store.saga_type(saga_id)  # one column: the transition reads the rest, locked
-        if saga_type is None:
-            log.error("saga.start for unknown saga dropped", extra={"saga_id": saga_id})
-            return
-        apply_and_publish(rt, registry.get(saga_type), saga_id, Started(), by=self.request.id, task=self)
 
     @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
     def sweep(self: Task) -> dict[str, int]:

@@ -22,9 +22,8 @@ class Settings(BaseSettings):
     """Celery broker URL; default kombu's filesystem transport in data_dir. redis://... or amqp://..."""
     dispatch_grace: float = 60.0
     """Seconds a dispatched message may wait in its queue, beyond the step's time limit,
-    before the sweeper declares it lost and times the step out."""
-    start_grace: float = 30.0
-    """Seconds a started saga may wait for its first dispatch before the sweeper re-publishes it."""
+    before the sweeper declares it lost: it times the step out (or, for the first step of a run
+    nothing has reported on yet, sends its message once more)."""
     sweep_interval: float = 10.0
     """Seconds between two runs of the periodic sweeper (celery beat)."""
     redis_visibility_timeout: int = 3600

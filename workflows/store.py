@@ -7,6 +7,7 @@ on every UPDATE as well, so a stale writer fails instead of overwriting.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, cast, func, insert, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from .db import get_engine, session_factory
+from .db import session_factory, statement_engine
 from .definition import Saga
-from .engine import (Ignored, Outcome, RunState, RunStatus, StepState, StepStatus, Timing, Transition,
-                     decide)
+from .engine import (Command, HistoryEvent, Ignored, Outcome, RunState, RunStatus, Started, StepState,
+                     StepStatus, Timing, Transition, decide, new_run)
 from .errors import DeadLetterNotFound, IdempotencyConflict, SagaError, SagaNotFound
 from .models import DeadLetterRow, EventRow, SagaRow, StepRow
 from .views import DeadLetterView, EventView, SagaView, StepView
@@ -70,62 +71,80 @@ class Applied:
     dead_letter_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Created:
+    """The result of `SagaStore.create_run`."""
+
+    saga_id: str
+    created: bool
+    """False: the idempotency key named a run that exists (returned as is; nothing to publish)."""
+    state: RunState | None
+    command: Command | None
+    """Step 1's message, to publish once the run is committed."""
+
+
 BeforeCommit = Callable[[Session, Transition, str | None], None]
 
-# The hot path (`apply`, `current_version`) in Core statements, compiled once: the ORM's unit of
-# work cost ~2 ms of CPU per transition, more than the round trips (see README, benchmark).
+STARTED_BY = "start"
+"""`caused_by` of a run nothing has reported on since `create_run`: its first message may be lost."""
+
+# The hot path (`load`, `apply`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
+# transition, more than the round trips (see README, benchmark).
 _SAGAS, _STEPS, _EVENTS = SagaRow.__table__, StepRow.__table__, EventRow.__table__
-_LOCK = (select(_SAGAS.c.id, _SAGAS.c.saga_type, _SAGAS.c.state, _SAGAS.c.version, _SAGAS.c.input,
+_STATE = (select(_SAGAS.c.id, _SAGAS.c.saga_type, _SAGAS.c.state, _SAGAS.c.version, _SAGAS.c.input,
                 _SAGAS.c.deadline_at, _SAGAS.c.failure_reason, _SAGAS.c.caused_by,
                 _STEPS.c.index, _STEPS.c.name, _STEPS.c.status, _STEPS.c.attempts, _STEPS.c.compensation_attempts,
                 _STEPS.c.result, _STEPS.c.error, _STEPS.c.task_id, _STEPS.c.eta,
                 _STEPS.c.deadline_at.label("step_deadline_at"), _STEPS.c.finished_at)
          .join_from(_SAGAS, _STEPS, _STEPS.c.saga_id == _SAGAS.c.id)
-         .where(_SAGAS.c.id == bindparam("saga_id")).order_by(_STEPS.c.index)
-         .with_for_update(of=_SAGAS))
-"""The run row, locked, with its steps: one statement (the steps change only under this lock)."""
+         .where(_SAGAS.c.id == bindparam("saga_id")).order_by(_STEPS.c.index))
+"""The run with its steps: one statement, so one snapshot (every write changes both under a new version).
+
+Not `FOR UPDATE`: on PostgreSQL a locking read that waited for another writer returns that
+writer's run row but the steps as they were before it (READ COMMITTED re-checks only the locked
+row), so a transition decided on it would be decided on a state that never existed."""
 _BUMP = (update(_SAGAS).where(_SAGAS.c.id == bindparam("b_id"), _SAGAS.c.version == bindparam("b_version"))
          .values(version=_SAGAS.c.version + 1))
-"""Version-checked: a writer that did not hold the lock (or raced on SQLite) updates nothing."""
+"""Version-checked: the transition commits only on the version it was decided on."""
 _STEP_UPDATE = update(_STEPS).where(_STEPS.c.saga_id == bindparam("b_saga_id"),
                                     _STEPS.c.index == bindparam("b_index"))
-_VERSION = select(_SAGAS.c.version).where(_SAGAS.c.id == bindparam("saga_id"))
-_TYPE = select(_SAGAS.c.saga_type).where(_SAGAS.c.id == bindparam("saga_id"))
 
 
 class SagaStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.sessions = session_factory(url)
+        self.single_statement = not url.startswith("sqlite")
+        """Write a transition as one statement (PostgreSQL's data-modifying WITH); SQLite cannot."""
 
     # ------------------------------------------------------------ writes
 
     def create_run(self, saga: Saga, data: dict[str, Any], *, idempotency_key: str | None = None,
-                   saga_id: str | None = None, start_grace: float = 30.0, style: str = "orchestrated",
-                   initial_event: str = "SagaCreated") -> tuple[str, bool]:
-        """Insert a run with all its steps and its first history row, in one transaction.
+                   saga_id: str | None = None, timing: Timing = Timing()) -> Created:
+        """Insert a run already started (step 1 dispatched), its steps and its history, in one transaction.
 
-        Returns (saga id, created). With an idempotency key already used for the same saga type
-        and input, returns the existing run's id and False; with different content, raises
-        `IdempotencyConflict`.
+        The caller publishes `command` after the commit; if that message is lost (the caller died
+        first, the broker was down), the sweeper sends it again once step 1's deadline passes
+        (`STARTED_BY`). With an idempotency key already used for the same saga type and input,
+        returns the existing run with `created` False and no command; with different content,
+        raises `IdempotencyConflict`.
         """
-        from datetime import timedelta
-
         now = utcnow()
         digest = input_hash(saga.name, data)
         run_id = saga_id or str(uuid.uuid4())
+        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), Started(), now, timing)
+        run = t.after
         try:
             with self.sessions.begin() as s:  # Core statements: the ORM's unit of work cost ~2 ms of CPU here
                 s.execute(insert(_SAGAS), {
-                    "id": run_id, "saga_type": saga.name, "style": style, "state": RunStatus.RUNNING.value,
-                    "version": 1, "input": data, "input_hash": digest, "idempotency_key": idempotency_key,
-                    "caused_by": "start", "created_at": now, "updated_at": now,
-                    "deadline_at": now + timedelta(seconds=start_grace)})
-                s.execute(insert(_STEPS), [{"saga_id": run_id, "index": i, "name": st.name,
-                                            "status": StepStatus.PENDING.value, "attempts": 0,
-                                            "compensation_attempts": 0} for i, st in enumerate(saga.steps)])
-                s.execute(insert(_EVENTS), {"saga_id": run_id, "at": now, "type": initial_event, "detail": {
-                    "saga_type": saga.name, "idempotency_key": idempotency_key}})
+                    "id": run_id, "saga_type": saga.name, "style": "orchestrated", "state": run.status.value,
+                    "version": run.version, "input": data, "input_hash": digest, "idempotency_key": idempotency_key,
+                    "caused_by": STARTED_BY, "created_at": now, "updated_at": now, "deadline_at": run.deadline_at})
+                s.execute(insert(_STEPS), [_step_values(run_id, st, None, now) for st in run.steps])
+                s.execute(insert(_EVENTS), [
+                    {"saga_id": run_id, "at": now, "type": "SagaCreated", "step": None, "attempt": None,
+                     "detail": {"saga_type": saga.name, "idempotency_key": idempotency_key}},
+                    *_event_values(run_id, t.events, STARTED_BY, now)])
         except IntegrityError as e:
             with self.sessions() as s:
                 existing = None if idempotency_key is None else s.scalars(
@@ -136,61 +155,78 @@ class SagaStore:
                 raise
             if existing.input_hash != digest:
                 raise IdempotencyConflict(idempotency_key, existing.id) from None
-            return existing.id, False
-        return run_id, True
+            return Created(existing.id, False, None, None)
+        return Created(run_id, True, run, t.command)
 
     def apply(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
               expected_version: int | None = None, timing: Timing = Timing(),
-              message: MessageInfo | None = None, before_commit: BeforeCommit | None = None,
-              now: datetime | None = None) -> Applied:
-        """Decide and record the transition `outcome` causes, in one transaction.
+              message: MessageInfo | None = None, on_dead_letter: BeforeCommit | None = None,
+              before_commit: BeforeCommit | None = None, now: datetime | None = None,
+              state: RunState | None = None) -> Applied:
+        """Decide and record the transition `outcome` causes, atomically.
+
+        Optimistic: the engine decides on a snapshot of the run (`state`, if the caller read it
+        already, or read now), and the transition is written only if the run is still at that
+        version. If another writer got there first, read again and decide again: a message
+        reporting on the old version then finds itself stale.
 
         `expected_version` is the version the reporting message was dispatched at: any other
-        current version makes the report stale and changes nothing (it is noted in the history).
-        `before_commit` runs inside the transaction after the writes (to publish a dead letter).
+        version makes the report stale and changes nothing (it is noted in the history).
+        `on_dead_letter` runs inside the transaction when the transition writes a dead letter (to
+        copy it to the broker); `before_commit` always runs inside it, after the writes.
         """
-        now = now or utcnow()
-        with self.sessions.begin() as s:
-            state = self._lock_state(s, saga_id)
-            if expected_version is not None and state.version != expected_version:
-                own = state.version == expected_version + 1 and state.caused_by == by
+        while True:
+            at = now or utcnow()
+            run = state if state is not None else self.load(saga_id)
+            state = None  # a retry reads the run again
+            if expected_version is not None and run.version != expected_version:
+                own = run.version == expected_version + 1 and run.caused_by == by
                 if not own:
-                    s.add(EventRow(saga_id=saga_id, at=now, type="StaleMessageIgnored",
-                                   step=getattr(outcome, "step", None), detail={
-                                       "outcome": type(outcome).__name__, "by": by,
-                                       "message_version": expected_version, "run_version": state.version}))
-                return Applied(None, state, stale=True, own_commit=own)
+                    self._note(saga_id, at, HistoryEvent("StaleMessageIgnored", getattr(outcome, "step", None), None, {
+                        "outcome": type(outcome).__name__, "message_version": expected_version,
+                        "run_version": run.version}), by)
+                return Applied(None, run, stale=True, own_commit=own)
             try:
-                transition = decide(saga, state, outcome, now, timing)
+                transition = decide(saga, run, outcome, at, timing)
             except Ignored as ig:
                 if ig.event is not None:
-                    ev = ig.event
-                    s.add(EventRow(saga_id=saga_id, at=now, type=ev.type, step=ev.step, attempt=ev.attempt,
-                                   detail={**ev.detail, "by": by}))
-                return Applied(None, state, ignored=ig.reason, own_commit=state.caused_by == by)
-            dead_letter_id = self._write(s, transition, by, now, message)
+                    self._note(saga_id, at, ig.event, by)
+                return Applied(None, run, ignored=ig.reason, own_commit=run.caused_by == by)
+            try:
+                dead_letter_id = self._commit(transition, by, at, message, on_dead_letter, before_commit)
+            except ConcurrentTransition:
+                continue  # someone else made progress: decide again on what they wrote
+            return Applied(transition, transition.after, dead_letter_id=dead_letter_id)
+
+    def _commit(self, t: Transition, by: str, now: datetime, message: MessageInfo | None,
+                on_dead_letter: BeforeCommit | None, before_commit: BeforeCommit | None) -> str | None:
+        """Write `t` if the run is still at `t.before.version`; else raise `ConcurrentTransition`."""
+        if self.single_statement and t.dead_letter is None and before_commit is None:
+            # PostgreSQL: the whole transition is one statement, so one round trip and atomic
+            # without BEGIN/COMMIT (the hot path: a step succeeded, the next one is dispatched).
+            with statement_engine(self.url).connect() as c:
+                if c.execute(*transition_statement(t, by, now)).scalar() != 1:
+                    raise ConcurrentTransition(f"saga {t.after.saga_id} changed under us")
+            return None
+        with self.sessions.begin() as s:
+            dead_letter_id = self._write(s, t, by, now, message)
+            if dead_letter_id is not None and on_dead_letter is not None:
+                on_dead_letter(s, t, dead_letter_id)
             if before_commit is not None:
-                before_commit(s, transition, dead_letter_id)
+                before_commit(s, t, dead_letter_id)
             s.flush()  # the dead letter row, if any
-        return Applied(transition, transition.after, dead_letter_id=dead_letter_id)
+        return dead_letter_id
+
+    def _note(self, saga_id: str, at: datetime, ev: HistoryEvent, by: str) -> None:
+        """One history row about an outcome that changed nothing (stale, or not applicable)."""
+        with statement_engine(self.url).connect() as c:
+            c.execute(insert(_EVENTS), _event_values(saga_id, (ev,), by, at))
+            c.commit()
 
     def record(self, saga_id: str, type_: str, *, step: str | None = None, **detail: Any) -> None:
         """Append one history row without a transition (operator notes, late results)."""
         with self.sessions.begin() as s:
             s.add(EventRow(saga_id=saga_id, at=utcnow(), type=type_, step=step, detail=detail))
-
-    def _lock_state(self, s: Session, saga_id: str) -> RunState:
-        rows = s.execute(_LOCK, {"saga_id": saga_id}).all()
-        if not rows:
-            raise SagaNotFound(f"no saga with id {saga_id!r}")
-        r = rows[0]
-        return RunState(
-            saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
-            deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
-            steps=tuple(StepState(index=x.index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
-                                  compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
-                                  task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
-                                  finished_at=x.finished_at) for x in rows))
 
     def _write(self, s: Session, t: Transition, by: str, now: datetime, message: MessageInfo | None) -> str | None:
         before, after = t.before, t.after
@@ -200,20 +236,10 @@ class SagaStore:
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentTransition(f"saga {after.saga_id} changed under us")
         for old, st in zip(before.steps, after.steps):
-            if st == old:
-                continue
-            values: dict[str, Any] = {
-                "b_saga_id": after.saga_id, "b_index": st.index, "status": st.status.value, "attempts": st.attempts,
-                "compensation_attempts": st.compensation_attempts, "result": st.result, "error": st.error,
-                "task_id": st.task_id, "eta": st.eta, "deadline_at": st.deadline_at, "finished_at": st.finished_at}
-            if old.status == StepStatus.PENDING and st.status != StepStatus.PENDING:
-                values["started_at"] = now
-            if st.status == StepStatus.COMPENSATED and old.status != st.status:
-                values["compensated_at"] = now
-            s.execute(_STEP_UPDATE, values)
+            if st != old:
+                s.execute(_STEP_UPDATE, _step_values(after.saga_id, st, old, now, key="b_"))
         if t.events:
-            s.execute(insert(_EVENTS), [{"saga_id": after.saga_id, "at": now, "type": e.type, "step": e.step,
-                                         "attempt": e.attempt, "detail": {**e.detail, "by": by}} for e in t.events])
+            s.execute(insert(_EVENTS), _event_values(after.saga_id, t.events, by, now))
         dl = t.dead_letter
         if dl is None:
             return None
@@ -227,22 +253,20 @@ class SagaStore:
 
     # ------------------------------------------------------------ reads
 
-    def current_version(self, saga_id: str) -> int | None:
-        with get_engine(self.url).connect() as c:
-            return c.execute(_VERSION, {"saga_id": saga_id}).scalar()
-
-    def saga_type(self, saga_id: str) -> str | None:
-        """The run's saga type (what `saga.start` needs to find its definition), or None."""
-        with get_engine(self.url).connect() as c:
-            return c.execute(_TYPE, {"saga_id": saga_id}).scalar()
-
     def load(self, saga_id: str) -> RunState:
-        with self.sessions() as s:
-            row = s.scalars(select(SagaRow).where(SagaRow.id == saga_id)
-                            .options(selectinload(SagaRow.steps))).first()
-            if row is None:
-                raise SagaNotFound(f"no saga with id {saga_id!r}")
-            return to_state(row)
+        """The run and its steps, as of one snapshot (one round trip on PostgreSQL)."""
+        with statement_engine(self.url).connect() as c:
+            rows = c.execute(_STATE, {"saga_id": saga_id}).all()
+        if not rows:
+            raise SagaNotFound(f"no saga with id {saga_id!r}")
+        r = rows[0]
+        return RunState(
+            saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
+            deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
+            steps=tuple(StepState(index=x.index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
+                                  compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
+                                  task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
+                                  finished_at=x.finished_at) for x in rows))
 
     def get(self, saga_id: str) -> SagaView:
         with self.sessions() as s:
@@ -269,23 +293,12 @@ class SagaStore:
                              .options(selectinload(SagaRow.steps))).all()
             return [_saga_view(r, [], []) for r in rows], int(s.scalar(c) or 0)
 
-    def due_starts(self, now: datetime, limit: int = 500) -> list[str]:
-        """Running orchestrated runs past their start deadline with no step dispatched yet."""
-        return self._due_runs(now, limit, dispatched=False)
-
     def due_deadlines(self, now: datetime, limit: int = 500) -> list[str]:
-        """Running runs past their saga-level deadline (some step already dispatched)."""
-        return self._due_runs(now, limit, dispatched=True)
-
-    def _due_runs(self, now: datetime, limit: int, *, dispatched: bool) -> list[str]:
-        # A running run's deadline is its start deadline until a step is dispatched, then its
-        # saga-level deadline (if any): which one passed depends on whether a step is in flight.
-        any_dispatched = select(StepRow.saga_id).where(StepRow.saga_id == SagaRow.id,
-                                                       StepRow.status != StepStatus.PENDING.value).exists()
+        """Running orchestrated runs past their saga-level deadline."""
         with self.sessions() as s:
             return list(s.scalars(select(SagaRow.id).where(
                 SagaRow.state == RunStatus.RUNNING.value, SagaRow.style == "orchestrated",
-                SagaRow.deadline_at < now, any_dispatched if dispatched else ~any_dispatched).limit(limit)))
+                SagaRow.deadline_at < now).limit(limit)))
 
     def due_steps(self, now: datetime, limit: int = 500) -> list[tuple[str, str, str, int]]:
         """(saga id, saga type, step, run version) of in-flight steps past their deadline."""
@@ -336,16 +349,80 @@ class SagaStore:
         return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def to_state(row: SagaRow) -> RunState:
-    return RunState(
-        saga_id=row.id, saga_type=row.saga_type, status=RunStatus(row.state), version=row.version,
-        input=row.input, deadline_at=row.deadline_at, failure_reason=row.failure_reason,
-        caused_by=row.caused_by,
-        steps=tuple(StepState(index=r.index, name=r.name, status=StepStatus(r.status), attempts=r.attempts,
-                              compensation_attempts=r.compensation_attempts, result=r.result, error=r.error,
-                              task_id=r.task_id, eta=r.eta, deadline_at=r.deadline_at,
-                              finished_at=r.finished_at) for r in row.steps),
-    )
+def _step_values(saga_id: str, st: StepState, old: StepState | None, now: datetime, key: str = "") -> dict[str, Any]:
+    """The columns of step `st` (an INSERT's with `old` None; an UPDATE's, keyed `b_`, otherwise)."""
+    values: dict[str, Any] = {
+        f"{key}saga_id": saga_id, f"{key}index": st.index, "status": st.status.value, "attempts": st.attempts,
+        "compensation_attempts": st.compensation_attempts, "result": st.result, "error": st.error,
+        "task_id": st.task_id, "eta": st.eta, "deadline_at": st.deadline_at, "finished_at": st.finished_at}
+    if old is None:
+        values["name"] = st.name
+        values["started_at"] = None if st.status == StepStatus.PENDING else now
+        values["compensated_at"] = None
+        return values
+    if old.status == StepStatus.PENDING and st.status != StepStatus.PENDING:
+        values["started_at"] = now
+    if st.status == StepStatus.COMPENSATED and old.status != st.status:
+        values["compensated_at"] = now
+    return values
+
+
+_STEP_COLUMNS = ("status", "attempts", "compensation_attempts", "result", "error", "task_id", "eta", "deadline_at",
+                 "finished_at", "started_at", "compensated_at")
+_EVENT_COLUMNS = ("at", "type", "step", "attempt", "detail")
+
+
+def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, dict[str, Any]]:
+    """Transition `t` as one PostgreSQL statement and its parameters; it returns 1 if written, 0
+    if the run is no longer at `t.before.version`. The same writes as `_write` (a test compares them):
+
+        WITH bump AS (UPDATE sagas SET version = version + 1, ... WHERE id = :id AND version = :v
+                      RETURNING id),
+             step_1 AS (UPDATE saga_steps SET ... FROM bump WHERE saga_id = bump.id AND index = 1 ...),
+             history AS (INSERT INTO saga_events (...) SELECT bump.id, ... FROM bump UNION ALL ...)
+        SELECT count(*) FROM bump
+
+    Every part reads `bump`, so nothing is written unless the version matched.
+    """
+    before, after = t.before, t.after
+    params: dict[str, Any] = {"t_id": after.saga_id, "t_version": before.version, "t_state": after.status.value,
+                              "t_failure_reason": after.failure_reason, "t_deadline_at": after.deadline_at,
+                              "t_caused_by": by, "t_updated_at": now}
+    shape = []
+    for old, st in zip(before.steps, after.steps):
+        if st != old:
+            values = _step_values(after.saga_id, st, old, now)
+            shape.append((st.index, tuple(c for c in _STEP_COLUMNS if c in values)))
+            params.update({f"s{st.index}_{c}": values[c] for c in _STEP_COLUMNS if c in values})
+    for k, row in enumerate(_event_values(after.saga_id, t.events, by, now)):
+        params.update({f"e{k}_{c}": row[c] for c in _EVENT_COLUMNS})
+    return _transition_shape(tuple(shape), len(t.events)), params
+
+
+@functools.lru_cache(maxsize=256)
+def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int) -> Any:
+    """The statement for one shape of transition (which steps change which columns, how many
+    events), built and compiled once: only its parameters differ from one saga to the next."""
+    bump = (update(_SAGAS).where(_SAGAS.c.id == bindparam("t_id"), _SAGAS.c.version == bindparam("t_version"))
+            .values(version=_SAGAS.c.version + 1, state=bindparam("t_state"),
+                    failure_reason=bindparam("t_failure_reason"), deadline_at=bindparam("t_deadline_at"),
+                    caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"))
+            .returning(_SAGAS.c.id).cte("bump"))
+    parts = [update(_STEPS).where(_STEPS.c.saga_id == bump.c.id, _STEPS.c.index == index)
+             .values({c: bindparam(f"s{index}_{c}") for c in columns})
+             .returning(_STEPS.c.index).cte(f"step_{index}") for index, columns in steps]
+    if n_events:
+        # INSERT ... SELECT: each value cast to its column's type (a UNION of untyped values is text)
+        rows = [select(bump.c.id, *(cast(bindparam(f"e{k}_{c}", type_=_EVENTS.c[c].type), _EVENTS.c[c].type)
+                                    for c in _EVENT_COLUMNS)) for k in range(n_events)]
+        parts.append(insert(_EVENTS).from_select(["saga_id", *_EVENT_COLUMNS], rows[0] if n_events == 1 else
+                                                 union_all(*rows)).returning(_EVENTS.c.id).cte("history"))
+    return select(func.count()).select_from(bump).add_cte(*parts)
+
+
+def _event_values(saga_id: str, events: tuple[HistoryEvent, ...], by: str, now: datetime) -> list[dict[str, Any]]:
+    return [{"saga_id": saga_id, "at": now, "type": e.type, "step": e.step, "attempt": e.attempt,
+             "detail": {**e.detail, "by": by}} for e in events]
 
 
 def _saga_view(row: SagaRow, events: Any, dls: Any) -> SagaView:

@@ -2,7 +2,8 @@
 
 A non-terminal run always has a message in flight or a deadline. Run periodically by celery
 beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline that passed:
-- a run whose start message was lost (no step dispatched yet): re-publish `saga.start`;
+- the first step of a run nothing has reported on since `start_saga` recorded it: its message
+  may never have been published (the caller died, the broker was down): send it again, once;
 - an action past its deadline (never picked up, or its worker vanished): TIMED_OUT, compensate;
 - a compensation past its deadline: a failed attempt (retried, or dead-lettered when exhausted);
 - a run past its saga-level deadline: cancelled, compensated.
@@ -13,23 +14,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-
-from sqlalchemy import select, update
+from datetime import datetime, timezone
 
 from .definition import registry
-from .engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, RunStatus, StepStatus
+from .engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Redispatch
 from .errors import UnknownSaga
-from .models import SagaRow, StepRow
-from .orchestrator import apply_and_publish, publish_start
+from .orchestrator import apply_and_publish
 from .runtime import Runtime
+from .store import STARTED_BY
 
 log = logging.getLogger("workflows.sweeper")
 
 
 @dataclass
 class SweepReport:
-    restarted: list[str] = field(default_factory=list)
+    redispatched: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     compensations_retried: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -45,33 +44,10 @@ extra_detectors: list = []  # type: ignore[type-arg]
 """Functions (rt, now) -> saga ids reported as stuck; the choreography adds its own."""
 
 
-def next_start_deadline(created_at: datetime, now: datetime, grace: float) -> datetime:
-    """When to re-publish a start again if it still has not reached a worker.
-
-    At least `grace` away, and as far away as the run is old: each re-publish at least doubles
-    the wait, so a backlog (starts slow, not lost) is not flooded with more starts.
-    """
-    return now + timedelta(seconds=max(grace, (now - created_at).total_seconds()))
-
-
 def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     now = now or datetime.now(timezone.utc)
     store = rt.store
     report = SweepReport()
-
-    for saga_id in store.due_starts(now):
-        with store.sessions.begin() as s:  # push the deadline first: one re-publish per grace period
-            # Under the run's lock, look again: its start may have committed since due_starts read.
-            created = s.scalar(select(SagaRow.created_at).where(SagaRow.id == saga_id).with_for_update())
-            if created is None or s.scalar(select(StepRow.saga_id).where(
-                    StepRow.saga_id == saga_id, StepRow.status != StepStatus.PENDING.value).limit(1)):
-                continue
-            pushed = s.execute(update(SagaRow).where(SagaRow.id == saga_id, SagaRow.state == RunStatus.RUNNING.value)
-                               .values(deadline_at=next_start_deadline(created, now, rt.settings.start_grace)))
-        if pushed.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        publish_start(rt, saga_id)
-        report.restarted.append(saga_id)
 
     for saga_id, saga_type, step, version in store.due_steps(now):
         try:
@@ -81,7 +57,11 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
             continue
         run = store.load(saga_id)
         status = run.step(step).status.value
-        if status == "RUNNING":
+        if status == "RUNNING" and run.caused_by == STARTED_BY:
+            outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
+                                       "(its first message may never have been published)")
+            bucket = report.redispatched
+        elif status == "RUNNING":
             outcome = ActionTimedOut(step, "no result before the step's deadline (message lost or worker gone)")
             bucket = report.timed_out
         else:
