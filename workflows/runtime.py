@@ -75,6 +75,9 @@ def install(app: Celery, *, settings: Settings | None = None, modules: list[str]
     for q in sorted(step_tasks.queues() - known - {ORCHESTRATOR_QUEUE}):
         queues.append(Queue(q))
     app.conf.task_queues = queues
+    from .timer_heap import CompactTimerHeap
+
+    app.steps["worker"].add(CompactTimerHeap)
     for installer in installers:
         installer(app, _runtime)
     return _runtime
