@@ -5,7 +5,7 @@ Configurations (see bench/run.py):
 - `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
 - `saga`: `bench.noop4`, four no-op steps with no-op compensations;
 - `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1).
-Everything runs on the queue `bench` (plus `saga` for `saga.start`), which only bench workers
+Everything runs on the queue `bench`, which only bench workers
 consume. Two bench runs at once (or the smoke test in someone's `make test`) may run each other's
 messages: that disturbs their numbers, never their results, because whatever a task must record
 travels in its message (the last link of a chain gets the Redis hash its finish time goes to).

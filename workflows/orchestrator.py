@@ -1,8 +1,8 @@
 """The orchestrator: where a decision becomes a message.
 
-The hot path is one message and one transaction per step: a step task runs its function,
-then, in the same worker, records the outcome, lets the engine decide and publishes the next
-step (`run_step`). `start_saga` records a run with its first step dispatched and publishes that
+The hot path is one message, one read and one atomic write per step: a step task reads its
+run, runs its function, then, in the same worker, records the outcome, lets the engine decide
+and publishes the next step (`run_step`). `start_saga` records a run with its first step dispatched and publishes that
 step; recovery (`saga.sweep`) and operator actions call `apply_and_publish`.
 
 Crash safety: every message is acknowledged late, after the transition committed and its
@@ -291,7 +291,7 @@ def register_tasks(app: Celery) -> None:
 
     @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
     def sweep(self: Task) -> dict[str, int]:
-        """Act on runs past a deadline: re-dispatch lost starts, time out lost steps."""
+        """Act on runs past a deadline: send a lost first step again, time out lost steps."""
         from .sweeper import sweep as run_sweep
 
         return run_sweep(get_runtime()).counts()

@@ -1,9 +1,11 @@
 """The saga store: runs, steps, history and dead letters behind one small interface.
 
-Every transition is one transaction: lock the run row, check the version the message
-expects, let the engine decide, write the changed rows and the history, commit. The same code
-runs on PostgreSQL (row lock) and SQLite (`BEGIN IMMEDIATE`); the `version` column is checked
-on every UPDATE as well, so a stale writer fails instead of overwriting.
+Every transition is optimistic and atomic: read the run and its steps (one statement, one
+snapshot), check the version the message expects, let the engine decide, then write the changed
+rows and the history only if the run is still at the version decided on (`UPDATE sagas ...
+WHERE version = :v`); if another writer got there first, read again and decide again. On
+PostgreSQL the write is one statement (`transition_statement`); on SQLite, and for transitions
+with a dead letter or an operator's hook, one transaction (`BEGIN IMMEDIATE` on SQLite).
 """
 from __future__ import annotations
 
@@ -182,9 +184,10 @@ class SagaStore:
             if expected_version is not None and run.version != expected_version:
                 own = run.version == expected_version + 1 and run.caused_by == by
                 if not own:
-                    self._note(saga_id, at, HistoryEvent("StaleMessageIgnored", getattr(outcome, "step", None), None, {
-                        "outcome": type(outcome).__name__, "message_version": expected_version,
-                        "run_version": run.version}), by)
+                    self._note(saga_id, at, HistoryEvent(
+                        "StaleMessageIgnored", getattr(outcome, "step", None), None,
+                        {"outcome": type(outcome).__name__, "message_version": expected_version,
+                         "run_version": run.version}), by)
                 return Applied(None, run, stale=True, own_commit=own)
             try:
                 transition = decide(saga, run, outcome, at, timing)
