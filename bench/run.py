@@ -214,7 +214,7 @@ def summarize(phases: list, n_rounds: int) -> dict[str, Any]:  # type: ignore[ty
         "latency_ms": {"p50": 1000 * percentile(lat, 50), "p99": 1000 * percentile(lat, 99),
                        "max": 1000 * max(lat)},
         "statements_per_saga": per["statements"], "db_round_trips_per_saga": trips,
-        "transactions_per_saga": per["commits"], "rollbacks_per_saga": per["rollbacks"],
+        "commits_per_saga": per["commits"], "rollbacks_per_saga": per["rollbacks"],
         "pool_checkouts_per_saga": per["checkouts"], "messages_per_saga": per["messages"],
         "worker_cpu_ms_per_saga": 1000 * sum(p.worker_cpu for p in phases) / runs,
         "db_cpu_ms_per_saga": 1000 * sum(p.db_cpu for p in phases) / runs,
