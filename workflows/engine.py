@@ -1,7 +1,7 @@
 """The saga engine: a pure function from (definition, run state, outcome) to a transition.
 
 No Celery, no SQL, no clock: `now` is passed in. The orchestrator loads a `RunState`, asks
-`decide(...)` what follows, writes the returned `Transition` in one transaction and then
+`decide(...)` what follows, writes the returned `Transition` atomically and then
 publishes its `command`. `command_for(...)` derives the message a run is waiting on from its
 state alone, which is how recovery re-publishes a message lost in a crash.
 """
