@@ -191,6 +191,18 @@ def test_unknown_saga_or_dead_letter_is_404_with_a_message(client, method, path)
     assert unknown in r.json()["message"]
 
 
+def test_retry_of_a_step_the_saga_does_not_have_is_404_naming_its_steps(client, order_factory):  # type: ignore[no-untyped-def]
+    saga_id = client.post("/api/orders", json=order_factory()).json()["saga_id"]
+    before = client.get(f"/api/sagas/{saga_id}/status").json()
+
+    r = client.post(f"/api/sagas/{saga_id}/retry", json={"step": "no_such_step", "reason": "r"})
+
+    assert r.status_code == 404 and r.json()["error"] == "step_not_found"
+    assert "no_such_step" in r.json()["message"] and "process_payment" in r.json()["message"]
+    after = client.get(f"/api/sagas/{saga_id}/status").json()
+    assert not [e for e in after["history"][len(before["history"]):] if "Retried" in e["type"]]
+
+
 def test_cancel_and_discard_of_unknown_ids_are_404(client):  # type: ignore[no-untyped-def]
     assert client.post(f"/api/sagas/{new_id()}/cancel", json={"reason": "r"}).status_code == 404
     assert client.post(f"/api/dead-letters/{new_id()}/discard", json={"reason": "r"}).status_code == 404

@@ -6,7 +6,7 @@ from .client import get_saga, list_sagas, start_saga, wait_for
 from .definition import Saga, Step, register_saga, registry
 from .engine import RunStatus, StepStatus
 from .errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput, InvalidOperation,
-                     PermanentError, RetryableError, SagaError, SagaNotFound, UnknownSaga)
+                     PermanentError, RetryableError, SagaError, SagaNotFound, StepNotFound, UnknownSaga)
 from .retry import RetryPolicy
 from .runtime import get_runtime, install
 from .steps import StepContext, step_task
@@ -17,7 +17,7 @@ __all__ = [
     "Choreography", "EventContext", "publish",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
-    "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepStatus", "StepView",
+    "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
     "UnknownSaga", "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
 ]

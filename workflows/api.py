@@ -32,7 +32,7 @@ from .client import get_saga, list_sagas, start_saga
 from .definition import registry
 from .engine import RunStatus
 from .errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
-                     SagaNotFound, UnknownSaga)
+                     SagaNotFound, StepNotFound, UnknownSaga)
 from .metrics import saga_registry
 from .runtime import Runtime, get_runtime
 from .sagas import Order
@@ -333,6 +333,7 @@ def _ping_broker(rt: Runtime) -> None:
 ERRORS: dict[type[Exception], tuple[int, str]] = {
     SagaNotFound: (404, "saga_not_found"),
     DeadLetterNotFound: (404, "dead_letter_not_found"),
+    StepNotFound: (404, "step_not_found"),
     UnknownSaga: (404, "unknown_saga_type"),
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidOperation: (409, "invalid_operation"),

@@ -51,6 +51,10 @@ class DeadLetterNotFound(SagaError, LookupError):
     """No dead letter has that id."""
 
 
+class StepNotFound(SagaError, LookupError):
+    """The saga has no step of that name."""
+
+
 class PermanentError(Exception):
     """Raise from a step to fail it at once: the error will not go away by retrying."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .definition import registry
 from .engine import Cancel, Resume
-from .errors import InvalidOperation
+from .errors import InvalidOperation, StepNotFound
 from .orchestrator import apply_and_publish
 from .dead_letters import close_resumed_dead_letters
 from .runtime import get_runtime
@@ -29,6 +29,10 @@ def resume(saga_id: str, *, reason: str = "", who: str = "operator") -> SagaView
 def retry_step(saga_id: str, step: str | None = None, *, reason: str = "", who: str = "operator") -> SagaView:
     """Dispatch a step again now: a stuck compensation of a FAILED saga, or an in-flight step
     (skipping the rest of its backoff). The old message, if it still arrives, is stale."""
+    if step is not None:
+        steps = [s.name for s in get_runtime().store.load(saga_id).steps]
+        if step not in steps:
+            raise StepNotFound(f"saga {saga_id} has no step {step!r}; its steps are {', '.join(steps)}")
     return _act(saga_id, Resume(step, reason, who), who)
 
 
