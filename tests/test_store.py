@@ -104,6 +104,32 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
     assert view.version == v + 1 and view.event_types().count("StepSucceeded") == 1
 
 
+def test_a_transition_decided_on_an_outdated_snapshot_writes_nothing_and_is_decided_again(store: SagaStore) -> None:
+    from workflows.engine import Cancel
+
+    # Given two callers that read the run at the same version, and the first one's write landed
+    run = store.create_run(SAGA, {})
+    assert run.state is not None
+    snapshot = run.state
+    first = store.apply(SAGA, run.saga_id, ActionSucceeded("a", {}), by="w1", expected_version=snapshot.version,
+                        state=snapshot)
+    assert first.transition is not None
+
+    # When the second writes what it decided on the same, now outdated, snapshot
+    late = store.apply(SAGA, run.saga_id, ActionSucceeded("a", {"other": 1}), by="w2",
+                       expected_version=snapshot.version, state=snapshot)
+    cancel = store.apply(SAGA, run.saga_id, Cancel("ops", "ops"), by="operator:ops", state=snapshot)
+
+    # Then the version check refused both writes: the report read again and found itself stale,
+    # and the cancel read again and was decided on step b, which the first write had dispatched
+    assert late.transition is None and late.stale and not late.own_commit
+    assert cancel.transition is not None and cancel.transition.before.version == snapshot.version + 1
+    final = store.load(run.saga_id)
+    assert final.step("a").result == {} and final.step("b").status.value == "TIMED_OUT"
+    assert final.version == snapshot.version + 2
+    assert store.get(run.saga_id).event_types().count("StaleMessageIgnored") == 1
+
+
 def test_an_operator_cancel_racing_a_step_report_decides_on_what_the_report_wrote(store: SagaStore) -> None:
     from workflows.engine import Cancel
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from .definition import registry
 from .engine import Resume, StepStatus
-from .models import DeadLetterRow
+from .models import DeadLetterRow, EventRow
 from .store import utcnow
 from .errors import InvalidOperation
 from .runtime import Runtime, get_runtime
@@ -52,11 +52,12 @@ def discard(dl_id: str, *, who: str = "operator", reason: str) -> DeadLetterView
         raise InvalidOperation("discarding a dead letter needs a reason")
     rt = get_runtime()
     dl = rt.store.dead_letter(dl_id)
-    with rt.store.sessions.begin() as s:
+    with rt.store.sessions.begin() as s:  # the resolution and its history row, together
         if not rt.store.resolve_dead_letter(s, dl_id, "DISCARDED", f"discarded by {who}: {reason}"):
             raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
-    if dl.saga_id:
-        rt.store.record(dl.saga_id, "DeadLetterDiscarded", step=dl.step, dead_letter=dl_id, who=who, reason=reason)
+        if dl.saga_id:
+            s.add(EventRow(saga_id=dl.saga_id, at=utcnow(), type="DeadLetterDiscarded", step=dl.step,
+                           detail={"dead_letter": dl_id, "who": who, "reason": reason}))
     return rt.store.dead_letter(dl_id)
 
 
@@ -88,17 +89,15 @@ def close_resumed_dead_letters(rt: Runtime, resolution: str) -> Callable[[Sessio
 
 
 def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
-    from .orchestrator import publish_command
+    from .orchestrator import apply_and_publish
 
     assert dl.saga_id and dl.step
     run = rt.store.load(dl.saga_id)
-    saga = registry.get(run.saga_type)
-    applied = rt.store.apply(saga, dl.saga_id, Resume(dl.step, reason or f"redrive of dead letter {dl.id}", who),
-                             by=f"operator:{who}", timing=rt.timing, before_commit=_claim(rt, dl, who, reason))
+    applied = apply_and_publish(rt, registry.get(run.saga_type), dl.saga_id,
+                                Resume(dl.step, reason or f"redrive of dead letter {dl.id}", who),
+                                by=f"operator:{who}", before_commit=_claim(rt, dl, who, reason), state=run)
     if applied.transition is None:
         raise InvalidOperation(f"cannot redrive: {applied.ignored}")
-    assert applied.transition.command is not None
-    publish_command(rt, applied.transition.after, applied.transition.command)
 
 
 def _redrive_action(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:

@@ -2,8 +2,9 @@
 
 The hot path is one message, one read and one atomic write per step: a step task reads its
 run, runs its function, then, in the same worker, records the outcome, lets the engine decide
-and publishes the next step (`run_step`). `start_saga` records a run with its first step dispatched and publishes that
-step; recovery (`saga.sweep`) and operator actions call `apply_and_publish`.
+and publishes the next step (`run_step`). `start_saga` records a run with its first step
+dispatched and publishes that step; recovery (`saga.sweep`) and operator actions call
+`apply_and_publish`.
 
 Crash safety: every message is acknowledged late, after the transition committed and its
 follow-up was published. A message redelivered after its transition committed finds the run
@@ -70,21 +71,24 @@ def dead_letter_publisher(rt: Runtime, message: MessageInfo | None):  # type: ig
     delivered again and dead-lettered again (a duplicate in the queue, never a loss).
     """
 
-    def hook(_session: Any, t: Transition, dl_id: str | None) -> None:
-        if dl_id is None or t.dead_letter is None:
-            return
+    def hook(_session: Any, t: Transition, dl_id: str) -> None:
         dl = t.dead_letter
-        m = message or MessageInfo(dl.task, None, [t.after.saga_id, dl.step], {}, {})
-        publish_dead_letter(rt, {
-            "dead_letter_id": dl_id, "saga_id": t.after.saga_id, "step": dl.step, "kind": dl.kind,
-            "task": dl.task, "queue": m.queue, "args": m.args, "kwargs": m.kwargs, "headers": m.headers,
-            "attempts": dl.attempts, "exception": str(dl.error), "traceback": dl.error.traceback,
-            "at": datetime.now(timezone.utc).isoformat()})
+        assert dl is not None, "called only for a transition that writes a dead letter"
+        publish_dead_letter(rt, dl_id, message or MessageInfo(dl.task, None, [t.after.saga_id, dl.step], {}, {}),
+                            saga_id=t.after.saga_id, step=dl.step, kind=dl.kind, exception=str(dl.error),
+                            attempts=dl.attempts, traceback=dl.error.traceback)
 
     return hook
 
 
-def publish_dead_letter(rt: Runtime, body: dict[str, Any]) -> None:
+def publish_dead_letter(rt: Runtime, dl_id: str, message: MessageInfo, *, saga_id: str | None, step: str | None,
+                        kind: str, exception: str, attempts: int = 0, traceback: str = "") -> None:
+    """Copy dead letter `dl_id` (the message `message` that will not be handled) to the broker's
+    `dead_letter` queue, which no worker consumes."""
+    body = {"dead_letter_id": dl_id, "saga_id": saga_id, "step": step, "kind": kind, "task": message.task_name,
+            "queue": message.queue, "args": message.args, "kwargs": message.kwargs, "headers": message.headers,
+            "attempts": attempts, "exception": exception, "traceback": traceback,
+            "at": datetime.now(timezone.utc).isoformat()}
     queue = Queue(DEAD_LETTER_QUEUE, durable=True)
     with rt.app.producer_or_acquire() as producer:
         producer.publish(body, exchange="", routing_key=DEAD_LETTER_QUEUE, declare=[queue],
@@ -93,16 +97,18 @@ def publish_dead_letter(rt: Runtime, body: dict[str, Any]) -> None:
 
 def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
                       expected_version: int | None = None, message: MessageInfo | None = None,
-                      before_commit: BeforeCommit | None = None, task: Task | None = None) -> Applied:
-    """Record `outcome` in one transaction, then publish what it leads to.
+                      before_commit: BeforeCommit | None = None, task: Task | None = None,
+                      state: RunState | None = None) -> Applied:
+    """Record `outcome` atomically (`SagaStore.apply`), then publish what it leads to.
 
-    `before_commit` runs inside that transaction too (after the dead-letter copy, if any).
+    `before_commit` runs inside the transaction (after the dead-letter copy, if any); `state`
+    is the run as the caller just read it (decided on if still current, saving a read).
     `task`: the Celery task whose message reported `outcome`. Only a message can find its own
     earlier commit (its task id is `by`) and owe the follow-up; the sweeper and operators share
     their `by`, so for them a commit made "by" the same name is someone else's."""
     applied = rt.store.apply(saga, saga_id, outcome, by=by, expected_version=expected_version,
                              timing=rt.timing, message=message, on_dead_letter=dead_letter_publisher(rt, message),
-                             before_commit=before_commit)
+                             before_commit=before_commit, state=state)
     if applied.transition is not None and applied.transition.command is not None:
         publish_command(rt, applied.transition.after, applied.transition.command)
     elif applied.own_commit and task is not None:
@@ -169,8 +175,7 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
     if run.version != version:
         # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered:
         # the step must not run again.
-        applied = rt.store.apply(definition, saga_id, _noop_outcome(kind, step), by=by,
-                                 expected_version=version, timing=rt.timing, state=run)
+        applied = rt.store.ignore_stale(run, version, by=by, step=step, what=f"{kind} (not run)")
         if applied.own_commit:
             found_own_commit(rt, definition, applied.state, task, step)
         return None
@@ -230,15 +235,9 @@ def _dead_letter_unknown(rt: Runtime, st: StepTask, saga_id: str, step: str, sag
     with rt.store.sessions.begin() as s:
         dl_id = rt.store.add_dead_letter(s, kind=kind, task_name=st.name, message=message, saga_id=saga_id,
                                          step=step, exception=f"UnknownSaga: {reason}")
-        publish_dead_letter(rt, {"dead_letter_id": dl_id, "saga_id": saga_id, "step": step, "kind": kind,
-                                 "task": st.name, "queue": st.queue, "args": message.args,
-                                 "kwargs": message.kwargs, "exception": f"UnknownSaga: {reason}"})
+        publish_dead_letter(rt, dl_id, message, saga_id=saga_id, step=step, kind=kind,
+                            exception=f"UnknownSaga: {reason}")
     log.error("message for unknown saga type %s dead-lettered", saga, extra={"saga_id": saga_id, "step": step})
-
-
-def _noop_outcome(kind: str, step: str) -> Outcome:
-    # Only used for a stale message: `apply` returns before the engine sees it.
-    return ActionSucceeded(step, {}) if kind == "action" else CompensationSucceeded(step)
 
 
 def _as_result(out: Any, name: str) -> dict[str, Any]:

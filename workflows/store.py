@@ -182,18 +182,14 @@ class SagaStore:
             run = state if state is not None else self.load(saga_id)
             state = None  # a retry reads the run again
             if expected_version is not None and run.version != expected_version:
-                own = run.version == expected_version + 1 and run.caused_by == by
-                if not own:
-                    self._note(saga_id, at, HistoryEvent(
-                        "StaleMessageIgnored", getattr(outcome, "step", None), None,
-                        {"outcome": type(outcome).__name__, "message_version": expected_version,
-                         "run_version": run.version}), by)
-                return Applied(None, run, stale=True, own_commit=own)
+                return self.ignore_stale(run, expected_version, by=by, step=getattr(outcome, "step", None),
+                                         what=type(outcome).__name__, at=at)
             try:
                 transition = decide(saga, run, outcome, at, timing)
             except Ignored as ig:
                 if ig.event is not None:
-                    self._note(saga_id, at, ig.event, by)
+                    self.record(saga_id, ig.event.type, step=ig.event.step, attempt=ig.event.attempt, at=at,
+                                **{**ig.event.detail, "by": by})
                 return Applied(None, run, ignored=ig.reason, own_commit=run.caused_by == by)
             try:
                 dead_letter_id = self._commit(transition, by, at, message, on_dead_letter, before_commit)
@@ -220,16 +216,25 @@ class SagaStore:
             s.flush()  # the dead letter row, if any
         return dead_letter_id
 
-    def _note(self, saga_id: str, at: datetime, ev: HistoryEvent, by: str) -> None:
-        """One history row about an outcome that changed nothing (stale, or not applicable)."""
-        with statement_engine(self.url).connect() as c:
-            c.execute(insert(_EVENTS), _event_values(saga_id, (ev,), by, at))
-            c.commit()
+    def ignore_stale(self, run: RunState, expected_version: int, *, by: str, step: str | None, what: str,
+                     at: datetime | None = None) -> Applied:
+        """A message dispatched at `expected_version` found `run` at another version: it changes
+        nothing. Noted in the history, unless the current version is this message's own commit
+        (a redelivery after a crash, which may owe the follow-up: `Applied.own_commit`)."""
+        own = run.version == expected_version + 1 and run.caused_by == by
+        if not own:
+            self.record(run.saga_id, "StaleMessageIgnored", step=step, at=at, outcome=what,
+                        message_version=expected_version, run_version=run.version, by=by)
+        return Applied(None, run, stale=True, own_commit=own)
 
-    def record(self, saga_id: str, type_: str, *, step: str | None = None, **detail: Any) -> None:
-        """Append one history row without a transition (operator notes, late results)."""
-        with self.sessions.begin() as s:
-            s.add(EventRow(saga_id=saga_id, at=utcnow(), type=type_, step=step, detail=detail))
+    def record(self, saga_id: str, type_: str, *, step: str | None = None, attempt: int | None = None,
+               at: datetime | None = None, **detail: Any) -> None:
+        """Append one history row without a transition (stale or ignored reports, operator notes):
+        one statement, outside any transaction."""
+        with statement_engine(self.url).connect() as c:
+            c.execute(insert(_EVENTS), {"saga_id": saga_id, "at": at or utcnow(), "type": type_, "step": step,
+                                        "attempt": attempt, "detail": detail})
+            c.commit()
 
     def _write(self, s: Session, t: Transition, by: str, now: datetime, message: MessageInfo | None) -> str | None:
         before, after = t.before, t.after
@@ -246,13 +251,11 @@ class SagaStore:
         dl = t.dead_letter
         if dl is None:
             return None
-        dl_id = str(uuid.uuid4())
-        m = message or MessageInfo(dl.task, None, [after.saga_id, dl.step], {}, {})
-        s.add(DeadLetterRow(id=dl_id, saga_id=after.saga_id, step=dl.step, kind=dl.kind, task_name=dl.task,
-                            queue=m.queue, args=m.args, kwargs=m.kwargs, headers=m.headers,
-                            attempts=dl.attempts, exception=f"{dl.error.type}: {dl.error.message}",
-                            traceback=dl.error.traceback, status="OPEN", created_at=now))
-        return dl_id
+        # (the engine's own "DeadLettered" history row is among t.events)
+        return self.add_dead_letter(s, kind=dl.kind, task_name=dl.task, exception=str(dl.error),
+                                    message=message or MessageInfo(dl.task, None, [after.saga_id, dl.step], {}, {}),
+                                    saga_id=after.saga_id, step=dl.step, attempts=dl.attempts,
+                                    traceback=dl.error.traceback, at=now, history=False)
 
     # ------------------------------------------------------------ reads
 
@@ -333,15 +336,16 @@ class SagaStore:
 
     def add_dead_letter(self, s: Session, *, kind: str, task_name: str, exception: str, message: MessageInfo,
                         saga_id: str | None = None, step: str | None = None, attempts: int = 0,
-                        traceback: str = "") -> str:
-        """Insert a dead letter inside the caller's transaction `s`; returns its id."""
-        dl_id = str(uuid.uuid4())
+                        traceback: str = "", at: datetime | None = None, history: bool = True) -> str:
+        """Insert a dead letter inside the caller's transaction `s` (and, with `history`, its
+        "DeadLettered" history row); returns its id."""
+        dl_id, at = str(uuid.uuid4()), at or utcnow()
         s.add(DeadLetterRow(id=dl_id, saga_id=saga_id, step=step, kind=kind, task_name=task_name,
                             queue=message.queue, args=message.args, kwargs=message.kwargs,
                             headers=message.headers, attempts=attempts, exception=exception,
-                            traceback=traceback, status="OPEN", created_at=utcnow()))
-        if saga_id:
-            s.add(EventRow(saga_id=saga_id, at=utcnow(), type="DeadLettered", step=step, attempt=attempts,
+                            traceback=traceback, status="OPEN", created_at=at))
+        if saga_id and history:
+            s.add(EventRow(saga_id=saga_id, at=at, type="DeadLettered", step=step, attempt=attempts,
                            detail={"kind": kind, "error": exception, "dead_letter": dl_id}))
         return dl_id
 

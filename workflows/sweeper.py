@@ -71,7 +71,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
                 step, ErrorInfo("DeadlineExceeded", "no result before the compensation's deadline"), True,
                 saga.steps[index].compensation_retry.countdown(attempt))
             bucket = report.compensations_retried
-        applied = apply_and_publish(rt, saga, saga_id, outcome, by="sweeper", expected_version=version)
+        applied = apply_and_publish(rt, saga, saga_id, outcome, by="sweeper", expected_version=version, state=run)
         if applied.transition is not None:
             bucket.append(f"{saga_id}:{step}")
 
@@ -79,7 +79,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         run = store.load(saga_id)
         applied = apply_and_publish(rt, registry.get(run.saga_type), saga_id,
                                     Cancel("saga deadline passed", who="sweeper"), by="sweeper",
-                                    expected_version=run.version)
+                                    expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
 

@@ -173,11 +173,8 @@ def dead_letter(rt: Runtime, service: str, event: Envelope | None, raw: Any, mes
                                          attempts=attempts, traceback=traceback)
         if saga is not None and saga.saga_type in choreographies:
             history.refresh(s, choreographies.get(saga.saga_type), saga.id, now)
-        publish_dead_letter(rt, {
-            "dead_letter_id": dl_id, "saga_id": saga.id if saga else None, "step": event_type, "kind": "event",
-            "task": message.task_name, "queue": message.queue, "args": message.args, "kwargs": message.kwargs,
-            "headers": message.headers, "attempts": attempts, "exception": exception, "traceback": traceback,
-            "at": now.isoformat()})
+        publish_dead_letter(rt, dl_id, message, saga_id=saga.id if saga else None, step=event_type, kind="event",
+                            exception=exception, attempts=attempts, traceback=traceback)
     return dl_id
 
 
