@@ -123,6 +123,31 @@ def test_resume_and_retry_step_act_on_a_failed_saga(redis_client):  # type: igno
         discard(dl.id, who="bob", reason="already handled")
 
 
+def test_a_resume_decided_on_a_failed_saga_that_another_resume_moved_on_does_nothing(redis_client, monkeypatch):  # type: ignore[no-untyped-def]
+    from tests.support.interfaces import failed_saga
+
+    # Given a FAILED saga, read by two operators at once; the first one's resume lands
+    saga_id = failed_saga(redis_client)
+    store = get_runtime().store
+    seen_failed = store.load(saga_id)
+    redis_client.delete(f"switch:{saga_id}:a")
+    resume(saga_id, reason="fixed", who="alice")
+
+    # When the second resume goes ahead on what it read (the saga was FAILED then)
+    reads = iter([seen_failed])
+    real_load = store.load
+    monkeypatch.setattr(store, "load", lambda saga_id: next(reads, None) or real_load(saga_id))
+    with pytest.raises(InvalidOperation, match="changed"):
+        resume(saga_id, reason="fixed too", who="bob")
+    monkeypatch.undo()
+
+    # Then it was refused, instead of sending the compensation a second time as a "retry"
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPENSATED"
+    assert "StepRetriedByOperator" not in view.event_types()
+    assert [e.detail["who"] for e in view.events if e.type == "CompensationResumed"] == ["alice"]
+
+
 def test_discarding_a_dead_letter_needs_a_reason_and_is_recorded(redis_client):  # type: ignore[no-untyped-def]
     view = wait_for(start_saga("tests.three", {"behaviour": {"c": {"fail_times": 99}}}), timeout=30)
     [dl] = view.dead_letters
