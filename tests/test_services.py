@@ -53,3 +53,40 @@ def test_effects_happen_once_and_are_undone_once(order_factory):  # type: ignore
     assert release_reservation(ctx(saga_id, "reserve_inventory", "compensation"), order) == {"outcome": "released"}
     assert release_reservation(ctx(saga_id, "reserve_inventory", "compensation"), order) == {"outcome": "nothing"}
     assert available(sku) == 10
+
+
+@pytest.mark.parametrize("action, step", [
+    (reserve_items, "reserve_inventory"), (charge_payment, "process_payment"), (create_shipment, "create_shipment"),
+])
+def test_two_copies_of_one_step_at_once_take_effect_once_and_both_succeed(order_factory, action, step):  # type: ignore[no-untyped-def]
+    import threading
+
+    from tasks.inventory import restock
+
+    # Given one message delivered twice, both copies running at the same moment, and exactly
+    # enough stock for one reservation
+    order = order_factory()
+    sku, quantity = order["items"][0]["sku"], order["items"][0]["quantity"]
+    restock({sku: quantity})
+    saga_id = f"svc-{uuid.uuid4().hex[:10]}"
+    barrier = threading.Barrier(2)
+    results: list[object] = [None, None]
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = action(ctx(saga_id, step), order)
+        except Exception as e:  # noqa: BLE001 (the assertion below names it)
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then neither copy fails (a failure would be recorded as the step's outcome and leave the
+    # effect uncompensated), both return the one effect, and the stock was taken once
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert results[0] == results[1]
+    assert available(sku) == (0 if step == "reserve_inventory" else quantity)
