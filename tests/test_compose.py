@@ -1,4 +1,4 @@
-"""docker-compose.yml runs the whole system: servers, migrations, two worker pools, beat, Flower, API.
+"""docker-compose.yml runs the whole system: servers, migrations, three worker pools, beat, Flower, API.
 
 No Docker daemon is needed: the YAML is read as compose reads it, and `docker-compose config`
 (or `docker compose config`) validates it when either is installed.
@@ -18,7 +18,8 @@ from tasks.common import SERVICES
 from workflows.runtime import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
-APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "beat", "flower", "api"}
+APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api"}
+POOLS = ("worker-orchestrator", "worker-services", "worker-events")
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +58,25 @@ def test_migrate_is_a_one_shot_sagas_migrate(compose):  # type: ignore[no-untype
     assert scripts["sagas"] == "workflows.cli:main"
 
 
-def test_two_worker_pools_consume_every_queue_a_saga_task_is_sent_to(compose):  # type: ignore[no-untyped-def]
-    services = compose["services"]
-    orchestrator = services["worker-orchestrator"]["command"]
-    pool = services["worker-services"]["command"]
+def test_the_worker_pools_consume_every_queue_a_task_is_sent_to(compose, tmp_path):  # type: ignore[no-untyped-def]
+    import json
+    import os
+    import sys
 
-    assert orchestrator[:4] == pool[:4] == ["celery", "-A", "worker", "worker"]
-    assert queues_of(orchestrator) == {ORCHESTRATOR_QUEUE}
-    assert queues_of(pool) == set(SERVICES)
-    assert "-n" in orchestrator and "-n" in pool  # distinct node names, so Flower tells them apart
-    assert orchestrator[orchestrator.index("-n") + 1] != pool[pool.index("-n") + 1]
+    services = compose["services"]
+    commands = [services[name]["command"] for name in POOLS]
+    # the queues of the production app (worker.py, without the tests' extra modules)
+    env = {**os.environ, "SAGA_EXTRA_MODULES": "", "SAGA_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "import json, worker; print(json.dumps(sorted({t.queue for t in "
+                          "worker.app.tasks.values() if getattr(t, 'queue', None)})))"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    sent_to = set(json.loads(out.strip().splitlines()[-1]))
+
+    assert all(c[:4] == ["celery", "-A", "worker", "worker"] for c in commands)
+    assert queues_of(commands[0]) == {ORCHESTRATOR_QUEUE} and queues_of(commands[1]) == set(SERVICES)
+    assert set().union(*map(queues_of, commands)) == sent_to  # the choreography's events.* too
+    names = [c[c.index("-n") + 1] for c in commands]
+    assert len(set(names)) == len(names)  # distinct node names, so Flower tells them apart
 
 
 def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
