@@ -19,7 +19,6 @@ from celery import shared_task
 from sqlalchemy import text
 
 from workflows import PermanentError, Saga, Step, StepContext, get_runtime, register_saga, step_task
-from workflows.db import session_factory
 
 from . import counters
 
@@ -38,9 +37,12 @@ def _done(done_key: str, chain_id: str) -> None:
     counters.redis_client().hset(done_key, chain_id, repr(time.time()))
 
 
-def sessions():  # type: ignore[no-untyped-def]
-    """The store's own engine and pool: the stateful chain pays what the saga store pays."""
-    return session_factory(get_runtime().settings.resolved_database_url())
+def statement_engine():  # type: ignore[no-untyped-def]
+    """The store's own autocommit engine: a chain task's UPDATE is one statement and one round
+    trip, as a saga's transition is (the least a task that commits its state can pay)."""
+    from workflows.db import statement_engine as engine
+
+    return engine(get_runtime().settings.resolved_database_url())
 
 
 # ------------------------------------------------------------------ chains
@@ -56,8 +58,9 @@ def noop(chain_id: str, done: str | None = None) -> None:
 @shared_task(name="bench.stateful", queue=QUEUE, ignore_result=True)
 def stateful(chain_id: str, done: str | None = None) -> None:
     """Commit one row UPDATE: the least any saga that persists its state must pay per step."""
-    with sessions().begin() as s:
-        s.execute(UPDATE_STATE, {"id": chain_id})
+    with statement_engine().connect() as c:
+        c.execute(UPDATE_STATE, {"id": chain_id})
+        c.commit()
     if done:
         _done(done, chain_id)
 

@@ -35,5 +35,6 @@ def test_every_invariant_holds_under_kills_duplicates_and_faults(database, broke
     assert sum(figures["states"].get(s, 0) for s in ("COMPLETED", "COMPENSATED", "FAILED")) == N
     # the run was a real chaos run: workers died, faults fired, and both endings happened
     assert figures["kills"] >= 3
+    assert figures["redelivered_messages"] + figures["messages_handled_again"] > 0  # a kill hit work in flight
     assert figures["step_attempts_failed"] > 0
     assert figures["states"].get("COMPLETED", 0) > 0 and figures["states"].get("COMPENSATED", 0) > 0
