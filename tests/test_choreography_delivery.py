@@ -205,6 +205,33 @@ def test_exhausted_handler_is_dead_lettered_then_redriven_once(cluster):  # type
 # ------------------------------------------------------------------ stuck
 
 
+def test_a_delivery_waiting_for_its_retry_is_not_taken_for_a_lost_one(cluster):  # type: ignore[no-untyped-def]
+    from workflows.choreography.consumer import _note
+    from workflows.choreography.envelope import parse_envelope
+
+    cluster.workers["shipping"].stop()
+    try:
+        saga_id = sequential.start("OrderCreated", order())
+        wait_until(lambda: "CreateShipment" in published(saga_id), what="CreateShipment published")
+        # Given shipping's handler failed and its retry waits three times the saga's deadline
+        wait, now = 3 * sequential.deadline, datetime.now(timezone.utc)
+        event = parse_envelope(envelope_of(saga_id, "CreateShipment"))
+        _note(get_runtime(), event, "EventAttemptFailed", 1, waiting=(sequential, wait), consumer="shipping",
+              error="TransientServiceError: carrier busy", retry_in=wait)
+
+        # Then until the retry is due (and a deadline more) the saga is not stuck, and the sweeper
+        # sends no second copy of the delivery
+        soon = now + timedelta(seconds=sequential.deadline + 1)
+        assert saga_id not in stuck_sagas(now=soon)
+        assert saga_id not in sweep_choreographies(get_runtime(), soon)
+        assert count(saga_id, "DeliveryResent", "CreateShipment") == 0
+        assert saga_id in stuck_sagas(now=now + timedelta(seconds=wait + sequential.deadline + 1))
+    finally:
+        cluster.restart("shipping")
+    assert settle(saga_id).state == "COMPLETED"
+
+
+
 def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost_delivery_sent_again(cluster):  # type: ignore[no-untyped-def]
     assert sweep_choreographies in extra_detectors
     cluster.workers["shipping"].stop()

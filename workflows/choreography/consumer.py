@@ -18,11 +18,11 @@ import logging
 import os
 import signal
 import traceback as tb
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Task
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import UnknownSaga
@@ -75,7 +75,8 @@ def consume(task: Task, service: str, args: tuple[Any, ...], kwargs: dict[str, A
         error = f"{type(exc).__name__}: {exc}"
         if retryable and attempt < sub.retry.max_attempts:
             countdown = sub.retry.countdown(attempt)
-            _note(rt, event, "EventAttemptFailed", attempt, consumer=service, error=error, retry_in=round(countdown, 3))
+            _note(rt, event, "EventAttemptFailed", attempt, consumer=service, error=error, retry_in=round(countdown, 3),
+                  waiting=(ch, countdown))
             raise task.retry(args=list(args), kwargs={**kwargs, "attempt": attempt + 1}, countdown=countdown,
                              exc=exc) from None
         _note(rt, event, "EventAttemptFailed", attempt, consumer=service, error=error, retry_in=None)
@@ -149,10 +150,20 @@ def _duplicate(rt: Runtime, service: str, event: Envelope) -> dict[str, Any]:
     return {"duplicate": True, "relayed": sent}
 
 
-def _note(rt: Runtime, event: Envelope, type_: str, attempt: int | None, **detail: Any) -> None:
+def _note(rt: Runtime, event: Envelope, type_: str, attempt: int | None,
+          waiting: tuple[Choreography, float] | None = None, **detail: Any) -> None:
+    """One history row. `waiting`: a retry is scheduled in that many seconds, so the saga's
+    deadline moves past it (the sweeper must not take a delivery waiting for its retry for a
+    lost one and send a second copy, which would run its own retries)."""
+    now = datetime.now(timezone.utc)
     with rt.store.sessions.begin() as s:
-        history.add(s, event.saga_id, type_, datetime.now(timezone.utc), step=event.event_type, attempt=attempt,
+        history.add(s, event.saga_id, type_, now, step=event.event_type, attempt=attempt,
                     event_id=event.event_id, **detail)
+        if waiting is not None:
+            ch, countdown = waiting
+            due = now + timedelta(seconds=countdown + ch.deadline)
+            s.execute(update(SagaRow).where(SagaRow.id == event.saga_id, SagaRow.deadline_at < due)
+                      .values(deadline_at=due).execution_options(synchronize_session=False))
 
 
 def dead_letter(rt: Runtime, service: str, event: Envelope | None, raw: Any, message: MessageInfo, exception: str,
