@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
-from tests.support.interfaces import wait_until
+from tests.support.interfaces import new_id, wait_until
 from tests.support.sagas import FAST, FAST_COMP
 from workflows import InvalidOperation, get_runtime, get_saga, start_saga, wait_for
 from workflows.dead_letters import discard, list_dead_letters, redrive
@@ -22,10 +21,6 @@ def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped
     return [e.decode() for e in redis_client.lrange(f"effects:{saga_id}", 0, -1)]
 
 
-def new_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
 def test_transient_failures_are_retried_with_backoff_then_succeed(redis_client):  # type: ignore[no-untyped-def]
     view = wait_for(start_saga("tests.three", {"behaviour": {"a": {"fail_times": 2}}}), timeout=30)
 
@@ -36,7 +31,7 @@ def test_transient_failures_are_retried_with_backoff_then_succeed(redis_client):
     for e in failed:  # full jitter: within [0, the capped interval for that attempt]
         assert 0.0 <= e.detail["retry_in"] <= FAST.interval(e.attempt) + 1e-3
         assert "flaked on attempt" in e.detail["error"]
-    assert effects(redis_client, view.id)[:3] == ["action:a:1", "action:a:2", "action:a:3"]
+    assert effects(redis_client, view.id) == ["action:a:1", "action:a:2", "action:a:3", "action:b:1", "action:c:1"]
 
 
 def test_permanent_error_compensates_after_one_attempt(redis_client):  # type: ignore[no-untyped-def]
@@ -287,16 +282,25 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     assert sent == ["tests.compensate"]
 
 
-def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_completes(redis_client):  # type: ignore[no-untyped-def]
+def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_completes(redis_client, monkeypatch):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from tests.support.sagas import three_steps
+    import kombu.exceptions
+
+    from workflows import client
 
     rt = get_runtime()
-    # Given a run recorded by start_saga whose process died before publishing its first step
-    created = rt.store.create_run(three_steps, {}, timing=rt.timing)
-    assert created.state is not None and created.command is not None
-    saga_id, deadline = created.saga_id, created.state.step("a").deadline_at
+    # Given a saga recorded by start_saga while the broker was down for its first message: the
+    # saga is accepted (its id returned, not an error a caller would retry into a second order)
+    def broker_down(*_: object) -> None:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(client, "publish_command", broker_down)
+    saga_id = start_saga("tests.three", {})
+    monkeypatch.undo()
+    first = rt.store.load(saga_id)
+    assert first.step("a").status.value == "RUNNING" and first.caused_by == "start"
+    deadline, first_task_id = first.step("a").deadline_at, first.step("a").task_id
     assert deadline is not None
     assert sweep(rt, now=deadline - timedelta(seconds=1)).redispatched == []  # not before step a's deadline
 
@@ -311,5 +315,5 @@ def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_
     redispatched = [e for e in view.events if e.type == "StepRedispatched"]
     assert [(e.step, e.detail["by"]) for e in redispatched] == [("a", "sweeper")]
     dispatched = [e.detail["task_id"] for e in view.events if e.type == "StepDispatched" and e.step == "a"]
-    assert len(dispatched) == 2 and dispatched[0] == created.command.task_id and dispatched[1] != dispatched[0]
+    assert len(dispatched) == 2 and dispatched[0] == first_task_id and dispatched[1] != dispatched[0]
     assert view.step("a").attempts == 1

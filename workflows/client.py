@@ -1,14 +1,19 @@
 """Starting and reading sagas: what a web app or script calls."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
+
+import kombu.exceptions
 
 from .definition import Saga, registry
 from .errors import SagaError
 from .orchestrator import publish_command
 from .runtime import get_runtime
 from .views import SagaView
+
+log = logging.getLogger("workflows.client")
 
 
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
@@ -17,9 +22,11 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
 
     Returns the saga id. The same idempotency key with the same input returns the same id
     (and publishes nothing new); with a different input it raises `IdempotencyConflict`.
-    Bad input raises `InvalidInput` and writes nothing. If the broker is down after the run
-    was recorded, the error propagates and the sweeper sends the first step again once its
-    deadline passed (step timeout + `SAGA_DISPATCH_GRACE`).
+    Bad input raises `InvalidInput` and writes nothing. Once the run is recorded the saga is
+    accepted: if the broker is down for its first message, the error is logged, the id returned,
+    and the sweeper sends the first step once its deadline passed (step timeout +
+    `SAGA_DISPATCH_GRACE`). Raising instead would make a caller without an idempotency key
+    start the same order twice.
     """
     rt = get_runtime()
     definition = registry.get(saga if isinstance(saga, str) else saga.name)
@@ -32,7 +39,11 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
                               timing=rt.timing)
     if run.created:
         assert run.state is not None and run.command is not None
-        publish_command(rt, run.state, run.command)
+        try:
+            publish_command(rt, run.state, run.command)
+        except kombu.exceptions.OperationalError as e:
+            log.warning("saga recorded, its first step not sent (%s): the sweeper sends it after its deadline", e,
+                        extra={"saga_id": run.saga_id, "step": run.command.step})
     return run.saga_id
 
 
