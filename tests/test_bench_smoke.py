@@ -48,7 +48,8 @@ def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
     assert configs["saga"]["messages_per_saga"] == 4
     assert configs["saga_failure"]["messages_per_saga"] == 5
     assert configs["baseline"]["statements_per_saga"] == 0
-    assert configs["baseline_state"]["statements_per_saga"] >= 5  # INSERT + 4 UPDATEs
+    assert configs["baseline_state"]["statements_per_saga"] == 5  # INSERT + 4 UPDATEs
+    assert configs["baseline_state"]["db_round_trips_per_saga"] == 5  # each one statement in autocommit
     # the saga: its creation (BEGIN, 3 INSERTs, COMMIT), then per step one read and one write, each
     # one statement in autocommit (the transition is one statement on PostgreSQL)
     assert configs["saga"]["statements_per_saga"] == 11

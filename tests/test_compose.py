@@ -65,8 +65,9 @@ def test_the_worker_pools_consume_every_queue_a_task_is_sent_to(compose, tmp_pat
 
     services = compose["services"]
     commands = [services[name]["command"] for name in POOLS]
-    # the queues of the production app (worker.py, without the tests' extra modules)
-    env = {**os.environ, "SAGA_EXTRA_MODULES": "", "SAGA_DATA_DIR": str(tmp_path)}
+    # the queues of the production app: worker.py with compose's settings (none of the tests'
+    # SAGA_* variables: their extra modules, their event namespace)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}, "SAGA_DATA_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", "import json, worker; print(json.dumps(sorted({t.queue for t in "
                           "worker.app.tasks.values() if getattr(t, 'queue', None)})))"],
                          cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout

@@ -21,6 +21,7 @@ from tasks.inventory import available
 from tasks.models import Notification, Payment, Reservation, Shipment
 from tests.support import crash_sagas
 from tests.support.crash_sagas import applied, calls, deliveries
+from tests.support.interfaces import wait_until
 from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
 from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
 from workflows.models import EventRow, SagaRow
@@ -142,7 +143,7 @@ def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_time
     doomed = workers("crash-worker", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b:worker")
     saga_id, run, cmd = begin("crash.chain", {})
     publish_command(get_runtime(), run, cmd)
-    _wait_until(lambda: doomed.proc.poll() is not None, 30, "the worker did not die at its crash point")
+    wait_until(lambda: doomed.proc.poll() is not None, 30, "the worker did not die at its crash point")
 
     # When another worker comes up (the unacked message is restored after the visibility timeout)
     workers("survivor", concurrency=1)
@@ -160,7 +161,7 @@ def test_a_worker_killed_in_the_middle_of_a_step_is_redelivered_and_the_effect_h
     victim = workers("victim", concurrency=1)
     saga_id, run, cmd = begin("crash.chain", {"sleep": {"b": 4}})
     publish_command(get_runtime(), run, cmd)
-    _wait_until(lambda: "action:b:1" in calls(saga_id), 30, "step b never started")
+    wait_until(lambda: "action:b:1" in calls(saga_id), 30, "step b never started")
 
     # When the worker is SIGKILLed mid-step and another one takes over
     victim.kill()
@@ -188,15 +189,7 @@ def _drain(w: WorkerProcess) -> None:
         active, reserved = inspect.active() or {}, inspect.reserved() or {}
         return node in active and not active[node] and not reserved.get(node)
 
-    _wait_until(idle, 30, "the crash queue did not drain")
-
-
-def _wait_until(check, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.1)
+    wait_until(idle, 30, "the crash queue did not drain")
 
 
 # ---------------------------------------------------------------- idempotent effects
@@ -358,8 +351,8 @@ def test_the_original_first_message_arriving_after_a_redispatch_is_stale(workers
     # too, was recognised as stale (its version is older than the redispatch's)
     assert view.state == "COMPLETED"
     assert [applied(saga_id, step) for step in "abc"] == [1, 1, 1]
-    _wait_until(lambda: deliveries(saga_id).count("action:a") == 2, 30, "the original message never arrived")
-    _wait_until(lambda: history(rt.store.get(saga_id), "StaleMessageIgnored", "a"), 10, "no stale message noted")
+    wait_until(lambda: deliveries(saga_id).count("action:a") == 2, 30, "the original message never arrived")
+    wait_until(lambda: history(rt.store.get(saga_id), "StaleMessageIgnored", "a"), 10, "no stale message noted")
     view = rt.store.get(saga_id)
     assert view.step("a").attempts == 1 and len(history(view, "StepSucceeded", "a")) == 1
 

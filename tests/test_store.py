@@ -12,6 +12,7 @@ from workflows import IdempotencyConflict, InvalidInput, Saga, SagaNotFound, Ste
 from workflows.db import migrate
 from workflows.engine import ActionSucceeded, Started
 from workflows.models import EventRow, SagaRow, StepRow
+from tests.support.interfaces import saga_count
 from workflows.store import SagaStore
 
 SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a"),
@@ -241,16 +242,11 @@ def test_unknown_saga_id_is_not_found(store: SagaStore) -> None:
 # ----------------------------------------------------------- refused at the door (client)
 
 
-def saga_count(store: SagaStore) -> int:
-    with store.sessions() as s:
-        return s.scalar(select(func.count()).select_from(SagaRow)) or 0
-
-
 def test_invalid_input_unknown_saga_and_conflicts_write_nothing(app, order_factory) -> None:  # type: ignore[no-untyped-def]
     from workflows import get_runtime, start_saga
 
     store = get_runtime().store
-    before = saga_count(store)
+    before = saga_count()
     bad = order_factory()
     bad["items"][0]["quantity"] = 0
     del bad["payment"]
@@ -261,4 +257,4 @@ def test_invalid_input_unknown_saga_and_conflicts_write_nothing(app, order_facto
         start_saga("no_such_saga", {})
     with pytest.raises(InvalidInput, match="JSON object"):
         start_saga("tests.three", ["not", "an", "object"])
-    assert saga_count(store) == before
+    assert saga_count() == before

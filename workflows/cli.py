@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .engine import RunStatus
 from .errors import SagaError
 
 STATE_STYLE = {"RUNNING": "cyan", "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
                "FAILED": "bold red", "SUCCEEDED": "green", "PENDING": "dim", "TIMED_OUT": "red",
                "COMPENSATION_FAILED": "bold red", "OPEN": "bold red", "REDRIVEN": "green", "DISCARDED": "dim"}
-RUN_STATES = ("RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "FAILED")
+RUN_STATES = tuple(s.value for s in RunStatus)
 
 
 class SagaGroup(click.Group):

@@ -30,6 +30,7 @@ os.environ["SAGA_EVENT_NAMESPACE"] = NAMESPACE  # before any worker is started o
 from sqlalchemy import select  # noqa: E402
 
 from conftest import WorkerProcess, worker_env  # noqa: E402
+from tests.support.interfaces import wait_until  # noqa: E402,F401 (the choreography tests import it from here)
 
 POOLS = {  # worker name -> services whose queues it consumes (and its pool size)
     "orders": (["orders"], 1),
@@ -155,14 +156,6 @@ def settle(saga_id: str, timeout: float = 30.0, states: tuple[str, ...] = ("COMP
             return view
         if time.monotonic() > deadline:
             raise TimeoutError(f"saga {saga_id} is {view.state} after {timeout}s: {history(saga_id)}")
-        time.sleep(0.05)
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached after {timeout}s")
         time.sleep(0.05)
 
 

@@ -1,4 +1,4 @@
-"""Helpers the interface tests (HTTP API, CLI) share: fresh ids, counting runs, polling, a FAILED saga."""
+"""Helpers the tests share: fresh ids, counting runs, polling, a FAILED saga."""
 from __future__ import annotations
 
 import time
@@ -24,14 +24,15 @@ def saga_count() -> int:
         return int(s.scalar(select(func.count()).select_from(SagaRow)) or 0)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0) -> T:
+def wait_until(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy, and return that; TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise TimeoutError("condition not met")
+    raise TimeoutError(f"{what} not reached after {timeout}s")
 
 
 def failed_saga(redis_client: Any) -> str:
