@@ -175,12 +175,12 @@ def _written(store: SagaStore, saga_id: str) -> tuple[object, ...]:
     steps = [(s.name, s.status, s.attempts, s.compensation_attempts, s.result, s.error,
               s.started_at is not None, s.finished_at is not None, s.compensated_at is not None,
               s.deadline_at is not None, s.task_id is not None) for s in view.steps]
-    events = [(e.type, e.step, e.attempt, {k: v for k, v in e.detail.items() if k not in ("task_id", "deadline_at", "eta")})
+    events = [(e.type, e.step, e.attempt, {k: v for k, v in e.detail.items() if k not in ("task_id", "deadline_at", "eta", "idempotency_key")})
               for e in view.events]
-    return view.state, view.version, view.failure_reason, steps, events
+    return view.state, view.version, view.failure_reason, view.idempotency_key is not None, steps, events
 
 
-def test_the_one_statement_transition_writes_what_the_transactional_one_writes(database) -> None:  # type: ignore[no-untyped-def]
+def test_the_one_statement_creation_and_transition_write_what_the_transactional_ones_write(database) -> None:  # type: ignore[no-untyped-def]
     from workflows.engine import ActionFailed, CompensationSucceeded, ErrorInfo
 
     # Given the same outcomes (success, retry, failure, compensation) reported to two runs, one
@@ -192,7 +192,7 @@ def test_the_one_statement_transition_writes_what_the_transactional_one_writes(d
 
     from workflows.db import get_engine, statement_engine
 
-    written, statements = [], []
+    written, statements, created = [], [], []
     sent: list[str] = []
     listener = lambda conn, cursor, statement, *a: sent.append(statement)  # noqa: E731
     engines = {get_engine(database), statement_engine(database)}
@@ -202,8 +202,10 @@ def test_the_one_statement_transition_writes_what_the_transactional_one_writes(d
         for single in (True, False):
             store = SagaStore(database)
             store.single_statement = single
-            run = store.create_run(COMPENSATED_LATE, {"n": 1})
+            sent.clear()
+            run = store.create_run(COMPENSATED_LATE, {"n": 1}, idempotency_key=f"same-rows-{uuid.uuid4()}")
             assert run.state is not None
+            created.append(len(sent))
             version = run.state.version
             sent.clear()
             for o in outcomes:
@@ -216,9 +218,11 @@ def test_the_one_statement_transition_writes_what_the_transactional_one_writes(d
         for engine in engines:
             event.remove(engine, "before_cursor_execute", listener)
 
-    # Then both runs hold the same rows; the first took one read and one write per transition
-    assert written[0][0] == "COMPENSATED" and len(written[0][4]) > 10
+    # Then both runs hold the same rows; the first was created by one statement and took one
+    # read and one write per transition
+    assert written[0][0] == "COMPENSATED" and written[0][3] and len(written[0][5]) > 10
     assert written[0] == written[1]
+    assert created[0] == 1 and created[1] >= 3
     assert statements[0] == 2 * len(outcomes) and statements[1] > 4 * len(outcomes)
 
 
