@@ -117,7 +117,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=2000, help="sagas to run")
     p.add_argument("--rate", type=float, default=8.0, help="sagas started per second (keep it under the throughput)")
     p.add_argument("--database", default=os.environ.get(
-        "SAGA_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test_chaos"))
+        "SAGA_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test_chaos"))
     p.add_argument("--broker", default=None, help="Redis URL; default: a private redis-server, restarted once")
     p.add_argument("--kill-every", type=float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
                    help="seconds between two kills (uniform)")

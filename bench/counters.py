@@ -4,8 +4,8 @@ Every process that imports this module (the bench's workers, through SAGA_EXTRA_
 the bench driver) counts in memory:
 - `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`);
 - `checkouts`: pool checkouts (no round trip: the engines do not pre-ping; see workflows/db.py);
-- `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip with psycopg2
-  (it sends BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK),
+- `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip (psycopg 3 and psycopg2
+  send BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK),
   none on a connection in autocommit mode (`workflows.db.statement_engine`);
 - `messages`: task messages published (`before_task_publish`: sends, chain steps, retries).
 A worker process adds its counts to the Redis hash `bench:<run id>:counters` after every task, in one
@@ -46,7 +46,7 @@ def _on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
 
 
 def _sends(conn: Any) -> bool:
-    """Whether BEGIN/COMMIT/ROLLBACK on `conn` reach the server: psycopg2 in autocommit mode sends none."""
+    """Whether BEGIN/COMMIT/ROLLBACK on `conn` reach the server: a driver in autocommit mode sends none."""
     return not getattr(getattr(conn.connection, "dbapi_connection", None), "autocommit", False)
 
 
@@ -106,7 +106,7 @@ def _after_task(**_: Any) -> None:
 
 @event.listens_for(Engine, "begin")
 def _on_begin(conn: Any) -> None:
-    # psycopg2 sends BEGIN as its own round trip before a transaction's first statement
+    # the driver sends BEGIN as its own round trip before a transaction's first statement
     # (not in autocommit mode).
     if _sends(conn):
         _bump("begins")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DB = "postgresql+psycopg2://postgres@127.0.0.1:5432/test_bench"
+DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
 ORDER = ["baseline", "baseline_state", "saga", "saga_failure"]
 LABELS = {"baseline": "1 chain, no DB", "baseline_state": "2 chain + 1 UPDATE/task",

@@ -40,7 +40,7 @@ def test_every_saga_service_runs_the_image_built_here_against_the_same_servers(c
         service = compose["services"][name]
         env = service["environment"]
         assert service["build"] == "." and service["image"] == "celery-sagas:latest", name
-        assert env["SAGA_DATABASE_URL"].startswith("postgresql+psycopg2://sagas:sagas@postgres:5432/"), name
+        assert env["SAGA_DATABASE_URL"].startswith("postgresql+psycopg://sagas:sagas@postgres:5432/"), name
         assert env["SAGA_BROKER_URL"].startswith("redis://redis:6379/"), name
         assert "SAGA_API_TOKEN" in env and "SAGA_TEST_MODE" in env, name
         assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
@@ -144,4 +144,4 @@ def test_docker_compose_config_accepts_the_file(compose):  # type: ignore[no-unt
     resolved = yaml.safe_load(done.stdout)
     assert set(resolved["services"]) == set(compose["services"])
     assert resolved["services"]["worker-services"]["command"] == compose["services"]["worker-services"]["command"]
-    assert resolved["services"]["flower"]["environment"]["SAGA_DATABASE_URL"].startswith("postgresql+psycopg2://")
+    assert resolved["services"]["flower"]["environment"]["SAGA_DATABASE_URL"].startswith("postgresql+psycopg://")

@@ -1,4 +1,4 @@
-"""One store suite, run against each real backend: SQLite and PostgreSQL."""
+"""One store suite, run against each real backend: SQLite and PostgreSQL (psycopg 3 and psycopg2)."""
 from __future__ import annotations
 
 import threading
@@ -19,13 +19,18 @@ SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a
                                   Step("b", action="x.b", compensation=None)])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "psycopg2"])
 def store(request, tmp_path: Path) -> SagaStore:  # type: ignore[no-untyped-def]
+    """SQLite, and PostgreSQL through psycopg 3 (the recommended driver) and psycopg2 (also supported)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
         migrate(url)
     else:
+        from sqlalchemy.engine import make_url
+
         url = request.getfixturevalue("database")
+        if request.param == "psycopg2":
+            url = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     return SagaStore(url)
 
 
