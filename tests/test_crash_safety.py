@@ -22,6 +22,7 @@ from tasks.models import Notification, Payment, Reservation, Shipment
 from tests.support import crash_sagas
 from tests.support.crash_sagas import applied, calls, deliveries
 from tests.support.interfaces import wait_until
+from tests.support.sagas import r
 from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
 from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
 from workflows.models import EventRow, SagaRow
@@ -136,6 +137,28 @@ def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(wo
     assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
     assert [e.detail["by"] for e in history(view, "FollowUpRepublished", "b")] == [view.step("b").task_id]
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_pool_process_dying_after_a_compensation_commit_is_recovered_by_the_redelivery(workers):  # type: ignore[no-untyped-def]
+    # Given a worker whose pool process dies right after each commit reporting on step b (its
+    # action, then its compensation), before publishing what follows
+    workers("crash-undo", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b")
+    # and a run whose step c fails for good, so b and then a are compensated
+    saga_id, run, cmd = begin("crash.chain", {"fail": ["c"]})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then each redelivery found its own commit, did not run b's action or compensation again, and
+    # published what followed: c after b's action, a's compensation after b's
+    assert view.state == "COMPENSATED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1", "compensation:b:1", "compensation:a:1"]
+    republished = history(view, "FollowUpRepublished", "b")
+    assert len(republished) == 2 and republished[0].detail["task"] == "crash.action"
+    assert republished[1].detail["task"] == "crash.compensate"
+    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 0]
+    assert [int(r().get(f"applied:{saga_id}:{s}:undo") or 0) for s in "ab"] == [1, 1]
+    assert step_counts(view, "StepCompensated") == {"a": 1, "b": 1, "c": 0}
 
 
 def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_timeout(workers):  # type: ignore[no-untyped-def]

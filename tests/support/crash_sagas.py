@@ -7,7 +7,8 @@ Every call of a step appends "<kind>:<step>:<attempt>" to the Redis list calls:<
 not an effect: a redelivered message may call a step again). The *effect* of a step is idempotent
 on its idempotency key, like a real service's unique constraint: `SET effect:<key> NX`, and only
 the call that wins increments applied:<saga id>:<step>. Input {"sleep": {"b": 3}} makes step b
-sleep after recording its call (a worker can be killed in the middle of it). Every message a
+sleep after recording its call (a worker can be killed in the middle of it); {"fail": ["c"]}
+makes step c's action fail for good (the steps before it are compensated). Every message a
 worker starts handling, stale or not, is appended as "<kind>:<step>" to deliveries:<saga id>.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from celery.signals import task_prerun
 
-from workflows import RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
 
 from .sagas import r
 
@@ -47,6 +48,8 @@ def act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
     delay = data.get("sleep", {}).get(ctx.step) if ctx.kind == "action" else None
     if delay:
         time.sleep(delay)
+    if ctx.kind == "action" and ctx.step in data.get("fail", []):
+        raise PermanentError(f"{ctx.step} fails on purpose")
     _effect(ctx)
     return {"step": ctx.step}
 
