@@ -61,13 +61,9 @@ class WorkerProcess:
         raise RuntimeError(f"worker {self.name} not ready: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        from tests.support.interfaces import stop_process_group
+
+        stop_process_group(self.proc)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

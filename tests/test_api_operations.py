@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.interfaces import failed_saga, wait_until
+from tests.support.interfaces import failed_saga, stop_process_group, wait_until
 from workflows import get_runtime, get_saga, start_saga, wait_for
 from workflows.api import create_app
 from workflows.settings import get_settings
@@ -207,9 +206,7 @@ def uvicorn_api() -> Iterator[str]:
         wait_until(up, timeout=30)
         yield base
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
+        stop_process_group(proc)
 
 
 def test_readme_curl_calls_work_as_written_against_uvicorn(uvicorn_api):  # type: ignore[no-untyped-def]

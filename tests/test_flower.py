@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.interfaces import stop_process_group
 from workflows import start_saga, wait_for
 
 pytestmark = pytest.mark.usefixtures("running_worker")
@@ -77,13 +77,7 @@ def running_flower(*, unauthenticated_api: bool, basic_auth: str | None = None) 
         yield client
     finally:
         client.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_process_group(proc)
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""Helpers the tests share: fresh ids, counting runs, polling, a FAILED saga."""
+"""Helpers the tests share: fresh ids, counting runs, polling, stopping a server, a FAILED saga."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +36,19 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, what: str = "c
             return value
         time.sleep(0.05)
     raise TimeoutError(f"{what} not reached after {timeout}s")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 15.0) -> None:  # type: ignore[type-arg]
+    """Stop a server started with `start_new_session=True` and its children: SIGTERM, then SIGKILL
+    if it has not exited within `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 def failed_saga(redis_client: Any) -> str:
