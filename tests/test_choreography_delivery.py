@@ -85,16 +85,25 @@ def test_copies_delivered_at_once_run_the_effect_once(cluster):  # type: ignore[
 # ------------------------------------------------------------------ crash between commit and publish
 
 
+def unsent_metric() -> float:
+    """The `saga_outbox_unsent` gauge, as a scrape reads it."""
+    families = {m.name: m for m in SagaCollector(lambda: get_runtime().store).collect()}
+    return families["saga_outbox_unsent"].samples[0].value
+
+
 def test_worker_killed_between_commit_and_publish_loses_no_event(cluster):  # type: ignore[no-untyped-def]
     doomed = cluster.restart("payment", **{FAULT_VARIABLE: "payment:ProcessPayment:worker"})
+    unsent_before = unsent_metric()
     try:
         saga_id = sequential.start("OrderCreated", order())
         doomed.proc.wait(30)  # the whole payment worker died right after its commit
 
-        # Then: the charge and its event committed together, and the event was never sent.
+        # Then: the charge and its event committed together, and the event was never sent
+        # (the metric operators watch counts it).
         assert effects(saga_id)["payment"] == ["CHARGED"]
         assert ("PaymentProcessed", "payment", False) in outbox(saga_id)
         assert get_saga(saga_id).state == "RUNNING"
+        assert unsent_metric() == unsent_before + 1
     finally:
         cluster.restart("payment")
 
@@ -102,6 +111,7 @@ def test_worker_killed_between_commit_and_publish_loses_no_event(cluster):  # ty
     # the redelivered message may relay it first, and duplicates are harmless)
     sweep_later()
     view = settle(saga_id)
+    assert unsent_metric() == 0
 
     assert view.state == "COMPLETED"
     assert effects(saga_id) == {"reservation": ["RESERVED"], "payment": ["CHARGED"], "shipment": ["CREATED"],

@@ -16,6 +16,9 @@ few aggregate queries. What each family means:
   finished in the last `window` seconds (started_at → finished_at; query it with
   `histogram_quantile`, not `rate`: old steps leave the window).
 - `saga_dead_letters{status}`: dead letters by status; OPEN ones wait for an operator.
+- `saga_outbox_unsent`: events choreography handlers committed and have not sent yet (gauge). It
+  should stay near 0: a handler sends right after its commit, and the sweeper sends what a
+  crash in between left; a value that grows means the broker is unreachable from the workers.
 - `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet, and
   choreographed sagas that heard no event for longer than their deadline (the sweeper's own
   queries, each capped at 500).
@@ -77,6 +80,7 @@ class SagaCollector(Collector):
         yield self._retries()
         yield self._durations(now)
         yield self._dead_letters()
+        yield self._outbox()
         yield self._stuck(now)
 
     def _runs(self) -> Iterator[Metric]:
@@ -143,6 +147,15 @@ class SagaCollector(Collector):
                                    labels=["status"])
         for status in sorted({"OPEN", "REDRIVEN", "DISCARDED", *rows}):
             family.add_metric([status], int(rows.get(status, 0)))
+        return family
+
+    def _outbox(self) -> Metric:
+        from .choreography.models import OutboxRow
+
+        with self.store.sessions() as s:
+            unsent = s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None)))
+        family = GaugeMetricFamily("saga_outbox_unsent", "Events committed by choreography handlers, not sent yet")
+        family.add_metric([], int(unsent or 0))
         return family
 
     def stuck_ids(self, now: datetime) -> set[str]:

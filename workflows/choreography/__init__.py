@@ -29,7 +29,7 @@ from .envelope import SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, ma
 from .history import derive
 from .install import install_consumers
 from .operations import Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas, sweep_choreographies, trace
-from .outbox import backlog, relay_pending
+from .outbox import relay_pending
 
 redrivers["event"] = redrive_event
 if sweep_choreographies not in extra_detectors:
@@ -39,7 +39,7 @@ if install_consumers not in installers:
 
 __all__ = [
     "DEFAULT_HANDLER_POLICY", "Choreography", "Delivery", "Envelope", "EventContext", "InvalidEvent",
-    "MalformedEvent", "Published", "SCHEMA_VERSION", "Service", "Subscription", "TracedEvent", "backlog",
+    "MalformedEvent", "Published", "SCHEMA_VERSION", "Service", "Subscription", "TracedEvent",
     "choreographies", "current", "derive", "exchange", "format_trace", "install_consumers", "make_envelope",
     "parse_envelope", "publish", "queue_name", "relay_pending", "routing_key", "stuck_sagas", "trace",
     "use_publisher",

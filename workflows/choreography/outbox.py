@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -45,31 +44,23 @@ def write(s: Session, event: Envelope, consumers: Sequence[str], now: datetime, 
     return row
 
 
-def relay(ids: Sequence[int], app: Celery | None = None) -> int:
+def relay(ids: Sequence[int]) -> int:
     """Send the unsent outbox rows among `ids` now. Returns how many were sent."""
     if not ids:
         return 0
-    return _relay(select(OutboxRow).where(OutboxRow.id.in_(list(ids))), app)
+    return _relay(select(OutboxRow).where(OutboxRow.id.in_(list(ids))))
 
 
-def relay_left_by(consumer: str, event_id: str, app: Celery | None = None) -> int:
+def relay_left_by(consumer: str, event_id: str) -> int:
     """Send what `consumer`'s handling of `event_id` wrote but never sent (it died after commit)."""
-    return _relay(select(OutboxRow).where(OutboxRow.causation_id == event_id, OutboxRow.source == consumer), app)
+    return _relay(select(OutboxRow).where(OutboxRow.causation_id == event_id, OutboxRow.source == consumer))
 
 
-def relay_pending(app: Celery | None = None, *, older_than: float = 5.0, limit: int = 500,
+def relay_pending(*, older_than: float = 5.0, limit: int = 500,
                   now: datetime | None = None) -> int:
     """Send rows left unsent for more than `older_than` seconds (the sweeper's part)."""
     cutoff = (now or utcnow()) - timedelta(seconds=older_than)
-    return _relay(select(OutboxRow).where(OutboxRow.created_at <= cutoff).limit(limit), app)
-
-
-def backlog() -> int:
-    """How many outbox rows wait to be sent (a metric: it should stay near zero)."""
-    from sqlalchemy import func
-
-    with _sessions().begin() as s:
-        return int(s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))) or 0)
+    return _relay(select(OutboxRow).where(OutboxRow.created_at <= cutoff).limit(limit))
 
 
 def _sessions():  # type: ignore[no-untyped-def]
@@ -78,9 +69,9 @@ def _sessions():  # type: ignore[no-untyped-def]
     return session_factory(get_runtime().settings.resolved_database_url())
 
 
-def _relay(query, app: Celery | None) -> int:  # type: ignore[no-untyped-def]
+def _relay(query) -> int:  # type: ignore[no-untyped-def]
     """Lock the matching unsent rows (skipping rows another relay holds), send, mark sent."""
-    app = app or bus.publisher()
+    app = bus.publisher()
     sent = 0
     with _sessions().begin() as s:
         rows = s.scalars(query.where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id)
