@@ -154,17 +154,26 @@ class SagaStore:
                     s.execute(insert(_STEPS), steps)
                     s.execute(insert(_EVENTS), events)
         except IntegrityError as e:
-            with self.sessions() as s:
-                existing = None if idempotency_key is None else s.scalars(
-                    select(SagaRow).where(SagaRow.idempotency_key == idempotency_key)).first()
-                if existing is None and s.get(SagaRow, run_id) is not None:
-                    raise SagaIdTaken(f"a saga with id {run_id!r} exists already; choose another id") from e
+            existing = None if idempotency_key is None else self.run_for_key(idempotency_key, saga.name, data)
             if existing is None:
+                with self.sessions() as s:
+                    if s.get(SagaRow, run_id) is not None:
+                        raise SagaIdTaken(f"a saga with id {run_id!r} exists already; choose another id") from e
                 raise
-            if existing.input_hash != digest:
-                raise IdempotencyConflict(idempotency_key, existing.id) from None
-            return Created(existing.id, False, None, None)
+            return Created(existing, False, None, None)
         return Created(run_id, True, run, t.command)
+
+    def run_for_key(self, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
+        """The id of the run `idempotency_key` already names, or None if it names none. Raises
+        `IdempotencyConflict` if the key was used for another saga type or other input."""
+        with self.sessions() as s:
+            row = s.execute(select(SagaRow.id, SagaRow.input_hash)
+                            .where(SagaRow.idempotency_key == idempotency_key)).first()
+        if row is None:
+            return None
+        if row.input_hash != input_hash(saga_type, data):  # the hash covers the saga type
+            raise IdempotencyConflict(idempotency_key, row.id)
+        return str(row.id)
 
     def apply(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
               expected_version: int | None = None, timing: Timing = Timing(),

@@ -26,7 +26,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..engine import RunStatus
-from ..errors import IdempotencyConflict
 from ..models import SagaRow
 from ..store import input_hash
 from . import history, outbox
@@ -174,11 +173,9 @@ def _create_saga(s: Session, ch: Choreography, env: Envelope, idempotency_key: s
 
 
 def _already_started(store: Any, ch: Choreography, key: str, payload: dict[str, Any]) -> Published:
+    saga_id = store.run_for_key(key, ch.name, payload)
+    if saga_id is None:
+        raise InvalidEvent(f"could not start a saga with idempotency key {key!r}") from None
     with store.sessions() as s:
-        saga = s.scalars(select(SagaRow).where(SagaRow.idempotency_key == key)).first()
-        if saga is None:
-            raise InvalidEvent(f"could not start a saga with idempotency key {key!r}") from None
-        if saga.input_hash != input_hash(ch.name, payload) or saga.saga_type != ch.name:
-            raise IdempotencyConflict(key, saga.id) from None
-        first = s.scalars(select(OutboxRow).where(OutboxRow.saga_id == saga.id).order_by(OutboxRow.id)).first()
-    return Published(first.event_id if first else "", first.event_type if first else "", saga.id)
+        first = s.scalars(select(OutboxRow).where(OutboxRow.saga_id == saga_id).order_by(OutboxRow.id)).first()
+    return Published(first.event_id if first else "", first.event_type if first else "", saga_id)
