@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 500
 
-.PHONY: install demo test bench migrate worker beat flower api clean
+.PHONY: install demo test bench bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)  ## the whole suite, against the real PostgreSQL, Redis and Rabbi
 
 bench: $(STAMP)  ## throughput and latency against a bare Celery chain (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
+
+bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows
+	$(BIN)/python bench/run.py --rss-check --rss-n 500,5000
 
 migrate: $(STAMP)
 	$(BIN)/sagas migrate
