@@ -154,14 +154,17 @@ class SagaStore:
                     s.execute(insert(_STEPS), steps)
                     s.execute(insert(_EVENTS), events)
         except IntegrityError as e:
-            existing = None if idempotency_key is None else self.run_for_key(idempotency_key, saga.name, data)
-            if existing is None:
-                with self.sessions() as s:
-                    if s.get(SagaRow, run_id) is not None:
-                        raise SagaIdTaken(f"a saga with id {run_id!r} exists already; choose another id") from e
-                raise
+            taken = e
+        else:
+            return Created(run_id, True, run, t.command)
+        # the idempotency key or the id is taken (outside the except: a conflict is not "during" it)
+        existing = None if idempotency_key is None else self.run_for_key(idempotency_key, saga.name, data)
+        if existing is not None:
             return Created(existing, False, None, None)
-        return Created(run_id, True, run, t.command)
+        with self.sessions() as s:
+            if s.get(SagaRow, run_id) is not None:
+                raise SagaIdTaken(f"a saga with id {run_id!r} exists already; choose another id") from taken
+        raise taken
 
     def run_for_key(self, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
         """The id of the run `idempotency_key` already names, or None if it names none. Raises
