@@ -97,22 +97,20 @@ def publish_dead_letter(rt: Runtime, dl_id: str, message: MessageInfo, *, saga_i
 
 def apply_and_publish(rt: Runtime, saga: Saga, saga_id: str, outcome: Outcome, *, by: str,
                       expected_version: int | None = None, message: MessageInfo | None = None,
-                      before_commit: BeforeCommit | None = None, task: Task | None = None,
-                      state: RunState | None = None) -> Applied:
-    """Record `outcome` atomically (`SagaStore.apply`), then publish what it leads to.
+                      before_commit: BeforeCommit | None = None, state: RunState | None = None) -> Applied:
+    """Record `outcome` atomically (`SagaStore.apply`), then publish what it leads to: for the
+    sweeper, operators and redrives (a step's own report goes through `run_step`).
 
     `before_commit` runs inside the transaction (after the dead-letter copy, if any); `state`
-    is the run as the caller just read it (decided on if still current, saving a read).
-    `task`: the Celery task whose message reported `outcome`. Only a message can find its own
-    earlier commit (its task id is `by`) and owe the follow-up; the sweeper and operators share
-    their `by`, so for them a commit made "by" the same name is someone else's."""
+    is the run as the caller just read it (decided on if still current, saving a read). A
+    commit found made "by" the same name is another sweep's or operator's, never this caller's
+    own lost publish (they share their `by`): only a message can owe a follow-up
+    (`found_own_commit`), so nothing is re-published here."""
     applied = rt.store.apply(saga, saga_id, outcome, by=by, expected_version=expected_version,
                              timing=rt.timing, message=message, on_dead_letter=dead_letter_publisher(rt, message),
                              before_commit=before_commit, state=state)
     if applied.transition is not None and applied.transition.command is not None:
         publish_command(rt, applied.transition.after, applied.transition.command)
-    elif applied.own_commit and task is not None:
-        found_own_commit(rt, saga, applied.state, task, getattr(outcome, "step", None))
     return applied
 
 
