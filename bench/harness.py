@@ -2,9 +2,9 @@
 
 The driver keeps `window` sagas (or chains) in flight: it starts one whenever one finishes, so
 throughput is measured at a steady load and latency is service time plus a bounded queue, not
-the size of a backlog. A run is finished when the driver sees it terminal (the last chain link
-wrote to `bench:done`, or the saga's row is COMPLETED/COMPENSATED): the same poll, every few ms,
-times every configuration.
+the size of a backlog. A run is finished when the driver sees it terminal (a bare chain's last
+link wrote to `bench:done`; the chain with state's row counts 4 updates; the saga's row is
+COMPLETED/COMPENSATED): the same poll, every few ms, times every configuration.
 """
 from __future__ import annotations
 
