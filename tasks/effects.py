@@ -13,10 +13,9 @@ a VOIDED row under the action's key: the late action then finds it and never tak
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-
-from collections.abc import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError

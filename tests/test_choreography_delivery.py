@@ -241,7 +241,6 @@ def test_a_delivery_waiting_for_its_retry_is_not_taken_for_a_lost_one(cluster): 
     assert settle(saga_id).state == "COMPLETED"
 
 
-
 def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost_delivery_sent_again(cluster):  # type: ignore[no-untyped-def]
     assert sweep_choreographies in extra_detectors
     cluster.workers["shipping"].stop()

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from tests.support.interfaces import saga_count
 from workflows import IdempotencyConflict, InvalidInput, Saga, SagaNotFound, Step, UnknownSaga
 from workflows.db import migrate
 from workflows.engine import ActionSucceeded, Started
 from workflows.models import EventRow, SagaRow, StepRow
-from tests.support.interfaces import saga_count
 from workflows.store import SagaStore
 
 SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a"),
@@ -252,9 +252,8 @@ def test_unknown_saga_id_is_not_found(store: SagaStore) -> None:
 
 
 def test_invalid_input_unknown_saga_and_conflicts_write_nothing(app, order_factory) -> None:  # type: ignore[no-untyped-def]
-    from workflows import get_runtime, start_saga
+    from workflows import start_saga
 
-    store = get_runtime().store
     before = saga_count()
     bad = order_factory()
     bad["items"][0]["quantity"] = 0
