@@ -2,6 +2,7 @@
 sweeper and operator actions. Test sagas come from tests/support/sagas.py."""
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -9,7 +10,7 @@ import pytest
 
 from tests.support.interfaces import new_id, wait_until
 from tests.support.sagas import FAST, FAST_COMP
-from workflows import InvalidOperation, get_runtime, get_saga, start_saga, wait_for
+from workflows import InvalidOperation, SagaNotFound, get_runtime, get_saga, start_saga, wait_for
 from workflows.dead_letters import discard, list_dead_letters, redrive
 from workflows.operations import cancel, resume, retry_step
 from workflows.sweeper import sweep
@@ -19,6 +20,13 @@ pytestmark = pytest.mark.usefixtures("running_worker")
 
 def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped-def]
     return [e.decode() for e in redis_client.lrange(f"effects:{saga_id}", 0, -1)]
+
+
+def broker_dead_letters(redis_client) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    """The bodies of the messages on the broker's `dead_letter` queue (a Redis list of kombu messages)."""
+    messages = [json.loads(m) for m in redis_client.lrange("dead_letter", 0, -1)]
+    return [json.loads(base64.b64decode(m["body"])) if m.get("properties", {}).get("body_encoding") == "base64"
+            else m["body"] for m in messages]
 
 
 def test_transient_failures_are_retried_with_backoff_then_succeed(redis_client):  # type: ignore[no-untyped-def]
@@ -56,9 +64,7 @@ def test_exhausted_action_lands_in_dead_letter_queue_and_saga_compensates(redis_
     assert "Transient" in dl.exception and "Traceback" in dl.traceback
     assert dl.args == [view.id, "c"]
     assert redis_client.llen("dead_letter") == before + 1
-    bodies = [json.loads(m) for m in redis_client.lrange("dead_letter", 0, -1)]
-    payloads = [json.loads(__import__("base64").b64decode(b["body"])) if b.get("properties", {}).get("body_encoding") == "base64" else b["body"] for b in bodies]
-    assert any(p["dead_letter_id"] == dl.id and p["saga_id"] == view.id for p in payloads)
+    assert any(p["dead_letter_id"] == dl.id and p["saga_id"] == view.id for p in broker_dead_letters(redis_client))
     assert "DeadLettered" in view.event_types("c")
     with pytest.raises(InvalidOperation, match="nothing to redrive"):
         redrive(dl.id)
@@ -225,6 +231,26 @@ def test_a_message_for_a_saga_type_the_worker_does_not_know_is_dead_lettered(app
     assert dl.kind == "action" and dl.task_name == "tests.action" and "UnknownSaga" in dl.exception
     assert dl.kwargs["saga"] == "tests.not_deployed"
     assert redis_client.llen("dead_letter") == before + 1
+
+
+def test_a_message_for_a_saga_the_store_does_not_have_is_dead_lettered(app, redis_client):  # type: ignore[no-untyped-def]
+    # Given a step message for a known saga type but a run this database has never seen (a worker
+    # pointed at another database, or a run deleted while its message waited)
+    saga_id = new_id()
+    before = redis_client.llen("dead_letter")
+
+    app.send_task("tests.action", args=[saga_id, "a"], queue="tests",
+                  kwargs={"saga": "tests.three", "kind": "action", "version": 2, "input": {}, "attempt": 1})
+
+    # Then it is kept as a dead letter, in the table and on the broker, not dropped; no run appears
+    [dl] = wait_until(lambda: list_dead_letters(saga_id=saga_id))
+    assert dl.kind == "action" and dl.step == "a" and dl.exception.startswith("SagaNotFound: ")
+    assert dl.kwargs["saga"] == "tests.three" and dl.args == [saga_id, "a"]
+    assert redis_client.llen("dead_letter") == before + 1
+    [copy] = [m for m in broker_dead_letters(redis_client) if m["dead_letter_id"] == dl.id]
+    assert copy["saga_id"] == saga_id and copy["exception"] == dl.exception
+    with pytest.raises(SagaNotFound):
+        get_saga(saga_id)
 
 
 def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_saga_completes(redis_client):  # type: ignore[no-untyped-def]

@@ -163,12 +163,12 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
     try:
         definition = registry.get(saga)
     except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
-        _dead_letter_unknown(rt, st, saga_id, step, saga, kind, task.request.kwargs, by, str(e))
+        _dead_letter_message(rt, st, saga_id, step, kind, task.request.kwargs, by, f"UnknownSaga: {e}")
         return None
     try:
         run = rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
-    except SagaNotFound:
-        log.error("message for unknown saga dropped", extra={"saga_id": saga_id, "step": step})
+    except SagaNotFound as e:  # a worker on another database, or a run deleted: keep the message too
+        _dead_letter_message(rt, st, saga_id, step, kind, task.request.kwargs, by, f"SagaNotFound: {e}")
         return None
     if run.version != version:
         # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered:
@@ -226,16 +226,17 @@ def run_step(task: Task, st: StepTask, saga_id: str, step: str, *, saga: str, ki
     return None
 
 
-def _dead_letter_unknown(rt: Runtime, st: StepTask, saga_id: str, step: str, saga: str, kind: str,
-                         kwargs: dict[str, Any], by: str, reason: str) -> None:
+def _dead_letter_message(rt: Runtime, st: StepTask, saga_id: str, step: str, kind: str, kwargs: dict[str, Any],
+                         by: str, exception: str) -> None:
+    """Keep a step message no run can take (`exception` says why) as a dead letter, in the table and
+    on the broker's `dead_letter` queue, instead of dropping it."""
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step], kwargs=dict(kwargs or {}),
                           headers={"task_id": by})
     with rt.store.sessions.begin() as s:
         dl_id = rt.store.add_dead_letter(s, kind=kind, task_name=st.name, message=message, saga_id=saga_id,
-                                         step=step, exception=f"UnknownSaga: {reason}")
-        publish_dead_letter(rt, dl_id, message, saga_id=saga_id, step=step, kind=kind,
-                            exception=f"UnknownSaga: {reason}")
-    log.error("message for unknown saga type %s dead-lettered", saga, extra={"saga_id": saga_id, "step": step})
+                                         step=step, exception=exception)
+        publish_dead_letter(rt, dl_id, message, saga_id=saga_id, step=step, kind=kind, exception=exception)
+    log.error("step message dead-lettered: %s", exception, extra={"saga_id": saga_id, "step": step})
 
 
 def _as_result(out: Any, name: str) -> dict[str, Any]:
