@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     # The working directory is the app (celery -A worker, uvicorn); the package, its Alembic
-    # migrations (workflows/migrations) included, is installed by pip below.
+    # migrations (workflows/store/migrations) included, is installed by pip below.
     PYTHONPATH=/app \
     SAGA_DATA_DIR=/tmp/saga-data
 
@@ -19,4 +19,4 @@ RUN pip install . \
 USER sagas
 
 EXPOSE 8000 5555
-CMD ["uvicorn", "workflows.api:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "workflows.interfaces.api:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)  ## run real sagas end to end on the embedded default (no server needed)
-	$(BIN)/python -m workflows.demo
+	$(BIN)/python -m tasks.demo
 
 test: $(STAMP)  ## the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
@@ -40,7 +40,7 @@ flower: $(STAMP)
 	FLOWER_UNAUTHENTICATED_API=true $(BIN)/celery -A worker flower
 
 api: $(STAMP)
-	$(BIN)/uvicorn workflows.api:app --port 8000
+	$(BIN)/uvicorn workflows.interfaces.api:app --port 8000
 
 clean:
 	rm -rf $(VENV) .saga-data .demo-data

@@ -5,14 +5,14 @@ Production: SAGA_BROKER_URL=redis://... or amqp://...
 """
 from kombu import Queue
 
-from workflows.settings import get_settings
+from workflows.runtime.settings import get_settings
 
 _settings = get_settings()
 
 broker_url = _settings.resolved_broker_url()
 if broker_url.startswith("filesystem"):
     _folder = _settings.broker_folder()
-    broker_transport = "workflows.fs_broker:Transport"  # kombu's, writing each message atomically
+    broker_transport = "workflows.runtime.fs_broker:Transport"  # kombu's, writing each message atomically
     broker_transport_options = {
         "data_folder_in": str(_folder / "queue"),
         "data_folder_out": str(_folder / "queue"),

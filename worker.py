@@ -2,9 +2,9 @@
 from celery import Celery
 
 from workflows import install
-from workflows.logs import configure_logging
+from workflows.runtime.logs import configure_logging
 
 app = Celery("sagas")
 app.config_from_object("celeryconfig")
-runtime = install(app, modules=["tasks", "workflows.sagas", "tasks.choreography"])
+runtime = install(app, modules=["tasks", "tasks.sagas", "tasks.choreography"])
 configure_logging()

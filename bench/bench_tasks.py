@@ -41,7 +41,7 @@ def _done(done_key: str, chain_id: str) -> None:
 def statement_engine():  # type: ignore[no-untyped-def]
     """The store's own autocommit engine: a chain task's UPDATE is one statement and one round
     trip, as a saga's transition is (the least a task that commits its state can pay)."""
-    from workflows.db import statement_engine as engine
+    from workflows.store.db import statement_engine as engine
 
     return engine(get_runtime().settings.resolved_database_url())
 

@@ -234,7 +234,7 @@ class Chaos:
     def wait_terminal(self, ids: list[str], deadline: float) -> int:
         from sqlalchemy import func, select
 
-        from workflows.models import SagaRow
+        from workflows.store.models import SagaRow
 
         while True:
             with self.rt.store.sessions() as s:
@@ -255,7 +255,7 @@ class Chaos:
             pool.start()
 
     def sweeper(self) -> None:
-        from workflows.sweeper import sweep
+        from workflows.operations.sweeper import sweep
 
         while not self.stop.wait(self.args.sweep_every):
             try:
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     redis = PrivateRedis() if args.broker is None else None
     env = configure(args, args.broker or redis.url)  # type: ignore[union-attr]
-    from workflows.db import migrate
+    from workflows.store.db import migrate
 
     migrate(args.database)
     try:

@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from workflows.definition import registry
-from workflows.models import DeadLetterRow, EventRow, SagaRow, StepRow
+from workflows.core.definition import registry
+from workflows.store.models import DeadLetterRow, EventRow, SagaRow, StepRow
 
 SERVICE_STEPS = (("reserve_inventory", "reservation", "RESERVED", "RELEASED"),
                  ("process_payment", "payment", "CHARGED", "REFUNDED"),

@@ -103,7 +103,7 @@ def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: i
     from sqlalchemy.engine import make_url
 
     from bench.bench_tasks import CREATE_STATE_TABLE, STATE_TABLE
-    from workflows.db import get_engine, migrate
+    from workflows.store.db import get_engine, migrate
 
     name = make_url(database_url).database
     admin = psycopg2.connect(pg_dsn(str(make_url(database_url).set(database="postgres").render_as_string(False))))

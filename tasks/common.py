@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from workflows import PermanentError, get_runtime
-from workflows.db import session_factory
+from workflows.store.db import session_factory
 
 from .models import Fault
 

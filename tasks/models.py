@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Integer, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from workflows.models import BigId, JSONType, UTCDateTime
+from workflows.store.models import BigId, JSONType, UTCDateTime
 
 
 class ServiceBase(DeclarativeBase):

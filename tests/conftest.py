@@ -73,7 +73,7 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def database() -> str:
-    from workflows.db import downgrade_all, migrate
+    from workflows.store.db import downgrade_all, migrate
 
     downgrade_all(PG_URL)
     migrate(PG_URL)

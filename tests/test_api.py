@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from tests.support.interfaces import new_id, saga_count
 from workflows import get_saga, wait_for
-from workflows.api import create_app
-from workflows.runtime import Runtime
-from workflows.settings import Settings, get_settings
+from workflows.interfaces.api import create_app
+from workflows.runtime.container import Runtime
+from workflows.runtime.settings import Settings, get_settings
 
 pytestmark = pytest.mark.usefixtures("running_worker")
 

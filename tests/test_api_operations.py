@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from tests.support.interfaces import failed_saga, stop_process_group, wait_until
 from workflows import get_runtime, get_saga, start_saga, wait_for
-from workflows.api import create_app
-from workflows.settings import get_settings
+from workflows.interfaces.api import create_app
+from workflows.runtime.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("running_worker")
 
@@ -132,7 +132,7 @@ def value(m: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_are_computed_from_the_database(client, redis_client):  # type: ignore[no-untyped-def]
-    from workflows.sweeper import sweep
+    from workflows.operations.sweeper import sweep
 
     before = scrape(client)
     three = {"saga_type": "tests.three"}
@@ -185,11 +185,11 @@ def readme_try_it_block() -> str:
 
 @pytest.fixture
 def uvicorn_api() -> Iterator[str]:
-    """`uvicorn workflows.api:app` in a subprocess on a free loopback port, token and test mode on."""
+    """`uvicorn workflows.interfaces.api:app` in a subprocess on a free loopback port, token and test mode on."""
     port = free_port()
     log = Path(f"/tmp/saga-test-uvicorn-{os.getpid()}-{port}.log")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_API_TOKEN": TOKEN, "SAGA_TEST_MODE": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "workflows.api:app", "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "workflows.interfaces.api:app", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

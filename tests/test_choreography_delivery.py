@@ -21,12 +21,12 @@ from tasks.common import arm_fault, transaction
 from workflows import get_runtime, get_saga
 from workflows.choreography import bus
 from workflows.choreography.consumer import FAULT_VARIABLE
-from workflows.metrics import SagaCollector
+from workflows.interfaces.metrics import SagaCollector
 from workflows.choreography.operations import OUTBOX_GRACE, stuck_sagas, sweep_choreographies
-from workflows.dead_letters import discard, redrive
-from workflows.errors import InvalidOperation
-from workflows.models import ProcessedEventRow
-from workflows.sweeper import extra_detectors
+from workflows.operations.dead_letters import discard, redrive
+from workflows.core.errors import InvalidOperation
+from workflows.store.models import ProcessedEventRow
+from workflows.operations.sweeper import extra_detectors
 
 pytest_plugins = ["support.choreo_fixtures"]
 

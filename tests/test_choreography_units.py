@@ -18,9 +18,9 @@ from workflows.choreography import (Choreography, InvalidEvent, MalformedEvent, 
                                     parse_envelope, publish)
 from workflows.choreography.history import Letter, Row
 from workflows.choreography.models import OutboxRow
-from workflows.engine import RunStatus
-from workflows.errors import DefinitionError, IdempotencyConflict
-from workflows.models import SagaRow
+from workflows.core.engine import RunStatus
+from workflows.core.errors import DefinitionError, IdempotencyConflict
+from workflows.store.models import SagaRow
 
 
 def wire(**changes):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from tests.support.interfaces import failed_saga, new_id, saga_count, wait_until
 from workflows import get_saga, start_saga, wait_for
-from workflows.cli import main
+from workflows.interfaces.cli import main
 
 pytestmark = pytest.mark.usefixtures("running_worker")
 

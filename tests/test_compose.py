@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.common import SERVICES
-from workflows.runtime import ORCHESTRATOR_QUEUE
+from workflows.runtime.container import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api"}
@@ -90,7 +90,7 @@ def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
     assert flower["environment"]["SAGA_BROKER_URL"] == services["api"]["environment"]["SAGA_BROKER_URL"]
     assert flower["ports"] == ["127.0.0.1:5555:5555"]
     api = services["api"]
-    assert api["command"] == ["uvicorn", "workflows.api:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert api["command"] == ["uvicorn", "workflows.interfaces.api:app", "--host", "0.0.0.0", "--port", "8000"]
     assert api["ports"] == ["127.0.0.1:8000:8000"]
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 

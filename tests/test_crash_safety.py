@@ -23,10 +23,10 @@ from tests.support.crash_sagas import applied, calls, deliveries
 from tests.support.interfaces import wait_until
 from tests.support.sagas import r
 from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
-from workflows.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
-from workflows.models import EventRow, SagaRow
-from workflows.orchestrator import publish_command
-from workflows.store import SagaStore
+from workflows.core.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
+from workflows.store.models import EventRow, SagaRow
+from workflows.orchestration.step_task import publish_command
+from workflows.store.sql import SagaStore
 
 EXTRA_MODULES = "tests.support.sagas,tests.support.crash_sagas"
 ORDER_QUEUES = "saga,inventory,payment,shipping,notification"
@@ -257,7 +257,7 @@ def test_a_repeated_action_replays_its_effect_even_when_the_service_now_fails(ap
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def race_store(request, tmp_path):  # type: ignore[no-untyped-def]
-    from workflows.db import migrate
+    from workflows.store.db import migrate
 
     if request.param == "postgresql":
         request.getfixturevalue("database")
@@ -321,8 +321,8 @@ def _forget(store: SagaStore, ids: list[str]) -> None:
 def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from workflows import orchestrator
-    from workflows.sweeper import sweep
+    from workflows.orchestration import step_task as orchestrator
+    from workflows.operations.sweeper import sweep
 
     rt = get_runtime()
     sent: list[tuple[str, str, str, int, str]] = []
@@ -356,7 +356,7 @@ def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch): 
 def test_the_original_first_message_arriving_after_a_redispatch_is_stale(workers, monkeypatch):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from workflows.sweeper import sweep
+    from workflows.operations.sweeper import sweep
 
     # Given a run whose first message was only slow: the sweeper sent step a again meanwhile
     rt = get_runtime()
@@ -419,7 +419,7 @@ def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # t
 
 
 def test_one_key_with_another_payload_is_refused_and_writes_nothing(app, order_factory):  # type: ignore[no-untyped-def]
-    from workflows.store import input_hash
+    from workflows.store.sql import input_hash
 
     order = order_factory()
     key = f"order-{order['order_id']}"

@@ -5,8 +5,8 @@ import pytest
 from pydantic import BaseModel
 
 from workflows import DefinitionError, InvalidInput, Saga, Step, UnknownSaga
-from workflows.definition import SagaRegistry
-from workflows.steps import step_task
+from workflows.core.definition import SagaRegistry
+from workflows.core.steps import step_task
 
 
 def test_a_step_must_say_explicitly_that_it_has_no_compensation() -> None:

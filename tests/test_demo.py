@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflows.choreography.demo import SCENARIOS as CHOREOGRAPHY_SCENARIOS
+from tasks.choreography.demo import SCENARIOS as CHOREOGRAPHY_SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +15,7 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
     env["SAGA_DATA_DIR"] = str(tmp_path / "data")
 
-    done = subprocess.run([sys.executable, "-m", "workflows.demo"], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tasks.demo"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)
 
     out = done.stdout
@@ -42,7 +42,7 @@ def test_the_same_demo_runs_on_rabbitmq_and_postgresql() -> None:
     env["SAGA_BROKER_URL"] = os.environ["TEST_AMQP_URL"]
     env["SAGA_DATABASE_URL"] = os.environ["TEST_PG_URL"]
 
-    done = subprocess.run([sys.executable, "-m", "workflows.demo"], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tasks.demo"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)
 
     out = done.stdout

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from workflows import RetryPolicy, Saga, Step
-from workflows.engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, CompensationFailed,
+from workflows.core.engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, CompensationFailed,
                               CompensationSucceeded, ErrorInfo, Ignored, Redispatch, Resume, RunState, RunStatus,
                               Started, StepStatus, Timing, command_for, decide, new_run)
 

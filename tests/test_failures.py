@@ -11,9 +11,9 @@ import pytest
 from tests.support.interfaces import new_id, wait_until
 from tests.support.sagas import FAST, FAST_COMP
 from workflows import InvalidOperation, SagaNotFound, get_runtime, get_saga, start_saga, wait_for
-from workflows.dead_letters import discard, list_dead_letters, redrive
-from workflows.operations import cancel, resume, retry_step
-from workflows.sweeper import sweep
+from workflows.operations.dead_letters import discard, list_dead_letters, redrive
+from workflows.operations.actions import cancel, resume, retry_step
+from workflows.operations.sweeper import sweep
 
 pytestmark = pytest.mark.usefixtures("running_worker")
 
@@ -256,7 +256,7 @@ def test_a_message_for_a_saga_the_store_does_not_have_is_dead_lettered(app, redi
 def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_saga_completes(redis_client):  # type: ignore[no-untyped-def]
     from sqlalchemy import text
 
-    from workflows.db import dispose_engines
+    from workflows.store.db import dispose_engines
 
     saga_id = start_saga("tests.three", {"behaviour": {"a": {"sleep": 1.5}}})
     wait_until(lambda: effects(redis_client, saga_id) == ["action:a:1"])
@@ -281,8 +281,8 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     from celery.signals import before_task_publish
 
     from tests.support.sagas import three_steps
-    from workflows.engine import ActionTimedOut
-    from workflows.orchestrator import apply_and_publish
+    from workflows.core.engine import ActionTimedOut
+    from workflows.orchestration.step_task import apply_and_publish
 
     store = get_runtime().store
     created = store.create_run(three_steps, {})  # its first step never published: no worker touches it
@@ -313,7 +313,7 @@ def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_
 
     import kombu.exceptions
 
-    from workflows import client
+    from workflows.operations import client
 
     rt = get_runtime()
     # Given a saga recorded by start_saga while the broker was down for its first message: the

@@ -48,7 +48,7 @@ def test_insane_policies_are_refused_with_a_message_naming_the_field(kwargs, mes
 
 
 def test_defaults_are_sane_and_compensations_are_more_patient() -> None:
-    from workflows.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY
+    from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY
 
     assert DEFAULT_ACTION_POLICY.max_attempts == 3
     assert DEFAULT_COMPENSATION_POLICY.max_attempts > DEFAULT_ACTION_POLICY.max_attempts

@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 
 from tests.support.interfaces import saga_count
 from workflows import IdempotencyConflict, InvalidInput, Saga, SagaNotFound, Step, UnknownSaga
-from workflows.db import migrate
-from workflows.engine import ActionSucceeded, Started
-from workflows.models import EventRow, SagaRow, StepRow
-from workflows.store import SagaStore
+from workflows.store.db import migrate
+from workflows.core.engine import ActionSucceeded, Started
+from workflows.store.models import EventRow, SagaRow, StepRow
+from workflows.store.sql import SagaStore
 
 SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a"),
                                   Step("b", action="x.b", compensation=None)])
@@ -111,7 +111,7 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
 
 
 def test_a_transition_decided_on_an_outdated_snapshot_writes_nothing_and_is_decided_again(store: SagaStore) -> None:
-    from workflows.engine import Cancel
+    from workflows.core.engine import Cancel
 
     # Given two callers that read the run at the same version, and the first one's write landed
     run = store.create_run(SAGA, {})
@@ -137,7 +137,7 @@ def test_a_transition_decided_on_an_outdated_snapshot_writes_nothing_and_is_deci
 
 
 def test_an_operator_cancel_racing_a_step_report_decides_on_what_the_report_wrote(store: SagaStore) -> None:
-    from workflows.engine import Cancel
+    from workflows.core.engine import Cancel
 
     # Given a cancel (no expected version: an operator's) and step a's success racing, many times
     for _ in range(12):
@@ -186,7 +186,7 @@ def _written(store: SagaStore, saga_id: str) -> tuple[object, ...]:
 
 
 def test_the_one_statement_creation_and_transition_write_what_the_transactional_ones_write(database) -> None:  # type: ignore[no-untyped-def]
-    from workflows.engine import ActionFailed, CompensationSucceeded, ErrorInfo
+    from workflows.core.engine import ActionFailed, CompensationSucceeded, ErrorInfo
 
     # Given the same outcomes (success, retry, failure, compensation) reported to two runs, one
     # written by PostgreSQL's one-statement transition and one by the transaction SQLite uses
@@ -195,7 +195,7 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
                 ActionFailed("c", ErrorInfo("Boom", "no"), False), CompensationSucceeded("a")]
     from sqlalchemy import event
 
-    from workflows.db import get_engine, statement_engine
+    from workflows.store.db import get_engine, statement_engine
 
     written, statements, created = [], [], []
     sent: list[str] = []
@@ -232,7 +232,7 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
 
 
 def test_an_explicit_saga_id_cannot_be_used_twice(store: SagaStore) -> None:
-    from workflows.store import SagaIdTaken
+    from workflows.store.sql import SagaIdTaken
 
     saga_id = f"mine-{uuid.uuid4()}"
     store.create_run(SAGA, {}, saga_id=saga_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from kombu.asynchronous.timer import Timer
 
-from workflows.timer_heap import CompactTimerHeap, compact
+from workflows.runtime.timer_heap import CompactTimerHeap, compact
 
 
 def test_compact_drops_cancelled_timers_and_keeps_the_live_ones_in_order() -> None:

@@ -2,16 +2,16 @@
 
     from workflows import Saga, Step, RetryPolicy, step_task, start_saga, get_saga
 """
-from .client import get_saga, list_sagas, start_saga, wait_for
-from .definition import Saga, Step, register_saga, registry
-from .engine import RunStatus, StepStatus
-from .errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput, InvalidOperation,
+from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
+from workflows.core.definition import Saga, Step, register_saga, registry
+from workflows.core.engine import RunStatus, StepStatus
+from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput, InvalidOperation,
                      PermanentError, RetryableError, SagaError, SagaNotFound, StepNotFound, UnknownSaga)
-from .retry import RetryPolicy
-from .runtime import get_runtime, install
-from .steps import StepContext, step_task
-from .views import DeadLetterView, EventView, SagaView, StepView
-from .choreography import Choreography, EventContext, publish  # noqa: E402  (last: it builds on the above)
+from workflows.core.retry import RetryPolicy
+from workflows.runtime.container import get_runtime, install
+from workflows.core.steps import StepContext, step_task
+from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
+from workflows.choreography import Choreography, EventContext, publish  # noqa: E402  (last: it builds on the above)
 
 __all__ = [
     "Choreography", "EventContext", "publish",

@@ -19,7 +19,7 @@ from typing import Any
 
 from workflows import PermanentError, RetryPolicy
 from workflows.choreography import Choreography, Envelope, EventContext
-from workflows.sagas import Order
+from tasks.sagas import Order
 
 from ..common import check_fault
 from .. import effects

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 
 from workflows import get_runtime, start_saga, wait_for
-from workflows.models import SagaRow
+from workflows.store.models import SagaRow
 
 T = TypeVar("T")
 

@@ -19,17 +19,17 @@ subscriptions), `bus` (exchange, queues, routing), `outbox` (atomic publishing a
 `consumer` (handling one delivery once), `history` (the saga's history and derived state),
 `operations` (redrive, stuck sagas, trace), `install` (Celery wiring), `demo`.
 """
-from ..dead_letters import redrivers
-from ..runtime import installers
-from ..sweeper import extra_detectors
-from .bus import exchange, queue_name, routing_key, use_publisher
-from .context import EventContext, Published, current, publish
-from .declaration import DEFAULT_HANDLER_POLICY, Choreography, Service, Subscription, choreographies
-from .envelope import SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, make_envelope, parse_envelope
-from .history import derive
-from .install import install_consumers
-from .operations import Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas, sweep_choreographies, trace
-from .outbox import relay_pending
+from workflows.operations.dead_letters import redrivers
+from workflows.runtime.container import installers
+from workflows.operations.sweeper import extra_detectors
+from workflows.choreography.bus import exchange, queue_name, routing_key, use_publisher
+from workflows.choreography.context import EventContext, Published, current, publish
+from workflows.choreography.declaration import DEFAULT_HANDLER_POLICY, Choreography, Service, Subscription, choreographies
+from workflows.choreography.envelope import SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, make_envelope, parse_envelope
+from workflows.choreography.history import derive
+from workflows.choreography.install import install_consumers
+from workflows.choreography.operations import Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas, sweep_choreographies, trace
+from workflows.choreography.outbox import relay_pending
 
 redrivers["event"] = redrive_event
 if sweep_choreographies not in extra_detectors:

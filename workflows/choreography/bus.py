@@ -71,7 +71,7 @@ def publisher() -> Celery:
     """The Celery app events are sent through: the runtime's, unless `use_publisher` says otherwise."""
     if _publisher is not None:
         return _publisher
-    from ..runtime import get_runtime
+    from workflows.runtime.container import get_runtime
 
     return get_runtime().app
 

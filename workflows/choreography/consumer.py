@@ -25,15 +25,15 @@ from celery import Task
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import UnknownSaga
-from ..models import ProcessedEventRow, SagaRow
-from ..orchestrator import INFRASTRUCTURE_ERRORS, publish_dead_letter
-from ..runtime import Runtime, get_runtime
-from ..store import MessageInfo
-from . import bus, history, outbox
-from .context import EventContext, _current
-from .declaration import Choreography, Subscription, choreographies
-from .envelope import Envelope, InvalidEvent, MalformedEvent, parse_envelope, salvage
+from workflows.core.errors import UnknownSaga
+from workflows.store.models import ProcessedEventRow, SagaRow
+from workflows.orchestration.step_task import INFRASTRUCTURE_ERRORS, publish_dead_letter
+from workflows.runtime.container import Runtime, get_runtime
+from workflows.store.sql import MessageInfo
+from workflows.choreography import bus, history, outbox
+from workflows.choreography.context import EventContext, _current
+from workflows.choreography.declaration import Choreography, Subscription, choreographies
+from workflows.choreography.envelope import Envelope, InvalidEvent, MalformedEvent, parse_envelope, salvage
 
 log = logging.getLogger("workflows.choreography")
 

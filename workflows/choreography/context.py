@@ -25,13 +25,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..engine import RunStatus
-from ..models import SagaRow
-from ..store import input_hash
-from . import history, outbox
-from .declaration import Choreography, choreographies
-from .envelope import Envelope, InvalidEvent, make_envelope
-from .models import OutboxRow
+from workflows.core.engine import RunStatus
+from workflows.store.models import SagaRow
+from workflows.store.sql import input_hash
+from workflows.choreography import history, outbox
+from workflows.choreography.declaration import Choreography, choreographies
+from workflows.choreography.envelope import Envelope, InvalidEvent, make_envelope
+from workflows.choreography.models import OutboxRow
 
 _current: contextvars.ContextVar[EventContext | None] = contextvars.ContextVar("event_context", default=None)
 
@@ -132,7 +132,7 @@ def _publish_standalone(event_type: str, payload: dict[str, Any], *, saga_id: st
                         source: str) -> Published:
     import uuid
 
-    from ..runtime import get_runtime
+    from workflows.runtime.container import get_runtime
 
     store = get_runtime().store
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import InvalidInput
+from workflows.core.errors import InvalidInput
 
 SCHEMA_VERSION = 1
 """The envelope version this code writes and reads."""

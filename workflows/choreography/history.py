@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..engine import RunStatus
-from ..models import DeadLetterRow, EventRow, SagaRow
-from .declaration import Choreography
+from workflows.core.engine import RunStatus
+from workflows.store.models import DeadLetterRow, EventRow, SagaRow
+from workflows.choreography.declaration import Choreography
 
 STATE_EVENTS = {
     RunStatus.COMPLETED: "SagaCompleted",

@@ -14,10 +14,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_rejected, task_unknown
 
-from ..orchestrator import DELIVERY_OPTIONS
-from ..store import MessageInfo
-from . import bus
-from .declaration import choreographies
+from workflows.orchestration.step_task import DELIVERY_OPTIONS
+from workflows.store.sql import MessageInfo
+from workflows.choreography import bus
+from workflows.choreography.declaration import choreographies
 
 log = logging.getLogger("workflows.choreography")
 
@@ -38,7 +38,7 @@ def install_consumers(app: Celery, _runtime: Any = None) -> list[str]:
 
 
 def _make_consumer_task(app: Celery, service: str) -> Task:
-    from .consumer import consume
+    from workflows.choreography.consumer import consume
 
     def consume_events(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         return consume(self, service, args, kwargs)
@@ -55,8 +55,8 @@ def _is_event_message(message: Any) -> bool:
 
 
 def _refused(message: Any, reason: str) -> None:
-    from ..runtime import get_runtime
-    from .consumer import dead_letter
+    from workflows.runtime.container import get_runtime
+    from workflows.choreography.consumer import dead_letter
 
     try:
         body = message.decode()

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..models import Base, BigId, JSONType
+from workflows.store.models import Base, BigId, JSONType
 
 
 class OutboxRow(Base):

@@ -20,14 +20,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..errors import InvalidOperation
-from ..models import DeadLetterRow, EventRow, SagaRow
-from ..runtime import Runtime, get_runtime
-from ..views import DeadLetterView
-from . import history, outbox
-from .declaration import choreographies
-from .envelope import MalformedEvent, parse_envelope
-from .models import OutboxRow
+from workflows.core.errors import InvalidOperation
+from workflows.store.models import DeadLetterRow, EventRow, SagaRow
+from workflows.runtime.container import Runtime, get_runtime
+from workflows.core.views import DeadLetterView
+from workflows.choreography import history, outbox
+from workflows.choreography.declaration import choreographies
+from workflows.choreography.envelope import MalformedEvent, parse_envelope
+from workflows.choreography.models import OutboxRow
 
 log = logging.getLogger("workflows.choreography")
 

@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..db import session_factory
-from . import bus, history
-from .envelope import Envelope
-from .models import OutboxRow
+from workflows.store.db import session_factory
+from workflows.choreography import bus, history
+from workflows.choreography.envelope import Envelope
+from workflows.choreography.models import OutboxRow
 
 log = logging.getLogger("workflows.choreography")
 
@@ -64,7 +64,7 @@ def relay_pending(*, older_than: float = 5.0, limit: int = 500,
 
 
 def _sessions():  # type: ignore[no-untyped-def]
-    from ..runtime import get_runtime
+    from workflows.runtime.container import get_runtime
 
     return session_factory(get_runtime().settings.resolved_database_url())
 

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import DefinitionError, InvalidInput, UnknownSaga
-from .retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
+from workflows.core.errors import DefinitionError, InvalidInput, UnknownSaga
+from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 

@@ -38,8 +38,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .models import DeadLetterRow, SagaRow, StepRow
-from .store import SagaStore
+from workflows.store.models import DeadLetterRow, SagaRow, StepRow
+from workflows.store.sql import SagaStore
 
 log = logging.getLogger("workflows.metrics")
 
@@ -150,7 +150,7 @@ class SagaCollector(Collector):
         return family
 
     def _outbox(self) -> Metric:
-        from .choreography.models import OutboxRow
+        from workflows.choreography.models import OutboxRow
 
         with self.store.sessions() as s:
             unsent = s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None)))
@@ -160,8 +160,8 @@ class SagaCollector(Collector):
 
     def stuck_ids(self, now: datetime) -> set[str]:
         """Orchestrated runs past a deadline, and choreographies that heard no event for too long."""
-        from .choreography.operations import stuck_sagas
-        from .runtime import get_runtime
+        from workflows.choreography.operations import stuck_sagas
+        from workflows.runtime.container import get_runtime
 
         ids = set(self.store.due_deadlines(now))
         ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .engine import RunStatus
-from .errors import SagaError
+from workflows.core.engine import RunStatus
+from workflows.core.errors import SagaError
 
 STATE_STYLE = {"RUNNING": "cyan", "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
                "FAILED": "bold red", "SUCCEEDED": "green", "PENDING": "dim", "TIMED_OUT": "red",
@@ -117,7 +117,7 @@ def main(ctx: click.Context, who: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Start a saga of SAGA_TYPE with the input --data."""
-    from .client import start_saga, wait_for
+    from workflows.operations.client import start_saga, wait_for
 
     data = _load_data(raw)
     _runtime()
@@ -140,7 +140,7 @@ def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, tim
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(saga_id: str, as_json: bool) -> None:
     """A saga's timeline: its steps, attempts, compensations and history."""
-    from .client import get_saga
+    from workflows.operations.client import get_saga
 
     _runtime()
     _print_saga(get_saga(saga_id), as_json)
@@ -154,7 +154,7 @@ def status(saga_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(state: str | None, saga_type: str | None, limit: int, offset: int, as_json: bool) -> None:
     """Saga runs, newest first."""
-    from .client import list_sagas
+    from workflows.operations.client import list_sagas
 
     _runtime()
     items, total = list_sagas(state=state.upper() if state else None, saga_type=saga_type, limit=limit,
@@ -179,7 +179,7 @@ def list_(state: str | None, saga_type: str | None, limit: int, offset: int, as_
 @click.pass_obj
 def retry(obj: dict[str, str], saga_id: str, step: str | None, reason: str) -> None:
     """Dispatch a step again now: a stuck compensation, or an in-flight step."""
-    from .operations import retry_step
+    from workflows.operations.actions import retry_step
 
     _runtime()
     _acted(retry_step(saga_id, step, reason=reason, who=obj["who"]), "retried")
@@ -191,7 +191,7 @@ def retry(obj: dict[str, str], saga_id: str, step: str | None, reason: str) -> N
 @click.pass_obj
 def resume(obj: dict[str, str], saga_id: str, reason: str) -> None:
     """Resume the compensation of a FAILED saga once its cause is fixed."""
-    from .operations import resume as resume_saga
+    from workflows.operations.actions import resume as resume_saga
 
     _runtime()
     _acted(resume_saga(saga_id, reason=reason, who=obj["who"]), "resumed")
@@ -203,7 +203,7 @@ def resume(obj: dict[str, str], saga_id: str, reason: str) -> None:
 @click.pass_obj
 def cancel(obj: dict[str, str], saga_id: str, reason: str) -> None:
     """Cancel a RUNNING saga: what it did so far is compensated."""
-    from .operations import cancel as cancel_saga
+    from workflows.operations.actions import cancel as cancel_saga
 
     _runtime()
     _acted(cancel_saga(saga_id, reason=reason, who=obj["who"]), "cancelled")
@@ -231,7 +231,7 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_list(status: str, saga_id: str | None, limit: int, as_json: bool) -> None:
     """Dead letters, newest first."""
-    from .dead_letters import list_dead_letters
+    from workflows.operations.dead_letters import list_dead_letters
 
     _runtime()
     status = status.upper()
@@ -253,7 +253,7 @@ def dlq_list(status: str, saga_id: str | None, limit: int, as_json: bool) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_show(dl_id: str, as_json: bool) -> None:
     """One dead letter with its message and traceback."""
-    from .dead_letters import get_dead_letter
+    from workflows.operations.dead_letters import get_dead_letter
 
     _runtime()
     d = get_dead_letter(dl_id)
@@ -281,7 +281,7 @@ def dlq_show(dl_id: str, as_json: bool) -> None:
 @click.pass_obj
 def dlq_redrive(obj: dict[str, str], dl_id: str, reason: str) -> None:
     """Publish the dead letter's work again, once."""
-    from .dead_letters import redrive
+    from workflows.operations.dead_letters import redrive
 
     _runtime()
     d = redrive(dl_id, who=obj["who"], reason=reason)
@@ -294,7 +294,7 @@ def dlq_redrive(obj: dict[str, str], dl_id: str, reason: str) -> None:
 @click.pass_obj
 def dlq_discard(obj: dict[str, str], dl_id: str, reason: str) -> None:
     """Close a dead letter without redriving it."""
-    from .dead_letters import discard
+    from workflows.operations.dead_letters import discard
 
     _runtime()
     d = discard(dl_id, who=obj["who"], reason=reason)
@@ -308,7 +308,7 @@ def dlq_discard(obj: dict[str, str], dl_id: str, reason: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def sweep(as_json: bool) -> None:
     """Act now on every run past a deadline (what celery beat does every SAGA_SWEEP_INTERVAL)."""
-    from .sweeper import sweep as run_sweep
+    from workflows.operations.sweeper import sweep as run_sweep
 
     report = run_sweep(_runtime())
     if as_json:
@@ -324,8 +324,8 @@ def migrate(url: str | None) -> None:
     """Bring the database schema to the newest revision (safe to repeat)."""
     from sqlalchemy.engine import make_url
 
-    from .db import migrate as run_migrations
-    from .settings import get_settings
+    from workflows.store.db import migrate as run_migrations
+    from workflows.runtime.settings import get_settings
 
     url = url or get_settings().resolved_database_url()
     run_migrations(url)
@@ -337,9 +337,9 @@ def migrate(url: str | None) -> None:
 def demo(ctx: click.Context) -> None:
     """Run real sagas end to end and show their timelines (needs no server)."""
     try:
-        from . import demo as demo_module
+        from workflows import demo as demo_module
     except ModuleNotFoundError as e:
-        if e.name != "workflows.demo":
+        if e.name != "tasks.demo":
             raise
         raise click.ClickException("this installation has no demo (workflows.demo is missing)") from None
     ctx.exit(demo_module.main() or 0)

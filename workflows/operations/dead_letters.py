@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from .definition import registry
-from .engine import Resume, StepStatus
-from .models import DeadLetterRow, EventRow
-from .store import utcnow
-from .errors import InvalidOperation
-from .runtime import Runtime, get_runtime
-from .views import DeadLetterView
+from workflows.core.definition import registry
+from workflows.core.engine import Resume, StepStatus
+from workflows.store.models import DeadLetterRow, EventRow
+from workflows.store.sql import utcnow
+from workflows.core.errors import InvalidOperation
+from workflows.runtime.container import Runtime, get_runtime
+from workflows.core.views import DeadLetterView
 
 Redriver = Callable[[Runtime, DeadLetterView, str, str], None]
 redrivers: dict[str, Redriver] = {}
@@ -89,7 +89,7 @@ def close_resumed_dead_letters(rt: Runtime, resolution: str) -> Callable[[Sessio
 
 
 def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
-    from .orchestrator import apply_and_publish
+    from workflows.orchestration.step_task import apply_and_publish
 
     assert dl.saga_id and dl.step
     run = rt.store.load(dl.saga_id)

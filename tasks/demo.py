@@ -27,7 +27,7 @@ def _prepare_env() -> None:
         shutil.rmtree(DEMO_DIR, ignore_errors=True)
         os.environ["SAGA_DATA_DIR"] = str(DEMO_DIR)
     os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
-    from .settings import get_settings
+    from workflows.runtime.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -74,7 +74,7 @@ def run_orchestrated(console: Any) -> list[tuple[str, str, Any]]:
     from tasks.common import arm_fault, clear_faults
     from tasks.inventory import restock
 
-    from .client import start_saga, wait_for
+    from workflows.operations.client import start_saga, wait_for
 
     clear_faults()
     results = []
@@ -123,8 +123,8 @@ def main() -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     import worker  # noqa: F401  (installs the runtime with the settings above)
 
-    from .db import migrate
-    from .runtime import get_runtime
+    from workflows.store.db import migrate
+    from workflows.runtime.container import get_runtime
 
     rt = get_runtime()
     url = rt.settings.resolved_database_url()
@@ -160,7 +160,7 @@ def main() -> int:
 def _run_choreography(console: Any) -> list[tuple[str, str, str]]:
     """The choreographed examples, when the choreography package is installed."""
     try:
-        from .choreography.demo import run_choreography_demo  # type: ignore[import-not-found]
+        from tasks.choreography.demo import run_choreography_demo  # type: ignore[import-not-found]
     except ImportError:
         return []
     return list(run_choreography_demo(console))

@@ -4,13 +4,13 @@ Each is one version-checked transition recorded in the saga's history with who a
 """
 from __future__ import annotations
 
-from .definition import registry
-from .engine import Cancel, Resume, RunState
-from .errors import InvalidOperation, StepNotFound
-from .orchestrator import apply_and_publish
-from .dead_letters import close_resumed_dead_letters
-from .runtime import get_runtime
-from .views import SagaView
+from workflows.core.definition import registry
+from workflows.core.engine import Cancel, Resume, RunState
+from workflows.core.errors import InvalidOperation, StepNotFound
+from workflows.orchestration.step_task import apply_and_publish
+from workflows.operations.dead_letters import close_resumed_dead_letters
+from workflows.runtime.container import get_runtime
+from workflows.core.views import SagaView
 
 
 def cancel(saga_id: str, *, reason: str, who: str = "operator") -> SagaView:

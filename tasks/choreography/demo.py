@@ -1,6 +1,6 @@
 """The choreographed half of `make demo`: both seed examples, a success and failures each.
 
-    from workflows.choreography.demo import run_choreography_demo
+    from tasks.choreography.demo import run_choreography_demo
     for outcome in run_choreography_demo(console):     # a worker consuming the events.* queues must run
         title, expected, state = outcome                 # and outcome.saga_id
 
@@ -49,8 +49,8 @@ def run_choreography_demo(console: Any = None, *, timeout: float = 60.0) -> list
     from tasks.common import arm_fault, clear_faults
     from tasks.inventory import restock
 
-    from ..client import get_saga
-    from .declaration import choreographies
+    from workflows.operations.client import get_saga
+    from workflows.choreography.declaration import choreographies
 
     def out(line: str) -> None:
         if console is None:
@@ -86,7 +86,7 @@ def run_choreography_demo(console: Any = None, *, timeout: float = 60.0) -> list
 def _print(out: Any, n: int, title: str, view: Any, saga_id: str) -> None:
     from tasks.common import effects_of
 
-    from .operations import format_trace, trace
+    from workflows.choreography.operations import format_trace, trace
 
     out(f"C{n}. {title} — saga {saga_id[:8]} ({view.saga_type}) {view.state}"
         + (f"  [{view.failure_reason}]" if view.failure_reason else ""))

@@ -10,8 +10,8 @@ from tasks.notification import send_confirmation
 from tasks.payment import CardDeclined, charge_payment, refund_payment
 from tasks.shipping import cancel_shipment, create_shipment
 
-from .definition import Saga, Step, register_saga
-from .retry import RetryPolicy
+from workflows.core.definition import Saga, Step, register_saga
+from workflows.core.retry import RetryPolicy
 
 
 class Item(BaseModel):

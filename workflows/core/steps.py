@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DefinitionError
+from workflows.core.errors import DefinitionError
 
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

@@ -26,13 +26,13 @@ from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Queue
 
-from .definition import Saga, registry
-from .errors import SagaNotFound, UnknownSaga
-from .engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
+from workflows.core.definition import Saga, registry
+from workflows.core.errors import SagaNotFound, UnknownSaga
+from workflows.core.engine import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
                      CompensationSucceeded, ErrorInfo, Outcome, RunState, Transition, command_for)
-from .runtime import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
-from .steps import StepContext, StepTask, step_tasks
-from .store import Applied, BeforeCommit, MessageInfo
+from workflows.runtime.container import DEAD_LETTER_QUEUE, ORCHESTRATOR_QUEUE, Runtime, get_runtime
+from workflows.core.steps import StepContext, StepTask, step_tasks
+from workflows.store.sql import Applied, BeforeCommit, MessageInfo
 
 log = logging.getLogger("workflows.orchestrator")
 
@@ -290,7 +290,7 @@ def register_tasks(app: Celery) -> None:
     @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
     def sweep(self: Task) -> dict[str, int]:
         """Act on runs past a deadline: send a lost first step again, time out lost steps."""
-        from .sweeper import sweep as run_sweep
+        from workflows.operations.sweeper import sweep as run_sweep
 
         return run_sweep(get_runtime()).counts()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from .definition import Saga
+from workflows.core.definition import Saga
 
 
 class RunStatus(str, enum.Enum):

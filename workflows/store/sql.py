@@ -22,13 +22,13 @@ from sqlalchemy import bindparam, cast, func, insert, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from .db import session_factory, statement_engine
-from .definition import Saga
-from .engine import (Command, HistoryEvent, Ignored, Outcome, RunState, RunStatus, Started, StepState,
+from workflows.store.db import session_factory, statement_engine
+from workflows.core.definition import Saga
+from workflows.core.engine import (Command, HistoryEvent, Ignored, Outcome, RunState, RunStatus, Started, StepState,
                      StepStatus, Timing, Transition, decide, new_run)
-from .errors import DeadLetterNotFound, IdempotencyConflict, SagaError, SagaNotFound
-from .models import DeadLetterRow, EventRow, SagaRow, StepRow
-from .views import DeadLetterView, EventView, SagaView, StepView
+from workflows.core.errors import DeadLetterNotFound, IdempotencyConflict, SagaError, SagaNotFound
+from workflows.store.models import DeadLetterRow, EventRow, SagaRow, StepRow
+from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
 
 
 def utcnow() -> datetime:

@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .definition import registry
-from .engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Redispatch
-from .errors import UnknownSaga
-from .orchestrator import apply_and_publish
-from .runtime import Runtime
-from .store import STARTED_BY
+from workflows.core.definition import registry
+from workflows.core.engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Redispatch
+from workflows.core.errors import UnknownSaga
+from workflows.orchestration.step_task import apply_and_publish
+from workflows.runtime.container import Runtime
+from workflows.store.sql import STARTED_BY
 
 log = logging.getLogger("workflows.sweeper")
 

@@ -13,11 +13,11 @@ from celery import Celery
 from celery.signals import worker_process_init
 from kombu import Queue
 
-from .db import dispose_engines
-from .engine import Timing
-from .settings import Settings, get_settings
-from .steps import step_tasks
-from .store import SagaStore
+from workflows.store.db import dispose_engines
+from workflows.core.engine import Timing
+from workflows.runtime.settings import Settings, get_settings
+from workflows.core.steps import step_tasks
+from workflows.store.sql import SagaStore
 
 ORCHESTRATOR_QUEUE = "saga"
 DEAD_LETTER_QUEUE = "dead_letter"
@@ -66,7 +66,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: list[str]
     for name in [*modules, *extra]:
         importlib.import_module(name)
 
-    from . import orchestrator  # the tasks need the runtime module loaded first
+    from workflows.orchestration import step_task as orchestrator
 
     _runtime = Runtime(app=app, settings=settings)
     orchestrator.register_tasks(app)
@@ -75,7 +75,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: list[str]
     for q in sorted(step_tasks.queues() - known - {ORCHESTRATOR_QUEUE}):
         queues.append(Queue(q))
     app.conf.task_queues = queues
-    from .timer_heap import CompactTimerHeap
+    from workflows.runtime.timer_heap import CompactTimerHeap
 
     app.steps["worker"].add(CompactTimerHeap)
     for installer in installers:

@@ -3,7 +3,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from tasks.models import ServiceBase
-from workflows.models import Base
+from workflows.store.models import Base
 
 config = context.config
 target_metadata = [Base.metadata, ServiceBase.metadata]

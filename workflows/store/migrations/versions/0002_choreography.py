@@ -6,7 +6,7 @@ Create Date: 2026-11-28 00:00:00
 """
 from alembic import op
 import sqlalchemy as sa
-import workflows.models
+import workflows.store.models
 from sqlalchemy import Text
 from sqlalchemy.dialects import postgresql
 
@@ -29,8 +29,8 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=100), nullable=False),
     sa.Column('envelope', JSON, nullable=False),
     sa.Column('targets', JSON, nullable=False),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id')

@@ -7,11 +7,11 @@ from typing import Any
 
 import kombu.exceptions
 
-from .definition import Saga, registry
-from .errors import SagaError
-from .orchestrator import publish_command
-from .runtime import get_runtime
-from .views import SagaView
+from workflows.core.definition import Saga, registry
+from workflows.core.errors import SagaError
+from workflows.orchestration.step_task import publish_command
+from workflows.runtime.container import get_runtime
+from workflows.core.views import SagaView
 
 log = logging.getLogger("workflows.client")
 

@@ -6,7 +6,7 @@ Create Date: 2026-11-27 22:54:42.757044
 """
 from alembic import op
 import sqlalchemy as sa
-import workflows.models
+import workflows.store.models
 from sqlalchemy import Text
 from sqlalchemy.dialects import postgresql
 
@@ -33,8 +33,8 @@ def upgrade() -> None:
     sa.Column('traceback', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('resolution', sa.Text(), nullable=True),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('resolved_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('dead_letters', schema=None) as batch_op:
@@ -45,13 +45,13 @@ def upgrade() -> None:
     sa.Column('consumer', sa.String(length=100), nullable=False),
     sa.Column('event_id', sa.String(length=64), nullable=False),
     sa.Column('saga_id', sa.String(length=64), nullable=True),
-    sa.Column('processed_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('processed_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('consumer', 'event_id')
     )
     op.create_table('saga_events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('saga_id', sa.String(length=64), nullable=False),
-    sa.Column('at', workflows.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('type', sa.String(length=60), nullable=False),
     sa.Column('step', sa.String(length=100), nullable=True),
     sa.Column('attempt', sa.Integer(), nullable=True),
@@ -72,9 +72,9 @@ def upgrade() -> None:
     sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('caused_by', sa.String(length=200), nullable=True),
     sa.Column('failure_reason', sa.Text(), nullable=True),
-    sa.Column('deadline_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deadline_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key', name='uq_sagas_idempotency_key')
     )
@@ -92,11 +92,11 @@ def upgrade() -> None:
     sa.Column('result', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('task_id', sa.String(length=200), nullable=True),
-    sa.Column('eta', workflows.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('deadline_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('started_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('finished_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('compensated_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('eta', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('deadline_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('compensated_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['saga_id'], ['sagas.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('saga_id', 'index'),
     sa.UniqueConstraint('saga_id', 'name', name='uq_saga_steps_name')
@@ -110,8 +110,8 @@ def upgrade() -> None:
     sa.Column('saga_id', sa.String(length=64), nullable=False),
     sa.Column('items', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('released_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('released_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key', name='uq_reservation_key')
     )
@@ -130,7 +130,7 @@ def upgrade() -> None:
     sa.Column('saga_id', sa.String(length=64), nullable=False),
     sa.Column('kind', sa.String(length=40), nullable=False),
     sa.Column('recipient', sa.String(length=200), nullable=False),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key', name='uq_notification_key')
     )
@@ -144,8 +144,8 @@ def upgrade() -> None:
     sa.Column('customer_id', sa.String(length=64), nullable=False),
     sa.Column('amount', sa.Numeric(precision=12, scale=2), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('refunded_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('refunded_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key', name='uq_payment_key')
     )
@@ -168,8 +168,8 @@ def upgrade() -> None:
     sa.Column('tracking_number', sa.String(length=64), nullable=False),
     sa.Column('address', sa.JSON().with_variant(postgresql.JSONB(astext_type=Text()), 'postgresql'), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('created_at', workflows.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('cancelled_at', workflows.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('cancelled_at', workflows.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key', name='uq_shipment_key')
     )

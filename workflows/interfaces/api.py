@@ -27,17 +27,18 @@ import worker  # noqa: F401  (builds the Celery app and installs the saga runtim
 from tasks.common import arm_fault
 from tasks.inventory import restock
 
-from . import dead_letters, operations
-from .client import get_saga, list_sagas, start_saga
-from .definition import registry
-from .engine import RunStatus
-from .errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
+from workflows.operations import dead_letters
+from workflows.operations import actions as operations
+from workflows.operations.client import get_saga, list_sagas, start_saga
+from workflows.core.definition import registry
+from workflows.core.engine import RunStatus
+from workflows.core.errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
                      SagaNotFound, StepNotFound, UnknownSaga)
-from .metrics import saga_registry
-from .runtime import Runtime, get_runtime
-from .sagas import Order
-from .settings import Settings, get_settings
-from .views import DeadLetterView, SagaView
+from workflows.interfaces.metrics import saga_registry
+from workflows.runtime.container import Runtime, get_runtime
+from tasks.sagas import Order
+from workflows.runtime.settings import Settings, get_settings
+from workflows.core.views import DeadLetterView, SagaView
 
 log = logging.getLogger("workflows.api")
 

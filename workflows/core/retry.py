@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .errors import DefinitionError, PermanentError, RetryableError
+from workflows.core.errors import DefinitionError, PermanentError, RetryableError
 
 
 @dataclass(frozen=True)
