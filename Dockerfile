@@ -19,4 +19,4 @@ RUN pip install . \
 USER sagas
 
 EXPOSE 8000 5555
-CMD ["uvicorn", "workflows.interfaces.api:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "api:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -40,7 +40,7 @@ flower: $(STAMP)
 	FLOWER_UNAUTHENTICATED_API=true $(BIN)/celery -A worker flower
 
 api: $(STAMP)
-	$(BIN)/uvicorn workflows.interfaces.api:app --port 8000
+	$(BIN)/uvicorn api:app --port 8000
 
 clean:
 	rm -rf $(VENV) .saga-data .demo-data

@@ -158,11 +158,9 @@ def main() -> int:
 
 
 def _run_choreography(console: Any) -> list[tuple[str, str, str]]:
-    """The choreographed examples, when the choreography package is installed."""
-    try:
-        from tasks.choreography.demo import run_choreography_demo  # type: ignore[import-not-found]
-    except ImportError:
-        return []
+    """The choreographed examples (tasks/choreography), after the orchestrated ones."""
+    from tasks.choreography.demo import run_choreography_demo
+
     return list(run_choreography_demo(console))
 
 

@@ -12,6 +12,7 @@ import pytest
 from celery import Celery
 from fastapi.testclient import TestClient
 
+from tasks.shop_api import routers as shop_routers
 from tests.support.interfaces import new_id, saga_count
 from workflows import get_saga, wait_for
 from workflows.interfaces.api import create_app
@@ -26,7 +27,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def api_app():  # type: ignore[no-untyped-def]
-    return create_app(get_settings().model_copy(update={"api_token": TOKEN, "test_mode": True}))
+    """The app `api.py` serves: the library's API with the example shop's routers, in test mode."""
+    settings = get_settings().model_copy(update={"api_token": TOKEN, "test_mode": True})
+    return create_app(settings, routers=shop_routers(settings))
 
 
 @pytest.fixture
@@ -301,12 +304,14 @@ def test_fail_next_request_refuses_an_unknown_service(client):  # type: ignore[n
 
 
 def test_fail_next_request_does_not_exist_without_test_mode():  # type: ignore[no-untyped-def]
-    plain = create_app(get_settings().model_copy(update={"api_token": None, "test_mode": False}))
+    settings = get_settings().model_copy(update={"api_token": None, "test_mode": False})
+    plain = create_app(settings, routers=shop_routers(settings))
 
     r = TestClient(plain).post("/api/test/fail-next-request")
 
     assert r.status_code == 404
     assert r.json()["error"] == "not_found"
+    assert "/api/orders" in plain.openapi()["paths"]  # the shop's orders are served without test mode
 
 
 def test_restock_sets_stock_levels_in_test_mode(client, order_factory):  # type: ignore[no-untyped-def]
@@ -320,3 +325,21 @@ def test_restock_sets_stock_levels_in_test_mode(client, order_factory):  # type:
     assert available(sku) == 7
     assert client.post("/api/test/restock", json={sku: -1}).status_code == 422
     assert available(sku) == 7
+
+
+# ------------------------------------------------------------------ the library and the deployment
+
+
+def test_the_library_api_serves_no_shop_endpoint_and_imports_neither_the_shop_nor_the_deployment():  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths = create_app(get_settings().model_copy(update={"api_token": None, "test_mode": True})).openapi()["paths"]
+    assert "/api/sagas/{saga_type}" in paths and "/healthz" in paths
+    assert not [p for p in paths if p == "/api/orders" or p.startswith("/api/test/")]
+    done = subprocess.run([sys.executable, "-c", "import sys, workflows.interfaces.api; "
+                           "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tasks', 'worker', 'api')))"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -185,13 +185,12 @@ def readme_try_it_block() -> str:
 
 @pytest.fixture
 def uvicorn_api() -> Iterator[str]:
-    """`uvicorn workflows.interfaces.api:app` in a subprocess on a free loopback port, token and test mode on."""
+    """`uvicorn api:app` (the README's command) in a subprocess on a free loopback port, token and test mode on."""
     port = free_port()
     log = Path(f"/tmp/saga-test-uvicorn-{os.getpid()}-{port}.log")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_API_TOKEN": TOKEN, "SAGA_TEST_MODE": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "workflows.interfaces.api:app", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

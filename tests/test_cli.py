@@ -223,12 +223,38 @@ def test_sagas_console_script_reads_a_saga_as_json():  # type: ignore[no-untyped
     assert missing.returncode == 1 and "no saga with id 'cli-no-such-saga'" in missing.stderr
 
 
-def test_sagas_demo_runs_the_demo_without_any_server(tmp_path):  # type: ignore[no-untyped-def]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
-    clean["SAGA_DATA_DIR"] = str(tmp_path / "data")
+# ------------------------------------------------------------------ --app: the deployment's module, as for celery -A
 
-    done = subprocess.run([str(SAGAS), "demo"], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=240)
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("✔") >= 4 and "✘" not in done.stdout
-    assert (tmp_path / "data" / "sagas.db").exists()
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_an_app_module_that_cannot_be_imported_is_refused_with_the_reason(how):  # type: ignore[no-untyped-def]
+    if how == "option":
+        args, environ = ["--app", "no_such_app_module"], None
+    else:
+        args, environ = [], {"SAGA_APP": "no_such_app_module"}
+
+    r = CliRunner().invoke(main, [*args, "status", "cli-no-such-saga"], env=environ)
+
+    assert r.exit_code == 1, r.output
+    assert "cannot import the Celery app module 'no_such_app_module' (--app, env SAGA_APP)" in r.stderr
+    assert "No module named 'no_such_app_module'" in r.stderr
+    assert r.stdout == ""
+
+
+def test_help_and_migrate_need_no_app_module_and_a_module_without_a_runtime_is_refused(tmp_path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    no_app = env(SAGA_APP="no_such_app_module", SAGA_DATABASE_URL=url)
+
+    shown = subprocess.run([str(SAGAS), "--help"], cwd=tmp_path, env=no_app, capture_output=True, text=True,
+                           timeout=120)
+    migrated = subprocess.run([str(SAGAS), "migrate"], cwd=tmp_path, env=no_app, capture_output=True, text=True,
+                              timeout=120)
+    no_runtime = subprocess.run([str(SAGAS), "--app", "json", "status", "x"], cwd=ROOT, env=env(),
+                                capture_output=True, text=True, timeout=120)
+
+    assert shown.returncode == 0 and "--app" in shown.stdout and "SAGA_APP" in shown.stdout
+    assert "demo" not in shown.stdout.split("Commands:")[1]  # the demo is the example's: make demo
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema is at the newest revision" in migrated.stdout
+    assert no_runtime.returncode == 1
+    assert "the module 'json' (--app, env SAGA_APP) installed no saga runtime" in no_runtime.stderr

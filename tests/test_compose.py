@@ -55,7 +55,7 @@ def test_migrate_is_a_one_shot_sagas_migrate(compose):  # type: ignore[no-untype
     assert migrate["command"] == ["sagas", "migrate"]
     assert migrate["restart"] == "no"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["sagas"] == "workflows.cli:main"
+    assert scripts["sagas"] == "workflows.interfaces.cli:main"
 
 
 def test_the_worker_pools_consume_every_queue_a_task_is_sent_to(compose, tmp_path):  # type: ignore[no-untyped-def]
@@ -90,7 +90,7 @@ def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
     assert flower["environment"]["SAGA_BROKER_URL"] == services["api"]["environment"]["SAGA_BROKER_URL"]
     assert flower["ports"] == ["127.0.0.1:5555:5555"]
     api = services["api"]
-    assert api["command"] == ["uvicorn", "workflows.interfaces.api:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert api["command"] == ["uvicorn", "api:app", "--host", "0.0.0.0", "--port", "8000"]
     assert api["ports"] == ["127.0.0.1:8000:8000"]
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
@@ -120,8 +120,9 @@ def test_the_wheel_ships_the_migrations_so_sagas_migrate_works_after_pip_install
                     str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=180)
     [wheel] = tmp_path.glob("celery_sagas-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"workflows/migrations/env.py", "workflows/migrations/script.py.mako",
-            "workflows/migrations/versions/0001_initial_schema.py", "worker.py", "celeryconfig.py"} <= names
+    assert {"workflows/store/migrations/env.py", "workflows/store/migrations/script.py.mako",
+            "workflows/store/migrations/versions/0001_initial_schema.py", "worker.py", "celeryconfig.py",
+            "api.py"} <= names
 
 
 def compose_command() -> list[str] | None:

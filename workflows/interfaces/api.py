@@ -1,6 +1,9 @@
 """The HTTP API: start sagas from a web app, read them, act on them. OpenAPI at /docs.
 
-    uvicorn workflows.api:app --port 8000
+The library serves the generic API through `create_app`; a deployment composes the app it
+serves (this repository's is `api.py`: `uvicorn api:app --port 8000`), installing its runtime
+first and mounting its own routers, which reuse `Authorized`, `IdempotencyKey`, `Started` and
+`status_path`. Importing this module needs no runtime and has no side effects.
 
 Every endpoint but `/healthz` (and the OpenAPI pages) needs `Authorization: Bearer <token>`
 when `SAGA_API_TOKEN` is set. Errors are JSON: `{"error": <kind>, "message": <what to do>}`.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import kombu.exceptions
@@ -23,10 +27,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import worker  # noqa: F401  (builds the Celery app and installs the saga runtime)
-from tasks.common import arm_fault
-from tasks.inventory import restock
-
 from workflows.operations import dead_letters
 from workflows.operations import actions as operations
 from workflows.operations.client import get_saga, list_sagas, start_saga
@@ -36,9 +36,10 @@ from workflows.core.errors import (DeadLetterNotFound, IdempotencyConflict, Inva
                      SagaNotFound, StepNotFound, UnknownSaga)
 from workflows.interfaces.metrics import saga_registry
 from workflows.runtime.container import Runtime, get_runtime
-from tasks.sagas import Order
 from workflows.runtime.settings import Settings, get_settings
 from workflows.core.views import DeadLetterView, SagaView
+
+__all__ = ["Authorized", "IdempotencyKey", "Operator", "Started", "create_app", "status_path"]
 
 log = logging.getLogger("workflows.api")
 
@@ -83,10 +84,6 @@ class Started(BaseModel):
     saga_id: str
     saga_type: str
     status_url: str = Field(description="GET this path to follow the saga")
-
-
-class OrderStarted(Started):
-    order_id: str
 
 
 class StepSummary(BaseModel):
@@ -145,22 +142,13 @@ class RequiredReason(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
 
 
-class FailNextRequest(BaseModel):
-    """Arm a failure in an example service. Every field has a default: no body fails the next payment."""
-
-    service: Literal["inventory", "payment", "shipping", "notification"] = "payment"
-    times: int = Field(1, ge=1, le=1000, description="How many calls fail")
-    permanent: bool = Field(True, description="Permanent: compensated at once; transient: retried")
-    operation: Literal["action", "compensation", "any"] = "action"
-    message: str = Field("injected by POST /api/test/fail-next-request", max_length=500)
-
-
 # ------------------------------------------------------------------ sagas
 
 api = APIRouter(prefix="/api", dependencies=[Authorized])
 
 
-def _status_path(request: Request, saga_id: str) -> str:
+def status_path(request: Request, saga_id: str) -> str:
+    """The path of the saga's status endpoint, for a `Location` header or a `status_url`."""
     return request.app.url_path_for("saga_status", saga_id=saga_id)
 
 
@@ -177,17 +165,8 @@ def start(saga_type: str, data: Annotated[dict[str, Any], Body()], request: Requ
           key: IdempotencyKey = None) -> Started:
     """Validate the body against the saga's input model, record the run, publish its start."""
     saga_id = start_saga(saga_type, data, idempotency_key=key)
-    response.headers["Location"] = _status_path(request, saga_id)
-    return Started(saga_id=saga_id, saga_type=saga_type, status_url=_status_path(request, saga_id))
-
-
-@api.post("/orders", status_code=202, tags=["sagas"])
-def start_order(order: Order, request: Request, response: Response, key: IdempotencyKey = None) -> OrderStarted:
-    """Start the example order fulfillment saga (what a shop's checkout would call)."""
-    saga_id = start_saga("order_fulfillment", order.model_dump(mode="json"), idempotency_key=key)
-    response.headers["Location"] = _status_path(request, saga_id)
-    return OrderStarted(saga_id=saga_id, saga_type="order_fulfillment", order_id=order.order_id,
-                        status_url=_status_path(request, saga_id))
+    response.headers["Location"] = status_path(request, saga_id)
+    return Started(saga_id=saga_id, saga_type=saga_type, status_url=status_path(request, saga_id))
 
 
 @api.get("/sagas", tags=["sagas"])
@@ -268,27 +247,6 @@ def redrive(dl_id: str, body: Annotated[ReasonRequest | None, Body()] = None, wh
 @api.post("/dead-letters/{dl_id}/discard", tags=["dead letters"])
 def discard(dl_id: str, body: RequiredReason, who: Operator = "api") -> DeadLetterView:
     return dead_letters.discard(dl_id, who=who, reason=body.reason)
-
-
-# ------------------------------------------------------------------ test mode
-
-test_api = APIRouter(prefix="/api/test", dependencies=[Authorized], tags=["test mode"])
-
-
-@test_api.post("/fail-next-request")
-def fail_next_request(body: Annotated[FailNextRequest | None, Body()] = None) -> FailNextRequest:
-    """Make the next `times` calls of an example service fail (only with SAGA_TEST_MODE=true)."""
-    spec = body or FailNextRequest()
-    arm_fault(spec.service, spec.times, permanent=spec.permanent, message=spec.message, operation=spec.operation)
-    return spec
-
-
-@test_api.post("/restock")
-def restock_skus(levels: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
-                                        Annotated[int, Field(ge=0)]], Body()]) -> dict[str, int]:
-    """Set the available stock of each SKU in the example inventory (only with SAGA_TEST_MODE=true)."""
-    restock(levels)
-    return levels
 
 
 # ------------------------------------------------------------------ health and metrics
@@ -383,9 +341,12 @@ def _unavailable(what: str) -> Any:
 # ------------------------------------------------------------------ the app
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
-    """The API with `settings` (default: the environment). `runtime` is the one /healthz and
-    /metrics check (default: the installed one); the saga operations use the installed runtime."""
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
+               routers: Iterable[APIRouter] = ()) -> FastAPI:
+    """The generic API with `settings` (default: the environment). `runtime` is the one /healthz
+    and /metrics check (default: the installed one); the saga operations use the installed
+    runtime, looked up per request. `routers` are the deployment's own endpoints, mounted after
+    the library's with the same error handling (guard them with `dependencies=[Authorized]`)."""
     settings = settings or get_settings()
     app = FastAPI(title="Saga orchestration API", version="0.1.0",
                   description="Start sagas, follow them, and operate them (retry, resume, cancel, dead letters).")
@@ -394,8 +355,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store)
     app.include_router(ops)
     app.include_router(api)
-    if settings.test_mode:
-        app.include_router(test_api)
+    for router in routers:
+        app.include_router(router)
     for exc_type in ERRORS:
         app.add_exception_handler(exc_type, _saga_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -404,5 +365,3 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _unavailable("database"))
     return app
 
-
-app = create_app()

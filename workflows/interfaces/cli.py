@@ -3,14 +3,17 @@
     sagas start order_fulfillment --data @order.json --idempotency-key order-1234
     sagas status <saga id>            sagas list --state FAILED
     sagas retry|resume|cancel <id>    sagas dlq list|show|redrive|discard
-    sagas sweep    sagas migrate    sagas demo
+    sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
 reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
+Like `celery -A`, `--app` (env SAGA_APP, default `worker`) names the deployment's Celery-app
+module, which installs the saga runtime; it is imported only by the commands that need it.
 """
 from __future__ import annotations
 
 import getpass
+import importlib
 import json
 import sys
 from datetime import datetime
@@ -55,9 +58,22 @@ def _default_operator() -> str:
 
 
 def _runtime() -> Any:
-    import worker  # builds the Celery app and installs the runtime, lazily: `sagas --help` needs no server
+    """Import the --app module (it builds the Celery app and installs the runtime), lazily:
+    `sagas --help` and `sagas migrate` need neither the module nor a server."""
+    from workflows.runtime.container import get_runtime
 
-    return worker.runtime
+    name = click.get_current_context().find_root().obj["app"]
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        raise click.ClickException(
+            f"cannot import the Celery app module {name!r} (--app, env SAGA_APP): {e}. Run from the folder "
+            "that holds it, or put it on PYTHONPATH") from None
+    try:
+        return get_runtime()
+    except RuntimeError:
+        raise click.ClickException(f"the module {name!r} (--app, env SAGA_APP) installed no saga runtime: "
+                                   "it must call workflows.install(app)") from None
 
 
 def _console() -> Console:
@@ -97,12 +113,15 @@ def _load_data(raw: str) -> Any:
 
 
 @click.group(cls=SagaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--app", "app_module", envvar="SAGA_APP", default="worker", show_default=True,
+              help="The module of your Celery app, which installs the saga runtime, as for `celery -A` "
+                   "(env SAGA_APP).")
 @click.option("--who", envvar="SAGA_OPERATOR", default=_default_operator, show_default="your user name",
               help="Who acts, for the saga's history (env SAGA_OPERATOR).")
 @click.pass_context
-def main(ctx: click.Context, who: str) -> None:
+def main(ctx: click.Context, app_module: str, who: str) -> None:
     """Start, inspect and operate sagas (configuration from SAGA_* variables)."""
-    ctx.obj = {"who": who}
+    ctx.obj = {"who": who, "app": app_module}
 
 
 # ------------------------------------------------------------------ sagas
@@ -330,19 +349,6 @@ def migrate(url: str | None) -> None:
     url = url or get_settings().resolved_database_url()
     run_migrations(url)
     click.echo(f"{make_url(url).render_as_string(hide_password=True)}: schema is at the newest revision")
-
-
-@main.command()
-@click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Run real sagas end to end and show their timelines (needs no server)."""
-    try:
-        from workflows import demo as demo_module
-    except ModuleNotFoundError as e:
-        if e.name != "tasks.demo":
-            raise
-        raise click.ClickException("this installation has no demo (workflows.demo is missing)") from None
-    ctx.exit(demo_module.main() or 0)
 
 
 # ------------------------------------------------------------------ the timeline
