@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.common import SERVICES
-from workflows.runtime.container import ORCHESTRATOR_QUEUE
+from workflows.install import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api"}

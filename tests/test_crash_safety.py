@@ -23,10 +23,10 @@ from tests.support.crash_sagas import applied, calls, deliveries
 from tests.support.interfaces import wait_until
 from tests.support.sagas import r
 from workflows import IdempotencyConflict, get_runtime, registry, start_saga, wait_for
-from workflows.core.engine import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
+from workflows.core.state import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
 from workflows.store.models import EventRow, SagaRow
-from workflows.orchestration.step_task import publish_command
-from workflows.store.sql import SagaStore
+from tests.support.runs import apply, create_run, publish_command
+from workflows.store import SagaStore, open_store
 
 EXTRA_MODULES = "tests.support.sagas,tests.support.crash_sagas"
 ORDER_QUEUES = "saga,inventory,payment,shipping,notification"
@@ -58,7 +58,7 @@ def begin(saga_name: str, data: dict) -> tuple[str, object, object]:  # type: ig
     """
     rt = get_runtime()
     definition = registry.get(saga_name)
-    created = rt.store.create_run(definition, definition.validate_input(data), timing=rt.timing)
+    created = create_run(rt.store, definition, definition.validate_input(data), timing=rt.timing)
     assert created.state is not None and created.command is not None
     return created.saga_id, created.state, created.command
 
@@ -261,10 +261,10 @@ def race_store(request, tmp_path):  # type: ignore[no-untyped-def]
 
     if request.param == "postgresql":
         request.getfixturevalue("database")
-        return SagaStore(os.environ["TEST_PG_URL"])
+        return open_store(os.environ["TEST_PG_URL"])
     url = f"sqlite:///{tmp_path / 'race.db'}"
     migrate(url)
-    return SagaStore(url)
+    return open_store(url)
 
 
 def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_store):  # type: ignore[no-untyped-def]
@@ -273,7 +273,7 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
                 ActionTimedOut("a", "lost"), ActionSucceeded("a", {"n": 2})]
     ids: list[str] = []
     for _ in range(8):
-        created = race_store.create_run(chain, {})
+        created = create_run(race_store, chain, {})
         assert created.state is not None
         saga_id, version = created.saga_id, created.state.version
         ids.append(saga_id)
@@ -282,7 +282,7 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
 
         def report(i: int) -> None:
             barrier.wait()
-            results[i] = race_store.apply(chain, saga_id, outcomes[i], by=f"worker-{i}", expected_version=version,
+            results[i] = apply(race_store, chain, saga_id, outcomes[i], by=f"worker-{i}", expected_version=version,
                                           now=datetime.now(timezone.utc))
 
         threads = [threading.Thread(target=report, args=(i,)) for i in range(len(outcomes))]
@@ -321,13 +321,17 @@ def _forget(store: SagaStore, ids: list[str]) -> None:
 def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from workflows.orchestration import step_task as orchestrator
     from workflows.operations.sweeper import sweep
+    from workflows.runtime.dispatch import RecordingDispatcher
 
     rt = get_runtime()
-    sent: list[tuple[str, str, str, int, str]] = []
-    monkeypatch.setattr(orchestrator, "publish_command", lambda _rt, run, cmd: sent.append(
-        (run.saga_id, cmd.step, cmd.kind, cmd.version, cmd.task_id)))
+    recorder = RecordingDispatcher()
+    monkeypatch.setattr(rt, "_dispatcher", recorder)  # what the sweeper publishes is recorded, not sent
+
+    def sent() -> list[tuple[str | None, str | None, str, int, str | None]]:
+        return [(m.saga_id, m.step, m.command.kind, m.command.version, m.task_id)
+                for m in recorder.steps() if m.command is not None]
+
     # Given a run whose first message was never published (and whose re-sent one is lost too)
     saga_id, run, cmd = begin("crash.chain", {})
     ours = lambda keys: [k for k in keys if k.startswith(saga_id)]  # noqa: E731 (other tests' leftovers)
@@ -337,7 +341,7 @@ def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch): 
     assert ours(first.redispatched) == [f"{saga_id}:a"] and ours(first.timed_out) == []
     again = rt.store.load(saga_id)
     assert again.version == run.version + 1 and again.caused_by == "sweeper"
-    assert [m for m in sent if m[0] == saga_id] == [(saga_id, "a", "action", again.version, again.step("a").task_id)]
+    assert [m for m in sent() if m[0] == saga_id] == [(saga_id, "a", "action", again.version, again.step("a").task_id)]
     assert again.step("a").task_id != cmd.task_id
 
     # When that message is lost as well: the second deadline times the step out (compensated),
@@ -347,7 +351,7 @@ def test_a_lost_first_step_is_sent_again_once_then_timed_out(app, monkeypatch): 
     final = rt.store.load(saga_id)
     assert final.status.value == "COMPENSATING" and final.step("a").attempts == 1
     assert final.step("a").status.value == "COMPENSATING"  # timed out: its effect is unknown, so undone
-    assert [m[1:3] for m in sent if m[0] == saga_id] == [("a", "action"), ("a", "compensation")]
+    assert [m[1:3] for m in sent() if m[0] == saga_id] == [("a", "action"), ("a", "compensation")]
     assert [e.type for e in rt.store.get(saga_id).events if e.step == "a"] == [
         "StepDispatched", "StepRedispatched", "StepDispatched", "StepTimedOut", "CompensationDispatched"]
     _forget(rt.store, [saga_id])
@@ -419,7 +423,7 @@ def test_starting_twice_with_one_key_runs_one_saga(workers, order_factory):  # t
 
 
 def test_one_key_with_another_payload_is_refused_and_writes_nothing(app, order_factory):  # type: ignore[no-untyped-def]
-    from workflows.store.sql import input_hash
+    from workflows.store import input_hash
 
     order = order_factory()
     key = f"order-{order['order_id']}"

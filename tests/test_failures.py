@@ -281,11 +281,11 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     from celery.signals import before_task_publish
 
     from tests.support.sagas import three_steps
-    from workflows.core.engine import ActionTimedOut
-    from workflows.orchestration.step_task import apply_and_publish
+    from tests.support.runs import create_run
+    from workflows.core.state import ActionTimedOut
 
     store = get_runtime().store
-    created = store.create_run(three_steps, {})  # its first step never published: no worker touches it
+    created = create_run(store, three_steps, {})  # its first step never published: no worker touches it
     assert created.state is not None
     saga_id, version = created.saga_id, created.state.version
     sent: list[str] = []
@@ -296,10 +296,10 @@ def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(ap
     before_task_publish.connect(count)
     try:
         # Given two sweeps (beat and `sagas sweep`) that both saw step a past its deadline at `version`
-        first = apply_and_publish(get_runtime(), three_steps, saga_id, ActionTimedOut("a", "lost"),
-                                  by="sweeper", expected_version=version)
-        second = apply_and_publish(get_runtime(), three_steps, saga_id, ActionTimedOut("a", "lost"),
-                                   by="sweeper", expected_version=version)
+        first = get_runtime().loop.apply(three_steps, saga_id, ActionTimedOut("a", "lost"),
+                                         by="sweeper", expected_version=version)
+        second = get_runtime().loop.apply(three_steps, saga_id, ActionTimedOut("a", "lost"),
+                                          by="sweeper", expected_version=version)
     finally:
         before_task_publish.disconnect(count)
 
@@ -313,15 +313,13 @@ def test_a_first_step_never_published_is_sent_again_by_the_sweeper_and_the_saga_
 
     import kombu.exceptions
 
-    from workflows.operations import client
-
     rt = get_runtime()
     # Given a saga recorded by start_saga while the broker was down for its first message: the
     # saga is accepted (its id returned, not an error a caller would retry into a second order)
     def broker_down(*_: object) -> None:
         raise kombu.exceptions.OperationalError("Error 111 connecting to the broker")
 
-    monkeypatch.setattr(client, "publish_command", broker_down)
+    monkeypatch.setattr(rt.dispatcher, "send_step", broker_down)
     saga_id = start_saga("tests.three", {})
     monkeypatch.undo()
     first = rt.store.load(saga_id)

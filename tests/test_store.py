@@ -1,4 +1,8 @@
-"""One store suite, run against each real backend: SQLite and PostgreSQL (psycopg 3 and psycopg2)."""
+"""The store contract: one suite every implementation passes, against each real backend.
+
+`open_store(url)` picks the implementation: `SQLiteStore`, and `PostgresStore` through psycopg 3 (the
+recommended driver) and psycopg2. Transitions are decided by the runtime's decision loop with a
+`RecordingDispatcher` (nothing is published), as in a worker."""
 from __future__ import annotations
 
 import threading
@@ -9,11 +13,13 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.support.interfaces import saga_count
+from tests.support.runs import apply, create_run
 from workflows import IdempotencyConflict, InvalidInput, Saga, SagaNotFound, Step, UnknownSaga
 from workflows.store.db import migrate
-from workflows.core.engine import ActionSucceeded, Started
+from workflows.core.state import ActionSucceeded, Started
 from workflows.store.models import EventRow, SagaRow, StepRow
-from workflows.store.sql import SagaStore
+from workflows.store import PostgresStore, SagaStore, SQLiteStore, open_store
+from workflows.store.sql import SqlStore
 
 SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a"),
                                   Step("b", action="x.b", compensation=None)])
@@ -31,7 +37,9 @@ def store(request, tmp_path: Path) -> SagaStore:  # type: ignore[no-untyped-def]
         url = request.getfixturevalue("database")
         if request.param == "psycopg2":
             url = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return SagaStore(url)
+    store = open_store(url)
+    assert isinstance(store, SQLiteStore if request.param == "sqlite" else PostgresStore)
+    return store
 
 
 def counts(store: SagaStore, saga_id: str) -> tuple[int, int, int]:
@@ -42,7 +50,7 @@ def counts(store: SagaStore, saga_id: str) -> tuple[int, int, int]:
 
 
 def test_a_run_is_written_started_with_all_its_steps_and_its_history_at_once(store: SagaStore) -> None:
-    run = store.create_run(SAGA, {"n": 1})
+    run = create_run(store, SAGA, {"n": 1})
     assert run.created and run.state is not None and run.command is not None
     saga_id = run.saga_id
     assert counts(store, saga_id) == (1, 2, 3)
@@ -59,35 +67,35 @@ def test_a_run_is_written_started_with_all_its_steps_and_its_history_at_once(sto
 
 def test_idempotency_key_returns_the_same_run_or_refuses_other_content(store: SagaStore) -> None:
     key = f"k-{uuid.uuid4()}"
-    first = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
-    again = store.create_run(SAGA, {"n": 1}, idempotency_key=key)
+    first = create_run(store, SAGA, {"n": 1}, idempotency_key=key)
+    again = create_run(store, SAGA, {"n": 1}, idempotency_key=key)
     assert first.created and not again.created and again.saga_id == first.saga_id
     assert again.command is None  # nothing to publish: the first call did
     with pytest.raises(IdempotencyConflict, match=key):
-        store.create_run(SAGA, {"n": 2}, idempotency_key=key)
+        create_run(store, SAGA, {"n": 2}, idempotency_key=key)
     with store.sessions() as s:
         assert s.scalar(select(func.count()).select_from(SagaRow).where(SagaRow.idempotency_key == key)) == 1
 
 
 def test_a_stale_message_changes_nothing_and_is_noted(store: SagaStore) -> None:
-    started = store.create_run(SAGA, {})
+    started = create_run(store, SAGA, {})
     assert started.state is not None
     saga_id, v = started.saga_id, started.state.version
-    done = store.apply(SAGA, saga_id, ActionSucceeded("a", {"r": 1}), by="t-a", expected_version=v)
+    done = apply(store, SAGA, saga_id, ActionSucceeded("a", {"r": 1}), by="t-a", expected_version=v)
     assert done.transition is not None
 
-    replay = store.apply(SAGA, saga_id, ActionSucceeded("a", {"r": 2}), by="t-other", expected_version=v)
+    replay = apply(store, SAGA, saga_id, ActionSucceeded("a", {"r": 2}), by="t-other", expected_version=v)
 
     assert replay.stale and not replay.own_commit and replay.transition is None
     assert store.get(saga_id).step("a").result == {"r": 1}
     assert store.get(saga_id).event_types()[-1] == "StaleMessageIgnored"
     # the same message redelivered after its own commit knows it, to re-publish its follow-up
-    own = store.apply(SAGA, saga_id, ActionSucceeded("a", {"r": 1}), by="t-a", expected_version=v)
+    own = apply(store, SAGA, saga_id, ActionSucceeded("a", {"r": 1}), by="t-a", expected_version=v)
     assert own.stale and own.own_commit
 
 
 def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: SagaStore) -> None:
-    started = store.create_run(SAGA, {})
+    started = create_run(store, SAGA, {})
     assert started.state is not None
     saga_id, v = started.saga_id, started.state.version
     results = []
@@ -95,7 +103,7 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
 
     def report(n: int) -> None:
         barrier.wait()
-        results.append(store.apply(SAGA, saga_id, ActionSucceeded("a", {"writer": n}), by=f"w{n}",
+        results.append(apply(store, SAGA, saga_id, ActionSucceeded("a", {"writer": n}), by=f"w{n}",
                                    expected_version=v))
 
     threads = [threading.Thread(target=report, args=(n,)) for n in range(4)]
@@ -111,20 +119,20 @@ def test_two_writers_racing_on_one_version_make_exactly_one_transition(store: Sa
 
 
 def test_a_transition_decided_on_an_outdated_snapshot_writes_nothing_and_is_decided_again(store: SagaStore) -> None:
-    from workflows.core.engine import Cancel
+    from workflows.core.state import Cancel
 
     # Given two callers that read the run at the same version, and the first one's write landed
-    run = store.create_run(SAGA, {})
+    run = create_run(store, SAGA, {})
     assert run.state is not None
     snapshot = run.state
-    first = store.apply(SAGA, run.saga_id, ActionSucceeded("a", {}), by="w1", expected_version=snapshot.version,
+    first = apply(store, SAGA, run.saga_id, ActionSucceeded("a", {}), by="w1", expected_version=snapshot.version,
                         state=snapshot)
     assert first.transition is not None
 
     # When the second writes what it decided on the same, now outdated, snapshot
-    late = store.apply(SAGA, run.saga_id, ActionSucceeded("a", {"other": 1}), by="w2",
+    late = apply(store, SAGA, run.saga_id, ActionSucceeded("a", {"other": 1}), by="w2",
                        expected_version=snapshot.version, state=snapshot)
-    cancel = store.apply(SAGA, run.saga_id, Cancel("ops", "ops"), by="operator:ops", state=snapshot)
+    cancel = apply(store, SAGA, run.saga_id, Cancel("ops", "ops"), by="operator:ops", state=snapshot)
 
     # Then the version check refused both writes: the report read again and found itself stale,
     # and the cancel read again and was decided on step b, which the first write had dispatched
@@ -137,21 +145,21 @@ def test_a_transition_decided_on_an_outdated_snapshot_writes_nothing_and_is_deci
 
 
 def test_an_operator_cancel_racing_a_step_report_decides_on_what_the_report_wrote(store: SagaStore) -> None:
-    from workflows.core.engine import Cancel
+    from workflows.core.state import Cancel
 
     # Given a cancel (no expected version: an operator's) and step a's success racing, many times
     for _ in range(12):
-        run = store.create_run(SAGA, {})
+        run = create_run(store, SAGA, {})
         assert run.state is not None
         barrier = threading.Barrier(2)
 
         def report() -> None:
             barrier.wait()
-            store.apply(SAGA, run.saga_id, ActionSucceeded("a", {}), by="w", expected_version=run.state.version)
+            apply(store, SAGA, run.saga_id, ActionSucceeded("a", {}), by="w", expected_version=run.state.version)
 
         def cancel() -> None:
             barrier.wait()
-            store.apply(SAGA, run.saga_id, Cancel("race", "ops"), by="operator:ops")
+            apply(store, SAGA, run.saga_id, Cancel("race", "ops"), by="operator:ops")
 
         threads = [threading.Thread(target=report), threading.Thread(target=cancel)]
         for t in threads:
@@ -186,7 +194,7 @@ def _written(store: SagaStore, saga_id: str) -> tuple[object, ...]:
 
 
 def test_the_one_statement_creation_and_transition_write_what_the_transactional_ones_write(database) -> None:  # type: ignore[no-untyped-def]
-    from workflows.core.engine import ActionFailed, CompensationSucceeded, ErrorInfo
+    from workflows.core.state import ActionFailed, CompensationSucceeded, ErrorInfo
 
     # Given the same outcomes (success, retry, failure, compensation) reported to two runs, one
     # written by PostgreSQL's one-statement transition and one by the transaction SQLite uses
@@ -205,16 +213,15 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
         event.listen(engine, "before_cursor_execute", listener)
     try:
         for single in (True, False):
-            store = SagaStore(database)
-            store.single_statement = single
+            store = PostgresStore(database) if single else SqlStore(database)
             sent.clear()
-            run = store.create_run(COMPENSATED_LATE, {"n": 1}, idempotency_key=f"same-rows-{uuid.uuid4()}")
+            run = create_run(store, COMPENSATED_LATE, {"n": 1}, idempotency_key=f"same-rows-{uuid.uuid4()}")
             assert run.state is not None
             created.append(len(sent))
             version = run.state.version
             sent.clear()
             for o in outcomes:
-                applied = store.apply(COMPENSATED_LATE, run.saga_id, o, by="t", expected_version=version)
+                applied = apply(store, COMPENSATED_LATE, run.saga_id, o, by="t", expected_version=version)
                 assert applied.transition is not None, o
                 version = applied.state.version
             statements.append(len(sent))
@@ -232,12 +239,12 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
 
 
 def test_an_explicit_saga_id_cannot_be_used_twice(store: SagaStore) -> None:
-    from workflows.store.sql import SagaIdTaken
+    from workflows.core.errors import SagaIdTaken
 
     saga_id = f"mine-{uuid.uuid4()}"
-    store.create_run(SAGA, {}, saga_id=saga_id)
+    create_run(store, SAGA, {}, saga_id=saga_id)
     with pytest.raises(SagaIdTaken, match=saga_id):
-        store.create_run(SAGA, {"other": True}, saga_id=saga_id)
+        create_run(store, SAGA, {"other": True}, saga_id=saga_id)
     assert counts(store, saga_id) == (1, 2, 3)
 
 
@@ -245,7 +252,9 @@ def test_unknown_saga_id_is_not_found(store: SagaStore) -> None:
     with pytest.raises(SagaNotFound):
         store.get("nope")
     with pytest.raises(SagaNotFound):
-        store.apply(SAGA, "nope", Started(), by="x")
+        apply(store, SAGA, "nope", Started(), by="x")
+    with pytest.raises(SagaNotFound):
+        store.load("nope")
 
 
 # ----------------------------------------------------------- refused at the door (client)

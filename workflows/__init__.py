@@ -1,17 +1,25 @@
 """Saga orchestration on Celery: declare sagas, run them, query every transition.
 
     from workflows import Saga, Step, RetryPolicy, step_task, start_saga, get_saga
+
+Importing `workflows` registers nothing and connects to nothing: `workflows.install(app)` (in the
+deployment's `worker.py`) wires a Celery app. The layers, bottom up: `core` (declarations, the
+pure engine), `store` (the only writer of the saga tables), `runtime` (the decision loop,
+dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), `operations`
+(starting, operator actions, dead letters, the sweeper), `interfaces` (API, CLI, metrics).
 """
-from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
+from workflows.choreography import Choreography, EventContext, publish
 from workflows.core.definition import Saga, Step, register_saga, registry
-from workflows.core.engine import RunStatus, StepStatus
-from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput, InvalidOperation,
-                     PermanentError, RetryableError, SagaError, SagaNotFound, StepNotFound, UnknownSaga)
+from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
+                                   InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
+                                   StepNotFound, UnknownSaga)
 from workflows.core.retry import RetryPolicy
-from workflows.runtime.container import get_runtime, install
+from workflows.core.state import RunStatus, StepStatus
 from workflows.core.steps import StepContext, step_task
 from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
-from workflows.choreography import Choreography, EventContext, publish  # noqa: E402  (last: it builds on the above)
+from workflows.install import install
+from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
+from workflows.runtime.container import get_runtime
 
 __all__ = [
     "Choreography", "EventContext", "publish",

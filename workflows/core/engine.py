@@ -1,242 +1,30 @@
 """The saga engine: a pure function from (definition, run state, outcome) to a transition.
 
-No Celery, no SQL, no clock: `now` is passed in. The orchestrator loads a `RunState`, asks
-`decide(...)` what follows, writes the returned `Transition` atomically and then
-publishes its `command`. `command_for(...)` derives the message a run is waiting on from its
-state alone, which is how recovery re-publishes a message lost in a crash.
+No Celery, no SQL, no clock, no random ids: `now` and `ids` come from the caller. The runtime
+loads a `RunState`, asks `decide(...)` what follows, has the store write the returned
+`Transition` atomically, then publishes its commands. `command_for(...)` derives the message a
+run is waiting on from its state alone, which is how recovery re-publishes a message lost in a crash.
 """
 from __future__ import annotations
 
-import enum
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from workflows.core.definition import Saga
+from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command,
+                                  CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure,
+                                  HistoryEvent, IdSource, Ignored, Outcome, Redispatch, Resume, RunState,
+                                  RunStatus, Started, StepState, StepStatus, Timing, Transition)
 
 
-class RunStatus(str, enum.Enum):
-    RUNNING = "RUNNING"
-    COMPENSATING = "COMPENSATING"
-    COMPLETED = "COMPLETED"
-    COMPENSATED = "COMPENSATED"
-    FAILED = "FAILED"
-    """Compensation is stuck: a compensation exhausted its retries. An operator must act."""
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.COMPENSATED, RunStatus.FAILED)
-
-
-class StepStatus(str, enum.Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    TIMED_OUT = "TIMED_OUT"
-    """The action's outcome is unknown (time limit, lost worker, cancel): it is compensated."""
-    COMPENSATING = "COMPENSATING"
-    COMPENSATED = "COMPENSATED"
-    COMPENSATION_FAILED = "COMPENSATION_FAILED"
-
-
-# ---------------------------------------------------------------- state
-
-
-@dataclass(frozen=True)
-class StepState:
-    index: int
-    name: str
-    status: StepStatus = StepStatus.PENDING
-    attempts: int = 0
-    compensation_attempts: int = 0
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    task_id: str | None = None
-    eta: datetime | None = None
-    deadline_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class RunState:
-    saga_id: str
-    saga_type: str
-    status: RunStatus
-    version: int
-    input: dict[str, Any]
-    steps: tuple[StepState, ...]
-    deadline_at: datetime | None = None
-    """With a saga-level deadline, when the run is cancelled."""
-    failure_reason: str | None = None
-    caused_by: str | None = None
-    """Who made the current version (store metadata; the engine does not read it)."""
-
-    def step(self, name: str) -> StepState:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-    def results(self) -> dict[str, dict[str, Any]]:
-        """Results of the steps that succeeded, by step name, in step order."""
-        return {s.name: s.result or {} for s in self.steps if s.status == StepStatus.SUCCEEDED}
-
-
-# ---------------------------------------------------------------- outcomes
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    type: str
-    message: str
-    traceback: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Something that happened to a run. `by` names who reported it (task id, 'sweeper', a person)."""
-
-
-@dataclass(frozen=True)
-class Started(Outcome):
-    pass
-
-
-@dataclass(frozen=True)
-class ActionSucceeded(Outcome):
-    step: str
-    result: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ActionFailed(Outcome):
-    step: str
-    error: ErrorInfo
-    retryable: bool
-    countdown: float = 0.0
-    """Seconds to wait before the next attempt, if the engine decides to retry."""
-
-
-@dataclass(frozen=True)
-class ActionTimedOut(Outcome):
-    step: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class CompensationSucceeded(Outcome):
-    step: str
-
-
-@dataclass(frozen=True)
-class CompensationFailed(Outcome):
-    step: str
-    error: ErrorInfo
-    retryable: bool
-    countdown: float = 0.0
-
-
-@dataclass(frozen=True)
-class Cancel(Outcome):
-    """Force compensation of a running saga (operator action or saga deadline)."""
-
-    reason: str
-    who: str = "operator"
-
-
-@dataclass(frozen=True)
-class Redispatch(Outcome):
-    """Send a running step's message again, under a new version (its first message may be lost)."""
-
-    step: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Resume(Outcome):
-    """Retry the stuck compensation of a FAILED saga (or a running step now); operator action."""
-
-    step: str | None = None
-    reason: str = ""
-    who: str = "operator"
-
-
-# ---------------------------------------------------------------- decisions
-
-
-@dataclass(frozen=True)
-class Command:
-    """A message to publish: run `kind` ('action' | 'compensation') of step `step`."""
-
-    kind: str
-    step: str
-    task: str
-    task_id: str
-    version: int
-    """The run version the message expects; any other version makes the message stale."""
-    eta: datetime | None = None
-    time_limit: float = 0.0
-
-
-@dataclass(frozen=True)
-class HistoryEvent:
-    type: str
-    step: str | None = None
-    attempt: int | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DeadLetterSpec:
-    kind: str
-    step: str
-    task: str
-    attempts: int
-    error: ErrorInfo
-
-
-@dataclass(frozen=True)
-class Transition:
-    before: RunState
-    after: RunState
-    events: tuple[HistoryEvent, ...]
-    command: Command | None
-    dead_letter: DeadLetterSpec | None = None
-
-    @property
-    def changed_steps(self) -> list[StepState]:
-        return [a for b, a in zip(self.before.steps, self.after.steps) if a != b]
-
-
-class Ignored(Exception):
-    """The outcome does not apply to the run's current state; nothing changes.
-
-    `event` is what the history should say about it, if anything.
-    """
-
-    def __init__(self, reason: str, event: HistoryEvent | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.event = event
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds added to an attempt's time limit before the sweeper calls it lost."""
-
-    dispatch_grace: float = 60.0
-
-
-def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, timing: Timing = Timing()) -> Transition:
-    """The transition `outcome` causes in `run`. Raises `Ignored` if it causes none."""
+def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
+           timing: Timing = Timing()) -> Transition:
+    """The transition `outcome` causes in `run` at time `now`, new ids drawn from `ids`. Raises
+    `Ignored` if it causes none."""
     if run.saga_type != saga.name:
         raise ValueError(f"run {run.saga_id} is a {run.saga_type!r}, not a {saga.name!r}")
-    d = _Decision(saga, run, now, timing)
+    d = _Decision(saga, run, now, ids, timing)
     match outcome:
         case Started():
             d.start()
@@ -292,13 +80,14 @@ def _command(saga: Saga, s: StepState, kind: str, version: int) -> Command:
 class _Decision:
     """Accumulates one transition. Private: `decide` is the interface."""
 
-    def __init__(self, saga: Saga, run: RunState, now: datetime, timing: Timing) -> None:
-        self.saga, self.before, self.now, self.timing = saga, run, now, timing
+    def __init__(self, saga: Saga, run: RunState, now: datetime, ids: IdSource, timing: Timing) -> None:
+        self.saga, self.before, self.now, self.ids, self.timing = saga, run, now, ids, timing
         self.status = run.status
         self.steps = list(run.steps)
         self.events: list[HistoryEvent] = []
-        self.command: Command | None = None
-        self.dead_letter: DeadLetterSpec | None = None
+        self.commands: list[Command] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.closures: list[DeadLetterClosure] = []
         self.failure_reason = run.failure_reason
         self.deadline_at = run.deadline_at
 
@@ -332,12 +121,13 @@ class _Decision:
         eta = self.now + timedelta(seconds=delay) if delay > 0 else None
         start = eta or self.now
         deadline = start + timedelta(seconds=limit + self.timing.dispatch_grace)
-        task_id = s.task_id if retry and s.task_id else f"{self.before.saga_id}.{s.name}.{kind}.{uuid.uuid4().hex[:8]}"
+        task_id = s.task_id if retry and s.task_id else f"{self.before.saga_id}.{s.name}.{kind}.{self.ids()[:8]}"
         s = self._set(s, task_id=task_id, eta=eta, deadline_at=deadline)
-        self.command = _command(self.saga, s, kind, self.before.version + 1)
+        command = _command(self.saga, s, kind, self.before.version + 1)
+        self.commands.append(command)
         self._emit("StepDispatched" if kind == "action" else "CompensationDispatched", s.name,
                    (s.attempts if kind == "action" else s.compensation_attempts) + 1,
-                   task=self.command.task, task_id=s.task_id,
+                   task=command.task, task_id=s.task_id,
                    eta=eta.isoformat() if eta else None, deadline_at=deadline.isoformat())
 
     def _run_action(self, s: StepState, delay: float = 0.0) -> None:
@@ -372,7 +162,13 @@ class _Decision:
         after = replace(self.before, status=self.status, version=self.before.version + 1,
                         steps=tuple(self.steps), failure_reason=self.failure_reason,
                         deadline_at=self.deadline_at)
-        return Transition(self.before, after, tuple(self.events), self.command, self.dead_letter)
+        return Transition(self.before, after, tuple(self.events), tuple(self.commands), tuple(self.dead_letters),
+                          tuple(self.closures))
+
+    def _dead_letter(self, kind: str, s: StepState, task: str, attempts: int, error: Any) -> None:
+        dl = DeadLetter(self.ids(), kind, s.name, task, attempts, error)
+        self.dead_letters.append(dl)
+        self._emit("DeadLettered", s.name, attempts, kind=kind, error=str(error), dead_letter=dl.id)
 
     # -- outcomes
     def start(self) -> None:
@@ -415,9 +211,7 @@ class _Decision:
         self._emit("StepFailed", s.name, attempt, error=str(o.error),
                    reason="retries exhausted" if exhausted else "permanent error")
         if exhausted:
-            self.dead_letter = DeadLetterSpec("action", s.name, self.saga.steps[s.index].action_name,
-                                              attempt, o.error)
-            self._emit("DeadLettered", s.name, attempt, kind="action", error=str(o.error))
+            self._dead_letter("action", s, self.saga.steps[s.index].action_name, attempt, o.error)
         self._begin_compensation(f"step {s.name!r} failed: {o.error}")
 
     def action_timed_out(self, name: str, reason: str) -> None:
@@ -449,14 +243,12 @@ class _Decision:
             return
         s = self._set(s, status=StepStatus.COMPENSATION_FAILED, compensation_attempts=attempt,
                       error=str(o.error), eta=None, deadline_at=None)
-        task = self.saga.steps[s.index].compensation_name or ""
-        self.dead_letter = DeadLetterSpec("compensation", s.name, task, attempt, o.error)
         self.status = RunStatus.FAILED
         self.failure_reason = (f"compensation of step {s.name!r} failed after {attempt} attempt(s): "
                                f"{o.error}; an operator must fix the cause and redrive it")
         self._emit("CompensationFailed", s.name, attempt, error=str(o.error),
                    reason="retries exhausted" if o.retryable else "permanent error")
-        self._emit("DeadLettered", s.name, attempt, kind="compensation", error=str(o.error))
+        self._dead_letter("compensation", s, self.saga.steps[s.index].compensation_name or "", attempt, o.error)
         self._emit("SagaFailed", reason=self.failure_reason)
 
     def cancel(self, reason: str, who: str) -> None:
@@ -486,6 +278,9 @@ class _Decision:
             s = self._set(stuck[0], status=StepStatus.COMPENSATING, compensation_attempts=0, error=None)
             self.status = RunStatus.COMPENSATING
             self._emit("CompensationResumed", s.name, reason=reason, who=who)
+            # the dead letters of the stuck compensation are answered by this resume
+            self.closures.append(DeadLetterClosure("REDRIVEN", f"resumed by {who}",
+                                                   step=s.name, kind="compensation"))
             self._dispatch(s, "compensation")
             return
         if self.status in (RunStatus.RUNNING, RunStatus.COMPENSATING):

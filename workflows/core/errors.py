@@ -61,3 +61,15 @@ class PermanentError(Exception):
 
 class RetryableError(Exception):
     """Raise from a step to ask for a retry even if the policy would not retry the cause."""
+
+
+class SagaIdTaken(SagaError):
+    """`start_saga(saga_id=...)` named an id that is already used."""
+
+
+class DeadLetterHandled(InvalidOperation):
+    """The dead letter a transition was to resolve is no longer OPEN: another operator handled it."""
+
+
+class ConcurrentTransition(Exception):
+    """Another writer changed the run between our read and our write (caught by the version)."""

@@ -31,7 +31,7 @@ from workflows.operations import dead_letters
 from workflows.operations import actions as operations
 from workflows.operations.client import get_saga, list_sagas, start_saga
 from workflows.core.definition import registry
-from workflows.core.engine import RunStatus
+from workflows.core.state import RunStatus
 from workflows.core.errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
                      SagaNotFound, StepNotFound, UnknownSaga)
 from workflows.interfaces.metrics import saga_registry

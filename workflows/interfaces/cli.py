@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from workflows.core.engine import RunStatus
+from workflows.core.state import RunStatus
 from workflows.core.errors import SagaError
 
 STATE_STYLE = {"RUNNING": "cyan", "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",

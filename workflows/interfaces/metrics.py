@@ -35,11 +35,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily,
                                     Metric)
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from workflows.store.models import DeadLetterRow, SagaRow, StepRow
-from workflows.store.sql import SagaStore
+from workflows.store.base import SagaStore
 
 log = logging.getLogger("workflows.metrics")
 
@@ -84,9 +82,6 @@ class SagaCollector(Collector):
         yield self._stuck(now)
 
     def _runs(self) -> Iterator[Metric]:
-        with self.store.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, SagaRow.state, func.count())
-                             .group_by(SagaRow.saga_type, SagaRow.state)).all()
         by_state = GaugeMetricFamily("sagas_by_state", "Saga runs by current state", labels=["saga_type", "state"])
         started = CounterMetricFamily("sagas_started", "Saga runs recorded", labels=["saga_type"])
         completed = CounterMetricFamily("sagas_completed", "Saga runs that completed", labels=["saga_type"])
@@ -95,9 +90,9 @@ class SagaCollector(Collector):
         failed = GaugeMetricFamily("sagas_failed", "Saga runs FAILED now: a compensation is stuck, "
                                    "an operator must act", labels=["saga_type"])
         totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for saga_type, state, count in rows:
-            by_state.add_metric([saga_type, state], count)
-            totals[saga_type][state] += count
+        for row in self.store.run_counts():
+            by_state.add_metric([row.saga_type, row.state], row.count)
+            totals[row.saga_type][row.state] += row.count
         for saga_type, states in sorted(totals.items()):
             started.add_metric([saga_type], sum(states.values()))
             completed.add_metric([saga_type], states["COMPLETED"])
@@ -106,30 +101,17 @@ class SagaCollector(Collector):
         yield from (started, completed, compensated, failed, by_state)
 
     def _retries(self) -> Metric:
-        extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
-        extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1),
-                                    else_=0))
-        with self.store.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps)
-                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
-                             .group_by(SagaRow.saga_type, StepRow.name)).all()
         family = CounterMetricFamily("saga_step_retries", "Step attempts beyond the first",
                                      labels=["saga_type", "step", "kind"])
-        for saga_type, step, actions, comps in rows:
-            family.add_metric([saga_type, step, "action"], int(actions or 0))
-            family.add_metric([saga_type, step, "compensation"], int(comps or 0))
+        for r in self.store.step_retries():
+            family.add_metric([r.saga_type, r.step, "action"], r.actions)
+            family.add_metric([r.saga_type, r.step, "compensation"], r.compensations)
         return family
 
     def _durations(self, now: datetime) -> Metric:
-        since = now - timedelta(seconds=self.window)
-        with self.store.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, StepRow.started_at, StepRow.finished_at)
-                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
-                             .where(StepRow.finished_at >= since, StepRow.started_at.is_not(None))
-                             .order_by(StepRow.finished_at.desc()).limit(RECENT_STEPS_LIMIT)).all()
         seconds: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for saga_type, step, started_at, finished_at in rows:
-            seconds[(saga_type, step)].append(max(0.0, (finished_at - started_at).total_seconds()))
+        for d in self.store.step_durations(now - timedelta(seconds=self.window), RECENT_STEPS_LIMIT):
+            seconds[(d.saga_type, d.step)].append(d.seconds)
         family = GaugeHistogramMetricFamily(
             "saga_step_duration_seconds",
             f"Duration of the step actions that finished in the last {self.window:g}s",
@@ -141,8 +123,7 @@ class SagaCollector(Collector):
         return family
 
     def _dead_letters(self) -> Metric:
-        with self.store.sessions() as s:
-            rows = dict(s.execute(select(DeadLetterRow.status, func.count()).group_by(DeadLetterRow.status)).all())
+        rows = self.store.dead_letter_counts()
         family = GaugeMetricFamily("saga_dead_letters", "Dead letters by status (OPEN: waiting for an operator)",
                                    labels=["status"])
         for status in sorted({"OPEN", "REDRIVEN", "DISCARDED", *rows}):
@@ -150,12 +131,8 @@ class SagaCollector(Collector):
         return family
 
     def _outbox(self) -> Metric:
-        from workflows.choreography.models import OutboxRow
-
-        with self.store.sessions() as s:
-            unsent = s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None)))
         family = GaugeMetricFamily("saga_outbox_unsent", "Events committed by choreography handlers, not sent yet")
-        family.add_metric([], int(unsent or 0))
+        family.add_metric([], self.store.outbox_unsent())
         return family
 
     def stuck_ids(self, now: datetime) -> set[str]:

@@ -1,16 +1,16 @@
 """Operator actions on a saga: cancel, resume a stuck compensation, retry a step now.
 
-Each is one version-checked transition recorded in the saga's history with who and why.
+Each is one pass of the decision loop (a version-checked transition) recorded in the saga's
+history with who and why; a resume also resolves the stuck compensation's dead letters, in the
+same write.
 """
 from __future__ import annotations
 
 from workflows.core.definition import registry
-from workflows.core.engine import Cancel, Resume, RunState
 from workflows.core.errors import InvalidOperation, StepNotFound
-from workflows.orchestration.step_task import apply_and_publish
-from workflows.operations.dead_letters import close_resumed_dead_letters
-from workflows.runtime.container import get_runtime
+from workflows.core.state import Cancel, Resume, RunState, RunStatus
 from workflows.core.views import SagaView
+from workflows.runtime.container import get_runtime
 
 
 def cancel(saga_id: str, *, reason: str, who: str = "operator") -> SagaView:
@@ -21,7 +21,7 @@ def cancel(saga_id: str, *, reason: str, who: str = "operator") -> SagaView:
 def resume(saga_id: str, *, reason: str = "", who: str = "operator") -> SagaView:
     """Resume the compensation of a FAILED saga after the cause was fixed."""
     run = get_runtime().store.load(saga_id)
-    if run.status.value != "FAILED":
+    if run.status != RunStatus.FAILED:
         raise InvalidOperation(f"saga {saga_id} is not FAILED: only a stuck compensation can be resumed")
     # Only on this FAILED version: had another resume or a redrive moved it on meanwhile,
     # re-deciding `Resume` on the COMPENSATING run would send its compensation a second time.
@@ -39,9 +39,8 @@ def retry_step(saga_id: str, step: str | None = None, *, reason: str = "", who: 
 
 def _act(run: RunState, outcome: Cancel | Resume, who: str, expected_version: int | None = None) -> SagaView:
     rt = get_runtime()
-    applied = apply_and_publish(rt, registry.get(run.saga_type), run.saga_id, outcome, by=f"operator:{who}",
-                                expected_version=expected_version, state=run,
-                                before_commit=close_resumed_dead_letters(rt, f"resumed by {who}"))
+    applied = rt.loop.apply(registry.get(run.saga_type), run.saga_id, outcome, by=f"operator:{who}",
+                            expected_version=expected_version, state=run)
     if applied.stale:
         raise InvalidOperation(f"saga {run.saga_id} changed while the action was being decided; look at it again")
     if applied.transition is None:

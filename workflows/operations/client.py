@@ -9,16 +9,15 @@ import kombu.exceptions
 
 from workflows.core.definition import Saga, registry
 from workflows.core.errors import SagaError
-from workflows.orchestration.step_task import publish_command
-from workflows.runtime.container import get_runtime
 from workflows.core.views import SagaView
+from workflows.runtime.container import get_runtime
 
 log = logging.getLogger("workflows.client")
 
 
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
                saga_id: str | None = None) -> str:
-    """Validate, record the run with all its steps in one transaction, publish its first step.
+    """Validate, record the run with all its steps in one atomic write, publish its first step.
 
     Returns the saga id. The same idempotency key with the same input returns the same id
     (and publishes nothing new); with a different input it raises `IdempotencyConflict`.
@@ -35,16 +34,14 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     clean = definition.validate_input(data)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
-    run = rt.store.create_run(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id,
-                              timing=rt.timing)
-    if run.created:
-        assert run.state is not None and run.command is not None
+    started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id)
+    if started.transition is not None:
         try:
-            publish_command(rt, run.state, run.command)
+            rt.loop.publish(started.transition)
         except kombu.exceptions.OperationalError as e:
             log.warning("saga recorded, its first step not sent (%s): the sweeper sends it after its deadline", e,
-                        extra={"saga_id": run.saga_id, "step": run.command.step})
-    return run.saga_id
+                        extra={"saga_id": started.saga_id})
+    return started.saga_id
 
 
 def get_saga(saga_id: str) -> SagaView:

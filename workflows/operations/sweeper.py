@@ -6,22 +6,24 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
   may never have been published (the caller died, the broker was down): send it again, once;
 - an action past its deadline (never picked up, or its worker vanished): TIMED_OUT, compensate;
 - a compensation past its deadline: a failed attempt (retried, or dead-lettered when exhausted);
-- a run past its saga-level deadline: cancelled, compensated.
-Every action goes through the same version-checked transition as a step's own report, so a
+- a run past its saga-level deadline: cancelled, compensated;
+- a dead letter committed and never copied to the broker (its writer died first): sent;
+- the choreographies' part (`choreography.operations.sweep_choreographies`).
+Every action is one pass of the decision loop, version-checked like a step's own report, so a
 sweeper racing a late result changes the run once.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
+from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
-from workflows.core.engine import ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Redispatch
 from workflows.core.errors import UnknownSaga
-from workflows.orchestration.step_task import apply_and_publish
+from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Outcome,
+                                  Redispatch, StepStatus)
 from workflows.runtime.container import Runtime
-from workflows.store.sql import STARTED_BY
 
 log = logging.getLogger("workflows.sweeper")
 
@@ -32,21 +34,18 @@ class SweepReport:
     timed_out: list[str] = field(default_factory=list)
     compensations_retried: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    dead_letters_sent: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
-    """Runs reported by other detectors (choreographies whose last event is too old)."""
+    """Choreographed sagas whose last event is older than their deadline."""
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
 
 
-Detector = "Callable[[Runtime, datetime], list[str]]"
-extra_detectors: list = []  # type: ignore[type-arg]
-"""Functions (rt, now) -> saga ids reported as stuck; the choreography adds its own."""
-
-
 def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
-    now = now or datetime.now(timezone.utc)
-    store = rt.store
+    """Act on every deadline passed at `now` (default: the runtime's clock)."""
+    now = now or rt.clock()
+    store, loop = rt.store, rt.loop
     report = SweepReport()
 
     for saga_id, saga_type, step, version in store.due_steps(now):
@@ -56,35 +55,37 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
             log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
             continue
         run = store.load(saga_id)
-        status = run.step(step).status.value
-        if status == "RUNNING" and run.caused_by == STARTED_BY:
+        s = run.step(step)
+        outcome: Outcome
+        if s.status == StepStatus.RUNNING and run.caused_by == STARTED_BY:
             outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
                                        "(its first message may never have been published)")
             bucket = report.redispatched
-        elif status == "RUNNING":
+        elif s.status == StepStatus.RUNNING:
             outcome = ActionTimedOut(step, "no result before the step's deadline (message lost or worker gone)")
             bucket = report.timed_out
         else:
-            index = saga.index_of(step)
-            attempt = run.step(step).compensation_attempts + 1
-            outcome = CompensationFailed(  # type: ignore[assignment]
+            policy = saga.steps[saga.index_of(step)].compensation_retry
+            outcome = CompensationFailed(
                 step, ErrorInfo("DeadlineExceeded", "no result before the compensation's deadline"), True,
-                saga.steps[index].compensation_retry.countdown(attempt))
+                policy.countdown(s.compensation_attempts + 1))
             bucket = report.compensations_retried
-        applied = apply_and_publish(rt, saga, saga_id, outcome, by="sweeper", expected_version=version, state=run)
+        applied = loop.apply(saga, saga_id, outcome, by="sweeper", expected_version=version, state=run)
         if applied.transition is not None:
             bucket.append(f"{saga_id}:{step}")
 
     for saga_id in store.due_deadlines(now):
         run = store.load(saga_id)
-        applied = apply_and_publish(rt, registry.get(run.saga_type), saga_id,
-                                    Cancel("saga deadline passed", who="sweeper"), by="sweeper",
-                                    expected_version=run.version, state=run)
+        applied = loop.apply(registry.get(run.saga_type), saga_id, Cancel("saga deadline passed", who="sweeper"),
+                             by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
 
-    for detector in extra_detectors:
-        report.stuck.extend(detector(rt, now))
+    try:
+        report.dead_letters_sent.extend(loop.resend_dead_letters())
+    except Exception as e:  # the broker is down: the next sweep tries again
+        log.warning("dead letters not sent to the broker: %s", e)
+    report.stuck.extend(sweep_choreographies(rt, now))
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())
     return report

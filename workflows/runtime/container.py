@@ -1,53 +1,71 @@
-"""Wiring: the Celery app, the store and the settings one process runs with.
+"""The runtime: what one process runs with (Celery app, settings, store, dispatcher, clock, ids).
 
-`worker.py` builds the Celery app and calls `install(app)`; every other module reaches the
-app and the store through `get_runtime()`, never through Celery's implicit `current_app`.
+`workflows.install(app)` (in `worker.py`) builds the process's `Runtime` and registers the tasks;
+every other module reaches the store and the decision loop through `get_runtime()`, never through
+Celery's implicit `current_app`. Tests build a `Runtime` of their own (a SQLite store and a
+`RecordingDispatcher`, a clock they move) and `activate` it.
 """
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
-from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
 
+from workflows.core.state import IdSource, Timing
+from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
+from workflows.runtime.loop import DecisionLoop
+from workflows.runtime.settings import Settings
+from workflows.store import SagaStore, open_store
 from workflows.store.db import dispose_engines
-from workflows.core.engine import Timing
-from workflows.runtime.settings import Settings, get_settings
-from workflows.core.steps import step_tasks
-from workflows.store.sql import SagaStore
 
-ORCHESTRATOR_QUEUE = "saga"
-DEAD_LETTER_QUEUE = "dead_letter"
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass
 class Runtime:
-    app: Celery
+    app: Any
+    """The Celery app (None in a process that only reads, or in the in-process test tier)."""
     settings: Settings
+    clock: Callable[[], datetime] = utcnow
+    ids: IdSource = new_id
     _store: SagaStore | None = field(default=None, repr=False)
+    _dispatcher: Dispatcher | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
-        if self._store is None:
-            self._store = SagaStore(self.settings.resolved_database_url())
+        if self._store is None:  # created lazily: a forked pool process makes its own
+            self._store = open_store(self.settings.resolved_database_url())
         return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            if self.app is None:
+                raise RuntimeError("this runtime has no Celery app to publish with: give it a dispatcher")
+            self._dispatcher = CeleryDispatcher(self.app)
+        return self._dispatcher
 
     @property
     def timing(self) -> Timing:
         return Timing(dispatch_grace=self.settings.dispatch_grace)
 
-    def queue_for(self, task_name: str) -> str | None:
-        st = step_tasks.get(task_name)
-        return st.queue if st is not None else None
+    @property
+    def loop(self) -> DecisionLoop:
+        return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing)
 
 
 _runtime: Runtime | None = None
-
-installers: list[Callable[[Celery, Runtime], object]] = []
-"""Called at the end of `install` (the choreography registers its event consumers and queues)."""
 
 
 def get_runtime() -> Runtime:
@@ -58,29 +76,21 @@ def get_runtime() -> Runtime:
     return _runtime
 
 
-def install(app: Celery, *, settings: Settings | None = None, modules: list[str] | tuple[str, ...] = ()) -> Runtime:
-    """Import the modules that declare sagas and steps, then register every task on `app`."""
+def set_runtime(rt: Runtime | None) -> Runtime | None:
+    """Make `rt` the process's runtime; returns the one it replaces."""
     global _runtime
-    settings = settings or get_settings()
-    extra = [m.strip() for m in settings.extra_modules.split(",") if m.strip()]
-    for name in [*modules, *extra]:
-        importlib.import_module(name)
+    old, _runtime = _runtime, rt
+    return old
 
-    from workflows.orchestration import step_task as orchestrator
 
-    _runtime = Runtime(app=app, settings=settings)
-    orchestrator.register_tasks(app)
-    known = {q.name for q in (app.conf.task_queues or [])}
-    queues = list(app.conf.task_queues or [Queue(ORCHESTRATOR_QUEUE)])
-    for q in sorted(step_tasks.queues() - known - {ORCHESTRATOR_QUEUE}):
-        queues.append(Queue(q))
-    app.conf.task_queues = queues
-    from workflows.runtime.timer_heap import CompactTimerHeap
-
-    app.steps["worker"].add(CompactTimerHeap)
-    for installer in installers:
-        installer(app, _runtime)
-    return _runtime
+@contextmanager
+def activate(rt: Runtime) -> Iterator[Runtime]:
+    """`rt` is the process's runtime inside the block (tests)."""
+    old = set_runtime(rt)
+    try:
+        yield rt
+    finally:
+        set_runtime(old)
 
 
 @worker_process_init.connect

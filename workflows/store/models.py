@@ -1,4 +1,6 @@
-"""SQLAlchemy 2 typed models of the saga store. The same tables on PostgreSQL and SQLite."""
+"""SQLAlchemy 2 typed models of the saga store. The same tables on PostgreSQL and SQLite.
+
+Only the store (`workflows.store`) imports this module."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -113,7 +115,8 @@ class DeadLetterRow(Base):
 
     __tablename__ = "dead_letters"
     __table_args__ = (Index("ix_dead_letters_status", "status", "created_at"),
-                      Index("ix_dead_letters_saga", "saga_id"))
+                      Index("ix_dead_letters_saga", "saga_id"),
+                      Index("ix_dead_letters_unsent", "sent_at", "created_at"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     saga_id: Mapped[str | None] = mapped_column(String(64))
@@ -133,6 +136,9 @@ class DeadLetterRow(Base):
     resolution: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    """When its copy reached the broker's `dead_letter` queue. NULL: still to send (after commit,
+    or by the sweeper when the writer died first)."""
 
 
 class ProcessedEventRow(Base):
@@ -144,3 +150,35 @@ class ProcessedEventRow(Base):
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     saga_id: Mapped[str | None] = mapped_column(String(64))
     processed_at: Mapped[datetime]
+
+
+class OutboxRow(Base):
+    """One event to deliver to its consumers. Written with the effect that caused it; relayed to
+    the broker right after commit, or by the sweeper when the publisher died before that."""
+
+    __tablename__ = "event_outbox"
+    __table_args__ = (
+        Index("ix_event_outbox_unsent", "sent_at", "id"),
+        Index("ix_event_outbox_saga", "saga_id", "id"),
+        Index("ix_event_outbox_causation", "causation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    """Not unique: a redrive re-sends the same event to one consumer in a row of its own."""
+    saga_id: Mapped[str] = mapped_column(String(64))
+    saga_type: Mapped[str] = mapped_column(String(100))
+    event_type: Mapped[str] = mapped_column(String(100))
+    causation_id: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(100))
+    """The service whose handler published it ('client' outside any handler)."""
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    """The full envelope, as sent (wire form)."""
+    targets: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    """Consumers (service names) to deliver to, fixed when written."""
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    """When the relay published it to every target. NULL: still to send."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Failed relay attempts (broker unreachable)."""
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,59 @@
+"""Wiring a Celery app: the one place every task, consumer and queue is registered.
+
+    app = Celery("sagas"); app.config_from_object("celeryconfig")
+    runtime = workflows.install(app, modules=["tasks", "tasks.sagas"])     # in worker.py
+
+Explicit, in one call: nothing is registered by importing `workflows`. `install` imports the
+modules that declare sagas, step tasks and choreographies, builds the process's `Runtime`, and
+registers on `app` a task per declared step (`orchestration.step_task`), the sweeper's periodic
+task `saga.sweep` (`operations.sweeper`), and a consumer task and queue per choreography service.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from celery import Celery, Task
+from kombu import Queue
+
+from workflows.choreography.install import install_consumers
+from workflows.core.steps import step_tasks
+from workflows.operations.sweeper import sweep
+from workflows.orchestration.step_task import make_step_task
+from workflows.runtime.container import Runtime, get_runtime, set_runtime
+from workflows.runtime.settings import Settings, get_settings
+from workflows.runtime.timer_heap import CompactTimerHeap
+
+ORCHESTRATOR_QUEUE = "saga"
+"""The queue of the orchestrator's own task (`saga.sweep`)."""
+
+
+def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[str] = ()) -> Runtime:
+    """Import the modules that declare sagas and steps, then register every task on `app`."""
+    settings = settings or get_settings()
+    extra = [m.strip() for m in settings.extra_modules.split(",") if m.strip()]
+    for name in [*modules, *extra]:
+        importlib.import_module(name)
+
+    runtime = Runtime(app=app, settings=settings)
+    set_runtime(runtime)
+    for st in step_tasks.all():
+        make_step_task(app, st)
+    _register_sweep(app)
+    known = {q.name for q in (app.conf.task_queues or [])}
+    queues = list(app.conf.task_queues or [Queue(ORCHESTRATOR_QUEUE)])
+    for q in sorted(step_tasks.queues() - known - {ORCHESTRATOR_QUEUE}):
+        queues.append(Queue(q))
+    app.conf.task_queues = queues
+    app.steps["worker"].add(CompactTimerHeap)
+    install_consumers(app)
+    return runtime
+
+
+def _register_sweep(app: Celery) -> Task:
+    @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
+    def sweep_task(self: Task) -> dict[str, int]:
+        """Act on runs past a deadline: send a lost first step again, time out lost steps."""
+        return sweep(get_runtime()).counts()
+
+    return sweep_task  # type: ignore[no-any-return]

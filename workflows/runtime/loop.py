@@ -1,0 +1,171 @@
+"""The decision loop: load → decide → commit → publish, for every transition of every run.
+
+    applied = loop.apply(saga, saga_id, outcome, by="operator:ada")
+
+1. **load** the run (or take the snapshot the caller just read);
+2. **decide** with the pure engine, the time and ids from this loop (`clock`, `ids`);
+3. **commit** the `Transition` through the store: all its rows or none, on the version decided
+   on; a `ConcurrentTransition` means another writer got there first: back to 1;
+4. **publish** what the committed transition says: its step messages, then the broker copies of
+   its dead letters, each marked sent once out (the sweeper sends what a crash left unsent).
+
+Nothing here runs inside a transaction, and the store calls nothing back. A message reporting on
+another version than the run's is stale: it changes nothing and is noted in the history, unless
+the current version is its own commit (a redelivery after a crash: `Applied.own_commit`).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from workflows.core.definition import Saga
+from workflows.core.engine import decide, new_run
+from workflows.core.errors import ConcurrentTransition
+from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, HistoryEvent, IdSource, Ignored,
+                                  MessageInfo, Outcome, RunState, Started, Timing, Transition)
+from workflows.runtime.dispatch import Dispatcher, dead_letter_body
+from workflows.store.base import SagaStore
+
+log = logging.getLogger("workflows.loop")
+
+DEAD_LETTER_GRACE = 10.0
+"""Seconds a committed dead letter's copy is left to its writer before the sweeper sends it."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one pass of the loop did: a committed transition, or why there was none."""
+
+    transition: Transition | None
+    state: RunState
+    stale: bool = False
+    """The message expected another version of the run."""
+    own_commit: bool = False
+    """Stale, but the current version was made by this very message (a redelivery after a crash)."""
+    ignored: str | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """What `DecisionLoop.start` did."""
+
+    saga_id: str
+    transition: Transition | None
+    """The run's first transition, None when an idempotency key named an existing run."""
+
+
+class DecisionLoop:
+    def __init__(self, store: SagaStore, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
+                 timing: Timing = Timing()) -> None:
+        self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
+
+    # ------------------------------------------------------------ the loop
+
+    def commit(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
+               state: RunState | None = None, message: MessageInfo | None = None,
+               closures: tuple[DeadLetterClosure, ...] = ()) -> Applied:
+        """Steps 1 to 3: the committed transition (not yet published), or why there is none.
+
+        `expected_version`: the version the reporting message was dispatched at; `state`: the run
+        as the caller just read it (decided on if still current); `message`: the message a dead
+        letter of this transition keeps; `closures`: dead letters the transition also resolves."""
+        while True:
+            now = self.clock()
+            run = state if state is not None else self.store.load(saga_id)
+            state = None  # a retry reads the run again
+            if expected_version is not None and run.version != expected_version:
+                return self.ignore_stale(run, expected_version, by=by, step=getattr(outcome, "step", None),
+                                         what=type(outcome).__name__)
+            try:
+                t = decide(saga, run, outcome, now, self.ids, self.timing)
+            except Ignored as ig:
+                if ig.event is not None:
+                    self.store.record(saga_id, ig.event, by=by, now=now)
+                return Applied(None, run, ignored=ig.reason, own_commit=run.caused_by == by)
+            t = t.with_message(message).closing(*closures)
+            try:
+                self.store.commit(t, by=by, now=now)
+            except ConcurrentTransition:
+                continue  # someone else made progress: decide again on what they wrote
+            return Applied(t, t.after)
+
+    def publish(self, t: Transition) -> None:
+        """Step 4: the transition's messages, then its dead letters' broker copies (marked sent)."""
+        for cmd in t.commands:
+            self.dispatcher.send_step(t.after, cmd)
+        if t.dead_letters:
+            self.send_dead_letters(t.dead_letters, t.after.saga_id)
+
+    def apply(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
+              state: RunState | None = None, message: MessageInfo | None = None,
+              closures: tuple[DeadLetterClosure, ...] = ()) -> Applied:
+        """The whole loop, for the sweeper and operators (a step's own report goes through
+        `orchestration.step_task`, which has a crash point and Celery's retry between 3 and 4)."""
+        applied = self.commit(saga, saga_id, outcome, by=by, expected_version=expected_version, state=state,
+                              message=message, closures=closures)
+        if applied.transition is not None:
+            self.publish(applied.transition)
+        return applied
+
+    def ignore_stale(self, run: RunState, expected_version: int, *, by: str, step: str | None,
+                     what: str) -> Applied:
+        """A message dispatched at `expected_version` found `run` at another version: it changes
+        nothing. Noted in the history, unless the current version is this message's own commit."""
+        own = run.version == expected_version + 1 and run.caused_by == by
+        if not own:
+            self.store.record(run.saga_id, HistoryEvent("StaleMessageIgnored", step, None, {
+                "outcome": what, "message_version": expected_version, "run_version": run.version}),
+                by=by, now=self.clock())
+        return Applied(None, run, stale=True, own_commit=own)
+
+    # ------------------------------------------------------------ starts and dead letters
+
+    def start(self, saga: Saga, data: dict[str, Any], *, saga_id: str | None = None,
+              idempotency_key: str | None = None) -> Start:
+        """Record a run already started (step 1 dispatched) in one atomic write; the caller publishes
+        `transition` (or calls `publish`). An idempotency key already used returns its run, and no
+        transition. If the first message is lost, the sweeper sends it once step 1's deadline passed."""
+        now = self.clock()
+        run_id = saga_id or _uuid(self.ids())
+        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), Started(), now, self.ids, self.timing)
+        created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
+        return Start(created.saga_id, t if created.created else None)
+
+    def dead_letter(self, dl: DeadLetter, *, saga_id: str | None) -> None:
+        """Keep a message no transition takes (no run for it, no such saga type) as a dead letter."""
+        self.store.add_dead_letter(dl, saga_id=saga_id, now=self.clock())
+        self.send_dead_letters((dl,), saga_id)
+
+    def send_dead_letters(self, dls: tuple[DeadLetter, ...], saga_id: str | None) -> None:
+        """Copy committed dead letters to the broker and mark them sent. A broker error leaves them
+        unsent for the sweeper (`resend_dead_letters`): the record is the row, already committed."""
+        now = self.clock()
+        try:
+            for dl in dls:
+                self.dispatcher.send_dead_letter(dead_letter_body(dl, saga_id, now))
+        except Exception as e:  # the broker: the sweeper sends it later
+            log.warning("dead letter recorded, its broker copy not sent (%s): the sweeper sends it", e,
+                        extra={"saga_id": saga_id})
+            return
+        self.store.mark_dead_letters_sent([d.id for d in dls], now)
+
+    def resend_dead_letters(self, grace: float = DEAD_LETTER_GRACE, limit: int = 100) -> list[str]:
+        """The sweeper's part: send the copies of dead letters committed over `grace` seconds ago
+        and never sent (their writer died, or the broker was down, between commit and publish)."""
+        now = self.clock()
+        pending = self.store.unsent_dead_letters(now - timedelta(seconds=grace), limit)
+        for dl in pending:
+            self.dispatcher.send_dead_letter(dead_letter_body(dl, dl.saga_id, now))
+        self.store.mark_dead_letters_sent([d.id for d in pending], now)
+        return [d.id for d in pending]
+
+
+def _uuid(hex_id: str) -> str:
+    """A run id in the usual 8-4-4-4-12 form from a 32-hex-digit id."""
+    h = hex_id.replace("-", "")
+    if len(h) != 32:
+        return hex_id
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

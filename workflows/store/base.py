@@ -1,0 +1,139 @@
+"""The store interface: every write to the saga tables goes through one of these methods.
+
+`open_store(url)` (in `workflows.store`) picks the implementation by URL: `SQLiteStore` for
+`sqlite://`, `PostgresStore` for `postgresql://`. Both pass the same contract suite
+(`tests/test_store.py`). A `Transition` (from the pure engine) holds every row a decision writes:
+the run, its changed steps, its history, its dead letters and the dead letters it resolves; the
+store writes exactly that, atomically, or raises `ConcurrentTransition` and writes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
+from workflows.core.views import DeadLetterView, SagaView
+
+
+@dataclass(frozen=True)
+class Created:
+    """What `SagaStore.create_run` did."""
+
+    saga_id: str
+    created: bool
+    """False: the idempotency key named a run that exists (returned as is; nothing to publish)."""
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """Runs of one saga type in one state (metrics)."""
+
+    saga_type: str
+    state: str
+    count: int
+
+
+@dataclass(frozen=True)
+class StepRetries:
+    """Attempts beyond the first of one step of one saga type, actions and compensations (metrics)."""
+
+    saga_type: str
+    step: str
+    actions: int
+    compensations: int
+
+
+@dataclass(frozen=True)
+class StepDuration:
+    saga_type: str
+    step: str
+    seconds: float
+
+
+def input_hash(saga_type: str, data: dict[str, Any]) -> str:
+    """What an idempotency key is bound to: the saga type and its input."""
+    blob = json.dumps([saga_type, data], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class SagaStore(Protocol):
+    """The saga tables behind one interface. The only code that touches sessions and models."""
+
+    url: str
+
+    # -- runs
+    def create_run(self, t: Transition, *, idempotency_key: str | None, now: datetime) -> Created:
+        """Insert the run `t.after` (already started: `t` is its `Started` transition), its steps and
+        its history, atomically. With an idempotency key already used for the same saga type and
+        input: nothing written, `created` False. Other content: `IdempotencyConflict`. A taken
+        explicit id: `SagaIdTaken`."""
+        ...
+
+    def run_for_key(self, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
+        """The run `idempotency_key` names, or None; `IdempotencyConflict` if its content differs."""
+        ...
+
+    def load(self, saga_id: str) -> RunState:
+        """The run and its steps as of one snapshot. `SagaNotFound` if there is none."""
+        ...
+
+    def commit(self, t: Transition, *, by: str, now: datetime) -> None:
+        """Write `t` if the run is still at `t.before.version`, else raise `ConcurrentTransition`; a
+        closure of a dead letter no longer OPEN raises `DeadLetterHandled`. All or nothing."""
+        ...
+
+    def record(self, saga_id: str, event: HistoryEvent, *, by: str | None, now: datetime) -> None:
+        """Append one history row outside any transition (stale or ignored reports, notes)."""
+        ...
+
+    # -- dead letters
+    def add_dead_letter(self, dl: DeadLetter, *, saga_id: str | None, now: datetime) -> None:
+        """A dead letter outside any transition (a message no run can take), with its history row."""
+        ...
+
+    def discard_dead_letter(self, dl_id: str, *, resolution: str, event: HistoryEvent | None,
+                            now: datetime) -> bool:
+        """Mark an OPEN dead letter DISCARDED with its history row, atomically; False if not OPEN."""
+        ...
+
+    def mark_dead_letters_sent(self, ids: Sequence[str], now: datetime) -> None:
+        """Their copies reached the broker."""
+        ...
+
+    def unsent_dead_letters(self, created_before: datetime, limit: int = 100) -> list[DeadLetterView]:
+        """Dead letters committed before `created_before` whose broker copy was never sent."""
+        ...
+
+    # -- reads
+    def get(self, saga_id: str) -> SagaView: ...
+
+    def list(self, *, state: str | None = None, saga_type: str | None = None,
+             limit: int = 50, offset: int = 0) -> tuple[list[SagaView], int]: ...
+
+    def due_deadlines(self, now: datetime, limit: int = 500) -> list[str]: ...
+
+    def due_steps(self, now: datetime, limit: int = 500) -> list[tuple[str, str, str, int]]: ...
+
+    def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
+                     limit: int = 100) -> list[DeadLetterView]: ...
+
+    def dead_letter(self, dl_id: str) -> DeadLetterView: ...
+
+    def ping(self) -> None:
+        """Raise if the database does not answer."""
+        ...
+
+    # -- metrics
+    def run_counts(self) -> list[RunCounts]: ...
+
+    def step_retries(self) -> list[StepRetries]: ...
+
+    def step_durations(self, since: datetime, limit: int) -> list[StepDuration]: ...
+
+    def dead_letter_counts(self) -> dict[str, int]: ...
+
+    def outbox_unsent(self) -> int: ...

@@ -1,0 +1,134 @@
+"""The PostgreSQL store: the hot path's writes as one statement each.
+
+A run's creation and a step's transition are each one data-modifying `WITH` statement on an
+autocommit connection: one round trip, atomic by itself, no BEGIN/COMMIT. With psycopg 3 a
+statement run 5 times on a connection is prepared there, so the few hot statements are planned
+once per connection (see README, benchmark). Transitions that also write or resolve dead letters
+(rare: retries exhausted, operator redrives) use `SqlStore`'s transaction.
+"""
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, cast, func, insert, select, union_all, update
+from sqlalchemy.exc import IntegrityError
+
+from workflows.core.errors import ConcurrentTransition
+from workflows.core.state import Transition
+from workflows.store.base import Created
+from workflows.store.db import statement_engine
+from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
+                                  step_values)
+from workflows.store.sql import SqlStore
+
+
+class PostgresStore(SqlStore):
+    """`SqlStore` on PostgreSQL, with one-statement creations and transitions."""
+
+    def create_run(self, t: Transition, *, idempotency_key: str | None, now: datetime) -> Created:
+        saga_row, steps, events = creation_rows(t, idempotency_key=idempotency_key, by=t.after.caused_by or "",
+                                                now=now)
+        try:
+            with statement_engine(self.url).connect() as c:
+                c.execute(*creation_statement(saga_row, steps, events))
+        except IntegrityError as e:
+            return self._taken(t, idempotency_key, e)
+        return Created(t.after.saga_id, True)
+
+    def commit(self, t: Transition, *, by: str, now: datetime) -> None:
+        if t.dead_letters or t.closures:
+            super().commit(t, by=by, now=now)
+            return
+        with statement_engine(self.url).connect() as c:
+            if c.execute(*transition_statement(t, by, now)).scalar() != 1:
+                raise ConcurrentTransition(f"saga {t.after.saga_id} changed under us")
+
+
+def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, dict[str, Any]]:
+    """Transition `t` as one PostgreSQL statement and its parameters; it returns 1 if written, 0
+    if the run is no longer at `t.before.version`. The same writes as `SqlStore._write` (a test compares them):
+
+        WITH bump AS (UPDATE sagas SET version = version + 1, ... WHERE id = :id AND version = :v
+                      RETURNING id),
+             step_1 AS (UPDATE saga_steps SET ... FROM bump WHERE saga_id = bump.id AND index = 1 ...),
+             history AS (INSERT INTO saga_events (...) SELECT bump.id, ... FROM bump UNION ALL ...)
+        SELECT count(*) FROM bump
+
+    Every part reads `bump`, so nothing is written unless the version matched.
+    """
+    before, after = t.before, t.after
+    params: dict[str, Any] = {"t_id": after.saga_id, "t_version": before.version, "t_state": after.status.value,
+                              "t_failure_reason": after.failure_reason, "t_deadline_at": after.deadline_at,
+                              "t_caused_by": by, "t_updated_at": now}
+    shape = []
+    for old, st in zip(before.steps, after.steps):
+        if st != old:
+            values = step_values(after.saga_id, st, old, now)
+            shape.append((st.index, tuple(c for c in STEP_COLUMNS if c in values)))
+            params.update({f"s{st.index}_{c}": values[c] for c in STEP_COLUMNS if c in values})
+    for k, row in enumerate(event_values(after.saga_id, t.events, by, now)):
+        params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
+    return _transition_shape(tuple(shape), len(t.events)), params
+
+
+@functools.lru_cache(maxsize=256)
+def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int) -> Any:
+    """The statement for one shape of transition (which steps change which columns, how many
+    events), built and compiled once: only its parameters differ from one saga to the next."""
+    bump = (update(SAGAS).where(SAGAS.c.id == bindparam("t_id"), SAGAS.c.version == bindparam("t_version"))
+            .values(version=SAGAS.c.version + 1, state=bindparam("t_state"),
+                    failure_reason=bindparam("t_failure_reason"), deadline_at=bindparam("t_deadline_at"),
+                    caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"))
+            .returning(SAGAS.c.id).cte("bump"))
+    parts = [update(STEPS).where(STEPS.c.saga_id == bump.c.id, STEPS.c.index == index)
+             .values({c: bindparam(f"s{index}_{c}") for c in columns})
+             .returning(STEPS.c.index).cte(f"step_{index}") for index, columns in steps]
+    if n_events:
+        parts.append(_insert_rows(bump, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history"))
+    return select(func.count()).select_from(bump).add_cte(*parts)
+
+
+_SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "input", "input_hash", "idempotency_key",
+                 "caused_by", "created_at", "updated_at", "deadline_at")
+_STEP_INSERT_COLUMNS = ("index", "name", *STEP_COLUMNS)
+
+
+def creation_statement(saga_row: dict[str, Any], steps: list[dict[str, Any]],
+                       events: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """A new run, its steps and its history as one PostgreSQL statement and its parameters (the
+    same rows `create_run` inserts in a transaction on SQLite; a test compares them):
+
+        WITH run AS (INSERT INTO sagas (...) VALUES (...) RETURNING id),
+             steps AS (INSERT INTO saga_steps (...) SELECT run.id, ... FROM run UNION ALL ...),
+             history AS (INSERT INTO saga_events (...) SELECT run.id, ... FROM run UNION ALL ...)
+        SELECT count(*) FROM run
+
+    A taken id or idempotency key fails the whole statement (IntegrityError), writing nothing.
+    """
+    params = {f"r_{c}": saga_row[c] for c in _SAGA_COLUMNS}
+    for k, row in enumerate(steps):
+        params.update({f"s{k}_{c}": row[c] for c in _STEP_INSERT_COLUMNS})
+    for k, row in enumerate(events):
+        params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
+    return _creation_shape(len(steps), len(events)), params
+
+
+@functools.lru_cache(maxsize=64)
+def _creation_shape(n_steps: int, n_events: int) -> Any:
+    run = (insert(SAGAS).values({c: bindparam(f"r_{c}", type_=SAGAS.c[c].type) for c in _SAGA_COLUMNS})
+           .returning(SAGAS.c.id).cte("run"))
+    return select(func.count()).select_from(run).add_cte(
+        _insert_rows(run, STEPS, "s", _STEP_INSERT_COLUMNS, n_steps).cte("steps"),
+        _insert_rows(run, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history"))
+
+
+def _insert_rows(parent: Any, table: Any, prefix: str, columns: tuple[str, ...], n: int) -> Any:
+    """INSERT INTO table (saga_id, columns) SELECT parent.id, :<prefix><k>_<column>... FROM parent,
+    n rows: written only if `parent` (a data-modifying CTE) wrote its row. Each value is cast to
+    its column's type (a UNION of untyped values is text)."""
+    rows = [select(parent.c.id, *(cast(bindparam(f"{prefix}{k}_{c}", type_=table.c[c].type), table.c[c].type)
+                                  for c in columns)) for k in range(n)]
+    return (insert(table).from_select(["saga_id", *columns], rows[0] if n == 1 else union_all(*rows))
+            .returning(table.c.saga_id))

@@ -1,0 +1,64 @@
+"""The rows a transition writes, as column values: shared by every store implementation. Pure."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from workflows.core.state import DeadLetter, HistoryEvent, StepState, StepStatus, Transition
+from workflows.store.base import input_hash
+from workflows.store.models import EventRow, SagaRow, StepRow
+
+SAGAS, STEPS, EVENTS = SagaRow.__table__, StepRow.__table__, EventRow.__table__
+
+
+def step_values(saga_id: str, st: StepState, old: StepState | None, now: datetime, key: str = "") -> dict[str, Any]:
+    """The columns of step `st` (an INSERT's with `old` None; an UPDATE's, keyed `b_`, otherwise)."""
+    values: dict[str, Any] = {
+        f"{key}saga_id": saga_id, f"{key}index": st.index, "status": st.status.value, "attempts": st.attempts,
+        "compensation_attempts": st.compensation_attempts, "result": st.result, "error": st.error,
+        "task_id": st.task_id, "eta": st.eta, "deadline_at": st.deadline_at, "finished_at": st.finished_at}
+    if old is None:
+        values["name"] = st.name
+        values["started_at"] = None if st.status == StepStatus.PENDING else now
+        values["compensated_at"] = None
+        return values
+    if old.status == StepStatus.PENDING and st.status != StepStatus.PENDING:
+        values["started_at"] = now
+    if st.status == StepStatus.COMPENSATED and old.status != st.status:
+        values["compensated_at"] = now
+    return values
+
+
+STEP_COLUMNS = ("status", "attempts", "compensation_attempts", "result", "error", "task_id", "eta", "deadline_at",
+                 "finished_at", "started_at", "compensated_at")
+EVENT_COLUMNS = ("at", "type", "step", "attempt", "detail")
+
+
+def event_values(saga_id: str, events: tuple[HistoryEvent, ...], by: str, now: datetime) -> list[dict[str, Any]]:
+    return [{"saga_id": saga_id, "at": now, "type": e.type, "step": e.step, "attempt": e.attempt,
+             "detail": {**e.detail, "by": by}} for e in events]
+
+
+
+
+def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,
+                  now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The run, step and history rows of a new run whose first transition (`Started`) is `t`."""
+    run = t.after
+    saga_row = {"id": run.saga_id, "saga_type": run.saga_type, "style": "orchestrated", "state": run.status.value,
+                "version": run.version, "input": run.input, "input_hash": input_hash(run.saga_type, run.input),
+                "idempotency_key": idempotency_key, "caused_by": by, "created_at": now, "updated_at": now,
+                "deadline_at": run.deadline_at}
+    steps = [step_values(run.saga_id, st, None, now) for st in run.steps]
+    events = [{"saga_id": run.saga_id, "at": now, "type": "SagaCreated", "step": None, "attempt": None,
+               "detail": {"saga_type": run.saga_type, "idempotency_key": idempotency_key}},
+              *event_values(run.saga_id, t.events, by, now)]
+    return saga_row, steps, events
+
+
+def dead_letter_values(dl: DeadLetter, saga_id: str | None, now: datetime) -> dict[str, Any]:
+    message = dl.message_or_default(saga_id)
+    return {"id": dl.id, "saga_id": saga_id, "step": dl.step, "kind": dl.kind, "task_name": dl.task,
+            "queue": message.queue, "args": message.args, "kwargs": message.kwargs, "headers": message.headers,
+            "attempts": dl.attempts, "exception": str(dl.error), "traceback": dl.error.traceback, "status": "OPEN",
+            "resolution": None, "created_at": now, "resolved_at": None, "sent_at": None}
