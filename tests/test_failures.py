@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import time
+from datetime import timedelta
 
 import pytest
 
@@ -176,8 +176,9 @@ def test_step_whose_queue_has_no_consumer_is_timed_out_by_the_sweeper(redis_clie
     assert get_saga(saga_id).state == "RUNNING"
 
     deadline = get_saga(saga_id).step("lost").deadline_at
-    time.sleep(max(0.0, (deadline - get_saga(saga_id).updated_at).total_seconds()) + 0.5)
-    report = sweep(get_runtime())
+    assert deadline is not None
+    assert f"{saga_id}:lost" not in sweep(get_runtime(), now=deadline - timedelta(seconds=0.5)).timed_out
+    report = sweep(get_runtime(), now=deadline + timedelta(seconds=0.5))  # the clock moved, not slept
 
     assert f"{saga_id}:lost" in report.timed_out
     view = wait_for(saga_id, timeout=30)
@@ -185,15 +186,17 @@ def test_step_whose_queue_has_no_consumer_is_timed_out_by_the_sweeper(redis_clie
     assert [e.step for e in view.events if e.type == "StepCompensated"] == ["lost", "a"]
     assert "StepTimedOut" in view.event_types("lost")
     # a second sweep finds nothing more to do
-    assert f"{saga_id}:lost" not in sweep(get_runtime()).timed_out
+    assert f"{saga_id}:lost" not in sweep(get_runtime(), now=deadline + timedelta(seconds=1)).timed_out
 
 
 def test_saga_deadline_cancels_and_a_late_result_changes_nothing(redis_client):  # type: ignore[no-untyped-def]
     saga_id = start_saga("tests.deadline", {"behaviour": {"slow": {"sleep": 2.5}}})
     wait_until(lambda: get_saga(saga_id).step("slow").status == "RUNNING")
-    time.sleep(1.2)
+    deadline = get_saga(saga_id).deadline_at
+    assert deadline is not None
+    assert saga_id not in sweep(get_runtime(), now=deadline - timedelta(seconds=0.1)).cancelled
 
-    report = sweep(get_runtime())
+    report = sweep(get_runtime(), now=deadline + timedelta(seconds=0.1))  # the clock moved, not slept
 
     assert saga_id in report.cancelled
     view = wait_for(saga_id, timeout=30)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from tests.support.interfaces import saga_count
 from tests.support.runs import apply, create_run
-from workflows import IdempotencyConflict, InvalidInput, Saga, SagaNotFound, Step, UnknownSaga
+from workflows import IdempotencyConflict, InvalidInput, RetryPolicy, Saga, SagaNotFound, Step, UnknownSaga
 from workflows.store.db import migrate
 from workflows.core.state import ActionSucceeded, Started
 from workflows.store.models import EventRow, SagaRow, StepRow
@@ -275,3 +275,42 @@ def test_invalid_input_unknown_saga_and_conflicts_write_nothing(app, order_facto
     with pytest.raises(InvalidInput, match="JSON object"):
         start_saga("tests.three", ["not", "an", "object"])
     assert saga_count() == before
+
+
+def test_a_transition_writes_its_dead_letters_unsent_and_a_taken_closure_refuses_all_of_it(store: SagaStore) -> None:
+    from datetime import datetime, timezone
+
+    from workflows.core.errors import DeadLetterHandled
+    from workflows.core.state import ActionFailed, DeadLetterClosure, ErrorInfo, Resume
+
+    # Given a run whose step a ran out of retries: one transition with a dead letter among its rows
+    SHORT = Saga("store_suite_dl", steps=[Step("a", action="x.a", compensation="x.undo_a"),
+                                          Step("b", action="x.b", compensation=None, retry=RetryPolicy(max_attempts=1))])
+    run = create_run(store, SHORT, {})
+    assert run.state is not None
+    done = apply(store, SHORT, run.saga_id, ActionSucceeded("a", {}), by="t", expected_version=run.state.version)
+    failed = apply(store, SHORT, run.saga_id, ActionFailed("b", ErrorInfo("Boom", "no"), True), by="t",
+                   expected_version=done.state.version)
+    assert failed.transition is not None
+    [dl] = failed.transition.dead_letters
+    # Then it was committed with the run, its broker copy not yet sent
+    later = datetime.now(timezone.utc).replace(year=2100)
+    assert [d.id for d in store.unsent_dead_letters(later)] == [dl.id]
+    assert store.dead_letter(dl.id).status == "OPEN"
+    store.mark_dead_letters_sent([dl.id], datetime.now(timezone.utc))
+    assert store.unsent_dead_letters(later) == []
+
+    # When a transition closes a dead letter that is no longer OPEN
+    assert store.discard_dead_letter(dl.id, resolution="done", event=None, now=datetime.now(timezone.utc))
+    before = store.load(run.saga_id)
+    t = failed.transition
+    from workflows.core.engine import decide
+
+    retried = decide(SHORT, before, Resume("a", "", "ops"), datetime.now(timezone.utc), lambda: "0" * 32)
+    with pytest.raises(DeadLetterHandled):
+        store.commit(retried.closing(DeadLetterClosure("REDRIVEN", "late", dead_letter_id=dl.id)), by="ops",
+                     now=datetime.now(timezone.utc))
+
+    # Then nothing of it was written: the run is at the same version, the dead letter as it was
+    assert store.load(run.saga_id) == before and t.after.version == before.version
+    assert store.dead_letter(dl.id).status == "DISCARDED"

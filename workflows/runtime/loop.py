@@ -156,11 +156,14 @@ class DecisionLoop:
         """The sweeper's part: send the copies of dead letters committed over `grace` seconds ago
         and never sent (their writer died, or the broker was down, between commit and publish)."""
         now = self.clock()
-        pending = self.store.unsent_dead_letters(now - timedelta(seconds=grace), limit)
-        for dl in pending:
-            self.dispatcher.send_dead_letter(dead_letter_body(dl, dl.saga_id, now))
-        self.store.mark_dead_letters_sent([d.id for d in pending], now)
-        return [d.id for d in pending]
+        sent: list[str] = []
+        try:
+            for dl in self.store.unsent_dead_letters(now - timedelta(seconds=grace), limit):
+                self.dispatcher.send_dead_letter(dead_letter_body(dl, dl.saga_id, now))
+                sent.append(dl.id)
+        finally:  # what went out is marked, even if the broker failed half way
+            self.store.mark_dead_letters_sent(sent, now)
+        return sent
 
 
 def _uuid(hex_id: str) -> str:

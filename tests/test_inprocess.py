@@ -1,0 +1,405 @@
+"""The in-process tier: step handling, the sweeper and operator actions without a broker.
+
+A real store (SQLite in a temporary folder) and the real decision loop; the dispatcher records what
+would be published (`RecordingDispatcher`), and `Worker` below delivers those messages to
+`handle_step` the way a Celery worker would (Celery's own retry is a message of the same task id
+due at its ETA). The clock is the test's: it moves with `clock.advance(...)`, nothing sleeps. The
+same paths run against Redis, PostgreSQL and real workers in the other test files.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, start_saga, step_task
+from workflows.core.errors import InvalidOperation
+from workflows.core.steps import step_tasks
+from workflows.operations.actions import cancel, resume
+from workflows.operations.dead_letters import redrive
+from workflows.operations.sweeper import sweep
+from workflows.orchestration.step_task import Delivery, handle_step
+from workflows.runtime.container import Runtime, activate
+from workflows.runtime.dispatch import RecordingDispatcher, Sent
+from workflows.runtime.settings import Settings
+from workflows.store import SagaStore
+from workflows.store.db import migrate
+
+calls: list[str] = []
+"""Every call of the in-process step functions: '<kind>:<step>:<attempt>' (per test: cleared)."""
+switched_off: set[str] = set()
+"""Steps whose function fails (transiently) while named here, when their behaviour says `switch`."""
+
+
+def behave(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    b = data.get("behaviour" if ctx.kind == "action" else "compensation_behaviour", {}).get(ctx.step, {})
+    calls.append(f"{ctx.kind}:{ctx.step}:{ctx.attempt}")
+    if b.get("fail") == "permanent":
+        raise PermanentError(f"{ctx.step} refuses")
+    if ctx.attempt <= b.get("fail_times", 0):
+        raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
+    if b.get("switch") and ctx.step in switched_off:
+        raise ConnectionError(f"{ctx.step} is switched off")
+    return {"step": ctx.step, "saw": sorted(ctx.results)}
+
+
+act = step_task("inproc.act", queue="inproc")(behave)
+undo = step_task("inproc.undo", queue="inproc")(behave)
+POLICY = RetryPolicy(max_attempts=3, initial_interval=2.0, backoff=2.0, max_interval=10.0, jitter=False)
+
+LINE = register_saga(Saga("inproc.line", steps=[
+    Step("a", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("b", action=act, compensation=None, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("c", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+]))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class Worker:
+    """Delivers recorded step messages to `handle_step`, in order, as a worker would."""
+
+    rt: Runtime
+    dispatcher: RecordingDispatcher
+    waiting: list[tuple[Sent, int]] = field(default_factory=list)
+    """Celery retries of a message (same task id) waiting for their ETA: (message, retries)."""
+    published_dead_letters: list[str] = field(default_factory=list)
+    """Ids of the dead-letter copies seen on the (recorded) broker."""
+
+    def deliver(self, m: Sent, *, redelivered: bool = False, retries: int = 0) -> None:
+        assert m.task is not None and m.saga_id is not None and m.step is not None and m.task_id is not None
+        st = step_tasks.get(m.task)
+        assert st is not None, m.task
+        retry = handle_step(self.rt, st, m.saga_id, m.step, Delivery(m.task_id, redelivered, retries, m.kwargs),
+                            **m.kwargs)
+        if retry is not None:
+            eta = self.rt.clock() + timedelta(seconds=retry.countdown)
+            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command)
+            self.waiting.append((again, retries + 1))
+
+    def drain(self, max_steps: int = 100) -> None:
+        """Deliver everything sent, and every retry due at the test's clock, until nothing is left."""
+        for _ in range(max_steps):
+            sent = self.dispatcher.take()
+            self.published_dead_letters += [str(m.kwargs["dead_letter_id"]) for m in sent if m.kind == "dead_letter"]
+            ready = [m for m in sent if m.kind == "step"]
+            if not ready:
+                due = [(m, r) for m, r in self.waiting if m.eta is None or m.eta <= self.rt.clock()]
+                if not due:
+                    return
+                self.waiting = [w for w in self.waiting if w not in due]
+                for m, r in due:
+                    self.deliver(m, retries=r)
+                continue
+            for m in ready:
+                self.deliver(m)
+        raise AssertionError("the saga did not settle")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def rt(tmp_path: Path, clock: Clock) -> Any:
+    url = f"sqlite:///{tmp_path / 'inproc.db'}"
+    migrate(url)
+    counter = itertools.count(1)
+    runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
+                      ids=lambda: f"{next(counter):032x}", _dispatcher=RecordingDispatcher())
+    calls.clear()
+    switched_off.clear()
+    with activate(runtime):
+        yield runtime
+
+
+@pytest.fixture
+def worker(rt: Runtime) -> Worker:
+    assert isinstance(rt.dispatcher, RecordingDispatcher)
+    return Worker(rt, rt.dispatcher)
+
+
+def steps_sent(sent: list[Sent]) -> list[tuple[str | None, str | None]]:
+    return [(m.step, m.command.kind if m.command else None) for m in sent if m.kind == "step"]
+
+
+# ------------------------------------------------------------------ steps
+
+
+def test_a_saga_runs_step_after_step_each_message_at_the_version_it_expects(rt: Runtime, worker: Worker) -> None:
+    # Given a three-step saga started in this process
+    saga_id = start_saga("inproc.line", {})
+    [first] = rt.dispatcher.sent  # type: ignore[attr-defined]
+    assert (first.step, first.kwargs["version"], first.args) == ("a", 2, [saga_id, "a"])
+
+    # When every message is delivered
+    worker.drain()
+
+    # Then it completed, each step seeing the results before it, ids and times from the runtime
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPLETED" and calls == ["action:a:1", "action:b:1", "action:c:1"]
+    assert view.step("c").result == {"step": "c", "saw": ["a", "b"]}
+    assert view.created_at == rt.clock() and view.step("a").task_id == f"{saga_id}.a.action.00000000"
+
+
+def test_a_permanent_failure_compensates_newest_first_and_publishes_each_compensation(rt: Runtime,
+                                                                                       worker: Worker) -> None:
+    start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}}})
+    published: list[Sent] = []
+    while batch := worker.dispatcher.take():  # deliver what was sent, keeping a copy of it
+        published += batch
+        for m in batch:
+            worker.deliver(m)
+
+    assert steps_sent(published) == [("a", "action"), ("b", "action"), ("c", "action"), ("a", "compensation")]
+    assert calls == ["action:a:1", "action:b:1", "action:c:1", "compensation:a:1"]
+
+
+def test_a_retry_waits_for_its_countdown_on_the_test_clock(rt: Runtime, clock: Clock, worker: Worker) -> None:
+    # Given step a failing twice with a transient error (policy: 2 s, then 4 s, no jitter)
+    saga_id = start_saga("inproc.line", {"behaviour": {"a": {"fail_times": 2}}})
+
+    # When the messages are delivered, the first retry waits for its ETA
+    worker.drain()
+    assert calls == ["action:a:1"] and rt.store.get(saga_id).state == "RUNNING"
+    [(waiting, retries)] = worker.waiting
+    assert waiting.eta == clock.now + timedelta(seconds=2) and retries == 1
+    clock.advance(2)
+    worker.drain()
+    assert calls == ["action:a:1", "action:a:2"]
+    clock.advance(4)
+    worker.drain()
+
+    # Then the third attempt succeeded and the saga completed; the history says when each retry was due
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPLETED" and view.step("a").attempts == 3
+    assert [e.detail["retry_in"] for e in view.events if e.type == "StepAttemptFailed"] == [2.0, 4.0]
+
+
+def test_a_duplicate_delivery_changes_nothing_and_publishes_nothing(rt: Runtime, worker: Worker) -> None:
+    saga_id = start_saga("inproc.line", {})
+    [m] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    worker.deliver(m)
+    version = rt.store.load(saga_id).version
+    rt.dispatcher.take()  # type: ignore[attr-defined]  (step b's message)
+
+    worker.deliver(m)  # the same message again, not marked redelivered: another copy of it
+
+    assert rt.dispatcher.sent == []  # type: ignore[attr-defined]
+    assert rt.store.load(saga_id).version == version and calls == ["action:a:1"]
+    assert rt.store.get(saga_id).event_types("a")[-1] == "DuplicateIgnored"
+
+
+def test_a_redelivery_after_a_lost_publish_sends_the_follow_up_once(rt: Runtime, worker: Worker) -> None:
+    # Given step a's outcome committed, and the broker down when its follow-up was published
+    saga_id = start_saga("inproc.line", {})
+    [m] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    rt.dispatcher.fail = ConnectionError("broker down")  # type: ignore[attr-defined]
+    with pytest.raises(ConnectionError):
+        worker.deliver(m)
+    rt.dispatcher.fail = None  # type: ignore[attr-defined]
+    assert rt.store.load(saga_id).step("b").status.value == "RUNNING"
+
+    # When the broker redelivers the unacknowledged message
+    worker.deliver(m, redelivered=True)
+
+    # Then step a does not run again; step b's message is sent, once
+    assert calls == ["action:a:1"]
+    assert steps_sent(rt.dispatcher.sent) == [("b", "action")]  # type: ignore[attr-defined]
+    assert "FollowUpRepublished" in rt.store.get(saga_id).event_types("a")
+
+
+def test_a_step_report_is_one_read_and_one_write_then_the_publish(rt: Runtime, worker: Worker,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a store and a dispatcher that note every call, in order
+    order: list[str] = []
+    store: SagaStore = rt.store
+    for name in ("load", "commit", "record", "create_run"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, (lambda n, f: lambda *a, **k: (order.append(n), f(*a, **k))[1])(name, real))
+    send = rt.dispatcher.send_step
+    monkeypatch.setattr(rt.dispatcher, "send_step", lambda run, cmd: (order.append("publish"), send(run, cmd))[1])
+    start_saga("inproc.line", {})
+    [m] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    order.clear()
+
+    # When step a's message is handled
+    worker.deliver(m)
+
+    # Then the path is load -> decide -> commit -> publish, nothing else touches the store
+    assert order == ["load", "commit", "publish"]
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def test_an_exhausted_action_is_dead_lettered_after_commit_and_marked_sent(rt: Runtime, clock: Clock,
+                                                                           worker: Worker) -> None:
+    saga_id = start_saga("inproc.line", {"behaviour": {"b": {"fail_times": 9}}})
+    for _ in range(4):
+        worker.drain()
+        clock.advance(10)
+
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and view.step("b").attempts == 3
+    [dl] = view.dead_letters
+    assert (dl.kind, dl.step, dl.task_name, dl.queue, dl.attempts) == ("action", "b", "inproc.act", "inproc", 3)
+    assert dl.kwargs["attempt"] == 3 and "ConnectionError" in dl.exception
+    # its broker copy was published after the commit, and the row says so
+    assert dl.id in worker.published_dead_letters
+    assert rt.store.unsent_dead_letters(clock.now + timedelta(days=1)) == []
+
+
+class DeadLettersDown(RecordingDispatcher):
+    """Step messages go out; the dead-letter queue is unreachable."""
+
+    down: bool = True
+
+    def send_dead_letter(self, body: dict[str, Any]) -> None:
+        if self.down:
+            raise ConnectionError("dead_letter queue unreachable")
+        super().send_dead_letter(body)
+
+
+def test_a_dead_letter_whose_copy_was_not_sent_is_sent_by_the_sweeper(tmp_path: Path, clock: Clock) -> None:
+    # Given a runtime whose broker refuses the dead-letter copy when the action runs out of retries
+    url = f"sqlite:///{tmp_path / 'dl.db'}"
+    migrate(url)
+    dispatcher = DeadLettersDown()
+    counter = itertools.count(1)
+    runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
+                      ids=lambda: f"{next(counter):032x}", _dispatcher=dispatcher)
+    calls.clear()
+    with activate(runtime):
+        worker = Worker(runtime, dispatcher)
+        saga_id = start_saga("inproc.line", {"behaviour": {"a": {"fail_times": 9}}})
+        for _ in range(4):
+            worker.drain()
+            clock.advance(10)
+        [dl] = runtime.store.get(saga_id).dead_letters
+        assert [d.id for d in runtime.store.unsent_dead_letters(clock.now)] == [dl.id]  # committed, not sent
+
+        # When the broker is back and the sweeper runs, before and after the grace period
+        dispatcher.down = False
+        dispatcher.take()
+        assert sweep(runtime, now=clock.now).dead_letters_sent == [dl.id]
+
+        # Then the copy went out once and the row is marked sent; a second sweep sends nothing
+        assert [m.kwargs["dead_letter_id"] for m in dispatcher.dead_letters()] == [dl.id]
+        assert runtime.store.unsent_dead_letters(clock.now + timedelta(days=1)) == []
+        assert sweep(runtime, now=clock.now + timedelta(minutes=1)).dead_letters_sent == []
+
+
+# ------------------------------------------------------------------ the sweeper
+
+
+def test_a_lost_first_message_is_sent_again_then_a_lost_step_times_out(rt: Runtime, clock: Clock,
+                                                                       worker: Worker) -> None:
+    # Given a saga whose first message is lost
+    saga_id = start_saga("inproc.line", {})
+    rt.dispatcher.take()  # type: ignore[attr-defined]
+    deadline = rt.store.load(saga_id).step("a").deadline_at
+    assert deadline is not None
+
+    # When the sweeper runs before and after the step's deadline (30 s + the dispatch grace)
+    assert sweep(rt, now=deadline - timedelta(seconds=1)).redispatched == []
+    assert sweep(rt, now=deadline + timedelta(seconds=1)).redispatched == [f"{saga_id}:a"]
+    [again] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    assert again.step == "a"
+
+    # and that message is lost too: the next deadline times the step out (its effect is unknown)
+    second = rt.store.load(saga_id).step("a").deadline_at
+    assert second is not None
+    assert sweep(rt, now=second + timedelta(seconds=1)).timed_out == [f"{saga_id}:a"]
+    worker.drain()
+
+    # Then a, whose outcome is unknown, is compensated; nothing was run twice
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and calls == ["compensation:a:1"]
+
+
+# ------------------------------------------------------------------ operators
+
+
+def test_cancel_while_a_step_is_in_flight_compensates_what_may_have_happened(rt: Runtime, worker: Worker) -> None:
+    saga_id = start_saga("inproc.line", {})
+    [m] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    worker.deliver(m)  # a succeeded, b is in flight
+    [b] = rt.dispatcher.take()  # type: ignore[attr-defined]
+
+    cancel(saga_id, reason="customer asked", who="ada")
+    worker.drain()
+    worker.deliver(b)  # b's message arrives after the cancel: stale, not run
+
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and calls == ["action:a:1", "compensation:a:1"]
+    assert view.step("b").status == "TIMED_OUT" and "StaleMessageIgnored" in view.event_types("b")
+
+
+def test_two_redrives_of_one_dead_letter_decided_together_resume_the_compensation_once(
+        rt: Runtime, clock: Clock, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workflows.core.state import DeadLetterClosure, Resume
+
+    # Given a saga FAILED because a's compensation ran out of retries
+    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
+                                         "compensation_behaviour": {"a": {"fail_times": 9}}})
+    for _ in range(4):
+        worker.drain()
+        clock.advance(10)
+    run = rt.store.load(saga_id)
+    assert run.status.value == "FAILED"
+    [dl] = rt.store.dead_letters(saga_id=saga_id)
+
+    # When two operators redrive it on the same snapshot (both read it OPEN)
+    claim = DeadLetterClosure("REDRIVEN", "redriven by x", dead_letter_id=dl.id)
+    first = rt.loop.commit(LINE, saga_id, Resume("a", "", "x"), by="operator:x", state=run, closures=(claim,))
+    with pytest.raises(InvalidOperation, match="handled already"):
+        rt.loop.commit(LINE, saga_id, Resume("a", "", "y"), by="operator:y", state=first.state,
+                       closures=(DeadLetterClosure("REDRIVEN", "redriven by y", dead_letter_id=dl.id),))
+
+    # Then the second wrote nothing: the run moved once, the dead letter is the first one's
+    assert first.transition is not None and rt.store.load(saga_id).version == run.version + 1
+    assert rt.store.dead_letter(dl.id).resolution == "redriven by x"
+    with pytest.raises(InvalidOperation):
+        redrive(dl.id, who="z")
+
+
+def test_resume_of_a_failed_saga_resolves_its_dead_letters_in_the_same_write(rt: Runtime, clock: Clock,
+                                                                             worker: Worker) -> None:
+    # Given a saga FAILED because a's compensation fails until its cause is fixed
+    switched_off.add("a")
+    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
+                                         "compensation_behaviour": {"a": {"switch": True}}})
+    for _ in range(4):
+        worker.drain()
+        clock.advance(10)
+    assert rt.store.load(saga_id).status.value == "FAILED"
+    assert [d.status for d in rt.store.get(saga_id).dead_letters] == ["OPEN"]
+
+    # When the cause is fixed and an operator resumes it
+    switched_off.clear()
+    resume(saga_id, reason="fixed", who="bob")
+    worker.drain()
+
+    # Then it compensated, and the same transition that resumed it resolved its dead letter
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED"
+    [dl] = view.dead_letters
+    assert (dl.status, dl.resolution) == ("REDRIVEN", "resumed by bob")
+    resumed = next(e for e in view.events if e.type == "CompensationResumed")
+    assert dl.resolved_at == resumed.at
