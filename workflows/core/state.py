@@ -260,6 +260,8 @@ class Transition:
 
     def closing(self, *closures: DeadLetterClosure) -> Transition:
         """The same transition, also resolving `closures` (first, before the engine's own)."""
+        if not closures:
+            return self
         return replace(self, closures=(*closures, *self.closures))
 
 
