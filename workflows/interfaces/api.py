@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workflows.operations import dead_letters
@@ -277,8 +276,7 @@ def _check(probe: Any) -> str:
 
 
 def _ping_database(rt: Runtime) -> None:
-    with rt.store.sessions() as s:
-        s.execute(text("SELECT 1"))
+    rt.store.ping()
 
 
 def _ping_broker(rt: Runtime) -> None:
