@@ -64,7 +64,7 @@ def fail_next_request(body: Annotated[FailNextRequest | None, Body()] = None) ->
 
 @test_mode.post("/restock")
 def restock_skus(levels: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
-                                        Annotated[int, Field(ge=0)]], Body()]) -> dict[str, int]:
+                                        Annotated[int, Field(ge=0, le=1_000_000_000)]], Body()]) -> dict[str, int]:
     """Set the available stock of each SKU in the example inventory (only with SAGA_TEST_MODE=true)."""
     restock(levels)
     return levels

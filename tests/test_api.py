@@ -257,7 +257,9 @@ def test_list_pages_through_runs_filtered_by_type_and_state(client):  # type: ig
     assert last["next"] is None
 
 
-@pytest.mark.parametrize("params", [{"state": "DONE"}, {"limit": 0}, {"limit": 501}, {"offset": -1}])
+@pytest.mark.parametrize("params", [{"state": "DONE"}, {"limit": 0}, {"limit": 501}, {"offset": -1},
+                                    {"offset": 315007645607731200000, "limit": 182},  # found by schemathesis: was a 500
+                                    {"offset": 1_000_000_001}])
 def test_list_refuses_bad_paging_and_filters_with_422(client, params):  # type: ignore[no-untyped-def]
     r = client.get("/api/sagas", params=params)
 
@@ -312,6 +314,12 @@ def test_fail_next_request_does_not_exist_without_test_mode():  # type: ignore[n
     assert r.status_code == 404
     assert r.json()["error"] == "not_found"
     assert "/api/orders" in plain.openapi()["paths"]  # the shop's orders are served without test mode
+
+
+def test_restock_refuses_a_level_the_stock_column_cannot_hold(client):  # type: ignore[no-untyped-def]
+    r = client.post("/api/test/restock", json={"SKU-HUGE": 10**12})
+
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
 
 
 def test_restock_sets_stock_levels_in_test_mode(client, order_factory):  # type: ignore[no-untyped-def]

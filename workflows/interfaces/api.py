@@ -76,6 +76,9 @@ def require_token(settings: AppSettings, credentials: Credentials) -> None:
 
 Authorized = Depends(require_token)
 
+MAX_OFFSET = 1_000_000_000
+"""Every number a request carries is bounded: past what the database's integers hold it would be a 5xx."""
+
 # ------------------------------------------------------------------ bodies and answers
 
 
@@ -172,7 +175,7 @@ def start(saga_type: str, data: Annotated[dict[str, Any], Body()], request: Requ
 def list_runs(request: Request, state: RunStatus | None = None,
               saga_type: Annotated[str | None, Query(alias="type", max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> SagaPage:
+              offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> SagaPage:
     """Runs, newest first, without their history; `next` is the following page."""
     items, total = list_sagas(state=state.value if state else None, saga_type=saga_type, limit=limit, offset=offset)
     following = None

@@ -169,7 +169,7 @@ def status(saga_id: str, as_json: bool) -> None:
 @click.option("--state", type=click.Choice(RUN_STATES, case_sensitive=False), help="Only runs in this state.")
 @click.option("--type", "saga_type", help="Only runs of this saga type.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0, 1_000_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_(state: str | None, saga_type: str | None, limit: int, offset: int, as_json: bool) -> None:
     """Saga runs, newest first."""
