@@ -26,7 +26,7 @@ from workflows.choreography.operations import OUTBOX_GRACE, stuck_sagas, sweep_c
 from workflows.operations.dead_letters import discard, redrive
 from workflows.core.errors import InvalidOperation
 from workflows.store.models import ProcessedEventRow
-from workflows.operations.sweeper import extra_detectors
+from workflows.operations.sweeper import sweep
 
 pytest_plugins = ["support.choreo_fixtures"]
 
@@ -242,7 +242,6 @@ def test_a_delivery_waiting_for_its_retry_is_not_taken_for_a_lost_one(cluster): 
 
 
 def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost_delivery_sent_again(cluster):  # type: ignore[no-untyped-def]
-    assert sweep_choreographies in extra_detectors
     cluster.workers["shipping"].stop()
     try:
         saga_id = sequential.start("OrderCreated", order())
@@ -257,8 +256,9 @@ def test_a_saga_that_hears_no_event_before_its_deadline_is_reported_and_its_lost
     assert saga_id not in stuck_sagas()
     assert saga_id in stuck_sagas(now=later)
     assert saga_id in SagaCollector(lambda: get_runtime().store).stuck_ids(later)  # and in sagas_stuck
-    # When the sweeper sees it, it sends the delivery that never arrived again, once per deadline
-    assert saga_id in sweep_choreographies(get_runtime(), later)
+    # When the sweeper (`saga.sweep` on celery beat) sees it, it sends the delivery that never
+    # arrived again, once per deadline
+    assert saga_id in sweep(get_runtime(), later).stuck
     assert count(saga_id, "DeliveryResent", "CreateShipment") == 1
     assert saga_id not in stuck_sagas(now=later)
 

@@ -17,10 +17,9 @@ from tasks.common import transaction
 from workflows.choreography import (Choreography, InvalidEvent, MalformedEvent, Published, derive, make_envelope,
                                     parse_envelope, publish)
 from workflows.choreography.history import Letter, Row
-from workflows.choreography.models import OutboxRow
-from workflows.core.engine import RunStatus
 from workflows.core.errors import DefinitionError, IdempotencyConflict
-from workflows.store.models import SagaRow
+from workflows.core.state import RunStatus
+from workflows.store.models import OutboxRow, SagaRow
 
 
 def wire(**changes):  # type: ignore[no-untyped-def]

@@ -184,7 +184,7 @@ def effects(saga_id: str) -> dict[str, list[str]]:
 def outbox(saga_id: str) -> list[tuple[str, str, bool]]:
     """(event type, source, sent) of the saga's outbox rows, in order."""
     from tasks.common import transaction
-    from workflows.choreography.models import OutboxRow
+    from workflows.store.models import OutboxRow
 
     with transaction() as s:
         return [(r.event_type, r.source, r.sent_at is not None) for r in
@@ -193,7 +193,7 @@ def outbox(saga_id: str) -> list[tuple[str, str, bool]]:
 
 def envelope_of(saga_id: str, event_type: str) -> dict[str, Any]:
     from tasks.common import transaction
-    from workflows.choreography.models import OutboxRow
+    from workflows.store.models import OutboxRow
 
     with transaction() as s:
         row = s.scalars(select(OutboxRow).where(OutboxRow.saga_id == saga_id, OutboxRow.event_type == event_type)

@@ -16,31 +16,28 @@
 
 The modules: `envelope` (the validated event), `declaration` (choreographies, services,
 subscriptions), `bus` (exchange, queues, routing), `outbox` (atomic publishing and the relay),
-`consumer` (handling one delivery once), `history` (the saga's history and derived state),
-`operations` (redrive, stuck sagas, trace), `install` (Celery wiring), `demo`.
+`publishing` (publishing outside a handler, starting a saga), `context` (a handler's context and
+`publish`), `consumer` (handling one delivery once), `history` (the saga's history and derived state),
+`operations` (redrive, stuck sagas, trace), `install` (Celery wiring, called by `workflows.install`).
+Importing it registers nothing: `workflows.install(app)` wires the consumers, the sweeper calls
+`sweep_choreographies`, and `workflows.operations.dead_letters.redrive` calls `redrive_event`.
 """
-from workflows.operations.dead_letters import redrivers
-from workflows.runtime.container import installers
-from workflows.operations.sweeper import extra_detectors
 from workflows.choreography.bus import exchange, queue_name, routing_key, use_publisher
 from workflows.choreography.context import EventContext, Published, current, publish
-from workflows.choreography.declaration import DEFAULT_HANDLER_POLICY, Choreography, Service, Subscription, choreographies
-from workflows.choreography.envelope import SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, make_envelope, parse_envelope
+from workflows.choreography.declaration import (DEFAULT_HANDLER_POLICY, Choreography, Service, Subscription,
+                                                choreographies)
+from workflows.choreography.envelope import (SCHEMA_VERSION, Envelope, InvalidEvent, MalformedEvent, make_envelope,
+                                             parse_envelope)
 from workflows.choreography.history import derive
 from workflows.choreography.install import install_consumers
-from workflows.choreography.operations import Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas, sweep_choreographies, trace
+from workflows.choreography.operations import (Delivery, TracedEvent, format_trace, redrive_event, stuck_sagas,
+                                               sweep_choreographies, trace)
 from workflows.choreography.outbox import relay_pending
-
-redrivers["event"] = redrive_event
-if sweep_choreographies not in extra_detectors:
-    extra_detectors.append(sweep_choreographies)
-if install_consumers not in installers:
-    installers.append(install_consumers)
 
 __all__ = [
     "DEFAULT_HANDLER_POLICY", "Choreography", "Delivery", "Envelope", "EventContext", "InvalidEvent",
     "MalformedEvent", "Published", "SCHEMA_VERSION", "Service", "Subscription", "TracedEvent",
     "choreographies", "current", "derive", "exchange", "format_trace", "install_consumers", "make_envelope",
-    "parse_envelope", "publish", "queue_name", "relay_pending", "routing_key", "stuck_sagas", "trace",
-    "use_publisher",
+    "parse_envelope", "publish", "queue_name", "redrive_event", "relay_pending", "routing_key", "stuck_sagas",
+    "sweep_choreographies", "trace", "use_publisher",
 ]

@@ -24,9 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from workflows.choreography import publishing
+from workflows.choreography.envelope import EVENT_TYPE, NAME, InvalidEvent
 from workflows.core.errors import DefinitionError, UnknownSaga
 from workflows.core.retry import RetryPolicy
-from workflows.choreography.envelope import EVENT_TYPE, NAME, InvalidEvent
 
 Handler = Callable[..., Any]
 """`fn(ctx: EventContext, event: Envelope) -> dict | None`, or the same as `async def`."""
@@ -163,9 +164,7 @@ class Choreography:
     def start(self, event_type: str, payload: dict[str, Any], *, saga_id: str | None = None,
               idempotency_key: str | None = None) -> str:
         """Start a saga by publishing its first event (validated, written, relayed). Returns its id."""
-        from workflows.choreography.context import start
-
-        return start(self, event_type, payload, saga_id=saga_id, idempotency_key=idempotency_key)
+        return publishing.start(self, event_type, payload, saga_id=saga_id, idempotency_key=idempotency_key)
 
     # ------------------------------------------------------------ questions
 

@@ -1,8 +1,8 @@
 """A choreographed saga's history and the state derived from it.
 
 Every event published and every delivery handled is a row of `saga_events`, written in the
-transaction that did it; after each write the saga's state is derived again from those rows
-(`derive`, a pure function) and stored in `sagas.state`, under the saga row's lock. So
+transaction that did it (a store `EventUnit`); after each write the saga's state is derived again
+from those rows (`derive`, a pure function) and stored in `sagas.state`, under the saga row's lock. So
 `SELECT * FROM sagas WHERE state = 'COMPENSATING'` and `get_saga()` answer for a choreography as
 they do for an orchestrated saga, though no coordinator ever decided anything.
 
@@ -20,14 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from workflows.core.engine import RunStatus
-from workflows.store.models import DeadLetterRow, EventRow, SagaRow
-from workflows.choreography.declaration import Choreography
+from workflows.core.state import RunStatus
+from workflows.core.views import DeadLetterView
+from workflows.store.events import EventUnit
 
 STATE_EVENTS = {
     RunStatus.COMPLETED: "SagaCompleted",
@@ -36,6 +33,25 @@ STATE_EVENTS = {
     RunStatus.FAILED: "SagaFailed",
     RunStatus.RUNNING: "SagaResumed",
 }
+
+
+class Meanings(Protocol):
+    """What derivation reads of a choreography's declaration (a `declaration.Choreography`)."""
+
+    @property
+    def completed(self) -> Iterable[str]: ...
+
+    @property
+    def compensating(self) -> Iterable[str]: ...
+
+    @property
+    def compensated(self) -> Iterable[str]: ...
+
+    @property
+    def failed(self) -> Iterable[str]: ...
+
+    @property
+    def deadline(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ class Derived:
     """(event id, consumer) deliveries not handled yet."""
 
 
-def derive(ch: Choreography, rows: Sequence[Row], letters: Iterable[Letter] = ()) -> Derived:
+def derive(ch: Meanings, rows: Sequence[Row], letters: Iterable[Letter] = ()) -> Derived:
     """The saga's state from its history. Pure.
 
     FAILED while a dead letter is open or a `failed` event was published (an operator must act);
@@ -108,65 +124,55 @@ def _reason(r: Row) -> str:
     return f"{r.step}: {why}" if why else str(r.step)
 
 
-# ------------------------------------------------------------------ writes (inside the caller's transaction)
+# ------------------------------------------------------------------ inside the caller's unit (one transaction)
 
 
-def add(s: Session, saga_id: str, type_: str, now: datetime, *, step: str | None = None,
+def add(u: EventUnit, saga_id: str, type_: str, now: datetime, *, step: str | None = None,
         attempt: int | None = None, **detail: Any) -> None:
-    s.add(EventRow(saga_id=saga_id, at=now, type=type_, step=step, attempt=attempt, detail=detail))
+    u.add_history(saga_id, type_, now, step=step, attempt=attempt, detail=detail)
 
 
-def lock_saga(s: Session, saga_id: str) -> SagaRow | None:
-    """The saga row, locked until the transaction ends (PostgreSQL row lock; SQLite's writer lock)."""
-    return s.scalars(select(SagaRow).where(SagaRow.id == saga_id).with_for_update()).first()
-
-
-def refresh(s: Session, ch: Choreography, saga_id: str, now: datetime) -> Derived | None:
+def refresh(u: EventUnit, ch: Meanings, saga_id: str, now: datetime) -> Derived | None:
     """Derive the saga's state again and store it, noting a change in the history.
 
-    Call after this transaction's history rows are added: they are flushed and read back with the
-    rows other transactions committed before the lock was granted.
+    Call after this unit's history rows are added: they are read back with the rows other
+    transactions committed before the saga's lock was granted.
     """
-    row = lock_saga(s, saga_id)
-    if row is None:
+    head = u.lock_saga(saga_id)
+    if head is None:
         return None
-    derived = derive(ch, rows(s, saga_id), letters(s, saga_id))
-    before = row.state
-    if derived.status.value != before:
-        add(s, saga_id, STATE_EVENTS[derived.status], now, reason=derived.reason, previous=before)
-        row.state = derived.status.value
-    row.failure_reason = derived.reason
-    row.updated_at = now
-    row.caused_by = None
-    row.deadline_at = None if derived.status.terminal else now + timedelta(seconds=ch.deadline)
+    derived = derive(ch, rows(u, saga_id), letters(u, saga_id))
+    if derived.status.value != head.state:
+        add(u, saga_id, STATE_EVENTS[derived.status], now, reason=derived.reason, previous=head.state)
+    u.set_state(saga_id, state=derived.status.value, failure_reason=derived.reason, now=now,
+                deadline_at=None if derived.status.terminal else now + timedelta(seconds=ch.deadline))
     return derived
 
 
-def rows(s: Session, saga_id: str) -> list[Row]:
-    """The history rows derivation reads (this transaction's included)."""
-    s.flush()
-    return [Row(t, st, d or {}) for t, st, d in s.execute(
-        select(EventRow.type, EventRow.step, EventRow.detail)
-        .where(EventRow.saga_id == saga_id, EventRow.type.in_(["EventPublished", "EventHandled"]))
-        .order_by(EventRow.id)).all()]
+def rows(u: EventUnit, saga_id: str) -> list[Row]:
+    """The history rows derivation reads (this unit's included)."""
+    return [Row(e.type, e.step, e.detail or {}) for e in u.history(saga_id, ("EventPublished", "EventHandled"))]
 
 
-def letters(s: Session, saga_id: str) -> list[Letter]:
-    rows = s.scalars(select(DeadLetterRow).where(DeadLetterRow.saga_id == saga_id,
-                                                 DeadLetterRow.kind == "event")).all()
-    return [Letter(r.status, (r.kwargs.get("event") or {}).get("eventId") if isinstance(r.kwargs.get("event"), dict)
-                   else None, (r.headers or {}).get("consumer"), r.exception) for r in rows]
+def letters(u: EventUnit, saga_id: str) -> list[Letter]:
+    return as_letters(u.event_dead_letters(saga_id))
 
 
-def published_types(s: Session, saga_id: str) -> list[str]:
-    """Event types published in the saga so far, oldest first (committed, plus this transaction's)."""
-    return [t for t in s.scalars(select(EventRow.step).where(EventRow.saga_id == saga_id,
-                                                             EventRow.type == "EventPublished")
-                                 .order_by(EventRow.id)) if t]
+def as_letters(dead_letters: Iterable[DeadLetterView]) -> list[Letter]:
+    """What derivation reads of the saga's event dead letters: which delivery each one holds."""
+    out = []
+    for dl in dead_letters:
+        event = (dl.kwargs or {}).get("event")
+        out.append(Letter(dl.status, event.get("eventId") if isinstance(event, dict) else None,
+                          (dl.headers or {}).get("consumer"), dl.exception))
+    return out
 
 
-def handled_types(s: Session, saga_id: str, consumer: str) -> list[str]:
+def published_types(u: EventUnit, saga_id: str) -> list[str]:
+    """Event types published in the saga so far, oldest first (committed, plus this unit's)."""
+    return [e.step for e in u.history(saga_id, ("EventPublished",)) if e.step]
+
+
+def handled_types(u: EventUnit, saga_id: str, consumer: str) -> list[str]:
     """Event types `consumer` has handled in the saga so far."""
-    rows = s.execute(select(EventRow.step, EventRow.detail).where(
-        EventRow.saga_id == saga_id, EventRow.type == "EventHandled").order_by(EventRow.id)).all()
-    return [t for t, d in rows if t and (d or {}).get("consumer") == consumer]
+    return [e.step for e in u.history(saga_id, ("EventHandled",)) if e.step and e.detail.get("consumer") == consumer]

@@ -14,10 +14,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_rejected, task_unknown
 
-from workflows.orchestration.step_task import DELIVERY_OPTIONS
-from workflows.store.sql import MessageInfo
 from workflows.choreography import bus
 from workflows.choreography.declaration import choreographies
+from workflows.core.state import ErrorInfo, MessageInfo
+from workflows.runtime.delivery import DELIVERY_OPTIONS
 
 log = logging.getLogger("workflows.choreography")
 
@@ -55,8 +55,8 @@ def _is_event_message(message: Any) -> bool:
 
 
 def _refused(message: Any, reason: str) -> None:
-    from workflows.runtime.container import get_runtime
     from workflows.choreography.consumer import dead_letter
+    from workflows.runtime.container import get_runtime
 
     try:
         body = message.decode()
@@ -71,7 +71,7 @@ def _refused(message: Any, reason: str) -> None:
                       queue=bus.queue_name(service) if service else None, args=[],
                       kwargs={"event": event}, headers={"routing_key": key, "consumer": service})
     try:
-        dead_letter(get_runtime(), service, None, event, msg, f"RefusedMessage: {reason}", attempts=0)
+        dead_letter(get_runtime(), service, None, event, msg, ErrorInfo("RefusedMessage", reason), attempts=0)
     except Exception:
         log.exception("could not dead-letter a refused event message (routing key %s)", key)
 

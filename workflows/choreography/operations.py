@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from workflows.core.errors import InvalidOperation
-from workflows.store.models import DeadLetterRow, EventRow, SagaRow
-from workflows.runtime.container import Runtime, get_runtime
-from workflows.core.views import DeadLetterView
 from workflows.choreography import history, outbox
 from workflows.choreography.declaration import choreographies
 from workflows.choreography.envelope import MalformedEvent, parse_envelope
-from workflows.choreography.models import OutboxRow
+from workflows.core.errors import InvalidOperation
+from workflows.core.views import DeadLetterView, EventView
+from workflows.runtime.container import Runtime, get_runtime
 
 log = logging.getLogger("workflows.choreography")
 
@@ -46,26 +42,23 @@ def redrive_event(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> Non
                                "fix the publisher and discard it") from None
     if not consumer:
         raise InvalidOperation(f"dead letter {dl.id} does not say which consumer it was for")
-    now = datetime.now(timezone.utc)
-    with rt.store.sessions.begin() as s:
-        if not rt.store.resolve_dead_letter(s, dl.id, "REDRIVEN", f"redriven by {who}: {reason}".strip(": ")):
+    now = rt.clock()
+    with rt.store.event_unit() as u:
+        if not u.resolve_dead_letter(dl.id, status="REDRIVEN", resolution=f"redriven by {who}: {reason}".strip(": "),
+                                     now=now):
             raise InvalidOperation(f"dead letter {dl.id} was handled already")
-        row = outbox.write(s, event, [consumer], now, note_history=False)
-        history.add(s, event.saga_id, "EventRedriven", now, step=event.event_type, event_id=event.event_id,
+        outbox.write(u, event, [consumer], now, note_history=False)
+        history.add(u, event.saga_id, "EventRedriven", now, step=event.event_type, event_id=event.event_id,
                     consumer=consumer, dead_letter=dl.id, who=who, reason=reason)
         if event.saga_type in choreographies:
-            history.refresh(s, choreographies.get(event.saga_type), event.saga_id, now)
-    outbox.relay([row.id])
+            history.refresh(u, choreographies.get(event.saga_type), event.saga_id, now)
+    outbox.relay(u.outbox_ids)
 
 
 def stuck_sagas(rt: Runtime | None = None, now: datetime | None = None, limit: int = 500) -> list[str]:
     """Ids of choreographed sagas that saw no event for longer than their deadline."""
     rt = rt or get_runtime()
-    now = now or datetime.now(timezone.utc)
-    with rt.store.sessions() as s:
-        return list(s.scalars(select(SagaRow.id).where(
-            SagaRow.style == "choreographed", SagaRow.state.in_(["RUNNING", "COMPENSATING"]),
-            SagaRow.deadline_at < now).order_by(SagaRow.deadline_at).limit(limit)))
+    return list(rt.store.stuck_choreographies(now or rt.clock(), limit))
 
 
 def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
@@ -93,46 +86,41 @@ def resend_pending(rt: Runtime, saga_id: str, now: datetime) -> int:
     A message can be lost on its way to a worker (a Redis consumer killed while its BRPOP
     returns); consumers are idempotent, so a second copy is safe. Rows the relay has not sent yet
     are left to the relay. The saga's deadline moves on: one resend per deadline period."""
-    with rt.store.sessions.begin() as s:
-        row = history.lock_saga(s, saga_id)
-        if (row is None or row.state not in ("RUNNING", "COMPENSATING") or row.deadline_at is None
-                or row.deadline_at >= now or row.saga_type not in choreographies):
+    with rt.store.event_unit() as u:
+        head = u.lock_saga(saga_id)
+        if (head is None or head.state not in ("RUNNING", "COMPENSATING") or head.deadline_at is None
+                or head.deadline_at >= now or head.saga_type not in choreographies):
             return 0
-        ch = choreographies.get(row.saga_type)
-        pending = history.derive(ch, history.rows(s, saga_id), history.letters(s, saga_id)).pending
-        open_letters = {(dl.event_id, dl.consumer) for dl in history.letters(s, saga_id) if dl.status == "OPEN"}
+        ch = choreographies.get(head.saga_type)
+        letters = history.letters(u, saga_id)
+        pending = history.derive(ch, history.rows(u, saga_id), letters).pending
+        open_letters = {(dl.event_id, dl.consumer) for dl in letters if dl.status == "OPEN"}
         sent: dict[str, dict[str, Any]] = {}
         unsent: set[str] = set()
-        for r in s.scalars(select(OutboxRow).where(OutboxRow.saga_id == saga_id).order_by(OutboxRow.id)):
+        for r in u.outbox(saga_id):
             if r.sent_at is None:
                 unsent.add(r.event_id)
             else:
                 sent.setdefault(r.event_id, r.envelope)
-        new = []
         for event_id, consumer in pending:
             if event_id in unsent or event_id not in sent or (event_id, consumer) in open_letters:
                 continue
             event = parse_envelope(sent[event_id])
-            new.append(outbox.write(s, event, [consumer], now, note_history=False))
-            history.add(s, saga_id, "DeliveryResent", now, step=event.event_type, event_id=event_id,
+            outbox.write(u, event, [consumer], now, note_history=False)
+            history.add(u, saga_id, "DeliveryResent", now, step=event.event_type, event_id=event_id,
                         consumer=consumer, reason="no event before the saga's deadline")
-        history.refresh(s, ch, saga_id, now)
-    outbox.relay([r.id for r in new])
-    return len(new)
+        history.refresh(u, ch, saga_id, now)
+    outbox.relay(u.outbox_ids)
+    return len(u.outbox_ids)
 
 
 def _refresh_failed(rt: Runtime, now: datetime) -> None:
     """A FAILED saga whose dead letter was discarded since its last change may not be FAILED any more."""
-    with rt.store.sessions() as s:
-        rows = s.execute(select(SagaRow.id, SagaRow.saga_type).distinct().join(
-            DeadLetterRow, DeadLetterRow.saga_id == SagaRow.id).where(
-            SagaRow.style == "choreographed", SagaRow.state == "FAILED", DeadLetterRow.kind == "event",
-            DeadLetterRow.status == "DISCARDED", DeadLetterRow.resolved_at >= SagaRow.updated_at).limit(200)).all()
-    for saga_id, saga_type in rows:
+    for saga_id, saga_type in rt.store.failed_choreographies_with_discards(limit=200):
         if saga_type not in choreographies:
             continue
-        with rt.store.sessions.begin() as s:
-            history.refresh(s, choreographies.get(saga_type), saga_id, now)
+        with rt.store.event_unit() as u:
+            history.refresh(u, choreographies.get(saga_type), saga_id, now)
 
 
 # ------------------------------------------------------------------ trace
@@ -161,14 +149,12 @@ class TracedEvent:
 
 def trace(saga_id: str) -> list[TracedEvent]:
     """Every event of the saga, oldest first, with the state of each of its deliveries."""
-    rt = get_runtime()
-    with rt.store.sessions() as s:
-        rows = s.scalars(select(EventRow).where(EventRow.saga_id == saga_id).order_by(EventRow.id)).all()
-        unsent = set(s.scalars(select(OutboxRow.event_id).where(OutboxRow.saga_id == saga_id,
-                                                                OutboxRow.sent_at.is_(None))))
-        letters = history.letters(s, saga_id)
-    state: dict[tuple[str, str], Delivery] = {}
-    events: list[tuple[EventRow, list[str]]] = []
+    store = get_runtime().store
+    rows = store.history(saga_id)
+    unsent = {r.event_id for r in store.outbox_of(saga_id) if r.sent_at is None}
+    letters = history.as_letters(store.event_dead_letters(saga_id))
+    state: dict[tuple[str | None, str | None], Delivery] = {}
+    events: list[tuple[EventView, list[str]]] = []
     for r in rows:
         d = r.detail or {}
         key = (d.get("event_id"), d.get("consumer"))

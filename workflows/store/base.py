@@ -8,15 +8,17 @@ store writes exactly that, atomically, or raises `ConcurrentTransition` and writ
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
-from workflows.core.views import DeadLetterView, SagaView
+from workflows.core.views import DeadLetterView, EventView, SagaView
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,12 @@ class SagaStore(Protocol):
     def list(self, *, state: str | None = None, saga_type: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[SagaView], int]: ...
 
-    def due_deadlines(self, now: datetime, limit: int = 500) -> list[str]: ...
+    def due_deadlines(self, now: datetime, limit: int = 500) -> builtins.list[str]: ...
 
-    def due_steps(self, now: datetime, limit: int = 500) -> list[tuple[str, str, str, int]]: ...
+    def due_steps(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str, int]]: ...
 
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
-                     limit: int = 100) -> list[DeadLetterView]: ...
+                     limit: int = 100) -> builtins.list[DeadLetterView]: ...
 
     def dead_letter(self, dl_id: str) -> DeadLetterView: ...
 
@@ -128,12 +130,60 @@ class SagaStore(Protocol):
         ...
 
     # -- metrics
-    def run_counts(self) -> list[RunCounts]: ...
+    def run_counts(self) -> builtins.list[RunCounts]: ...
 
-    def step_retries(self) -> list[StepRetries]: ...
+    def step_retries(self) -> builtins.list[StepRetries]: ...
 
-    def step_durations(self, since: datetime, limit: int) -> list[StepDuration]: ...
+    def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]: ...
 
     def dead_letter_counts(self) -> dict[str, int]: ...
 
     def outbox_unsent(self) -> int: ...
+
+    # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this
+    # class body `list` is the method above
+    def event_unit(self) -> AbstractContextManager[Any]:
+        """One transaction of choreography writes: an `EventUnit` (saga lock, history, outbox, state, dead letters)."""
+        ...
+
+    def saga_type(self, saga_id: str) -> str | None:
+        """The saga type of run `saga_id`, or None if there is no such run."""
+        ...
+
+    def event_processed(self, consumer: str, event_id: str) -> bool:
+        """Has `consumer` committed its handling of event `event_id`?"""
+        ...
+
+    def history(self, saga_id: str) -> Sequence[EventView]:
+        """The run's history rows, oldest first."""
+        ...
+
+    def event_dead_letters(self, saga_id: str) -> Sequence[DeadLetterView]:
+        """The run's dead letters of kind 'event' (any status), oldest first."""
+        ...
+
+    def outbox_of(self, saga_id: str, limit: int | None = None) -> Sequence[Any]:
+        """The run's outbox rows (`OutboxRecord`), oldest first."""
+        ...
+
+    def unsent_outbox(self, *, ids: Sequence[int] | None = None, causation_id: str | None = None,
+                      source: str | None = None, created_up_to: datetime | None = None,
+                      limit: int = 500) -> Sequence[Any]:
+        """Unsent outbox rows (`OutboxRecord`) matching every filter given, oldest first; reads only, locks nothing."""
+        ...
+
+    def mark_outbox_sent(self, ids: Sequence[int], now: datetime) -> int:
+        """Those outbox rows reached the broker (rows already marked are left as they are); returns how many changed."""
+        ...
+
+    def outbox_send_failed(self, row_id: int, error: str) -> None:
+        """A relay could not send that outbox row: count the attempt, keep the error."""
+        ...
+
+    def stuck_choreographies(self, now: datetime, limit: int = 500) -> Sequence[str]:
+        """Choreographed runs, not terminal, whose deadline passed at `now` (the oldest first)."""
+        ...
+
+    def failed_choreographies_with_discards(self, limit: int = 200) -> Sequence[tuple[str, str]]:
+        """(saga id, saga type) of FAILED choreographed runs with an event dead letter discarded since they changed."""
+        ...
