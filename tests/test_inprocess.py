@@ -403,3 +403,41 @@ def test_resume_of_a_failed_saga_resolves_its_dead_letters_in_the_same_write(rt:
     assert (dl.status, dl.resolution) == ("REDRIVEN", "resumed by bob")
     resumed = next(e for e in view.events if e.type == "CompensationResumed")
     assert dl.resolved_at == resumed.at
+
+
+def test_a_refused_operator_action_is_on_the_record_with_who_and_why(rt: Runtime, worker: Worker) -> None:
+    # Given a completed saga
+    saga_id = start_saga("inproc.line", {})
+    worker.drain()
+
+    # When an operator tries to resume it, and another to cancel it
+    with pytest.raises(InvalidOperation, match="not FAILED"):
+        resume(saga_id, reason="looks stuck", who="dora")
+    with pytest.raises(InvalidOperation, match="only a RUNNING saga"):
+        cancel(saga_id, reason="customer asked", who="eve")
+
+    # Then both refusals are history rows: who, what, why it was asked, why it was refused
+    refusals = [e for e in rt.store.get(saga_id).events if e.type == "OperatorActionRefused"]
+    assert [(e.detail["action"], e.detail["who"], e.detail["reason"], e.detail["by"]) for e in refusals] == [
+        ("resume", "dora", "looks stuck", "operator:dora"), ("cancel", "eve", "customer asked", "operator:eve")]
+    assert "not FAILED" in refusals[0].detail["refused"] and "RUNNING" in refusals[1].detail["refused"]
+    assert rt.store.load(saga_id).status.value == "COMPLETED"
+
+
+def test_a_second_redrive_of_a_dead_letter_is_refused_and_recorded(rt: Runtime, clock: Clock,
+                                                                   worker: Worker) -> None:
+    switched_off.add("a")
+    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
+                                         "compensation_behaviour": {"a": {"switch": True}}})
+    for _ in range(4):
+        worker.drain()
+        clock.advance(10)
+    [dl] = rt.store.dead_letters(saga_id=saga_id)
+    switched_off.clear()
+    redrive(dl.id, who="fay", reason="fixed")
+
+    with pytest.raises(InvalidOperation, match="handled already"):
+        redrive(dl.id, who="gus", reason="double click")
+
+    [refusal] = [e for e in rt.store.get(saga_id).events if e.type == "OperatorActionRefused"]
+    assert (refusal.detail["action"], refusal.detail["who"], refusal.detail["dead_letter"]) == ("redrive", "gus", dl.id)

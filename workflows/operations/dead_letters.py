@@ -28,16 +28,20 @@ def redrive(dl_id: str, *, who: str = "operator", reason: str = "") -> DeadLette
     """Publish the dead letter's work again, once. A second redrive raises `InvalidOperation`."""
     rt = get_runtime()
     dl = rt.store.dead_letter(dl_id)
-    if dl.status != "OPEN":
-        raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
-    if dl.kind == "compensation":
-        _redrive_compensation(rt, dl, who, reason)
-    elif dl.kind == "event":
-        redrive_event(rt, dl, who, reason)
-    elif dl.kind == "action":
-        _refuse_action(rt, dl)
-    else:
-        raise InvalidOperation(f"dead letters of kind {dl.kind!r} cannot be redriven")
+    try:
+        if dl.status != "OPEN":
+            raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
+        if dl.kind == "compensation":
+            _redrive_compensation(rt, dl, who, reason)
+        elif dl.kind == "event":
+            redrive_event(rt, dl, who, reason)
+        elif dl.kind == "action":
+            _refuse_action(rt, dl)
+        else:
+            raise InvalidOperation(f"dead letters of kind {dl.kind!r} cannot be redriven")
+    except InvalidOperation as e:
+        _note_refusal(rt, dl, "redrive", who, reason, str(e))
+        raise
     return rt.store.dead_letter(dl_id)
 
 
@@ -49,8 +53,18 @@ def discard(dl_id: str, *, who: str = "operator", reason: str) -> DeadLetterView
     event = HistoryEvent("DeadLetterDiscarded", dl.step, None, {"dead_letter": dl_id, "who": who, "reason": reason})
     if not rt.store.discard_dead_letter(dl_id, resolution=f"discarded by {who}: {reason}", event=event,
                                         now=rt.clock()):
-        raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
+        why = f"dead letter {dl_id} is {rt.store.dead_letter(dl_id).status}, not OPEN: it was handled already"
+        _note_refusal(rt, dl, "discard", who, reason, why)
+        raise InvalidOperation(why)
     return rt.store.dead_letter(dl_id)
+
+
+def _note_refusal(rt: Runtime, dl: DeadLetterView, action: str, who: str, reason: str, why: str) -> None:
+    """A refused redrive or discard is on the saga's record (who tried what, and why it was refused)."""
+    if dl.saga_id:
+        rt.store.record(dl.saga_id, HistoryEvent("OperatorActionRefused", dl.step, None, {
+            "action": action, "dead_letter": dl.id, "who": who, "reason": reason, "refused": why}),
+            by=f"operator:{who}", now=rt.clock())
 
 
 def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str) -> None:
