@@ -134,6 +134,20 @@ def worker(rt: Runtime) -> Worker:
     return Worker(rt, rt.dispatcher)
 
 
+def settle(worker: Worker, clock: Clock) -> None:
+    """Deliver everything, moving the clock past every retry's countdown (at most 10 s each)."""
+    settle(worker, clock)
+
+
+def failed_on_compensating_a(worker: Worker, clock: Clock) -> str:
+    """A saga FAILED: step c failed for good, and a's compensation fails while `a` is switched off."""
+    switched_off.add("a")
+    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
+                                         "compensation_behaviour": {"a": {"switch": True}}})
+    settle(worker, clock)
+    return saga_id
+
+
 def steps_sent(sent: list[Sent]) -> list[tuple[str | None, str | None]]:
     return [(m.step, m.command.kind if m.command else None) for m in sent if m.kind == "step"]
 
@@ -251,9 +265,7 @@ def test_a_step_report_is_one_read_and_one_write_then_the_publish(rt: Runtime, w
 def test_an_exhausted_action_is_dead_lettered_after_commit_and_marked_sent(rt: Runtime, clock: Clock,
                                                                            worker: Worker) -> None:
     saga_id = start_saga("inproc.line", {"behaviour": {"b": {"fail_times": 9}}})
-    for _ in range(4):
-        worker.drain()
-        clock.advance(10)
+    settle(worker, clock)
 
     view = rt.store.get(saga_id)
     assert view.state == "COMPENSATED" and view.step("b").attempts == 3
@@ -288,9 +300,7 @@ def test_a_dead_letter_whose_copy_was_not_sent_is_sent_by_the_sweeper(tmp_path: 
     with activate(runtime):
         worker = Worker(runtime, dispatcher)
         saga_id = start_saga("inproc.line", {"behaviour": {"a": {"fail_times": 9}}})
-        for _ in range(4):
-            worker.drain()
-            clock.advance(10)
+        settle(worker, clock)
         [dl] = runtime.store.get(saga_id).dead_letters
         assert [d.id for d in runtime.store.unsent_dead_letters(clock.now)] == [dl.id]  # committed, not sent
 
@@ -358,9 +368,7 @@ def test_two_redrives_of_one_dead_letter_decided_together_resume_the_compensatio
     # Given a saga FAILED because a's compensation ran out of retries
     saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
                                          "compensation_behaviour": {"a": {"fail_times": 9}}})
-    for _ in range(4):
-        worker.drain()
-        clock.advance(10)
+    settle(worker, clock)
     run = rt.store.load(saga_id)
     assert run.status.value == "FAILED"
     [dl] = rt.store.dead_letters(saga_id=saga_id)
@@ -382,12 +390,7 @@ def test_two_redrives_of_one_dead_letter_decided_together_resume_the_compensatio
 def test_resume_of_a_failed_saga_resolves_its_dead_letters_in_the_same_write(rt: Runtime, clock: Clock,
                                                                              worker: Worker) -> None:
     # Given a saga FAILED because a's compensation fails until its cause is fixed
-    switched_off.add("a")
-    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
-                                         "compensation_behaviour": {"a": {"switch": True}}})
-    for _ in range(4):
-        worker.drain()
-        clock.advance(10)
+    saga_id = failed_on_compensating_a(worker, clock)
     assert rt.store.load(saga_id).status.value == "FAILED"
     assert [d.status for d in rt.store.get(saga_id).dead_letters] == ["OPEN"]
 
@@ -426,12 +429,7 @@ def test_a_refused_operator_action_is_on_the_record_with_who_and_why(rt: Runtime
 
 def test_a_second_redrive_of_a_dead_letter_is_refused_and_recorded(rt: Runtime, clock: Clock,
                                                                    worker: Worker) -> None:
-    switched_off.add("a")
-    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}},
-                                         "compensation_behaviour": {"a": {"switch": True}}})
-    for _ in range(4):
-        worker.drain()
-        clock.advance(10)
+    saga_id = failed_on_compensating_a(worker, clock)
     [dl] = rt.store.dead_letters(saga_id=saga_id)
     switched_off.clear()
     redrive(dl.id, who="fay", reason="fixed")
