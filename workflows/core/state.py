@@ -175,9 +175,22 @@ class Command:
     task: str
     task_id: str
     version: int
-    """The run version the message expects; any other version makes the message stale."""
+    """The run version it was dispatched at (for the record: what makes a message stale is its
+    step's dispatch, `engine.is_current`, since branches of a group report at any version)."""
     eta: datetime | None = None
     time_limit: float = 0.0
+    results_before: int = 0
+    """The step sees the results of the steps whose index is lower: the stages before its own."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Which dispatch of a step a message is: what `engine.is_current` checks it against."""
+
+    step: str
+    kind: str
+    task_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)

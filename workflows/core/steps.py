@@ -38,10 +38,13 @@ class StepContext:
     """Results of the steps before this one, by step name (actions)."""
     result: dict[str, Any] | None = None
     """The recorded result of this step's action (compensations; None if it timed out)."""
+    item: Any = None
+    """A fan-out branch's item (`ForEach`): its element of `items(input)`; None for other steps."""
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across retries, redeliveries and redrives: saga id + step name."""
+        """Stable across retries, redeliveries and redrives: saga id + step name (a fan-out branch's
+        name ends with its index: `<saga id>-ship_parcel-2`)."""
         return f"{self.saga_id}-{self.step}"
 
 

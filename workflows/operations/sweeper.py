@@ -65,7 +65,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
             outcome = ActionTimedOut(step, "no result before the step's deadline (message lost or worker gone)")
             bucket = report.timed_out
         else:
-            policy = saga.steps[saga.index_of(step)].compensation_retry
+            policy = saga.step(step).compensation_retry
             outcome = CompensationFailed(
                 step, ErrorInfo("DeadlineExceeded", "no result before the compensation's deadline"), True,
                 policy.countdown(s.compensation_attempts + 1))

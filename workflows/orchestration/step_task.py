@@ -7,7 +7,7 @@ in the same worker, the loop decides, commits and publishes the next step (`hand
 Crash safety: every message is acknowledged late, after the transition committed and its
 follow-up was published. A message redelivered after its transition committed finds the run
 one version ahead and made by itself (`caused_by`), and re-publishes the follow-up derived
-from the state (`command_for`); the follow-up's own version check makes a duplicate harmless.
+from the state (`commands_for`); each follow-up is checked against its own step's dispatch (`is_current`), so a duplicate is harmless.
 
 `handle_step` is plain Python over the runtime (no Celery in it): the in-process test tier calls
 it with a `Delivery` and a `RecordingDispatcher`. `make_step_task` wraps it as a Celery task.
@@ -26,10 +26,10 @@ from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from workflows.core.definition import Saga, registry
-from workflows.core.engine import command_for
+from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, CompensationFailed,
-                                  CompensationSucceeded, DeadLetter, ErrorInfo, HistoryEvent, MessageInfo, Outcome,
+                                  CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo, Outcome,
                                   RunState)
 from workflows.core.steps import StepContext, StepTask
 from workflows.runtime.container import Runtime, get_runtime
@@ -79,31 +79,34 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("SagaNotFound", str(e)))
         return None
     loop = rt.loop
-    if run.version != version:
-        # Stale (a duplicate, or overtaken by a timeout/cancel) or our own commit redelivered:
+    dispatch = Dispatch(step, kind, by, attempt)
+    if not is_current(run, step, kind, by, attempt):
+        # Stale (a duplicate, or overtaken by a timeout/cancel/retry) or our own commit redelivered:
         # the step must not run again.
-        applied = loop.ignore_stale(run, version, by=by, step=step, what=f"{kind} (not run)")
+        applied = loop.ignore_stale(run, by=by, step=step, what=f"{kind} (not run)", own=run.caused_by == by,
+                                    message_version=version, attempt=attempt)
         if applied.own_commit:
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
-                      input=input, results=results or {}, result=result)
+                      input=input, results=results or {}, result=result, item=definition.item(step, input))
     outcome, error = _run_function(definition, st, ctx, input)
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
                           kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": by, "retries": delivery.retries})
-    applied = loop.commit(definition, saga_id, outcome, by=by, expected_version=version, state=run, message=message)
+    applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
     _test_crash_point(step)
     t = applied.transition
     if t is None:
         if applied.own_commit:
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
-    cmd = t.command
-    if cmd is not None and cmd.step == step and cmd.kind == kind and cmd.task_id == by and error is not None:
+    own = [c for c in t.commands if c.step == step and c.kind == kind and c.task_id == by]
+    if own and error is not None and len(t.commands) == 1:
         # A retry of this very task: Celery's own retry (same task id, countdown, retries + 1).
+        cmd = own[0]
         args, kwargs = message_for(t.after, cmd)
         countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
         return RetrySelf(args, kwargs, countdown, error)
@@ -114,7 +117,7 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
                   data: dict[str, Any]) -> tuple[Outcome, BaseException | None]:
     """The step function's outcome, as the engine reads it (its policy decides what is retryable)."""
-    step = saga.steps[saga.index_of(ctx.step)]
+    step = saga.step(ctx.step)
     policy = step.retry if ctx.kind == "action" else step.compensation_retry
     try:
         value = _as_result(st.fn(ctx, data), st.name)
@@ -145,13 +148,13 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
     """
     now = rt.clock()
     if delivery.redelivered or delivery.retries > 0:
-        cmd = command_for(saga, run, rt.timing)
-        if cmd is not None:
+        cmds = commands_for(saga, run, rt.timing)
+        for cmd in cmds:
             log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
             rt.dispatcher.send_step(run, cmd)
         rt.store.record(run.saga_id, HistoryEvent("FollowUpRepublished", step, None, {
             "run_version": run.version, "redelivered": delivery.redelivered, "retries": delivery.retries,
-            "task": cmd.task if cmd else None}), by=delivery.task_id, now=now)
+            "task": cmds[0].task if cmds else None, "steps": [c.step for c in cmds]}), by=delivery.task_id, now=now)
     else:
         log.warning("duplicate of %s for step %s ignored", delivery.task_id, step, extra={"saga_id": run.saga_id})
         rt.store.record(run.saga_id, HistoryEvent("DuplicateIgnored", step, None, {"run_version": run.version}),
@@ -208,7 +211,7 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
 
     body.__name__ = st.fn.__name__
     body.__doc__ = st.fn.__doc__
-    return app.task(bind=True, name=st.name, queue=st.queue, ignore_result=True, typing=False,  # type: ignore[no-any-return]
+    return app.task(bind=True, name=st.name, queue=st.queue, ignore_result=True, typing=False,
                     **DELIVERY_OPTIONS)(body)
 
 

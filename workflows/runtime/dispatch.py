@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from kombu import Queue
+from kombu.entity import Queue
 
 from workflows.core.state import Command, DeadLetter, RunState
 from workflows.core.steps import step_tasks
@@ -31,7 +31,7 @@ def message_for(run: RunState, cmd: Command) -> tuple[list[Any], dict[str, Any]]
     kwargs: dict[str, Any] = {"saga": run.saga_type, "kind": cmd.kind, "version": cmd.version,
                               "input": run.input}
     if cmd.kind == "action":
-        kwargs["results"] = {k: v for k, v in run.results().items() if run.step(k).index < s.index}
+        kwargs["results"] = {k: v for k, v in run.results().items() if run.step(k).index < cmd.results_before}
         kwargs["attempt"] = s.attempts + 1
     else:
         kwargs["result"] = s.result

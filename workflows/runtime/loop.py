@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workflows.core.definition import Saga
-from workflows.core.engine import decide, new_run
+from workflows.core.engine import decide, is_current, new_run
 from workflows.core.errors import ConcurrentTransition
-from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, HistoryEvent, IdSource, Ignored,
-                                  MessageInfo, Outcome, RunState, Started, Timing, Transition)
+from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
+                                  Ignored, MessageInfo, Outcome, RunState, Started, Timing, Transition)
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
 
@@ -65,20 +65,26 @@ class DecisionLoop:
     # ------------------------------------------------------------ the loop
 
     def commit(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
-               state: RunState | None = None, message: MessageInfo | None = None,
+               dispatch: Dispatch | None = None, state: RunState | None = None, message: MessageInfo | None = None,
                closures: tuple[DeadLetterClosure, ...] = ()) -> Applied:
         """Steps 1 to 3: the committed transition (not yet published), or why there is none.
 
-        `expected_version`: the version the reporting message was dispatched at; `state`: the run
-        as the caller just read it (decided on if still current); `message`: the message a dead
-        letter of this transition keeps; `closures`: dead letters the transition also resolves."""
+        `dispatch`: the step message reporting (stale unless its step still waits on it);
+        `expected_version`: the version the caller decided on (the sweeper's, an operator's);
+        `state`: the run as the caller just read it (decided on if still current); `message`: the
+        message a dead letter of this transition keeps; `closures`: dead letters it also resolves."""
         while True:
             now = self.clock()
             run = state if state is not None else self.store.load(saga_id)
             state = None  # a retry reads the run again
             if expected_version is not None and run.version != expected_version:
-                return self.ignore_stale(run, expected_version, by=by, step=getattr(outcome, "step", None),
-                                         what=type(outcome).__name__)
+                return self.ignore_stale(run, by=by, step=getattr(outcome, "step", None), what=type(outcome).__name__,
+                                         own=run.version == expected_version + 1 and run.caused_by == by,
+                                         message_version=expected_version)
+            if dispatch is not None and not is_current(run, dispatch.step, dispatch.kind, dispatch.task_id,
+                                                       dispatch.attempt):
+                return self.ignore_stale(run, by=by, step=dispatch.step, what=type(outcome).__name__,
+                                         own=run.caused_by == by, attempt=dispatch.attempt)
             try:
                 t = decide(saga, run, outcome, now, self.ids, self.timing)
             except Ignored as ig:
@@ -110,15 +116,14 @@ class DecisionLoop:
             self.publish(applied.transition)
         return applied
 
-    def ignore_stale(self, run: RunState, expected_version: int, *, by: str, step: str | None,
-                     what: str) -> Applied:
-        """A message dispatched at `expected_version` found `run` at another version: it changes
-        nothing. Noted in the history, unless the current version is this message's own commit."""
-        own = run.version == expected_version + 1 and run.caused_by == by
+    def ignore_stale(self, run: RunState, *, by: str, step: str | None, what: str, own: bool,
+                     **detail: Any) -> Applied:
+        """A report that no longer applies (its step moved on, or the run changed from the version
+        the caller decided on) changes nothing. Noted in the history, unless the run's current
+        version is this very reporter's own commit (`own`: a redelivery after a crash)."""
         if not own:
             self.store.record(run.saga_id, HistoryEvent("StaleMessageIgnored", step, None, {
-                "outcome": what, "message_version": expected_version, "run_version": run.version}),
-                by=by, now=self.clock())
+                "outcome": what, **detail, "run_version": run.version}), by=by, now=self.clock())
         return Applied(None, run, stale=True, own_commit=own)
 
     # ------------------------------------------------------------ starts and dead letters
