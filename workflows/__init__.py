@@ -1,6 +1,6 @@
 """Saga orchestration on Celery: declare sagas, run them, query every transition.
 
-    from workflows import Saga, Step, RetryPolicy, step_task, start_saga, get_saga
+    from workflows import Saga, Step, Parallel, ForEach, RetryPolicy, step_task, start_saga, get_saga
 
 Importing `workflows` registers nothing and connects to nothing: `workflows.install(app)` (in the
 deployment's `worker.py`) wires a Celery app. The layers, bottom up: `core` (declarations, the
@@ -9,7 +9,7 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 (starting, operator actions, dead letters, the sweeper), `interfaces` (API, CLI, metrics).
 """
 from workflows.choreography import Choreography, EventContext, publish
-from workflows.core.definition import Saga, Step, register_saga, registry
+from workflows.core.definition import ForEach, Parallel, Saga, Step, register_saga, registry
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
                                    InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
                                    StepNotFound, UnknownSaga)
@@ -23,8 +23,8 @@ from workflows.runtime.container import get_runtime
 
 __all__ = [
     "Choreography", "EventContext", "publish",
-    "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "IdempotencyConflict",
-    "InvalidInput", "InvalidOperation", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
+    "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
+    "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
     "UnknownSaga", "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",

@@ -328,6 +328,7 @@ class _Decision:
                 # The action may be in flight: its effect is unknown, so it is compensated.
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
                           deadline_at=None, finished_at=self.now)
+                self._emit("StepTimedOut", s.name, s.attempts + 1, reason=f"cancelled: {reason}")
         self._begin_compensation(f"cancelled by {who}: {reason}")
 
     def redispatch(self, name: str, reason: str) -> None:
