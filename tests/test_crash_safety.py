@@ -138,6 +138,25 @@ def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(wo
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
 
 
+@pytest.mark.parametrize("last", ["b1", "b2"])
+def test_a_pool_process_dying_after_a_branch_commit_is_recovered_by_the_redelivery(workers, last):  # type: ignore[no-untyped-def]
+    # Given a worker whose pool process dies right after committing branch b2 of a parallel pair,
+    # b2 finishing last (its commit dispatches c) or first (its commit dispatches nothing)
+    workers("crash-branch", concurrency=2, SAGA_TEST_CRASH_AFTER_COMMIT="b2")
+    saga_id, run, cmd = begin("crash.branches", {"sleep": {last: 1.0}})  # the other one commits first
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=40)
+
+    # Then the redelivery found its own commit and ran nothing twice; it re-published exactly what
+    # its transition dispatched: c when b2 was last, nothing when b1 was still running
+    assert view.state == "COMPLETED", view.failure_reason
+    assert [applied(saga_id, s) for s in ("a", "b1", "b2", "c")] == [1, 1, 1, 1]
+    assert sorted(calls(saga_id)) == ["action:a:1", "action:b1:1", "action:b2:1", "action:c:1"]
+    [republished] = history(view, "FollowUpRepublished", "b2")
+    assert republished.detail["steps"] == (["c"] if last == "b2" else [])
+
+
 def test_a_pool_process_dying_after_a_compensation_commit_is_recovered_by_the_redelivery(workers):  # type: ignore[no-untyped-def]
     # Given a worker whose pool process dies right after each commit reporting on step b (its
     # action, then its compensation), before publishing what follows

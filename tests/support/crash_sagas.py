@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.signals import task_prerun
 
-from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+from workflows import Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
 
 from .sagas import r
 
@@ -62,6 +62,14 @@ ONCE = RetryPolicy(max_attempts=2, initial_interval=0.2, max_interval=0.5)
 chain = register_saga(Saga("crash.chain", steps=[
     Step(name, action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20)
     for name in ("a", "b", "c")
+]))
+
+
+branches = register_saga(Saga("crash.branches", steps=[
+    Step("a", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
+    Parallel("pair", [Step(name, action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE,
+                           timeout=20) for name in ("b1", "b2")]),
+    Step("c", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
 ]))
 
 

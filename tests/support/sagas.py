@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+from workflows import ForEach, Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
 
 _redis: redis.Redis | None = None
 
@@ -41,7 +41,8 @@ def behave(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
         raise Transient(f"{ctx.step} flaked on attempt {ctx.attempt}")
     if b.get("switch") and r().exists(f"switch:{ctx.saga_id}:{ctx.step}"):
         raise Transient(f"{ctx.step} is switched off")
-    return {"step": ctx.step, "saw": sorted(ctx.results), "own": ctx.result}
+    return {"step": ctx.step, "saw": sorted(ctx.results), "own": ctx.result, "item": ctx.item,
+            "key": ctx.idempotency_key}
 
 
 action = step_task("tests.action", queue="tests")(behave)
@@ -65,4 +66,20 @@ with_orphan = register_saga(Saga("tests.orphan", steps=[
 with_deadline = register_saga(Saga("tests.deadline", deadline=1.0, steps=[
     Step("a", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
     Step("slow", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+]))
+
+parallel = register_saga(Saga("tests.parallel", steps=[
+    Step("a", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    Parallel("prepare", [
+        Step("reserve", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+        Step("charge", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    ]),
+    Step("ship", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+]))
+
+fan_out = register_saga(Saga("tests.fan_out", steps=[
+    Step("pick", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
+    ForEach(Step("parcel", action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP,
+                 timeout=10), items=lambda data: data["parcels"], max_items=20),
+    Step("notify", action=action, compensation=None, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
 ]))

@@ -148,7 +148,11 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
     """
     now = rt.clock()
     if delivery.redelivered or delivery.retries > 0:
-        cmds = commands_for(saga, run, rt.timing)
+        # Only what this message's own transition dispatched (its history says so): the other
+        # messages in flight (a group's other branches) were published by whoever dispatched them.
+        mine = {(e.step, e.detail.get("task_id")) for e in rt.store.history(run.saga_id)
+                if e.type in ("StepDispatched", "CompensationDispatched") and e.detail.get("by") == delivery.task_id}
+        cmds = tuple(c for c in commands_for(saga, run, rt.timing) if (c.step, c.task_id) in mine)
         for cmd in cmds:
             log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
             rt.dispatcher.send_step(run, cmd)
