@@ -42,14 +42,18 @@ def _order(order_id: str, sku: str, **overrides: Any) -> dict[str, Any]:
     return order
 
 
-SCENARIOS: list[tuple[str, str, dict[str, Any], str]] = [
-    # (title, expected state, order overrides, fault to arm before starting)
-    ("order completes", "COMPLETED", {}, ""),
-    ("card declined at payment: inventory released", "COMPENSATED",
+SCENARIOS: list[tuple[str, str, str, dict[str, Any], str]] = [
+    # (saga, title, expected state, order overrides, fault or stock to arrange before starting)
+    ("order_fulfillment", "order completes", "COMPLETED", {}, ""),
+    ("order_fulfillment", "card declined at payment: inventory released", "COMPENSATED",
      {"payment": {"card": "4000000000000002"}}, ""),
-    ("no carrier for the address: payment refunded, then inventory released", "COMPENSATED",
+    ("order_fulfillment", "no carrier for the address: payment refunded, then inventory released", "COMPENSATED",
      {"shipping_address": {"name": "Nemo", "street": "1 Deep Rd", "city": "Atlantis", "country": "XX"}}, ""),
-    ("payment gateway times out twice: retried, then completes", "COMPLETED", {}, "payment-transient-2"),
+    ("order_fulfillment", "payment gateway times out twice: retried, then completes", "COMPLETED", {},
+     "payment-transient-2"),
+    ("order_fulfillment_parallel", "parallel: stock and payment at once, then ship: completes", "COMPLETED", {}, ""),
+    ("order_fulfillment_parallel", "parallel: out of stock while the card is charged: the charge is refunded",
+     "COMPENSATED", {}, "out-of-stock"),
 ]
 
 
@@ -78,13 +82,13 @@ def run_orchestrated(console: Any) -> list[tuple[str, str, Any]]:
 
     clear_faults()
     results = []
-    for n, (title, expected, overrides, fault) in enumerate(SCENARIOS, start=1):
+    for n, (saga, title, expected, overrides, fault) in enumerate(SCENARIOS, start=1):
         sku = f"DEMO-SKU-{n}"
-        restock({sku: 5})
+        restock({sku: 1 if fault == "out-of-stock" else 5})  # each order takes 2
         if fault == "payment-transient-2":
             arm_fault("payment", times=2, permanent=False, message="gateway timeout (injected)")
         order = _order(f"order-{n:03d}-{int(time.time())}", sku, **overrides)
-        saga_id = start_saga("order_fulfillment", order, idempotency_key=order["order_id"])
+        saga_id = start_saga(saga, order, idempotency_key=order["order_id"])
         view = wait_for(saga_id, timeout=60)
         results.append((title, expected, view))
         _print_timeline(console, n, title, view)

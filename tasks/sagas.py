@@ -1,4 +1,5 @@
-"""The saga definitions this deployment runs: the example order fulfillment."""
+"""The saga definitions this deployment runs: the example order fulfillment, as a line and with
+its stock and payment steps in parallel."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -10,7 +11,7 @@ from tasks.notification import send_confirmation
 from tasks.payment import CardDeclined, charge_payment, refund_payment
 from tasks.shipping import cancel_shipment, create_shipment
 
-from workflows.core.definition import Saga, Step, register_saga
+from workflows.core.definition import Parallel, Saga, Step, register_saga
 from workflows.core.retry import RetryPolicy
 
 
@@ -51,5 +52,22 @@ order_fulfillment = register_saga(Saga(
                                non_retryable=(CardDeclined,))),
         Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
         Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),  # nothing to undo
+    ],
+))
+
+
+order_fulfillment_parallel = register_saga(Saga(
+    "order_fulfillment_parallel",
+    input_model=Order,
+    description="The seeds' parallel order: reserve stock and charge the card at once, then ship and confirm.",
+    steps=[
+        Parallel("prepare", [
+            Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
+            Step("process_payment", action=charge_payment, compensation=refund_payment, timeout=30,
+                 retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
+                                   non_retryable=(CardDeclined,))),
+        ]),
+        Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
+        Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
     ],
 ))
