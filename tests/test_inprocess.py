@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, start_saga, step_task
+from workflows import (Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, start_saga,
+                       step_task)
 from workflows.core.errors import InvalidOperation
 from workflows.core.steps import step_tasks
 from workflows.operations.actions import cancel, resume
@@ -441,3 +442,46 @@ def test_a_second_redrive_of_a_dead_letter_is_refused_and_recorded(rt: Runtime, 
 
     [refusal] = [e for e in rt.store.get(saga_id).events if e.type == "OperatorActionRefused"]
     assert (refusal.detail["action"], refusal.detail["who"], refusal.detail["dead_letter"]) == ("redrive", "gus", dl.id)
+
+
+PAIR = register_saga(Saga("inproc.pair", steps=[
+    Parallel("both", [Step("left", action=act, compensation=undo, retry=POLICY, timeout=30),
+                      Step("right", action=act, compensation=undo, retry=POLICY, timeout=30)]),
+    Step("after", action=act, compensation=None, retry=POLICY, timeout=30),
+]))
+
+
+def test_a_group_whose_first_messages_were_lost_is_sent_again_whole_by_the_sweeper(rt: Runtime, clock: Clock,
+                                                                                   worker: Worker) -> None:
+    # Given a saga starting with a group, whose two first messages never reached the broker
+    saga_id = start_saga("inproc.pair", {})
+    assert [m.step for m in rt.dispatcher.take()] == ["left", "right"]  # type: ignore[attr-defined]
+    deadline = rt.store.load(saga_id).step("left").deadline_at
+    assert deadline is not None
+
+    # When the sweeper passes their deadline
+    report = sweep(rt, now=deadline + timedelta(seconds=1))
+
+    # Then both are sent again (neither timed out), and the saga completes
+    assert sorted(report.redispatched) == [f"{saga_id}:left", f"{saga_id}:right"] and report.timed_out == []
+    worker.drain()
+    assert rt.store.load(saga_id).status.value == "COMPLETED"
+
+
+def test_a_lost_branch_message_times_out_that_branch_and_its_sibling_is_compensated(rt: Runtime, clock: Clock,
+                                                                                   worker: Worker) -> None:
+    # Given a group whose right branch's message is lost after the left one reported
+    saga_id = start_saga("inproc.pair", {})
+    left, _right = rt.dispatcher.take()  # type: ignore[attr-defined]
+    worker.deliver(left)
+    deadline = rt.store.load(saga_id).step("right").deadline_at
+    assert deadline is not None
+
+    report = sweep(rt, now=deadline + timedelta(seconds=1))
+    worker.drain()
+
+    # Then right is timed out (its effect unknown: compensated), and left is compensated too
+    assert report.timed_out == [f"{saga_id}:right"]
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED"
+    assert sorted(c for c in calls if c.startswith("compensation")) == ["compensation:left:1", "compensation:right:1"]

@@ -48,16 +48,22 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     store, loop = rt.store, rt.loop
     report = SweepReport()
 
-    for saga_id, saga_type, step, version in store.due_steps(now):
+    never_heard: set[str] = set()
+    """Runs nothing reported on since their start: every step of their first stage may be unsent."""
+    for saga_id, saga_type, step, _version in store.due_steps(now):
         try:
             saga = registry.get(saga_type)
         except UnknownSaga:
             log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
             continue
         run = store.load(saga_id)
+        if run.caused_by == STARTED_BY:
+            never_heard.add(saga_id)
         s = run.step(step)
+        if s.deadline_at is None or s.deadline_at >= now:
+            continue  # reported on, or dispatched again, since the query: not due any more
         outcome: Outcome
-        if s.status == StepStatus.RUNNING and run.caused_by == STARTED_BY:
+        if s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
             outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
                                        "(its first message may never have been published)")
             bucket = report.redispatched
@@ -70,7 +76,9 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
                 step, ErrorInfo("DeadlineExceeded", "no result before the compensation's deadline"), True,
                 policy.countdown(s.compensation_attempts + 1))
             bucket = report.compensations_retried
-        applied = loop.apply(saga, saga_id, outcome, by="sweeper", expected_version=version, state=run)
+        # decided on the run as just read (the due query's version may be older: a group's other
+        # branch may have reported meanwhile), and committed only on that version
+        applied = loop.apply(saga, saga_id, outcome, by="sweeper", state=run, expected_version=run.version)
         if applied.transition is not None:
             bucket.append(f"{saga_id}:{step}")
 
