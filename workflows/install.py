@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Sequence
 
 from celery import Celery, Task
-from kombu import Queue
+from kombu.entity import Queue
 
 from workflows.choreography.install import install_consumers
 from workflows.core.steps import step_tasks
@@ -51,9 +51,10 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
 
 
 def _register_sweep(app: Celery) -> Task:
-    @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)
+    # celery ships no types, so its decorator is untyped
+    @app.task(bind=True, name="saga.sweep", queue=ORCHESTRATOR_QUEUE, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def sweep_task(self: Task) -> dict[str, int]:
         """Act on runs past a deadline: send a lost first step again, time out lost steps."""
         return sweep(get_runtime()).counts()
 
-    return sweep_task  # type: ignore[no-any-return]
+    return sweep_task

@@ -6,6 +6,8 @@ derive from `SagaError`. Errors a *step* raises to steer the retry policy are
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class SagaError(Exception):
     """Base class of the errors this package raises to its callers."""
@@ -18,7 +20,7 @@ class DefinitionError(SagaError, ValueError):
 class InvalidInput(SagaError, ValueError):
     """A saga's input failed validation. Nothing was written."""
 
-    def __init__(self, message: str, errors: list[dict] | None = None) -> None:
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
 

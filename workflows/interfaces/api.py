@@ -50,7 +50,7 @@ def _settings(request: Request) -> Settings:
 
 
 def _runtime(request: Request) -> Runtime:
-    return request.app.state.runtime or get_runtime()  # type: ignore[no-any-return]
+    return request.app.state.runtime or get_runtime()
 
 
 bearer = HTTPBearer(auto_error=False, description="The value of SAGA_API_TOKEN")
@@ -132,7 +132,7 @@ class SagaType(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    step: str | None = Field(None, description="The step to dispatch again (default: the stuck or in-flight one)")
+    step: str | None = Field(default=None, description="The step to dispatch again (default: the stuck or in-flight one)")
     reason: str = ""
 
 
@@ -151,7 +151,7 @@ api = APIRouter(prefix="/api", dependencies=[Authorized])
 
 def status_path(request: Request, saga_id: str) -> str:
     """The path of the saga's status endpoint, for a `Location` header or a `status_url`."""
-    return request.app.url_path_for("saga_status", saga_id=saga_id)
+    return str(request.app.url_path_for("saga_status", saga_id=saga_id))
 
 
 @api.get("/saga-types", tags=["sagas"])

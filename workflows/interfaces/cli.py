@@ -287,7 +287,7 @@ def dlq_show(dl_id: str, as_json: bool) -> None:
                          ("resolution", d.resolution), ("attempts", d.attempts), ("exception", d.exception),
                          ("created", _time(d.created_at)), ("resolved", _time(d.resolved_at)),
                          ("args", _short(d.args, 120)), ("kwargs", _short(d.kwargs, 120))):
-        table.add_row(label, _styled(value) if label == "status" else Text(str(value or "")))
+        table.add_row(label, _styled(d.status) if label == "status" else Text(str(value or "")))
     console = _console()
     console.print(table)
     if d.traceback:
@@ -386,9 +386,9 @@ def _show_saga(v: Any) -> None:
     for col in ("+seconds", "event", "step", "attempt", "detail"):
         history.add_column(col, no_wrap=col != "detail")
     for e in v.events:
-        detail = {k: val for k, val in e.detail.items() if k not in ("by", "deadline_at", "task_id") and val}
+        shown = {k: val for k, val in e.detail.items() if k not in ("by", "deadline_at", "task_id") and val}
         history.add_row(f"{(e.at - v.created_at).total_seconds():8.3f}", _styled(e.type) if e.type.startswith("Saga")
-                        else Text(e.type), e.step or "", str(e.attempt or ""), _short(detail, 90) if detail else "")
+                        else Text(e.type), e.step or "", str(e.attempt or ""), _short(shown, 90) if shown else "")
     console.print(history)
 
     if v.dead_letters:

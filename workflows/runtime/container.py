@@ -93,7 +93,7 @@ def activate(rt: Runtime) -> Iterator[Runtime]:
         set_runtime(old)
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def _forget_parent_connections(**_: object) -> None:
     # A forked pool process must not share the parent's database connections.
     dispose_engines()

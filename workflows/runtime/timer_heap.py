@@ -33,7 +33,7 @@ def compact(timer: Any) -> int:
     return removed
 
 
-class CompactTimerHeap(bootsteps.StartStopStep):
+class CompactTimerHeap(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no types: the base is Any
     """Worker step: `compact` the event loop's timer every `INTERVAL` seconds."""
 
     requires = ("celery.worker.components:Hub",)

@@ -4,9 +4,9 @@ Only the store (`workflows.store`) imports this module."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Table, Text,
                         TypeDecorator, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -34,6 +34,9 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
+    if TYPE_CHECKING:  # every model here maps a Table; SQLAlchemy annotates `__table__` as any FromClause
+        __table__: ClassVar[Table]
+
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
 
 

@@ -1,6 +1,7 @@
 """The store's reads: read models for the API, the CLI, the sweeper and the metrics."""
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -58,14 +59,14 @@ class Reads:
                              .options(selectinload(SagaRow.steps))).all()
             return [_saga_view(r, [], []) for r in rows], int(s.scalar(c) or 0)
 
-    def due_deadlines(self, now: datetime, limit: int = 500) -> list[str]:
+    def due_deadlines(self, now: datetime, limit: int = 500) -> builtins.list[str]:
         """Running orchestrated runs past their saga-level deadline."""
         with self.sessions() as s:
             return list(s.scalars(select(SagaRow.id).where(
                 SagaRow.state == RunStatus.RUNNING.value, SagaRow.style == "orchestrated",
                 SagaRow.deadline_at < now).limit(limit)))
 
-    def due_steps(self, now: datetime, limit: int = 500) -> list[tuple[str, str, str, int]]:
+    def due_steps(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str, int]]:
         """(saga id, saga type, step, run version) of in-flight steps past their deadline."""
         with self.sessions() as s:
             rows = s.execute(select(StepRow.saga_id, SagaRow.saga_type, StepRow.name, SagaRow.version)
@@ -75,7 +76,7 @@ class Reads:
             return [(a, b, c, d) for a, b, c, d in rows]
 
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
-                     limit: int = 100) -> list[DeadLetterView]:
+                     limit: int = 100) -> builtins.list[DeadLetterView]:
         with self.sessions() as s:
             q = select(DeadLetterRow).order_by(DeadLetterRow.created_at.desc()).limit(limit)
             if status:
@@ -91,7 +92,7 @@ class Reads:
                 raise DeadLetterNotFound(f"no dead letter with id {dl_id!r}")
             return _dead_letter_view(row)
 
-    def unsent_dead_letters(self, created_before: datetime, limit: int = 100) -> list[DeadLetterView]:
+    def unsent_dead_letters(self, created_before: datetime, limit: int = 100) -> builtins.list[DeadLetterView]:
         with self.sessions() as s:
             rows = s.scalars(select(DeadLetterRow).where(DeadLetterRow.sent_at.is_(None),
                                                          DeadLetterRow.created_at < created_before)
@@ -104,13 +105,13 @@ class Reads:
 
     # ------------------------------------------------------------ metrics
 
-    def run_counts(self) -> list[RunCounts]:
+    def run_counts(self) -> builtins.list[RunCounts]:
         with self.sessions() as s:
             rows = s.execute(select(SagaRow.saga_type, SagaRow.state, func.count())
                              .group_by(SagaRow.saga_type, SagaRow.state)).all()
         return [RunCounts(t, st, int(n)) for t, st, n in rows]
 
-    def step_retries(self) -> list[StepRetries]:
+    def step_retries(self) -> builtins.list[StepRetries]:
         extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
         extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1), else_=0))
         with self.sessions() as s:
@@ -119,14 +120,15 @@ class Reads:
                              .group_by(SagaRow.saga_type, StepRow.name)).all()
         return [StepRetries(t, n, int(a or 0), int(c or 0)) for t, n, a, c in rows]
 
-    def step_durations(self, since: datetime, limit: int) -> list[StepDuration]:
+    def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]:
         """Actions that finished since `since`, newest first, at most `limit`."""
         with self.sessions() as s:
             rows = s.execute(select(SagaRow.saga_type, StepRow.name, StepRow.started_at, StepRow.finished_at)
                              .join(SagaRow, SagaRow.id == StepRow.saga_id)
                              .where(StepRow.finished_at >= since, StepRow.started_at.is_not(None))
                              .order_by(StepRow.finished_at.desc()).limit(limit)).all()
-        return [StepDuration(t, n, max(0.0, (f - st).total_seconds())) for t, n, st, f in rows]
+        return [StepDuration(t, n, max(0.0, (f - st).total_seconds())) for t, n, st, f in rows
+                if st is not None and f is not None]  # the query excludes NULLs; the types do not know
 
     def dead_letter_counts(self) -> dict[str, int]:
         with self.sessions() as s:
