@@ -31,8 +31,8 @@ from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_lett
 # transition, more than the round trips (see README, benchmark).
 _STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.input,
                  SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
-                 STEPS.c.index, STEPS.c.name, STEPS.c.status, STEPS.c.attempts, STEPS.c.compensation_attempts,
-                 STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
+                 STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
+                 STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
                  STEPS.c.deadline_at.label("step_deadline_at"), STEPS.c.finished_at)
           .join_from(SAGAS, STEPS, STEPS.c.saga_id == SAGAS.c.id)
           .where(SAGAS.c.id == bindparam("saga_id")).order_by(STEPS.c.index))
@@ -91,7 +91,7 @@ class SqlStore(Reads, EventStore):
         return RunState(
             saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
             deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
-            steps=tuple(StepState(index=x.index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
+            steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
                                   compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
                                   task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
                                   finished_at=x.finished_at) for x in rows))
