@@ -4,7 +4,9 @@ Configurations (see bench/run.py):
 - `baseline`: a bare Celery chain of four `bench.noop`;
 - `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
 - `saga`: `bench.noop4`, four no-op steps with no-op compensations;
-- `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1).
+- `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1);
+- `group_state`: a Celery `group` of four `bench.stateful` (one UPDATE each), all at once;
+- `saga_group`: `bench.group4`, one parallel group of four no-op steps.
 Everything runs on the queue `bench`, which only bench workers
 consume. Two bench runs at once (or the smoke test in someone's `make test`) may run each other's
 messages: that disturbs their numbers, never their results, because whatever a task must record
@@ -19,7 +21,7 @@ import time
 from celery import shared_task
 from sqlalchemy import text
 
-from workflows import PermanentError, Saga, Step, StepContext, get_runtime, register_saga, step_task
+from workflows import Parallel, PermanentError, Saga, Step, StepContext, get_runtime, register_saga, step_task
 
 from . import counters
 
@@ -91,3 +93,5 @@ NOOP4 = register_saga(Saga("bench.noop4", steps=[_step(f"s{i}") for i in range(1
                            description="four no-op steps with no-op compensations"))
 FAIL3 = register_saga(Saga("bench.fail3", steps=[_step("s1"), _step("s2"), _step("s3", failing_step), _step("s4")],
                            description="step 3 fails for good: compensations of steps 2 and 1 run"))
+GROUP4 = register_saga(Saga("bench.group4", steps=[Parallel("four", [_step(f"b{i}") for i in range(1, 5)])],
+                             description="one parallel group of four no-op steps"))

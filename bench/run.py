@@ -24,9 +24,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
-ORDER = ["baseline", "baseline_state", "saga", "saga_failure"]
+ORDER = ["baseline", "baseline_state", "saga", "saga_failure", "group_state", "saga_group"]
 LABELS = {"baseline": "1 chain, no DB", "baseline_state": "2 chain + 1 UPDATE/task",
-          "saga": "3 saga happy path", "saga_failure": "4 saga, fails at step 3"}
+          "saga": "3 saga happy path", "saga_failure": "4 saga, fails at step 3",
+          "group_state": "5 group of 4 + 1 UPDATE/task", "saga_group": "6 saga, 4-branch group"}
 COUNT_FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 
 
@@ -127,13 +128,13 @@ def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: i
 
 
 def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from celery import chain
+    from celery import chain, group
 
     from bench.bench_tasks import DONE_KEY, INSERT_STATE, QUEUE, STATE_TABLE, statement_engine
     from bench.harness import Config
     from workflows import start_saga
 
-    def chain_start(task: str, stateful: bool):  # type: ignore[no-untyped-def]
+    def chain_start(task: str, stateful: bool, together: bool = False):  # type: ignore[no-untyped-def]
         def start(tag: str, i: int) -> str:
             cid = f"{tag}{i}"
             if stateful:  # the chain's row, as start_saga inserts the saga's
@@ -141,10 +142,10 @@ def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
                     c.execute(INSERT_STATE, {"id": cid})
                     c.commit()
             # the chain without a database reports its end in a Redis hash; the chain with state,
-            # like the sagas, is seen finished by polling its row in PostgreSQL
+            # like the sagas, is seen finished by polling its row in PostgreSQL (a group's: all 4 ran)
             links = [app.signature(task, args=(cid,), kwargs={"done": DONE_KEY} if k == 3 and not stateful else {},
                                    immutable=True, queue=QUEUE) for k in range(4)]
-            chain(*links).apply_async()
+            (group(*links) if together else chain(*links)).apply_async()
             return cid
         return start
 
@@ -173,6 +174,10 @@ def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
                        saga_finished("COMPLETED")),
         "saga_failure": Config("saga_failure", LABELS["saga_failure"],
                                lambda tag, i: start_saga("bench.fail3", {"i": i}), saga_finished("COMPENSATED")),
+        "group_state": Config("group_state", LABELS["group_state"], chain_start("bench.stateful", True, together=True),
+                              chain_state_finished),
+        "saga_group": Config("saga_group", LABELS["saga_group"], lambda tag, i: start_saga("bench.group4", {"i": i}),
+                             saga_finished("COMPLETED")),
     }
 
 
@@ -332,6 +337,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "saga_vs_baseline_with_state": ratio(results, "saga", "baseline_state"),
         "saga_vs_baseline": ratio(results, "saga", "baseline"),
         "saga_failure_vs_baseline_with_state": ratio(results, "saga_failure", "baseline_state"),
+        "saga_group_vs_group_with_state": ratio(results, "saga_group", "group_state"),
         "saga_p99_vs_baseline_with_state_p99": (
             results["saga"]["latency_ms"]["p99"] / results["baseline_state"]["latency_ms"]["p99"]
             if "saga" in results and "baseline_state" in results else None),
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(doc["configs"])
     print()
     for key in ("saga_vs_baseline_with_state", "saga_vs_baseline", "saga_failure_vs_baseline_with_state",
-                "saga_p99_vs_baseline_with_state_p99"):
+                "saga_p99_vs_baseline_with_state_p99", "saga_group_vs_group_with_state"):
         if doc[key] is not None:
             print(f"{key:<40} {doc[key]:.3f}")
     for name, t in doc["targets"].items():
