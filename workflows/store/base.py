@@ -11,14 +11,17 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
 from workflows.core.views import DeadLetterView, EventView, SagaView
+
+if TYPE_CHECKING:
+    from workflows.store.joined import CallerTx
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,33 @@ class SagaStore(Protocol):
 
     def run_for_key(self, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
         """The run `idempotency_key` names, or None; `IdempotencyConflict` if its content differs."""
+        ...
+
+    # -- in the caller's transaction (workflows.store.joined): `tx` is the web app's own SQLAlchemy
+    # Session or Connection, on the store's database
+    def create_run_in(self, tx: CallerTx, t: Transition, *, idempotency_key: str | None,
+                      now: datetime) -> Created:
+        """`create_run` in a SAVEPOINT of `tx`: the run commits or rolls back with the caller's rows.
+        A used key or taken id rolls back to the savepoint only: `tx` stays usable."""
+        ...
+
+    def run_for_key_in(self, tx: CallerTx, idempotency_key: str, saga_type: str,
+                       data: dict[str, Any]) -> str | None:
+        """`run_for_key` as `tx` sees it (its own uncommitted runs included)."""
+        ...
+
+    def saga_type_in(self, tx: CallerTx, saga_id: str) -> str | None:
+        """`saga_type` as `tx` sees it."""
+        ...
+
+    def event_unit_in(self, tx: CallerTx) -> AbstractContextManager[Any]:
+        """`event_unit` in a SAVEPOINT of `tx` (committed with the caller's transaction)."""
+        ...
+
+    def after_commit(self, tx: CallerTx, action: Callable[[], object], *,
+                     check: Callable[[], bool] | None = None) -> None:
+        """Run `action` once the outermost transaction of `tx` has committed; never if it rolls
+        back. Registered inside a savepoint of `tx`, `check` runs first (did the writes survive?)."""
         ...
 
     def load(self, saga_id: str) -> RunState:

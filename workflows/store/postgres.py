@@ -12,7 +12,7 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, cast, func, insert, select, union_all, update
+from sqlalchemy import Connection, bindparam, cast, func, insert, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import ConcurrentTransition
@@ -36,6 +36,11 @@ class PostgresStore(SqlStore):
         except IntegrityError as e:
             return self._taken(t, idempotency_key, e)
         return Created(t.after.saga_id, True)
+
+    def _insert_creation(self, conn: Connection, saga_row: dict[str, Any], steps: list[dict[str, Any]],
+                         events: list[dict[str, Any]]) -> None:
+        """The run's rows on the caller's connection (`create_run_in`): the same one statement."""
+        conn.execute(*creation_statement(saga_row, steps, events))
 
     def commit(self, t: Transition, *, by: str, now: datetime) -> None:
         if t.dead_letters or t.closures:

@@ -22,6 +22,7 @@ from workflows.core.state import (DeadLetter, DeadLetterClosure, HistoryEvent, R
 from workflows.store.base import Created
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
+from workflows.store.joined import JoinedStore
 from workflows.store.models import DeadLetterRow, SagaRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_letter_values, event_values,
@@ -49,8 +50,9 @@ _STEP_UPDATE = update(STEPS).where(STEPS.c.saga_id == bindparam("b_saga_id"),
 _DEAD_LETTERS = DeadLetterRow.__table__
 
 
-class SqlStore(Reads, EventStore):
-    """The store interface (`workflows.store.base.SagaStore`) with one transaction per write."""
+class SqlStore(Reads, EventStore, JoinedStore):
+    """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
+    starts written in a caller's transaction, `workflows.store.joined`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
