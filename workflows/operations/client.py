@@ -3,20 +3,26 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
 
 from workflows.core.definition import Saga, registry
 from workflows.core.errors import SagaError
+from workflows.core.state import Transition
 from workflows.core.views import SagaView
-from workflows.runtime.container import get_runtime
+from workflows.runtime.container import Runtime, get_runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger("workflows.client")
 
 
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
-               saga_id: str | None = None) -> str:
+               saga_id: str | None = None, session: Session | None = None,
+               connection: Connection | None = None) -> str:
     """Validate, record the run with all its steps in one atomic write, publish its first step.
 
     Returns the saga id. The same idempotency key with the same input returns the same id
@@ -26,22 +32,45 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     and the sweeper sends the first step once its deadline passed (step timeout +
     `SAGA_DISPATCH_GRACE`). Raising instead would make a caller without an idempotency key
     start the same order twice.
+
+    `session=` (a SQLAlchemy ORM `Session`) or `connection=` (a Core `Connection`): the run is
+    written in the caller's transaction, on the caller's connection to the saga store's database,
+    inside a SAVEPOINT; it commits or rolls back with the caller's own rows, and step 1 is published
+    only after the caller's outermost transaction has committed (never if it rolls back). A used
+    idempotency key (or a taken `saga_id`) rolls back to the savepoint only: the existing id is
+    returned (or `IdempotencyConflict`/`SagaIdTaken` raised) and the caller's transaction is still
+    usable. If the process dies between the caller's commit and that publish, the sweeper sends
+    step 1 once its deadline passed, as for any start.
     """
     rt = get_runtime()
+    if session is not None and connection is not None:
+        raise SagaError("give session= or connection=, not both")
+    tx = session if session is not None else connection
     definition = registry.get(saga if isinstance(saga, str) else saga.name)
     if not isinstance(saga, str) and saga != definition:
         raise SagaError(f"saga {saga.name!r} is not the registered definition of that name")
     clean = definition.validate_input(data)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
-    started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id)
-    if started.transition is not None:
-        try:
-            rt.loop.publish(started.transition)
-        except kombu.exceptions.OperationalError as e:
-            log.warning("saga recorded, its first step not sent (%s): the sweeper sends it after its deadline", e,
-                        extra={"saga_id": started.saga_id})
+    started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx)
+    t = started.transition
+    if t is None:
+        return started.saga_id
+    if tx is None:
+        _publish_first(rt, t)
+    else:
+        store = rt.store
+        store.after_commit(tx, lambda: _publish_first(rt, t),
+                           check=lambda: store.saga_type(t.after.saga_id) is not None)
     return started.saga_id
+
+
+def _publish_first(rt: Runtime, t: Transition) -> None:
+    try:
+        rt.loop.publish(t)
+    except kombu.exceptions.OperationalError as e:
+        log.warning("saga recorded, its first step not sent (%s): the sweeper sends it after its deadline", e,
+                    extra={"saga_id": t.after.saga_id})
 
 
 def get_saga(saga_id: str) -> SagaView:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workflows.core.definition import Saga
 from workflows.core.engine import decide, is_current, new_run
@@ -28,6 +28,9 @@ from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, Dis
                                   Ignored, MessageInfo, Outcome, RunState, Started, Timing, Transition)
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
+
+if TYPE_CHECKING:
+    from workflows.store.joined import CallerTx
 
 log = logging.getLogger("workflows.loop")
 
@@ -129,14 +132,20 @@ class DecisionLoop:
     # ------------------------------------------------------------ starts and dead letters
 
     def start(self, saga: Saga, data: dict[str, Any], *, saga_id: str | None = None,
-              idempotency_key: str | None = None) -> Start:
+              idempotency_key: str | None = None, tx: CallerTx | None = None) -> Start:
         """Record a run already started (step 1 dispatched) in one atomic write; the caller publishes
         `transition` (or calls `publish`). An idempotency key already used returns its run, and no
-        transition. If the first message is lost, the sweeper sends it once step 1's deadline passed."""
+        transition. If the first message is lost, the sweeper sends it once step 1's deadline passed.
+
+        With `tx` (the caller's SQLAlchemy Session or Connection) the write is in a savepoint of the
+        caller's transaction; the caller publishes only after that commits (`store.after_commit`)."""
         now = self.clock()
         run_id = saga_id or _uuid(self.ids())
         t = decide(saga, new_run(saga, run_id, data, STARTED_BY), Started(), now, self.ids, self.timing)
-        created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
+        if tx is None:
+            created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
+        else:
+            created = self.store.create_run_in(tx, t, idempotency_key=idempotency_key, now=now)
         return Start(created.saga_id, t if created.created else None)
 
     def dead_letter(self, dl: DeadLetter, *, saga_id: str | None) -> None:
