@@ -20,7 +20,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,6 +28,10 @@ from workflows.choreography import publishing
 from workflows.choreography.envelope import EVENT_TYPE, NAME, InvalidEvent
 from workflows.core.errors import DefinitionError, UnknownSaga
 from workflows.core.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session
 
 Handler = Callable[..., Any]
 """`fn(ctx: EventContext, event: Envelope) -> dict | None`, or the same as `async def`."""
@@ -162,9 +166,17 @@ class Choreography:
         self.subscriptions[(sub.event_type, sub.service)] = sub
 
     def start(self, event_type: str, payload: dict[str, Any], *, saga_id: str | None = None,
-              idempotency_key: str | None = None) -> str:
-        """Start a saga by publishing its first event (validated, written, relayed). Returns its id."""
-        return publishing.start(self, event_type, payload, saga_id=saga_id, idempotency_key=idempotency_key)
+              idempotency_key: str | None = None, session: Session | None = None,
+              connection: Connection | None = None) -> str:
+        """Start a saga by publishing its first event (validated, written, relayed). Returns its id.
+
+        `session=` or `connection=` (the caller's SQLAlchemy transaction, on the saga store's database):
+        the saga, its first event's outbox row and its history commit or roll back with the caller's
+        rows, and the event is relayed only after the caller's transaction committed."""
+        if session is not None and connection is not None:
+            raise InvalidEvent("give session= or connection=, not both")
+        return publishing.start(self, event_type, payload, saga_id=saga_id, idempotency_key=idempotency_key,
+                                tx=session if session is not None else connection)
 
     # ------------------------------------------------------------ questions
 
