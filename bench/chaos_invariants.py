@@ -132,7 +132,7 @@ def _check_saga(saga: dict[str, Any]) -> list[str]:
         if ev.step:
             by_step[ev.step].append(ev.type)
     if state == "COMPLETED":
-        for step, key, done, _undone in SERVICE_STEPS:
+        for _step, key, done, _undone in SERVICE_STEPS:
             if [r.status for r in saga[key]] != [done]:
                 bad.append(f"{key}: {[r.status for r in saga[key]]}, expected [{done!r}]")
         if len(saga["notification"]) != 1:
@@ -140,7 +140,7 @@ def _check_saga(saga: dict[str, Any]) -> list[str]:
         if any(s.status != "SUCCEEDED" for s in steps.values()):
             bad.append("a step did not succeed")
     if state == "COMPENSATED":
-        for step, key, done, undone in SERVICE_STEPS:
+        for step, key, _done, undone in SERVICE_STEPS:
             rows = [r.status for r in saga[key]]
             if rows and rows not in ([undone], ["VOIDED"]):  # VOIDED: undone before the late action came
                 bad.append(f"{key} {rows} was not undone")
@@ -174,7 +174,8 @@ def _check_compensated_only_what_may_have_happened(events: list[Any]) -> list[st
             status.update({k: "StepTimedOut" for k, v in status.items() if v == "in flight"})
         elif ev.type == "CompensationDispatched" and status.get(ev.step) not in (
                 "StepSucceeded", "StepTimedOut", "compensating"):
-            bad.append(f"compensation of {ev.step} dispatched while the step was {status.get(ev.step, 'never started')}")
+            was = status.get(ev.step, "never started")
+            bad.append(f"compensation of {ev.step} dispatched while the step was {was}")
         if ev.type == "CompensationDispatched":
             status[ev.step] = "compensating"
     return bad

@@ -118,8 +118,9 @@ def charge(s: Session, key: str, saga_id: str, order: dict[str, Any]) -> Payment
         if total > LIMIT:
             raise CardDeclined(f"amount {total} is over the card limit of {LIMIT}")
 
-    p, _ = _claim(s, Payment, key, lambda: Payment(idempotency_key=key, saga_id=saga_id, customer_id=order["customer_id"],
-                                                   amount=total, status="CHARGED", created_at=now()), authorize)
+    p, _ = _claim(s, Payment, key, lambda: Payment(idempotency_key=key, saga_id=saga_id,
+                                                   customer_id=order["customer_id"], amount=total, status="CHARGED",
+                                                   created_at=now()), authorize)
     return p
 
 

@@ -60,7 +60,8 @@ def test_exhausted_compensation_is_listed_shown_and_redriven_once(client, redis_
     listed = client.get("/api/dead-letters", params={"saga_id": saga_id}).json()
     [dl] = listed
     shown = client.get(f"/api/dead-letters/{dl['id']}").json()
-    assert (shown["kind"], shown["step"], shown["status"], shown["args"]) == ("compensation", "a", "OPEN", [saga_id, "a"])
+    assert (shown["kind"], shown["step"], shown["status"], shown["args"]) == ("compensation", "a", "OPEN",
+                                                                             [saga_id, "a"])
     assert "Traceback" in shown["traceback"]
     assert client.get(f"/api/sagas/{saga_id}/status").json()["open_dead_letters"] == [dl["id"]]
 
@@ -72,7 +73,8 @@ def test_exhausted_compensation_is_listed_shown_and_redriven_once(client, redis_
     again = client.post(f"/api/dead-letters/{dl['id']}/redrive")
     assert again.status_code == 409 and "REDRIVEN" in again.json()["message"]
     assert client.get("/api/dead-letters", params={"saga_id": saga_id}).json() == []
-    assert [d["status"] for d in client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()] == ["REDRIVEN"]
+    every = client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()
+    assert [d["status"] for d in every] == ["REDRIVEN"]
 
 
 def test_resume_compensates_a_failed_saga_and_resolves_its_dead_letter(client, redis_client):  # type: ignore[no-untyped-def]
@@ -148,7 +150,8 @@ def test_metrics_are_computed_from_the_database(client, redis_client):  # type: 
     assert value(after, "sagas_compensated_total", **three) == value(before, "sagas_compensated_total", **three) + 1
     for step in ("a", "c"):
         labels = {**three, "step": step, "kind": "action"}
-        assert value(after, "saga_step_retries_total", **labels) == value(before, "saga_step_retries_total", **labels) + 2
+        assert (value(after, "saga_step_retries_total", **labels)
+                == value(before, "saga_step_retries_total", **labels) + 2)
     assert value(after, "saga_dead_letters", status="OPEN") == value(before, "saga_dead_letters", status="OPEN") + 1
     a_inf = {**three, "step": "a", "le": "+Inf"}
     assert value(after, "saga_step_duration_seconds_bucket", **a_inf) == value(

@@ -299,9 +299,9 @@ def test_two_workers_reporting_the_same_step_at_once_advance_the_run_once(race_s
         barrier = threading.Barrier(len(outcomes))
         results: list = [None] * len(outcomes)  # type: ignore[type-arg]
 
-        def report(i: int) -> None:
-            barrier.wait()
-            results[i] = apply(race_store, chain, saga_id, outcomes[i], by=f"worker-{i}", expected_version=version,
+        def report(i: int) -> None:  # (B023: the threads are joined before the loop rebinds what they read)
+            barrier.wait()  # noqa: B023
+            results[i] = apply(race_store, chain, saga_id, outcomes[i], by=f"worker-{i}", expected_version=version,  # noqa: B023
                                           now=datetime.now(timezone.utc))
 
         threads = [threading.Thread(target=report, args=(i,)) for i in range(len(outcomes))]

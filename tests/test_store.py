@@ -153,13 +153,14 @@ def test_an_operator_cancel_racing_a_step_report_decides_on_what_the_report_wrot
         assert run.state is not None
         barrier = threading.Barrier(2)
 
+        # (B023: both threads are joined before the loop rebinds `run` and `barrier`)
         def report() -> None:
-            barrier.wait()
-            apply(store, SAGA, run.saga_id, ActionSucceeded("a", {}), by="w", expected_version=run.state.version)
+            barrier.wait()  # noqa: B023
+            apply(store, SAGA, run.saga_id, ActionSucceeded("a", {}), by="w", expected_version=run.state.version)  # noqa: B023
 
         def cancel() -> None:
-            barrier.wait()
-            apply(store, SAGA, run.saga_id, Cancel("race", "ops"), by="operator:ops")
+            barrier.wait()  # noqa: B023
+            apply(store, SAGA, run.saga_id, Cancel("race", "ops"), by="operator:ops")  # noqa: B023
 
         threads = [threading.Thread(target=report), threading.Thread(target=cancel)]
         for t in threads:
@@ -188,7 +189,8 @@ def _written(store: SagaStore, saga_id: str) -> tuple[object, ...]:
     steps = [(s.name, s.status, s.attempts, s.compensation_attempts, s.result, s.error,
               s.started_at is not None, s.finished_at is not None, s.compensated_at is not None,
               s.deadline_at is not None, s.task_id is not None) for s in view.steps]
-    events = [(e.type, e.step, e.attempt, {k: v for k, v in e.detail.items() if k not in ("task_id", "deadline_at", "eta", "idempotency_key")})
+    varying = ("task_id", "deadline_at", "eta", "idempotency_key")
+    events = [(e.type, e.step, e.attempt, {k: v for k, v in e.detail.items() if k not in varying})
               for e in view.events]
     return view.state, view.version, view.failure_reason, view.idempotency_key is not None, steps, events
 
@@ -285,7 +287,8 @@ def test_a_transition_writes_its_dead_letters_unsent_and_a_taken_closure_refuses
 
     # Given a run whose step a ran out of retries: one transition with a dead letter among its rows
     SHORT = Saga("store_suite_dl", steps=[Step("a", action="x.a", compensation="x.undo_a"),
-                                          Step("b", action="x.b", compensation=None, retry=RetryPolicy(max_attempts=1))])
+                                          Step("b", action="x.b", compensation=None,
+                                               retry=RetryPolicy(max_attempts=1))])
     run = create_run(store, SHORT, {})
     assert run.state is not None
     done = apply(store, SHORT, run.saga_id, ActionSucceeded("a", {}), by="t", expected_version=run.state.version)

@@ -112,7 +112,8 @@ def cancel_when_all_undone(ctx: EventContext, event: Envelope) -> None:
         waiting.add("InventoryReleased")
     waiting.discard(event.event_type)
     if all(ctx.handled(t) for t in waiting) and not ctx.published("OrderCancelled"):
-        reason = "; ".join(r for r in (_failure(ctx, "InventoryReservationFailed"), _failure(ctx, "PaymentFailed")) if r)
+        failures = (_failure(ctx, "InventoryReservationFailed"), _failure(ctx, "PaymentFailed"))
+        reason = "; ".join(r for r in failures if r)
         ctx.publish("OrderCancelled", _ref(event, reason=reason or "cancelled"))
 
 

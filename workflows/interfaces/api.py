@@ -132,7 +132,8 @@ class SagaType(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    step: str | None = Field(default=None, description="The step to dispatch again (default: the stuck or in-flight one)")
+    step: str | None = Field(default=None,
+                             description="The step to dispatch again (default: the stuck or in-flight one)")
     reason: str = ""
 
 

@@ -16,7 +16,8 @@ from workflows.core.views import DeadLetterView
 from workflows.runtime.container import Runtime, get_runtime
 
 
-def list_dead_letters(status: str | None = "OPEN", saga_id: str | None = None, limit: int = 100) -> list[DeadLetterView]:
+def list_dead_letters(status: str | None = "OPEN", saga_id: str | None = None,
+                      limit: int = 100) -> list[DeadLetterView]:
     return get_runtime().store.dead_letters(status=status, saga_id=saga_id, limit=limit)
 
 

@@ -7,7 +7,8 @@ in the same worker, the loop decides, commits and publishes the next step (`hand
 Crash safety: every message is acknowledged late, after the transition committed and its
 follow-up was published. A message redelivered after its transition committed finds the run
 one version ahead and made by itself (`caused_by`), and re-publishes the follow-up derived
-from the state (`commands_for`); each follow-up is checked against its own step's dispatch (`is_current`), so a duplicate is harmless.
+from the state (`commands_for`); each follow-up is checked against its own step's dispatch
+(`is_current`), so a duplicate is harmless.
 
 `handle_step` is plain Python over the runtime (no Celery in it): the in-process test tier calls
 it with a `Delivery` and a `RecordingDispatcher`. `make_step_task` wraps it as a Celery task.
@@ -29,8 +30,8 @@ from workflows.core.definition import Saga, registry
 from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, CompensationFailed,
-                                  CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo, Outcome,
-                                  RunState)
+                                  CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo,
+                                  Outcome, RunState)
 from workflows.core.steps import StepContext, StepTask
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS

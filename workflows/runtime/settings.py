@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".saga-data")
     """Folder for the embedded defaults (SQLite file, filesystem broker)."""
     database_url: str | None = None
-    """SQLAlchemy URL; default sqlite in data_dir. Production: postgresql+psycopg://... (psycopg 3; psycopg2 works too)"""
+    """SQLAlchemy URL; default sqlite in data_dir.
+    Production: postgresql+psycopg://... (psycopg 3; psycopg2 works too)"""
     broker_url: str | None = None
     """Celery broker URL; default kombu's filesystem transport in data_dir. redis://... or amqp://..."""
     dispatch_grace: float = 60.0
