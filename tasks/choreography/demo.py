@@ -29,7 +29,7 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], str]] = [
 ]
 
 
-class DemoOutcome(tuple):  # type: ignore[type-arg]
+class DemoOutcome(tuple):
     """(title, expected state, final state), as the demo's summary unpacks it, plus `.saga_id`."""
 
     saga_id: str

@@ -45,7 +45,7 @@ shipping = sequential.service("shipping", retry=FAST)
 def _carry(event: Envelope, **more: Any) -> dict[str, Any]:
     """The order and the ids gathered so far, plus `more`."""
     p = event.payload
-    keep = {k: p[k] for k in ("reservation_id", "payment_id", "amount") if k in p}
+    keep: dict[str, Any] = {k: p[k] for k in ("reservation_id", "payment_id", "amount") if k in p}
     return {"order": p.get("order", p), **keep, **more}
 
 

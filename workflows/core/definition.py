@@ -23,7 +23,8 @@ REQUIRED: Any = _Required()
 
 
 class HasTaskName(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: a StepTask (frozen) has it
 
 
 def task_name(ref: str | HasTaskName, what: str) -> str:
