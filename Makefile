@@ -5,18 +5,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 500
 
-.PHONY: install demo test bench bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint test bench bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)  ## run real sagas end to end on the embedded default (no server needed)
 	$(BIN)/python -m tasks.demo
+
+lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the example services and the deployment
+	$(BIN)/ruff check .
+	$(BIN)/mypy workflows
+	$(BIN)/mypy tasks worker.py api.py celeryconfig.py
 
 test: $(STAMP)  ## the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
