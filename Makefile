@@ -23,7 +23,7 @@ lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the exampl
 	$(BIN)/mypy workflows
 	$(BIN)/mypy tasks worker.py api.py celeryconfig.py
 
-test: $(STAMP)  ## the whole suite, against the real PostgreSQL, Redis and RabbitMQ
+test: $(STAMP) lint  ## lint, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)  ## throughput and latency against a bare Celery chain (Redis + PostgreSQL)
