@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from celery import Celery
 from kombu import Exchange, Queue, binding

@@ -68,7 +68,8 @@ class Envelope(BaseModel):
     @classmethod
     def _json_payload(cls, v: dict[str, Any]) -> dict[str, Any]:
         try:
-            return json.loads(json.dumps(v, allow_nan=False))
+            clean: dict[str, Any] = json.loads(json.dumps(v, allow_nan=False))
+            return clean
         except (TypeError, ValueError) as e:
             raise ValueError(f"payload is not JSON: {e}") from None
 

@@ -61,7 +61,8 @@ def _refused(message: Any, reason: str) -> None:
     try:
         body = message.decode()
     except Exception:  # not even JSON: keep the text
-        body = {"raw": message.body.decode("utf-8", "replace") if isinstance(message.body, bytes) else str(message.body)}
+        raw = message.body
+        body = {"raw": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)}
     info = message.delivery_info or {}
     key = str(info.get("routing_key") or "")
     service = key.rsplit(".", 1)[-1] if key.count(".") >= 2 else ""
@@ -76,13 +77,13 @@ def _refused(message: Any, reason: str) -> None:
         log.exception("could not dead-letter a refused event message (routing key %s)", key)
 
 
-@task_rejected.connect
+@task_rejected.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
     if message is not None and _is_event_message(message):
         _refused(message, f"not a Celery task message ({exc or 'unknown format'})")
 
 
-@task_unknown.connect
+@task_unknown.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: Any = None, **_: Any) -> None:
     if message is not None and _is_event_message(message):
         _refused(message, f"no task {name!r} in this worker")

@@ -158,15 +158,16 @@ def trace(saga_id: str) -> list[TracedEvent]:
     for r in rows:
         d = r.detail or {}
         key = (d.get("event_id"), d.get("consumer"))
+        consumer = str(key[1] or "")
         if r.type == "EventPublished":
             events.append((r, list(d.get("consumers", []))))
         elif r.type == "EventHandled":
-            state[key] = Delivery(key[1], "handled", r.attempt or 1)
+            state[key] = Delivery(consumer, "handled", r.attempt or 1)
         elif r.type == "EventAttemptFailed":
-            state[key] = Delivery(key[1], "retrying" if d.get("retry_in") is not None else "failed",
+            state[key] = Delivery(consumer, "retrying" if d.get("retry_in") is not None else "failed",
                                   r.attempt or 0, d.get("error"))
         elif r.type == "EventRedriven":
-            state[key] = Delivery(key[1], "redriven", 0)
+            state[key] = Delivery(consumer, "redriven", 0)
     for dl in letters:
         key = (dl.event_id, dl.consumer)
         if dl.status in ("OPEN", "DISCARDED") and state.get(key, Delivery("", "")).status != "handled":
