@@ -339,7 +339,11 @@ def sweep(as_json: bool) -> None:
 
 @main.command()
 @click.option("--url", help="SQLAlchemy URL (default: SAGA_DATABASE_URL, or the embedded SQLite file).")
-def migrate(url: str | None) -> None:
+@click.option("--schema", help="PostgreSQL schema for the saga tables (created if missing; pass it on every "
+                               "migrate). The store and the app find the tables through their search_path.")
+@click.option("--example-tables/--no-example-tables", default=True, show_default=True,
+              help="Also the example shop's tables (tasks/); --no-example-tables in an application's database.")
+def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
     """Bring the database schema to the newest revision (safe to repeat)."""
     from sqlalchemy.engine import make_url
 
@@ -347,8 +351,12 @@ def migrate(url: str | None) -> None:
     from workflows.runtime.settings import get_settings
 
     url = url or get_settings().resolved_database_url()
-    run_migrations(url)
-    click.echo(f"{make_url(url).render_as_string(hide_password=True)}: schema is at the newest revision")
+    try:
+        run_migrations(url, example_tables=example_tables, schema=schema)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    where = f" (schema {schema})" if schema else ""
+    click.echo(f"{make_url(url).render_as_string(hide_password=True)}{where}: schema is at the newest revision")
 
 
 # ------------------------------------------------------------------ the timeline

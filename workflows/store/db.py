@@ -7,6 +7,7 @@ concurrent writers in several worker processes queue up instead of failing.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -102,24 +103,61 @@ def _create(url: str, **options: str) -> Engine:
     return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, **options)
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def alembic_config(url: str, *, example_tables: bool = True):  # type: ignore[no-untyped-def]
+    """The Alembic config of the shipped migrations. `example_tables`: also the example shop's
+    tables (`tasks/`, in revision 0001); an application's database wants them off."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["saga_example_tables"] = example_tables
     return cfg
 
 
-def migrate(url: str) -> None:
-    """Bring the schema at `url` to the newest revision (idempotent)."""
+def migrate(url: str, *, example_tables: bool = True, schema: str | None = None) -> None:
+    """Bring the schema at `url` to the newest revision (idempotent).
+
+    `schema` (PostgreSQL): create that schema if missing and put the saga tables, and their own
+    `alembic_version`, in it (the migration runs with `search_path` set to it). The store and the
+    application then find them through their own `search_path` (README: "The saga tables in your
+    database")."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    if schema is not None:
+        url = _in_schema(url, schema)
+    command.upgrade(alembic_config(url, example_tables=example_tables), "head")
 
 
-def downgrade_all(url: str) -> None:
-    """Drop every table the migrations made (tests and `sagas migrate --reset`)."""
+def downgrade_all(url: str, *, example_tables: bool = True, schema: str | None = None) -> None:
+    """Drop every table the migrations made (tests)."""
     from alembic import command
 
-    command.downgrade(alembic_config(url), "base")
+    if schema is not None:
+        url = _in_schema(url, schema)
+    command.downgrade(alembic_config(url, example_tables=example_tables), "base")
+
+
+def _in_schema(url: str, schema: str) -> str:
+    """`url` with its sessions' `search_path` set to `schema`, created first if missing (PostgreSQL)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "postgresql":
+        raise ValueError(f"a schema for the saga tables needs PostgreSQL, not {u.get_backend_name()}")
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema name {schema!r}: lower case letters, digits and _, starting with a letter or _")
+    engine = create_engine(u)
+    try:
+        with engine.begin() as c:
+            c.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
+    options = u.query.get("options")
+    path = f"-csearch_path={schema}"
+    joined = f"{options} {path}" if isinstance(options, str) and options else path
+    return u.update_query_dict({"options": joined}).render_as_string(hide_password=False)
