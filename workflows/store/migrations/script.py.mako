@@ -6,7 +6,7 @@ Create Date: ${create_date}
 """
 from alembic import op
 import sqlalchemy as sa
-import workflows.models
+import workflows.store.models
 from sqlalchemy import Text
 ${imports if imports else ""}
 
