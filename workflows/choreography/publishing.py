@@ -23,7 +23,7 @@ from workflows.store.base import SagaStore
 from workflows.store.events import EventUnit, SagaRowTaken
 
 if TYPE_CHECKING:
-    from workflows.store.joined import CallerTx
+    from workflows.store.base import CallerTx
 
 
 @dataclass(frozen=True)

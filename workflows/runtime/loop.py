@@ -30,7 +30,7 @@ from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
 
 if TYPE_CHECKING:
-    from workflows.store.joined import CallerTx
+    from workflows.store.base import CallerTx
 
 log = logging.getLogger("workflows.loop")
 

@@ -15,13 +15,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
 from workflows.core.views import DeadLetterView, EventView, SagaView
 
-if TYPE_CHECKING:
-    from workflows.store.joined import CallerTx
+CallerTx = Session | Connection
+"""The caller's transaction (`workflows.store.joined`): an ORM `Session` or a Core `Connection`."""
 
 
 @dataclass(frozen=True)

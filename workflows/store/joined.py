@@ -47,17 +47,13 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from workflows.core.errors import IdempotencyConflict, SagaError, SagaIdTaken
 from workflows.core.state import Transition
-from workflows.store.base import Created, input_hash
+from workflows.store.base import CallerTx, Created, input_hash
 from workflows.store.rows import EVENTS, SAGAS, STEPS, creation_rows
 
 if TYPE_CHECKING:
     from workflows.store.events import EventUnit
 
 log = logging.getLogger("workflows.store")
-
-CallerTx = Session | Connection
-"""The caller's transaction: an ORM `Session` or a Core `Connection` (its current transaction)."""
-
 
 # ------------------------------------------------------------------ joining the caller's transaction
 
