@@ -20,6 +20,7 @@ if broker_url.startswith("filesystem"):
         "polling_interval": 0.05,
     }
 elif broker_url.startswith("redis"):
+    broker_transport = "workflows.runtime.redis_broker:Transport"  # kombu's, dead-lettering undecodable messages
     # Unacked messages (late acks, retries waiting for their countdown) come back after this:
     # it must exceed the longest retry countdown and step time limit. Every consumer scans for
     # them every `unacked_restore_interval` seconds; kombu's default throttle (a real scan every

@@ -1,0 +1,56 @@
+"""kombu's Redis transport, with undecodable messages dead-lettered instead of stopping the worker.
+
+kombu's Redis channel pops a message off its list (BRPOP) and only then decodes its JSON envelope;
+a body that is not JSON (a producer's bug, anyone who can write to the broker) raises out of the
+worker's event loop and ends the worker's main process ("Unrecoverable error: JSONDecodeError"):
+one bad message takes a whole pool down, and is lost with it. Here the decoding error is caught
+where it happens: the raw text is kept as a dead letter (kind "message", in the table and on the
+`dead_letter` queue) with the reason, and the worker goes on with its next message. Selected in
+`celeryconfig.py` with `broker_transport` when the broker URL is `redis://`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from kombu.transport import redis
+
+log = logging.getLogger("workflows.broker")
+
+
+def dead_letter_undecodable(raw: str, reason: str) -> None:
+    """Keep a message no worker can decode as a dead letter (never raises: the worker must go on)."""
+    try:
+        from workflows.core.state import DeadLetter, ErrorInfo, MessageInfo
+        from workflows.runtime.container import get_runtime
+
+        rt = get_runtime()
+        # PostgreSQL's JSON holds no NUL character: it is written as the four characters \x00
+        message = MessageInfo(task_name="(undecodable message)", queue=None, args=[],
+                              kwargs={"raw": raw[:100_000].replace("\x00", "\\x00")}, headers={})
+        rt.loop.dead_letter(DeadLetter(rt.ids(), "message", None, "(undecodable message)", 0,
+                                       ErrorInfo("UndecodableMessage", reason), message), saga_id=None)
+        log.error("an undecodable message was dead-lettered: %s", reason)
+    except Exception:  # the database is down too: say so, and go on
+        log.exception("an undecodable message could not be dead-lettered (%s); its text: %r", reason, raw[:2000])
+
+
+class Channel(redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]  # kombu is untyped
+        except json.JSONDecodeError as e:  # popped already: keep it, then take the next one
+            dead_letter_undecodable(e.doc, f"the message body is not JSON: {e}")
+            return True
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)  # type: ignore[no-untyped-call]  # kombu is untyped
+        except json.JSONDecodeError as e:
+            dead_letter_undecodable(e.doc, f"the message body on queue {queue!r} is not JSON: {e}")
+            raise redis.Empty() from None
+
+
+class Transport(redis.Transport):
+    Channel = Channel
