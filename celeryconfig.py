@@ -4,8 +4,14 @@ Without any variable: kombu's filesystem transport in SAGA_DATA_DIR (no server n
 Production: SAGA_BROKER_URL=redis://... or amqp://...
 """
 from kombu import Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 from workflows.runtime.settings import get_settings
+
+# redis:// and rediss:// connections use kombu's Redis transport with undecodable messages
+# dead-lettered instead of stopping the worker (workflows/runtime/redis_broker.py). By URL scheme,
+# not `broker_transport`: an app configured from this module with an amqp:// URL stays on AMQP.
+TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "workflows.runtime.redis_broker:Transport"
 
 _settings = get_settings()
 
@@ -20,7 +26,6 @@ if broker_url.startswith("filesystem"):
         "polling_interval": 0.05,
     }
 elif broker_url.startswith("redis"):
-    broker_transport = "workflows.runtime.redis_broker:Transport"  # kombu's, dead-lettering undecodable messages
     # Unacked messages (late acks, retries waiting for their countdown) come back after this:
     # it must exceed the longest retry countdown and step time limit. Every consumer scans for
     # them every `unacked_restore_interval` seconds; kombu's default throttle (a real scan every
