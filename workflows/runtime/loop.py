@@ -16,7 +16,8 @@ the current version is its own commit (a redelivery after a crash: `Applied.own_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from workflows.core.engine import decide, is_current, new_run
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
                                   Ignored, MessageInfo, Outcome, RunState, Started, Timing, Transition)
+from workflows.core.views import DeadLetterView
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
 
@@ -154,35 +156,37 @@ class DecisionLoop:
         self.send_dead_letters((dl,), saga_id)
 
     def send_dead_letters(self, dls: tuple[DeadLetter, ...], saga_id: str | None) -> None:
-        """Copy committed dead letters to the broker and mark them sent. A broker error leaves them
-        unsent for the sweeper (`resend_dead_letters`): the record is the row, already committed."""
-        now = self.clock()
+        """Copy committed dead letters to the broker and mark them sent. A broker error leaves the
+        rest unsent for the sweeper (`resend_dead_letters`): the record is the row, already committed."""
         try:
-            for dl in dls:
-                self.dispatcher.send_dead_letter(dead_letter_body(dl, saga_id, now))
+            self._send(dls, lambda dl: saga_id)
         except Exception as e:  # the broker: the sweeper sends it later
             log.warning("dead letter recorded, its broker copy not sent (%s): the sweeper sends it", e,
                         extra={"saga_id": saga_id})
-            return
-        self.store.mark_dead_letters_sent([d.id for d in dls], now)
 
     def resend_dead_letters(self, grace: float = DEAD_LETTER_GRACE, limit: int = 100) -> list[str]:
         """The sweeper's part: send the copies of dead letters committed over `grace` seconds ago
         and never sent (their writer died, or the broker was down, between commit and publish)."""
+        pending = self.store.unsent_dead_letters(self.clock() - timedelta(seconds=grace), limit)
+        return self._send(pending, lambda dl: dl.saga_id)
+
+    def _send(self, dls: Sequence[DeadLetter] | Sequence[DeadLetterView],
+              saga_of: Callable[[Any], str | None]) -> list[str]:
+        """Send each copy, then mark sent the ones that went out, even if the broker failed half way."""
         now = self.clock()
         sent: list[str] = []
         try:
-            for dl in self.store.unsent_dead_letters(now - timedelta(seconds=grace), limit):
-                self.dispatcher.send_dead_letter(dead_letter_body(dl, dl.saga_id, now))
+            for dl in dls:
+                self.dispatcher.send_dead_letter(dead_letter_body(dl, saga_of(dl), now))
                 sent.append(dl.id)
-        finally:  # what went out is marked, even if the broker failed half way
+        finally:
             self.store.mark_dead_letters_sent(sent, now)
         return sent
 
 
 def _uuid(hex_id: str) -> str:
-    """A run id in the usual 8-4-4-4-12 form from a 32-hex-digit id."""
-    h = hex_id.replace("-", "")
-    if len(h) != 32:
+    """A run id in the usual 8-4-4-4-12 form (the id source's hex digits, when it gives 32)."""
+    try:
+        return str(uuid.UUID(hex=hex_id))
+    except ValueError:
         return hex_id
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
