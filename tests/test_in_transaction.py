@@ -186,10 +186,26 @@ def test_rollback_leaves_neither_the_order_nor_the_run_and_publishes_nothing(
         saga_id = checkout(session, order)
         session.rollback()
         assert order_row(app_engine, order) is None and not run_exists(rt, saga_id)
-        assert not joined._session_pending.get(session)  # dropped when the transaction ended
+        assert not any(joined._connection_pending.values())  # dropped when the transaction ended
         session.execute(insert(ORDERS).values(id=new_id()))
         session.commit()  # the next commit of the session does not publish the rolled-back start
     assert dispatcher.sent == []
+
+
+def test_a_session_joined_to_the_callers_connection_waits_for_that_connections_commit(
+        rt: Runtime, dispatcher: RecordingDispatcher, app_engine: Engine) -> None:
+    # Given a session joined to a connection whose transaction the caller began (the usual test
+    # fixture, or a request-scoped connection): session.commit() commits nothing by itself
+    with app_engine.connect() as conn:
+        outer = conn.begin()
+        with Session(bind=conn) as session:  # the default join mode: the caller owns the transaction
+            saga_id = checkout(session, new_id())
+            session.commit()
+            # Then nothing is published while the caller's transaction is still open ...
+            assert dispatcher.sent == [] and not run_exists(rt, saga_id)
+        outer.rollback()
+    # ... and its rollback takes the run with it: step 1 is never published
+    assert dispatcher.sent == [] and not run_exists(rt, saga_id)
 
 
 def test_a_session_closed_without_commit_is_a_rollback(rt: Runtime, dispatcher: RecordingDispatcher,

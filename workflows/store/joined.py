@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from workflows.core.errors import IdempotencyConflict, SagaError, SagaIdTaken
 from workflows.core.state import Transition
@@ -118,29 +118,23 @@ class _Pending:
     action: Callable[[], object]
     check: Callable[[], bool] | None
     """Run first; the action runs only if it returns True (registered inside a caller's savepoint)."""
-    root: SessionTransaction | None
-    """The session's outermost transaction the action waits for (None for a Connection)."""
 
 
-_session_pending: weakref.WeakKeyDictionary[Session, list[_Pending]] = weakref.WeakKeyDictionary()
 _connection_pending: weakref.WeakKeyDictionary[Connection, list[_Pending]] = weakref.WeakKeyDictionary()
 
 
 def after_commit(tx: CallerTx, action: Callable[[], object], *, check: Callable[[], bool] | None = None) -> None:
     """Run `action` once, right after the outermost transaction of `tx` now in progress commits;
     never if it rolls back. `check` matters only when `tx` is inside a SAVEPOINT now: it runs first
-    after the commit, and `action` only if it says the writes survived."""
+    after the commit, and `action` only if it says the writes survived.
+
+    A Session waits on its connection's COMMIT, not on its own `after_commit` event: a session
+    joined to a connection whose transaction the caller began fires that event on `commit()`
+    while the database has committed nothing yet."""
     if isinstance(tx, Session):
-        root = tx.get_transaction()
-        if root is None:
+        if tx.get_transaction() is None:
             raise SagaError("the session has no transaction in progress")
-        pending = _session_pending.get(tx)
-        if pending is None:
-            pending = _session_pending[tx] = []
-            event.listen(tx, "after_commit", _session_committed)
-            event.listen(tx, "after_transaction_end", _session_ended)
-        pending.append(_Pending(action, check if tx.in_nested_transaction() else None, root))
-        return
+        tx = tx.connection()
     if not tx.in_transaction():
         raise SagaError("the connection has no transaction in progress")
     pending = _connection_pending.get(tx)
@@ -148,23 +142,7 @@ def after_commit(tx: CallerTx, action: Callable[[], object], *, check: Callable[
         pending = _connection_pending[tx] = []
         event.listen(tx, "commit", _connection_committing)
         event.listen(tx, "rollback", _connection_rolled_back)
-    pending.append(_Pending(action, check if tx.in_nested_transaction() else None, None))
-
-
-def _session_committed(session: Session) -> None:
-    if session.get_nested_transaction() is not None:
-        return  # a savepoint was released: the outer transaction is still open
-    root = session.get_transaction()
-    pending = _session_pending.get(session, [])
-    due = [p for p in pending if p.root is root]
-    pending[:] = [p for p in pending if p.root is not root]
-    _run(due)
-
-
-def _session_ended(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # an outermost transaction ended; committed ones ran already
-        pending = _session_pending.get(session, [])
-        pending[:] = [p for p in pending if p.root is not transaction]
+    pending.append(_Pending(action, check if tx.in_nested_transaction() else None))
 
 
 def _connection_committing(conn: Connection) -> None:
