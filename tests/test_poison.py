@@ -16,9 +16,11 @@ from workflows.operations.dead_letters import list_dead_letters, redrive
 pytestmark = pytest.mark.usefixtures("running_worker")
 
 
-@pytest.mark.parametrize("raw", [b"\x00\xffnot json{{{", b'{"body": "cut short'])
+@pytest.mark.parametrize("raw", [b"\x00\xffnot json{{{", b'{"body": "cut short', b"{}", b"[1]"])
 def test_an_undecodable_message_is_dead_lettered_and_the_worker_goes_on(running_worker, redis_client, raw):  # type: ignore[no-untyped-def]
     marker = raw.decode("utf-8", "replace").replace("\x00", "\\x00")  # as kept: NUL spelled out
+    if raw in (b"{}", b"[1]"):  # JSON, but no envelope: kept as decoded, re-encoded
+        marker = raw.decode()
     before = redis_client.llen("dead_letter")
 
     # When someone pushes a body that is not JSON onto the tests queue
@@ -29,7 +31,8 @@ def test_an_undecodable_message_is_dead_lettered_and_the_worker_goes_on(running_
         return [d for d in list_dead_letters(limit=1000) if d.kind == "message" and d.kwargs.get("raw") == marker]
 
     [dl] = wait_until(found, 30, "the undecodable message was not dead-lettered")
-    assert dl.exception.startswith("UndecodableMessage: the message body is not JSON") and dl.saga_id is None
+    reason = "not a kombu message envelope" if raw in (b"{}", b"[1]") else "the message body is not JSON"
+    assert dl.exception.startswith("UndecodableMessage: ") and reason in dl.exception and dl.saga_id is None
     wait_until(lambda: redis_client.llen("dead_letter") > before, 10, "no broker copy of the dead letter")
     with pytest.raises(InvalidOperation, match="cannot be redriven"):
         redrive(dl.id)

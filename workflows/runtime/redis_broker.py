@@ -5,8 +5,8 @@ a body that is not JSON (a producer's bug, anyone who can write to the broker) r
 worker's event loop and ends the worker's main process ("Unrecoverable error: JSONDecodeError"):
 one bad message takes a whole pool down, and is lost with it. Here the decoding error is caught
 where it happens: the raw text is kept as a dead letter (kind "message", in the table and on the
-`dead_letter` queue) with the reason, and the worker goes on with its next message. Selected in
-`celeryconfig.py` with `broker_transport` when the broker URL is `redis://`.
+`dead_letter` queue) with the reason, and the worker goes on with its next message. Chosen for
+redis:// and rediss:// URLs in `celeryconfig.py` (kombu's transport aliases).
 """
 from __future__ import annotations
 
@@ -54,3 +54,13 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        """JSON that is not a kombu envelope (`{}`, `[1]`, `"x"`) would fail a few lines further on,
+        where kombu reads its properties, ending the worker just the same: keep it too."""
+        properties = message.get("properties") if isinstance(message, dict) else None
+        if not isinstance(properties, dict) or "delivery_tag" not in properties:
+            dead_letter_undecodable(json.dumps(message, default=str),
+                                    f"the message on queue {queue!r} is not a kombu message envelope")
+            return
+        super()._deliver(message, queue)  # type: ignore[no-untyped-call]  # kombu is untyped
