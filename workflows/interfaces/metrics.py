@@ -137,12 +137,9 @@ class SagaCollector(Collector):
 
     def stuck_ids(self, now: datetime) -> set[str]:
         """Orchestrated runs past a deadline, and choreographies that heard no event for too long."""
-        from workflows.choreography.operations import stuck_sagas
-        from workflows.runtime.container import get_runtime
-
         ids = set(self.store.due_deadlines(now))
         ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}
-        return ids | set(stuck_sagas(get_runtime(), now))
+        return ids | set(self.store.stuck_choreographies(now, 500))
 
     def _stuck(self, now: datetime) -> Metric:
         family = GaugeMetricFamily("sagas_stuck", "Non-terminal runs past a deadline, not yet swept")
