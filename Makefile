@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-BENCH_N ?= 500
+BENCH_N ?= 300
 
 .PHONY: install demo lint test bench bench-rss migrate worker beat flower api clean
 
@@ -26,7 +26,11 @@ lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the exampl
 test: $(STAMP) lint  ## lint, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## throughput and latency against a bare Celery chain (Redis + PostgreSQL)
+$(VENV)/.bench-stamp: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	touch $(VENV)/.bench-stamp
+
+bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
 
 bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows

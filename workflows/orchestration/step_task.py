@@ -161,19 +161,15 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: dict[str, Any]) -> Iterator[None]:
     """Flower's view of an inline step: the task events a worker sends for a message it runs (with
     task events on), under the step's own task id, its saga id first in its arguments."""
-    app = rt.app
-    if app is None or not app.conf.worker_send_task_events:
+    events = _events(rt)
+    if events is None:
         yield
         return
-    fields = {"uuid": cmd.task_id, "hostname": _hostname()}
+    fields = {"uuid": cmd.task_id, "hostname": events.hostname}
     started = time.monotonic()
-    try:
-        with app.events.default_dispatcher(hostname=fields["hostname"]) as events:
-            events.send("task-received", name=cmd.task, args=repr([saga_id, cmd.step]),
-                        kwargs=repr(kwargs)[:1024], retries=0, eta=None, expires=None, **fields)
-            events.send("task-started", pid=os.getpid(), **fields)
-    except Exception as e:  # events are for watching: never fail a step for them
-        log.debug("task events of an inline step not sent: %s", e)
+    _send_event(events, "task-received", name=cmd.task, args=repr([saga_id, cmd.step]),
+                kwargs=repr(kwargs)[:1024], retries=0, eta=None, expires=None, **fields)
+    _send_event(events, "task-started", pid=os.getpid(), **fields)
     outcome = "task-succeeded"
     try:
         yield
@@ -181,18 +177,32 @@ def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: di
         outcome = "task-failed"
         raise
     finally:
-        try:
-            with app.events.default_dispatcher(hostname=fields["hostname"]) as events:
-                events.send(outcome, result="inline", runtime=time.monotonic() - started, **fields)
-        except Exception as e:
-            log.debug("task events of an inline step not sent: %s", e)
+        _send_event(events, outcome, result="inline", runtime=time.monotonic() - started, **fields)
 
 
-def _hostname() -> str:
-    from celery import current_task
+_EVENTS: dict[int, Any] = {}
+"""This process's event dispatcher for inline steps, by pid (a forked pool process makes its own)."""
 
-    req = getattr(current_task, "request", None)
-    return str(getattr(req, "hostname", None) or socket.gethostname())
+
+def _events(rt: Runtime) -> Any:
+    app = rt.app
+    if app is None or not app.conf.worker_send_task_events:
+        return None
+    pid = os.getpid()
+    if pid not in _EVENTS:
+        from celery import current_task
+
+        hostname = getattr(getattr(current_task, "request", None), "hostname", None) or socket.gethostname()
+        _EVENTS.clear()
+        _EVENTS[pid] = app.events.Dispatcher(app.connection_for_write(), hostname=hostname, enabled=True)
+    return _EVENTS[pid]
+
+
+def _send_event(events: Any, type_: str, **fields: Any) -> None:
+    try:
+        events.send(type_, **fields)
+    except Exception as e:  # events are for watching: never fail a step for them
+        log.debug("task event %s of an inline step not sent: %s", type_, e)
 
 
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
