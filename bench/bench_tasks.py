@@ -11,10 +11,11 @@ Configurations (see bench/run.py):
 - `group_state`: a Celery `group` of four `bench.stateful` (one UPDATE each), all at once;
 - `saga_group`: `bench.group4`, one parallel group of four no-op steps.
 (`dbos` runs in bench/dbos_peer.py.) Everything runs on the queue `bench` (and the four
-`SERVICE_QUEUES`), which only bench workers consume. Two bench runs at once (or the smoke test in someone's `make test`) may run each other's
-messages: that disturbs their numbers, never their results, because whatever a task must record
-travels in its message (the last link of a bare chain gets the Redis hash its finish time goes
-to; the chain with state and the sagas are seen finished in their rows).
+`SERVICE_QUEUES`), which only bench workers consume. Two bench runs at once (or the smoke test in
+someone's `make test`) may run each other's messages: that disturbs their numbers, never their
+results, because whatever a task must record travels in its message (the last link of a bare chain
+gets the Redis hash its finish time goes to; the chain with state and the sagas are seen finished
+in their rows).
 """
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
 
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--n", "10", "--rounds", "1", "--warmup", "2",
-         "--window", "4", "--unloaded-n", "3", "--database-url", BENCH_PG_URL, "--broker-url", BENCH_REDIS_URL, "--output", str(out)],
+         "--window", "4", "--unloaded-n", "3", "--database-url", BENCH_PG_URL, "--broker-url", BENCH_REDIS_URL,
+         "--output", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -165,11 +165,11 @@ def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: di
     if events is None:
         yield
         return
-    fields = {"uuid": cmd.task_id, "hostname": events.hostname}
+    fields = {"uuid": cmd.task_id}  # the dispatcher adds its hostname and pid
     started = time.monotonic()
     _send_event(events, "task-received", name=cmd.task, args=repr([saga_id, cmd.step]),
                 kwargs=repr(kwargs)[:1024], retries=0, eta=None, expires=None, **fields)
-    _send_event(events, "task-started", pid=os.getpid(), **fields)
+    _send_event(events, "task-started", **fields)
     outcome = "task-succeeded"
     try:
         yield
@@ -202,7 +202,7 @@ def _send_event(events: Any, type_: str, **fields: Any) -> None:
     try:
         events.send(type_, **fields)
     except Exception as e:  # events are for watching: never fail a step for them
-        log.debug("task event %s of an inline step not sent: %s", type_, e)
+        log.warning("task event %s of an inline step not sent: %s", type_, e)
 
 
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
