@@ -10,6 +10,9 @@ one version ahead and made by itself (`caused_by`), and re-publishes the follow-
 from the state (`commands_for`); each follow-up is checked against its own step's dispatch
 (`is_current`), so a duplicate is harmless.
 
+A follow-up step on the same queue, due now, runs in the same delivery instead of being
+published (`orchestration/inline.py`): one read for the message, then one write per step.
+
 `handle_step` is plain Python over the runtime (no Celery in it): the in-process test tier calls
 it with a `Delivery` and a `RecordingDispatcher`. `make_step_task` wraps it as a Celery task.
 """
