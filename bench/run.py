@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=500, help="sagas (or chains) per configuration per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a median worth quoting)")
     p.add_argument("--window", type=int, default=8, help="runs kept in flight (closed loop)")
-    p.add_argument("--concurrency", type=int, default=2, help="prefork processes of the bench worker")
+    p.add_argument("--concurrency", type=int, default=2, help="prefork processes of each bench worker")
+    p.add_argument("--workers", type=int, default=1, help="bench workers (each -c --concurrency), for scale-out")
     p.add_argument("--warmup", type=int, default=20, help="runs per configuration before measuring")
     p.add_argument("--configs", default=",".join(ORDER), help="subset of " + ",".join(ORDER))
     p.add_argument("--unloaded-n", type=int, default=40,
@@ -341,16 +342,20 @@ class Session:
         self.configs = make_configs(self.app, self.r, self.pg)
         from bench.bench_tasks import SERVICE_QUEUES
 
-        self.worker = BenchWorker(worker_env(), concurrency=self.args.concurrency,
-                                  queues=",".join(["saga", os.environ["BENCH_QUEUE"], *SERVICE_QUEUES]))
+        queues = ",".join(["saga", os.environ["BENCH_QUEUE"], *SERVICE_QUEUES])
+        self.workers = [BenchWorker(worker_env(), concurrency=self.args.concurrency, queues=queues)
+                        for _ in range(self.args.workers)]
         try:
-            self.worker.wait_ready(self.app)
+            for w in self.workers:
+                w.wait_ready(self.app)
         except BaseException:
-            self.worker.stop()
+            for w in self.workers:
+                w.stop()
             raise
-        self.sampler = RssSampler(self.worker.proc.pid)
+        self.worker = self.workers[0]
+        self.sampler = RssSampler(self.worker.proc.pid)  # RSS: the first worker's tree
         self.sampler.start()
-        self.cpu = CpuMeter(self.worker.proc.pid, self.pg)
+        self.cpu = CpuMeter([w.proc.pid for w in self.workers], self.pg)
         return self
 
     def measure(self, name: str, n: int, tag: str, window: int | None = None):  # type: ignore[no-untyped-def]
@@ -365,7 +370,8 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.sampler.stop()
-        self.worker.stop()
+        for w in self.workers:
+            w.stop()
         self.cleanup()
         self.pg.close()
 
@@ -419,7 +425,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if "saga" in results and "baseline_state" in results else None),
         "configs": results,
         "settings": {"n": args.n, "rounds": args.rounds, "window": args.window, "warmup": args.warmup,
-                     "concurrency": args.concurrency, "pool": "prefork", "acks_late": True, "prefetch": 1,
+                     "concurrency": args.concurrency, "workers": args.workers, "pool": "prefork",
+                     "acks_late": True, "prefetch": 1,
                      "serializer": "json", "database_url": args.database_url, "broker_url": args.broker_url,
                      "cpus": os.cpu_count()},
         "elapsed_s": round(time.monotonic() - started, 1),
