@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint test bench bench-scale bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, gr
 
 bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2
 	$(BIN)/python bench/scale.py --n $(BENCH_N)
+
+bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
+	$(BIN)/python bench/store_scale.py
 
 bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows
 	$(BIN)/python bench/run.py --rss-check --rss-n 500,5000
