@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-BENCH_N ?= 500
+BENCH_N ?= 300
 
-.PHONY: install demo lint test bench bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the exampl
 test: $(STAMP) lint  ## lint, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## throughput and latency against a bare Celery chain (Redis + PostgreSQL)
+$(VENV)/.bench-stamp: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	touch $(VENV)/.bench-stamp
+
+bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
+
+bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2
+	$(BIN)/python bench/scale.py --n $(BENCH_N)
+
+bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
+	$(BIN)/python bench/store_scale.py
 
 bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows
 	$(BIN)/python bench/run.py --rss-check --rss-n 500,5000

@@ -5,13 +5,17 @@ Configurations (see bench/run.py):
 - `baseline_state`: a chain of four `bench.stateful`, each committing one row UPDATE;
 - `saga`: `bench.noop4`, four no-op steps with no-op compensations;
 - `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1);
+- `queues_state`: the chain with state, each link routed to its own queue (`SERVICE_QUEUES`);
+- `saga_queues`: `bench.queues4`, four no-op steps each on its own queue (the seeds' shape:
+  inventory, payment, shipping, notification), so no step follows another inline;
 - `group_state`: a Celery `group` of four `bench.stateful` (one UPDATE each), all at once;
 - `saga_group`: `bench.group4`, one parallel group of four no-op steps.
-Everything runs on the queue `bench`, which only bench workers
-consume. Two bench runs at once (or the smoke test in someone's `make test`) may run each other's
-messages: that disturbs their numbers, never their results, because whatever a task must record
-travels in its message (the last link of a bare chain gets the Redis hash its finish time goes
-to; the chain with state and the sagas are seen finished in their rows).
+(`dbos` runs in bench/dbos_peer.py.) Everything runs on the queue `bench` (and the four
+`SERVICE_QUEUES`), which only bench workers consume. Two bench runs at once (or the smoke test in
+someone's `make test`) may run each other's messages: that disturbs their numbers, never their
+results, because whatever a task must record travels in its message (the last link of a bare chain
+gets the Redis hash its finish time goes to; the chain with state and the sagas are seen finished
+in their rows).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from workflows import Parallel, PermanentError, Saga, Step, StepContext, get_run
 from . import counters
 
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+SERVICES = ("inventory", "payment", "shipping", "notification")
+SERVICE_QUEUES = tuple(f"{QUEUE}-{service}" for service in SERVICES)
 DONE_KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:done"
 """This run's hash of chain id -> finish time (read by the driver; passed to the last link)."""
 STATE_TABLE = "bench_chain_state"
@@ -85,13 +91,20 @@ def failing_step(ctx: StepContext, data: dict) -> None:
     raise PermanentError(f"bench: {ctx.step} fails on purpose")
 
 
-def _step(name: str, action=noop_step) -> Step:  # type: ignore[no-untyped-def]
-    return Step(name, action=action, compensation=noop_undo)
+def _step(name: str, action=noop_step, undo=noop_undo) -> Step:  # type: ignore[no-untyped-def]
+    return Step(name, action=action, compensation=undo)
+
+
+ROUTED = [(step_task(f"bench.{s}_step", queue=q)(noop_step.fn), step_task(f"bench.{s}_undo", queue=q)(noop_undo.fn))
+          for s, q in zip(SERVICES, SERVICE_QUEUES)]
+"""A no-op step and compensation on each of the four service queues."""
 
 
 NOOP4 = register_saga(Saga("bench.noop4", steps=[_step(f"s{i}") for i in range(1, 5)],
                            description="four no-op steps with no-op compensations"))
 FAIL3 = register_saga(Saga("bench.fail3", steps=[_step("s1"), _step("s2"), _step("s3", failing_step), _step("s4")],
                            description="step 3 fails for good: compensations of steps 2 and 1 run"))
+QUEUES4 = register_saga(Saga("bench.queues4", steps=[_step(f"s{i + 1}", a, u) for i, (a, u) in enumerate(ROUTED)],
+                             description="four no-op steps, each on its own queue"))
 GROUP4 = register_saga(Saga("bench.group4", steps=[Parallel("four", [_step(f"b{i}") for i in range(1, 5)])],
                              description="one parallel group of four no-op steps"))

@@ -110,8 +110,9 @@ def cpu_seconds(pids: list[int] | set[int]) -> dict[int, float]:
 class CpuMeter:
     """CPU seconds spent by the worker tree and by the database backends serving the bench."""
 
-    def __init__(self, worker_pid: int, pg: Any) -> None:
-        self.worker_pid, self.pg = worker_pid, pg
+    def __init__(self, worker_pids: int | list[int], pg: Any) -> None:
+        self.worker_pids = [worker_pids] if isinstance(worker_pids, int) else list(worker_pids)
+        self.pg = pg
         self.own_backend = pg.get_backend_pid()  # the driver's polling connection: not counted
 
     def backends(self) -> set[int]:
@@ -121,7 +122,8 @@ class CpuMeter:
             return {p for (p,) in cur.fetchall()}
 
     def snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
-        return cpu_seconds(set(tree_rss(self.worker_pid))), cpu_seconds(self.backends())
+        pids = {p for root in self.worker_pids for p in tree_rss(root)}
+        return cpu_seconds(pids), cpu_seconds(self.backends())
 
     @staticmethod
     def delta(before: tuple[dict[int, float], dict[int, float]],

@@ -13,6 +13,7 @@ Writes bench/results.json; see the README's benchmark section for what each numb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -24,10 +25,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/13"
-ORDER = ["baseline", "baseline_state", "saga", "saga_failure", "group_state", "saga_group"]
+ORDER = ["baseline", "baseline_state", "saga", "saga_failure", "dbos", "queues_state", "saga_queues",
+         "group_state", "saga_group"]
 LABELS = {"baseline": "1 chain, no DB", "baseline_state": "2 chain + 1 UPDATE/task",
           "saga": "3 saga happy path", "saga_failure": "4 saga, fails at step 3",
-          "group_state": "5 group of 4 + 1 UPDATE/task", "saga_group": "6 saga, 4-branch group"}
+          "dbos": "5 DBOS, 4 steps", "queues_state": "6 chain+UPDATE, 4 queues",
+          "saga_queues": "7 saga, 4 queues", "group_state": "8 group of 4 + 1 UPDATE/task",
+          "saga_group": "9 saga, 4-branch group"}
+DBOS_DATABASE = "test_bench_dbos"
 COUNT_FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 
 
@@ -36,9 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=500, help="sagas (or chains) per configuration per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for a median worth quoting)")
     p.add_argument("--window", type=int, default=8, help="runs kept in flight (closed loop)")
-    p.add_argument("--concurrency", type=int, default=2, help="prefork processes of the bench worker")
+    p.add_argument("--concurrency", type=int, default=2, help="prefork processes of each bench worker")
+    p.add_argument("--workers", type=int, default=1, help="bench workers (each -c --concurrency), for scale-out")
     p.add_argument("--warmup", type=int, default=20, help="runs per configuration before measuring")
     p.add_argument("--configs", default=",".join(ORDER), help="subset of " + ",".join(ORDER))
+    p.add_argument("--unloaded-n", type=int, default=40,
+                   help="runs per configuration per round with one in flight (unloaded latency); 0: none")
     p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
@@ -97,6 +105,21 @@ def check_wipe_allowed(database_url: str, broker_url: str) -> None:
                          "use a database named *bench* or *test* and a Redis db other than 0")
 
 
+@contextlib.contextmanager
+def admin_connection(database_url: str):  # type: ignore[no-untyped-def]
+    """A cursor on the server's `postgres` database, in autocommit (to create databases)."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    admin = psycopg2.connect(pg_dsn(str(make_url(database_url).set(database="postgres").render_as_string(False))))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            yield cur
+    finally:
+        admin.close()
+
+
 def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: ignore[no-untyped-def]
     """Create and migrate the database (and with `fresh`, wipe it and the Redis db); returns clients."""
     import psycopg2
@@ -106,14 +129,11 @@ def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: i
     from bench.bench_tasks import CREATE_STATE_TABLE, STATE_TABLE
     from workflows.store.db import get_engine, migrate
 
-    name = make_url(database_url).database
-    admin = psycopg2.connect(pg_dsn(str(make_url(database_url).set(database="postgres").render_as_string(False))))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
+    with admin_connection(database_url) as cur:
+        for name in (make_url(database_url).database, DBOS_DATABASE):  # the sagas', and DBOS's own
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{name}"')
     migrate(database_url)
     with get_engine(database_url).begin() as conn:
         conn.execute(CREATE_STATE_TABLE)
@@ -130,11 +150,12 @@ def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: i
 def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from celery import chain, group
 
-    from bench.bench_tasks import DONE_KEY, INSERT_STATE, QUEUE, STATE_TABLE, statement_engine
+    from bench.bench_tasks import DONE_KEY, INSERT_STATE, QUEUE, SERVICE_QUEUES, STATE_TABLE, statement_engine
     from bench.harness import Config
     from workflows import start_saga
 
-    def chain_start(task: str, stateful: bool, together: bool = False):  # type: ignore[no-untyped-def]
+    def chain_start(task: str, stateful: bool, together: bool = False,  # type: ignore[no-untyped-def]
+                    queues: tuple[str, ...] = (QUEUE,) * 4):
         def start(tag: str, i: int) -> str:
             cid = f"{tag}{i}"
             if stateful:  # the chain's row, as start_saga inserts the saga's
@@ -144,7 +165,7 @@ def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
             # the chain without a database reports its end in a Redis hash; the chain with state,
             # like the sagas, is seen finished by polling its row in PostgreSQL (a group's: all 4 ran)
             links = [app.signature(task, args=(cid,), kwargs={"done": DONE_KEY} if k == 3 and not stateful else {},
-                                   immutable=True, queue=QUEUE) for k in range(4)]
+                                   immutable=True, queue=queues[k]) for k in range(4)]
             (group(*links) if together else chain(*links)).apply_async()
             return cid
         return start
@@ -174,6 +195,10 @@ def make_configs(app, r, pg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
                        saga_finished("COMPLETED")),
         "saga_failure": Config("saga_failure", LABELS["saga_failure"],
                                lambda tag, i: start_saga("bench.fail3", {"i": i}), saga_finished("COMPENSATED")),
+        "queues_state": Config("queues_state", LABELS["queues_state"],
+                               chain_start("bench.stateful", True, queues=SERVICE_QUEUES), chain_state_finished),
+        "saga_queues": Config("saga_queues", LABELS["saga_queues"],
+                              lambda tag, i: start_saga("bench.queues4", {"i": i}), saga_finished("COMPLETED")),
         "group_state": Config("group_state", LABELS["group_state"], chain_start("bench.stateful", True, together=True),
                               chain_state_finished),
         "saga_group": Config("saga_group", LABELS["saga_group"], lambda tag, i: start_saga("bench.group4", {"i": i}),
@@ -213,7 +238,34 @@ def measure(cfg, n: int, *, window: int, tag: str, r, sampler, cpu):  # type: ig
     return phase
 
 
-def summarize(phases: list) -> dict[str, Any]:  # type: ignore[type-arg]
+def dbos_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dbos") is not None
+
+
+def measure_dbos(database_url: str, n: int, window: int):  # type: ignore[no-untyped-def]
+    """One phase of DBOS Transact (bench/dbos_peer.py in a process of its own, its own database on
+    the same server): its startup and warm-up are not timed; its CPU is the whole process's."""
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    from bench.harness import Phase
+
+    url = pg_dsn(str(make_url(database_url).set(database=DBOS_DATABASE).render_as_string(False)))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "dbos_peer.py"), "--n", str(n), "--window",
+                          str(window), "--warmup", "10", "--database-url", url],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench/dbos_peer.py failed: {out.stderr[-2000:]}")
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    phase = Phase("dbos", doc["n"], doc["elapsed"], doc["latencies"], 0)
+    phase.worker_cpu = doc["cpu"]
+    return phase
+
+
+def summarize(phases: list, unloaded: list | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
     from bench.harness import percentile
 
     tp = [p.throughput for p in phases]
@@ -232,7 +284,9 @@ def summarize(phases: list) -> dict[str, Any]:  # type: ignore[type-arg]
         "worker_cpu_ms_per_saga": 1000 * sum(p.worker_cpu for p in phases) / runs,
         "db_cpu_ms_per_saga": 1000 * sum(p.db_cpu for p in phases) / runs,
         "peak_rss_mb": max(p.peak_rss for p in phases) / 2**20,
-        "errors": sum(p.errors for p in phases),
+        "errors": sum(p.errors for p in phases) + sum(p.errors for p in unloaded or []),
+        "unloaded_latency_ms": ({"p50": 1000 * percentile(u, 50), "p99": 1000 * percentile(u, 99), "n": len(u)}
+                                if (u := [x for p in unloaded or [] for x in p.latencies]) else None),
     }
 
 
@@ -244,8 +298,13 @@ def ratio(results: dict[str, Any], num: str, den: str) -> float | None:
     return statistics.median(a / b for a, b in pairs if b)
 
 
+def unloaded_ratio(results: dict[str, Any], num: str, den: str) -> float | None:
+    a, b = (results.get(k, {}).get("unloaded_latency_ms") for k in (num, den))
+    return a["p50"] / b["p50"] if a and b and b["p50"] else None
+
+
 def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
-    head = (f"{'configuration':<26}{'sagas/s median (min-max)':>26}{'p50 ms':>9}{'p99 ms':>9}"
+    head = (f"{'configuration':<26}{'sagas/s median (min-max)':>26}{'p50 ms':>9}{'p99 ms':>9}{'1-p50':>7}"
             f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'wCPU ms':>8}{'dbCPU ms':>9}{'RSS MB':>8}")
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -255,7 +314,9 @@ def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
             continue
         t = c["throughput"]
         span = f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f})"
+        u = c.get("unloaded_latency_ms")
         print(f"{c['label']:<26}{span:>26}{c['latency_ms']['p50']:>9.1f}{c['latency_ms']['p99']:>9.1f}"
+              f"{u['p50'] if u else float('nan'):>7.1f}"
               f"{c['statements_per_saga']:>7.1f}{c['db_round_trips_per_saga']:>9.1f}"
               f"{c['messages_per_saga']:>6.1f}{c['worker_cpu_ms_per_saga']:>8.1f}{c['db_cpu_ms_per_saga']:>9.1f}"
               f"{c['peak_rss_mb']:>8.1f}", file=out)
@@ -279,20 +340,29 @@ class Session:
 
         self.app = worker.app
         self.configs = make_configs(self.app, self.r, self.pg)
-        self.worker = BenchWorker(worker_env(), concurrency=self.args.concurrency,
-                                  queues=f"saga,{os.environ['BENCH_QUEUE']}")
+        from bench.bench_tasks import SERVICE_QUEUES
+
+        queues = ",".join(["saga", os.environ["BENCH_QUEUE"], *SERVICE_QUEUES])
+        self.workers = [BenchWorker(worker_env(), concurrency=self.args.concurrency, queues=queues)
+                        for _ in range(self.args.workers)]
         try:
-            self.worker.wait_ready(self.app)
+            for w in self.workers:
+                w.wait_ready(self.app)
         except BaseException:
-            self.worker.stop()
+            for w in self.workers:
+                w.stop()
             raise
-        self.sampler = RssSampler(self.worker.proc.pid)
+        self.worker = self.workers[0]
+        self.sampler = RssSampler(self.worker.proc.pid)  # RSS: the first worker's tree
         self.sampler.start()
-        self.cpu = CpuMeter(self.worker.proc.pid, self.pg)
+        self.cpu = CpuMeter([w.proc.pid for w in self.workers], self.pg)
         return self
 
-    def measure(self, name: str, n: int, tag: str):  # type: ignore[no-untyped-def]
-        phase = measure(self.configs[name], n, window=self.args.window, tag=f"{os.environ['BENCH_RUN_ID']}-{tag}",
+    def measure(self, name: str, n: int, tag: str, window: int | None = None):  # type: ignore[no-untyped-def]
+        window = window or self.args.window
+        if name == "dbos":
+            return measure_dbos(self.args.database_url, n, window)
+        phase = measure(self.configs[name], n, window=window, tag=f"{os.environ['BENCH_RUN_ID']}-{tag}",
                         r=self.r, sampler=self.sampler, cpu=self.cpu)
         if name.startswith("saga"):
             self.saga_ids.extend(phase.keys)
@@ -300,7 +370,8 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.sampler.stop()
-        self.worker.stop()
+        for w in self.workers:
+            w.stop()
         self.cleanup()
         self.pg.close()
 
@@ -320,8 +391,12 @@ class Session:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     names = [c for c in ORDER if c in args.configs.split(",")]
+    if "dbos" in names and not dbos_available():
+        print("  (dbos: not installed, skipped: pip install -e '.[bench]')", flush=True)
+        names.remove("dbos")
     started = time.monotonic()
     phases: dict[str, list] = {c: [] for c in names}  # type: ignore[type-arg]
+    unloaded: dict[str, list] = {c: [] for c in names}  # type: ignore[type-arg]
     with Session(args) as s:
         for name in names:
             if args.warmup:
@@ -330,20 +405,28 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:  # rotate the order
                 p = s.measure(name, args.n, tag=f"r{rnd}-{name}-")
                 phases[name].append(p)
+                if args.unloaded_n:
+                    u = s.measure(name, args.unloaded_n, tag=f"u{rnd}-{name}-", window=1)
+                    unloaded[name].append(u)
                 print(f"  round {rnd + 1}/{args.rounds} {name:<15} {p.throughput:7.1f}/s "
                       f"({p.n} in {p.elapsed:.1f}s, {p.errors} errors)", flush=True)
-    results = {name: summarize(ps) for name, ps in phases.items()}
+    results = {name: summarize(ps, unloaded[name]) for name, ps in phases.items()}
     doc: dict[str, Any] = {
         "saga_vs_baseline_with_state": ratio(results, "saga", "baseline_state"),
         "saga_vs_baseline": ratio(results, "saga", "baseline"),
         "saga_failure_vs_baseline_with_state": ratio(results, "saga_failure", "baseline_state"),
         "saga_group_vs_group_with_state": ratio(results, "saga_group", "group_state"),
+        "saga_vs_dbos": ratio(results, "saga", "dbos"),
+        "saga_queues_vs_chain_queues_with_state": ratio(results, "saga_queues", "queues_state"),
+        "saga_unloaded_p50_vs_baseline_with_state": unloaded_ratio(results, "saga", "baseline_state"),
+        "saga_unloaded_p50_vs_dbos": unloaded_ratio(results, "saga", "dbos"),
         "saga_p99_vs_baseline_with_state_p99": (
             results["saga"]["latency_ms"]["p99"] / results["baseline_state"]["latency_ms"]["p99"]
             if "saga" in results and "baseline_state" in results else None),
         "configs": results,
         "settings": {"n": args.n, "rounds": args.rounds, "window": args.window, "warmup": args.warmup,
-                     "concurrency": args.concurrency, "pool": "prefork", "acks_late": True, "prefetch": 1,
+                     "concurrency": args.concurrency, "workers": args.workers, "pool": "prefork",
+                     "acks_late": True, "prefetch": 1,
                      "serializer": "json", "database_url": args.database_url, "broker_url": args.broker_url,
                      "cpus": os.cpu_count()},
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -352,13 +435,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+TARGETS = [  # (key, comparison, bound): #6's floor, then #21's targets
+    ("saga_vs_baseline_with_state", ">=", 1.0),
+    ("saga_vs_dbos", ">=", 1.0),
+    ("saga_queues_vs_chain_queues_with_state", ">=", 0.85),
+    ("saga_unloaded_p50_vs_baseline_with_state", "<=", 1.2),
+    ("saga_unloaded_p50_vs_dbos", "<=", 1.0),
+    ("saga_p99_vs_baseline_with_state_p99", "<=", 1.5),
+]
+
+
 def targets(doc: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    tp, p99 = doc["saga_vs_baseline_with_state"], doc["saga_p99_vs_baseline_with_state_p99"]
-    if tp is not None:
-        out["throughput_vs_baseline_with_state"] = {"target": ">= 0.7", "value": round(tp, 3), "met": tp >= 0.7}
-    if p99 is not None:
-        out["p99_vs_baseline_with_state"] = {"target": "<= 2.0", "value": round(p99, 3), "met": p99 <= 2.0}
+    for key, op, bound in TARGETS:
+        value = doc.get(key)
+        if value is not None:
+            out[key] = {"target": f"{op} {bound}", "value": round(value, 3),
+                        "met": value >= bound if op == ">=" else value <= bound}
     return out
 
 
@@ -394,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(doc["configs"])
     print()
     for key in ("saga_vs_baseline_with_state", "saga_vs_baseline", "saga_failure_vs_baseline_with_state",
-                "saga_p99_vs_baseline_with_state_p99", "saga_group_vs_group_with_state"):
+                "saga_p99_vs_baseline_with_state_p99", "saga_group_vs_group_with_state", "saga_vs_dbos",
+                "saga_queues_vs_chain_queues_with_state", "saga_unloaded_p50_vs_baseline_with_state",
+                "saga_unloaded_p50_vs_dbos"):
         if doc[key] is not None:
             print(f"{key:<40} {doc[key]:.3f}")
     for name, t in doc["targets"].items():

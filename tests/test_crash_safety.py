@@ -51,6 +51,11 @@ def workers(app):  # type: ignore[no-untyped-def]
         w.kill()
 
 
+INLINE = pytest.mark.parametrize("inline", [False, True], ids=["published", "inline"])
+"""The crash.chain steps share one queue: with inline steps on (the default) a worker runs b and c in
+the delivery of a's message; off, each step is a message of its own."""
+
+
 def begin(saga_name: str, data: dict) -> tuple[str, object, object]:  # type: ignore[type-arg]
     """Record a run and its start in the test process; return (id, run, first step's command).
 
@@ -74,10 +79,11 @@ def step_counts(view, type_: str) -> dict[str, int]:  # type: ignore[no-untyped-
 # ---------------------------------------------------------------- duplicate delivery
 
 
-def test_a_duplicated_step_message_runs_the_step_once_and_publishes_its_follow_up_once(workers):  # type: ignore[no-untyped-def]
+@INLINE
+def test_a_duplicated_step_message_runs_the_step_once_and_publishes_its_follow_up_once(workers, inline):  # type: ignore[no-untyped-def]
     # Given one worker taking one message at a time: the duplicate is handled right after the
-    # original committed and published the next step, before that step ran.
-    w = workers("dup", concurrency=1)
+    # original committed and published the next step (or ran it inline), before that step ran.
+    w = workers("dup", concurrency=1, SAGA_INLINE_STEPS=str(inline).lower())
     saga_id, run, cmd = begin("crash.chain", {})
 
     # When the first step's message is published twice (same task id, same arguments)
@@ -89,9 +95,9 @@ def test_a_duplicated_step_message_runs_the_step_once_and_publishes_its_follow_u
     # Then the step ran once, the run advanced once per step, and the follow-up was not duplicated
     assert view.state == "COMPLETED"
     assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
-    assert deliveries(saga_id) == ["action:a", "action:a", "action:b", "action:c"]
-    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
-    assert step_counts(view, "StepDispatched") == {"a": 1, "b": 1, "c": 1}
+    # inline: b and c ran in the delivery of a's first copy, so the broker delivered only a, twice
+    assert deliveries(saga_id) == (["action:a", "action:a"] if inline else
+                                   ["action:a", "action:a", "action:b", "action:c"])
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
     ignored = history(view, "DuplicateIgnored", "a") + history(view, "StaleMessageIgnored", "a")
     assert [e.detail["by"] for e in ignored] == [cmd.task_id]
@@ -122,19 +128,24 @@ def test_a_duplicated_order_step_takes_effect_once(workers, order_factory):  # t
 # ---------------------------------------------------------------- crash between commit and publish
 
 
-def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(workers):  # type: ignore[no-untyped-def]
+@INLINE
+def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(workers, inline):  # type: ignore[no-untyped-def]
     # Given a worker whose pool process dies right after committing step b, before publishing c
-    workers("crash-child", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b")
+    # (or, inline, before running c: b ran in the delivery of a's message)
+    workers("crash-child", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b", SAGA_INLINE_STEPS=str(inline).lower())
     saga_id, run, cmd = begin("crash.chain", {})
 
     publish_command(get_runtime(), run, cmd)
     view = wait_for(saga_id, timeout=30)
 
-    # Then reject_on_worker_lost requeued b; the redelivery found its own commit, did not run b
-    # again, and published c
+    # Then reject_on_worker_lost requeued the message being handled (b's, or inline a's); the
+    # redelivery found its own commit, ran neither a nor b again, and published c
     assert view.state == "COMPLETED"
     assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
-    assert [e.detail["by"] for e in history(view, "FollowUpRepublished", "b")] == [view.step("b").task_id]
+    handled = "a" if inline else "b"
+    republished = history(view, "FollowUpRepublished")
+    assert [(e.step, e.detail["by"], e.detail["steps"]) for e in republished] == [
+        (handled, view.step(handled).task_id, ["c"])]
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
 
 
@@ -169,10 +180,11 @@ def test_a_pool_process_dying_after_a_branch_commit_is_recovered_by_the_redelive
         assert sorted(calls(saga_id)) == ["action:a:1", "action:b1:1", "action:b2:1", "action:c:1"]
 
 
-def test_a_pool_process_dying_after_a_compensation_commit_is_recovered_by_the_redelivery(workers):  # type: ignore[no-untyped-def]
+@INLINE
+def test_a_pool_process_dying_after_a_compensation_commit_is_recovered_by_the_redelivery(workers, inline):  # type: ignore[no-untyped-def]
     # Given a worker whose pool process dies right after each commit reporting on step b (its
-    # action, then its compensation), before publishing what follows
-    workers("crash-undo", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b")
+    # action, then its compensation), before publishing (or running inline) what follows
+    workers("crash-undo", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b", SAGA_INLINE_STEPS=str(inline).lower())
     # and a run whose step c fails for good, so b and then a are compensated
     saga_id, run, cmd = begin("crash.chain", {"fail": ["c"]})
 
@@ -180,20 +192,25 @@ def test_a_pool_process_dying_after_a_compensation_commit_is_recovered_by_the_re
     view = wait_for(saga_id, timeout=30)
 
     # Then each redelivery found its own commit, did not run b's action or compensation again, and
-    # published what followed: c after b's action, a's compensation after b's
+    # published what followed: c after b's action, a's compensation after b's. The redelivered
+    # messages are b's (published) or, inline, a's (b ran in its delivery) and c's (b's
+    # compensation ran in the delivery of c's failing message)
     assert view.state == "COMPENSATED"
     assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1", "compensation:b:1", "compensation:a:1"]
-    republished = history(view, "FollowUpRepublished", "b")
-    assert len(republished) == 2 and republished[0].detail["task"] == "crash.action"
-    assert republished[1].detail["task"] == "crash.compensate"
+    republished = history(view, "FollowUpRepublished")
+    assert [(e.step, e.detail["task"], e.detail["steps"]) for e in republished] == (
+        [("a", "crash.action", ["c"]), ("c", "crash.compensate", ["a"])] if inline else
+        [("b", "crash.action", ["c"]), ("b", "crash.compensate", ["a"])])
     assert [applied(saga_id, s) for s in "abc"] == [1, 1, 0]
     assert [int(r().get(f"applied:{saga_id}:{s}:undo") or 0) for s in "ab"] == [1, 1]
     assert step_counts(view, "StepCompensated") == {"a": 1, "b": 1, "c": 0}
 
 
-def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_timeout(workers):  # type: ignore[no-untyped-def]
+@INLINE
+def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_timeout(workers, inline):  # type: ignore[no-untyped-def]
     # Given a worker that is killed whole (no parent left to requeue) right after committing step b
-    doomed = workers("crash-worker", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b:worker")
+    doomed = workers("crash-worker", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="b:worker",
+                     SAGA_INLINE_STEPS=str(inline).lower())
     saga_id, run, cmd = begin("crash.chain", {})
     publish_command(get_runtime(), run, cmd)
     wait_until(lambda: doomed.proc.poll() is not None, 30, "the worker did not die at its crash point")
@@ -205,7 +222,7 @@ def test_a_worker_killed_after_its_commit_is_recovered_after_the_visibility_time
     # Then the saga completed, with each step run once
     assert view.state == "COMPLETED"
     assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
-    assert len(history(view, "FollowUpRepublished", "b")) == 1
+    assert [e.step for e in history(view, "FollowUpRepublished")] == ["a" if inline else "b"]
     assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
 
 
@@ -226,6 +243,24 @@ def test_a_worker_killed_in_the_middle_of_a_step_is_redelivered_and_the_effect_h
     assert calls(saga_id).count("action:b:1") == 2
     assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+
+
+def test_an_inline_step_keeps_its_own_time_limit(workers):  # type: ignore[no-untyped-def]
+    # Given a worker with inline steps (the default) and a run whose step b (time limit 1 s) sleeps 3 s
+    workers("inline-limit", concurrency=1)
+    saga_id, run, cmd = begin("crash.slow", {"sleep": {"b": 3}})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then b ran inline, in the delivery of a's message, and was stopped at its own limit (not a's
+    # 20 s): its effect never happened, it was compensated as unknown, and so was a, all in that
+    # one delivery
+    assert view.state == "COMPENSATED"
+    assert "time limit of 1s" in (view.step("b").error or "")
+    assert deliveries(saga_id) == ["action:a"]
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "compensation:b:1", "compensation:a:1"]
+    assert [applied(saga_id, s) for s in "ab"] == [1, 0]
 
 
 def _drain(w: WorkerProcess) -> None:

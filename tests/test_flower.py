@@ -133,3 +133,22 @@ def test_flower_finds_every_task_of_a_saga_by_its_id(flower, order_factory):  # 
     by_field = flower.get("/api/tasks", params={"search": f"args:{saga_id}", "taskname": "payment.charge"}).json()
     assert [t["name"] for t in by_field.values()] == ["payment.charge"]
     assert flower.get(f"/api/task/info/{next(iter(by_field))}").json()["args"].startswith(f"['{saga_id}'")
+
+
+def test_flower_shows_inline_steps_as_tasks_of_their_own(flower):  # type: ignore[no-untyped-def]
+    # tests.three's steps share the queue "tests": b and c run inline, in the delivery of a's message
+    saga_id = start_saga("tests.three", {})
+    view = wait_for(saga_id, timeout=30)
+    assert view.state == "COMPLETED"
+
+    def found() -> dict | None:  # type: ignore[type-arg]
+        tasks = flower.get("/api/tasks", params={"search": saga_id}).json()
+        done = len(tasks) == 3 and all(t["state"] == "SUCCESS" for t in tasks.values())
+        return tasks if done else None
+
+    tasks = poll(found)
+
+    # each step is a task under its own task id (the id its dispatch recorded), saga id first
+    assert set(tasks) == {s.task_id for s in view.steps}
+    assert sorted(ast.literal_eval(t["args"])[1] for t in tasks.values()) == ["a", "b", "c"]
+    assert all(ast.literal_eval(t["args"])[0] == saga_id for t in tasks.values())

@@ -23,6 +23,7 @@ from workflows.core.steps import step_tasks
 from workflows.operations.actions import cancel, resume
 from workflows.operations.dead_letters import redrive
 from workflows.operations.sweeper import sweep
+from workflows.orchestration.inline import InlineBudget
 from workflows.orchestration.step_task import Delivery, handle_step
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher, Sent
@@ -485,3 +486,111 @@ def test_a_lost_branch_message_times_out_that_branch_and_its_sibling_is_compensa
     view = rt.store.get(saga_id)
     assert view.state == "COMPENSATED"
     assert sorted(c for c in calls if c.startswith("compensation")) == ["compensation:left:1", "compensation:right:1"]
+
+
+# ---------------------------------------------------------------- inline steps
+# `handle_step` given an `InlineBudget`, as the Celery task gives it one: a follow-up on the same
+# queue, due now, that ends before the handled message's hard limit, runs in this delivery instead
+# of being published. Real workers run the same path in tests/test_crash_safety.py (crashes between
+# inline steps, an inline step's own time limit) and in `make bench`.
+
+elsewhere = step_task("inproc.elsewhere", queue="inproc-other")(lambda ctx, data: {"step": ctx.step})
+
+MIXED = register_saga(Saga("inproc.mixed", steps=[
+    Step("a", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("b", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("other", action=elsewhere, compensation=None, retry=POLICY, timeout=30),
+    Step("c", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+]))
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def deliver_inline(rt: Runtime, worker: Worker, budget: InlineBudget | None) -> list[str]:
+    """Deliver the next recorded step message with `budget`; the steps then published."""
+    m = worker.dispatcher.take()[0]
+    assert m.task is not None and m.saga_id is not None and m.step is not None and m.task_id is not None
+    st = step_tasks.get(m.task)
+    assert st is not None
+    handle_step(rt, st, m.saga_id, m.step, Delivery(m.task_id, kwargs=m.kwargs), inline=budget, **m.kwargs)
+    return [s.step or "" for s in worker.dispatcher.sent if s.kind == "step"]
+
+
+def test_consecutive_steps_on_one_queue_run_in_one_delivery(rt: Runtime, worker: Worker) -> None:
+    saga_id = start_saga("inproc.line", {})
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPLETED"
+    assert calls == ["action:a:1", "action:b:1", "action:c:1"]
+    # each inline step was dispatched, and succeeded, in its own transition, under its own task id,
+    # each recorded as made by the message being handled (a's): a redelivery of it finds its own commit
+    dispatched = [e for e in view.events if e.type == "StepDispatched"]
+    assert [e.step for e in dispatched] == ["a", "b", "c"]
+    assert len({e.detail["task_id"] for e in dispatched}) == 3
+    a_task = view.step("a").task_id
+    assert [e.detail["by"] for e in view.events if e.type == "StepSucceeded"] == [a_task] * 3
+    # and each saw the results before it, as a published step does
+    assert view.step("c").result == {"step": "c", "saw": ["a", "b"]}
+
+
+def test_a_step_on_another_queue_is_published_and_the_line_goes_on_inline_after_it(rt: Runtime,
+                                                                                   worker: Worker) -> None:
+    saga_id = start_saga("inproc.mixed", {})
+    # a and b run here; `other` is on another queue: published
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == ["other"]
+    assert calls == ["action:a:1", "action:b:1"]
+    # the worker of that queue runs it; c is on the first queue again: published to its workers
+    assert deliver_inline(rt, worker, InlineBudget("inproc-other", None)) == ["c"]
+    assert rt.store.get(saga_id).step("c").status == "RUNNING"
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    assert rt.store.get(saga_id).state == "COMPLETED"
+
+
+def test_without_a_budget_every_step_is_published(rt: Runtime, worker: Worker) -> None:
+    start_saga("inproc.line", {})
+    assert deliver_inline(rt, worker, None) == ["b"]
+
+
+def test_a_budget_runs_at_most_max_steps_inline(rt: Runtime, worker: Worker) -> None:
+    start_saga("inproc.line", {})
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None, max_steps=1)) == ["c"]
+    assert calls == ["action:a:1", "action:b:1"]
+
+
+def test_a_step_whose_limit_ends_after_the_messages_hard_limit_is_published(rt: Runtime,
+                                                                            worker: Worker) -> None:
+    start_saga("inproc.line", {})
+    mono = Monotonic()
+    # the handled message is killed 20 s from now; b's limit is 30 s: b may not run here
+    assert deliver_inline(rt, worker, InlineBudget("inproc", mono.t + 20, clock=mono)) == ["b"]
+    calls.clear()
+    mono.t += 100
+    assert deliver_inline(rt, worker, InlineBudget("inproc", mono.t + 31 + 1, clock=mono)) == []  # 30 s + margin fit
+    assert calls == ["action:b:1", "action:c:1"]
+
+
+def test_a_retry_with_a_countdown_is_published_not_run_inline(rt: Runtime, worker: Worker) -> None:
+    start_saga("inproc.line", {"behaviour": {"b": {"fail_times": 1}}})
+    published = deliver_inline(rt, worker, InlineBudget("inproc", None))
+    assert published == ["b"]
+    m = worker.dispatcher.sent[-1]
+    assert m.eta is not None  # b's second attempt waits for its countdown in the broker
+    assert calls == ["action:a:1", "action:b:1"]
+
+
+def test_compensations_on_the_same_queue_run_inline_too(rt: Runtime, worker: Worker) -> None:
+    saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}}})
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    assert rt.store.get(saga_id).state == "COMPENSATED"
+    assert calls == ["action:a:1", "action:b:1", "action:c:1", "compensation:a:1"]
+
+
+def test_a_budget_of_no_steps_publishes_as_before(rt: Runtime, worker: Worker) -> None:
+    start_saga("inproc.line", {})
+    assert deliver_inline(rt, worker, InlineBudget("inproc", None, max_steps=0)) == ["b"]

@@ -317,3 +317,52 @@ def test_a_transition_writes_its_dead_letters_unsent_and_a_taken_closure_refuses
     # Then nothing of it was written: the run is at the same version, the dead letter as it was
     assert store.load(run.saga_id) == before and t.after.version == before.version
     assert store.dead_letter(dl.id).status == "DISCARDED"
+
+
+def test_prune_deletes_only_runs_that_ended_before_the_cutoff_with_all_their_rows(store: SagaStore) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from workflows.core.state import ActionFailed, ErrorInfo
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    SHORT = Saga("store_suite_prune", steps=[Step("a", action="x.a", compensation="x.undo_a"),
+                                             Step("b", action="x.b", compensation=None,
+                                                  retry=RetryPolicy(max_attempts=1))])
+
+    def completed(at: datetime) -> str:
+        run = create_run(store, SAGA, {"at": at.isoformat()}, now=at)
+        assert run.state is not None
+        a = apply(store, SAGA, run.saga_id, ActionSucceeded("a", {}), by="t", now=at,
+                  expected_version=run.state.version)
+        apply(store, SAGA, run.saga_id, ActionSucceeded("b", {}), by="t", now=at, expected_version=a.state.version)
+        assert store.get(run.saga_id).state == "COMPLETED"
+        return run.saga_id
+
+    # Given two runs that completed long ago, one that completed recently, one still running, and
+    # one that ended long ago with an open dead letter (b ran out of retries; a compensated)
+    old = [completed(t0), completed(t0 + timedelta(hours=1))]
+    recent = completed(t0 + timedelta(days=40))
+    running = create_run(store, SAGA, {"running": True}, now=t0).saga_id
+    kept = create_run(store, SHORT, {}, now=t0)
+    assert kept.state is not None
+    a = apply(store, SHORT, kept.saga_id, ActionSucceeded("a", {}), by="t", now=t0, expected_version=kept.state.version)
+    b = apply(store, SHORT, kept.saga_id, ActionFailed("b", ErrorInfo("Boom", "no"), True), by="t", now=t0,
+              expected_version=a.state.version)
+    from workflows.core.state import CompensationSucceeded
+
+    apply(store, SHORT, kept.saga_id, CompensationSucceeded("a"), by="t", now=t0, expected_version=b.state.version)
+    assert store.get(kept.saga_id).state == "COMPENSATED" and store.dead_letters(saga_id=kept.saga_id)
+
+    # When runs that ended over 30 days before day 41 are pruned, one per batch
+    cutoff = t0 + timedelta(days=41) - timedelta(days=30)
+    assert store.prune(cutoff, limit=1) == 1
+    assert store.prune(cutoff, limit=10) == 1
+    assert store.prune(cutoff, limit=10) == 0
+
+    # Then the two old completed runs are gone with every row; the others are whole
+    for saga_id in old:
+        assert counts(store, saga_id) == (0, 0, 0)
+        with pytest.raises(SagaNotFound):
+            store.get(saga_id)
+    for saga_id in (recent, running, kept.saga_id):
+        assert counts(store, saga_id)[0] == 1 and counts(store, saga_id)[2] > 0

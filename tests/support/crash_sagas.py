@@ -72,6 +72,12 @@ branches = register_saga(Saga("crash.branches", steps=[
     Step("c", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
 ]))
 
+slow = register_saga(Saga("crash.slow", steps=[
+    Step("a", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
+    Step("b", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=1),
+]))
+"""Step b has a time limit of 1 s: with {"sleep": {"b": 3}} it times out (inline too)."""
+
 
 @task_prerun.connect
 def _count_delivery(sender=None, args=None, kwargs=None, **_: Any) -> None:  # type: ignore[no-untyped-def]

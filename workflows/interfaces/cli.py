@@ -16,7 +16,7 @@ import getpass
 import importlib
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -335,6 +335,30 @@ def sweep(as_json: bool) -> None:
         return
     for what, ids in report.__dict__.items():
         click.echo(f"{what.replace('_', ' ')}: {len(ids)}" + (f"  {' '.join(ids)}" if ids else ""))
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True, callback=lambda c, p, v: _duration(v),
+              help="Delete runs that ended longer ago than this: 30d, 12h, 90m, 3600s.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Runs deleted per transaction.")
+def prune(older_than: timedelta, batch: int) -> None:
+    """Delete the runs that ended (COMPLETED, COMPENSATED) long ago, with their history.
+
+    Never a run with an open dead letter, a FAILED run or a run in flight."""
+    from workflows.operations.retention import prune as run_prune
+
+    click.echo(f"pruned {run_prune(_runtime(), older_than, batch=batch)} run(s) that ended over {older_than} ago")
+
+
+def _duration(raw: str) -> timedelta:
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        if raw[-1:] in units and float(raw[:-1]) >= 0:
+            return timedelta(seconds=float(raw[:-1]) * units[raw[-1]])
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{raw!r} is not a duration like 30d, 12h, 90m or 3600s")
 
 
 @main.command()

@@ -10,6 +10,9 @@ one version ahead and made by itself (`caused_by`), and re-publishes the follow-
 from the state (`commands_for`); each follow-up is checked against its own step's dispatch
 (`is_current`), so a duplicate is harmless.
 
+A follow-up step on the same queue, due now, runs in the same delivery instead of being
+published (`orchestration/inline.py`): one read for the message, then one write per step.
+
 `handle_step` is plain Python over the runtime (no Celery in it): the in-process test tier calls
 it with a `Delivery` and a `RecordingDispatcher`. `make_step_task` wraps it as a Celery task.
 """
@@ -19,7 +22,11 @@ import json
 import logging
 import os
 import signal
+import socket
+import time
 import traceback as tb
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +36,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from workflows.core.definition import Saga, registry
 from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
-from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, CompensationFailed,
+from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
                                   CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo,
-                                  Outcome, RunState)
+                                  Outcome, RunState, Transition)
 from workflows.core.steps import StepContext, StepTask
+from workflows.orchestration.inline import InlineBudget, budget_for, holding_pool_soft_limit, soft_limit
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import message_for
@@ -63,25 +71,57 @@ class RetrySelf:
     error: BaseException
 
 
-def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, saga: str, kind: str,
-                version: int, input: dict[str, Any], attempt: int = 1, results: dict[str, Any] | None = None,
-                result: dict[str, Any] | None = None) -> RetrySelf | None:
+def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *,
+                inline: InlineBudget | None = None, **message: Any) -> RetrySelf | None:
     """Check, run the step function, then load → decide → commit → publish. Returns a `RetrySelf`
-    when the next attempt is this message again (the caller raises Celery's retry)."""
-    by = delivery.task_id
+    when the next attempt is this message again (the caller raises Celery's retry).
+
+    With an `inline` budget, a follow-up step on the same queue runs here, in this delivery,
+    instead of being published (`orchestration.inline`); each inline step is committed on its own."""
+    done = _handle_one(rt, st, saga_id, step, delivery, by=delivery.task_id, **message)
+    if not isinstance(done, Transition):
+        return done
+    t = done
+    if inline is not None:
+        with holding_pool_soft_limit():
+            while (follow := inline.next_step(t)) is not None:
+                cmd, next_task = follow
+                if t.dead_letters:
+                    rt.loop.send_dead_letters(t.dead_letters, saga_id)
+                _, kwargs = message_for(t.after, cmd)
+                log.info("running %s %s inline", cmd.task, cmd.step,
+                         extra={"saga_id": saga_id, "step": cmd.step, "task_id": cmd.task_id})
+                with _announced(rt, next_task, cmd, saga_id, kwargs):
+                    nxt = _handle_one(rt, next_task, saga_id, cmd.step, Delivery(cmd.task_id, kwargs=kwargs),
+                                      by=delivery.task_id, state=t.after, limit=cmd.time_limit, **kwargs)
+                if not isinstance(nxt, Transition):
+                    return None  # stale (a cancel, a timeout came in between): nothing to follow up
+                t = nxt
+    rt.loop.publish(t)
+    return None
+
+
+def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, by: str, saga: str,
+                kind: str, version: int, input: dict[str, Any], attempt: int = 1,
+                results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
+                state: RunState | None = None, limit: float | None = None) -> RetrySelf | Transition | None:
+    """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
+    or None when there is nothing to publish. `by`: the message being handled, whose own every
+    transition made while handling it is; `state`: the run as just committed (an inline step);
+    `limit`: the soft time limit to arm here (an inline step: the broker's does not apply)."""
     try:
         definition = registry.get(saga)
     except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
         _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("UnknownSaga", str(e)))
         return None
     try:
-        run = rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
+        run = state or rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
     except SagaNotFound as e:  # a worker on another database, or a run deleted: keep the message too
         _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("SagaNotFound", str(e)))
         return None
     loop = rt.loop
-    dispatch = Dispatch(step, kind, by, attempt)
-    if not is_current(run, step, kind, by, attempt):
+    dispatch = Dispatch(step, kind, delivery.task_id, attempt)
+    if not is_current(run, step, kind, delivery.task_id, attempt):
         # Stale (a duplicate, or overtaken by a timeout/cancel/retry) or our own commit redelivered:
         # the step must not run again.
         applied = loop.ignore_stale(run, by=by, step=step, what=f"{kind} (not run)", own=run.caused_by == by,
@@ -90,29 +130,82 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
 
-    ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
-                      input=input, results=results or {}, result=result, item=definition.item(step, input))
-    outcome, error = _run_function(definition, st, ctx, input)
+    ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
+                      task_id=delivery.task_id, input=input, results=results or {}, result=result,
+                      item=definition.item(step, input))
+    if limit is None:
+        outcome, error = _run_function(definition, st, ctx, input)
+    else:
+        with soft_limit(limit):
+            outcome, error = _run_function(definition, st, ctx, input)
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
                           kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
-                          headers={"task_id": by, "retries": delivery.retries})
+                          headers={"task_id": delivery.task_id, "retries": delivery.retries})
     applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
     _test_crash_point(step)
     t = applied.transition
     if t is None:
-        if applied.own_commit:
+        if applied.own_commit and state is None:
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
-    own = [c for c in t.commands if c.step == step and c.kind == kind and c.task_id == by]
+    own = [c for c in t.commands if c.step == step and c.kind == kind and c.task_id == delivery.task_id
+           and state is None]
     if own and error is not None and len(t.commands) == 1:
         # A retry of this very task: Celery's own retry (same task id, countdown, retries + 1).
         cmd = own[0]
         args, kwargs = message_for(t.after, cmd)
         countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
         return RetrySelf(args, kwargs, countdown, error)
-    loop.publish(t)
-    return None
+    return t
+
+
+@contextmanager
+def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Flower's view of an inline step: the task events a worker sends for a message it runs (with
+    task events on), under the step's own task id, its saga id first in its arguments."""
+    events = _events(rt)
+    if events is None:
+        yield
+        return
+    fields = {"uuid": cmd.task_id}  # the dispatcher adds its hostname and pid
+    started = time.monotonic()
+    _send_event(events, "task-received", name=cmd.task, args=repr([saga_id, cmd.step]),
+                kwargs=repr(kwargs)[:1024], retries=0, eta=None, expires=None, **fields)
+    _send_event(events, "task-started", **fields)
+    outcome = "task-succeeded"
+    try:
+        yield
+    except BaseException:
+        outcome = "task-failed"
+        raise
+    finally:
+        _send_event(events, outcome, result="inline", runtime=time.monotonic() - started, **fields)
+
+
+_EVENTS: dict[int, Any] = {}
+"""This process's event dispatcher for inline steps, by pid (a forked pool process makes its own)."""
+
+
+def _events(rt: Runtime) -> Any:
+    app = rt.app
+    if app is None or not app.conf.worker_send_task_events:
+        return None
+    pid = os.getpid()
+    if pid not in _EVENTS:
+        from celery import current_task
+
+        hostname = getattr(getattr(current_task, "request", None), "hostname", None) or socket.gethostname()
+        _EVENTS.clear()
+        _EVENTS[pid] = app.events.Dispatcher(app.connection_for_write(), hostname=hostname, enabled=True)
+    return _EVENTS[pid]
+
+
+def _send_event(events: Any, type_: str, **fields: Any) -> None:
+    try:
+        events.send(type_, **fields)
+    except Exception as e:  # events are for watching: never fail a step for them
+        log.warning("task event %s of an inline step not sent: %s", type_, e)
 
 
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
@@ -210,7 +303,13 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
     """Register `st` on `app` as the Celery task of its name, on its queue, acknowledged late."""
 
     def body(self: Task, saga_id: str, step: str, **kwargs: Any) -> None:
-        retry = handle_step(get_runtime(), st, saga_id, step, delivery_of(self), **kwargs)
+        started = time.monotonic()
+        rt = get_runtime()
+        inline = None
+        if rt.settings.inline_steps:
+            hard = (self.request.timelimit or (None, None))[0]
+            inline = budget_for(st.queue, hard, started, rt.settings.inline_max_steps)
+        retry = handle_step(rt, st, saga_id, step, delivery_of(self), inline=inline, **kwargs)
         if retry is not None:
             raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
 

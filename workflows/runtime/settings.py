@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     """Comma-separated modules the worker imports besides the examples (your sagas and steps)."""
     api_token: str | None = None
     """Bearer token the HTTP API requires, when set."""
+    inline_steps: bool = True
+    """Run a follow-up step on the same queue in the delivery that recorded the previous one,
+    instead of publishing it (`workflows.orchestration.inline`)."""
+    inline_max_steps: int = 16
+    """At most this many steps run inline in one delivery."""
     test_mode: bool = False
     """Enables the failure-injection endpoints of the HTTP API."""
 

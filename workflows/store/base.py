@@ -112,6 +112,11 @@ class SagaStore(Protocol):
         back. Registered inside a savepoint of `tx`, `check` runs first (did the writes survive?)."""
         ...
 
+    def prune(self, ended_before: datetime, *, limit: int = 1000) -> int:
+        """Delete up to `limit` runs that ended (COMPLETED, COMPENSATED) before `ended_before`, with
+        their rows; never one with an open dead letter or an unsent outbox row. Returns how many."""
+        ...
+
     def load(self, saga_id: str) -> RunState:
         """The run and its steps as of one snapshot. `SagaNotFound` if there is none."""
         ...

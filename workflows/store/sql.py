@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from workflows.store.base import Created
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
-from workflows.store.models import DeadLetterRow, SagaRow
+from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_letter_values, event_values,
                                   step_values)
@@ -48,6 +48,7 @@ _BUMP = (update(SAGAS).where(SAGAS.c.id == bindparam("b_id"), SAGAS.c.version ==
 _STEP_UPDATE = update(STEPS).where(STEPS.c.saga_id == bindparam("b_saga_id"),
                                    STEPS.c.index == bindparam("b_index"))
 _DEAD_LETTERS = DeadLetterRow.__table__
+_OUTBOX = OutboxRow.__table__
 
 
 class SqlStore(Reads, EventStore, JoinedStore):
@@ -71,6 +72,31 @@ class SqlStore(Reads, EventStore, JoinedStore):
         except IntegrityError as e:
             return self._taken(t, idempotency_key, e)
         return Created(t.after.saga_id, True)
+
+    # ------------------------------------------------------------ retention
+
+    def prune(self, ended_before: datetime, *, limit: int = 1000) -> int:
+        """Delete up to `limit` runs that ended (COMPLETED or COMPENSATED) before `ended_before`,
+        with their steps, history, resolved dead letters and sent outbox rows, in one transaction
+        (a choreography's processed-event markers stay: they are what makes a late duplicate a no-op);
+        returns how many. A run with an open dead letter or an unsent outbox row is kept, and so
+        is every run that has not ended (FAILED waits for an operator). Call it until it returns 0."""
+        ended = (RunStatus.COMPLETED.value, RunStatus.COMPENSATED.value)
+        with self.sessions.begin() as s:
+            ids = list(s.scalars(
+                select(SagaRow.id).where(
+                    SagaRow.state.in_(ended), SagaRow.updated_at < ended_before,
+                    ~exists().where(_DEAD_LETTERS.c.saga_id == SagaRow.id, _DEAD_LETTERS.c.status == "OPEN"),
+                    ~exists().where(_OUTBOX.c.saga_id == SagaRow.id, _OUTBOX.c.sent_at.is_(None)))
+                .limit(limit).with_for_update(skip_locked=True)))
+            if not ids:
+                return 0
+            s.execute(delete(EVENTS).where(EVENTS.c.saga_id.in_(ids)))
+            s.execute(delete(_DEAD_LETTERS).where(_DEAD_LETTERS.c.saga_id.in_(ids)))
+            s.execute(delete(_OUTBOX).where(_OUTBOX.c.saga_id.in_(ids)))
+            s.execute(delete(STEPS).where(STEPS.c.saga_id.in_(ids)))
+            s.execute(delete(SAGAS).where(SAGAS.c.id.in_(ids)))
+        return len(ids)
 
     def _taken(self, t: Transition, idempotency_key: str | None, error: IntegrityError) -> Created:
         """The insert of `t`'s run failed on a unique key: the idempotency key's run, or a taken id."""

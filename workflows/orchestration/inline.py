@@ -1,0 +1,107 @@
+"""Inline steps: the next step runs in the delivery that recorded the previous one, when it can.
+
+When a step's transition dispatches exactly one message, for a step task on the queue this
+worker just took a message from, with no countdown, the worker runs that step itself instead of
+publishing it and waiting for the broker to hand it back. Each inline step is a step like any
+other: it is dispatched in the history (its own task id), guarded by `is_current`, committed in
+its own transition, with its own retry policy and idempotency key. What it does not get from the
+broker it gets here:
+
+* **its own soft time limit**, armed with `SIGALRM` for its run (Celery's soft limit of the
+  message being handled is held off meanwhile: that limit belongs to the step already recorded);
+* **a bound**: a step is run inline only if its time limit ends before the hard time limit of the
+  message being handled, so the prefork pool never kills a step early and the message (still
+  unacknowledged) never outlives the broker's visibility timeout; and at most `max_steps` in a row;
+* **crash safety**: every transition made while handling one message is recorded as that
+  message's own (`by` its task id). A worker killed between two inline steps redelivers the
+  message; it finds the run ahead and made by itself, and re-publishes the step in flight, as a
+  redelivery after any commit does (`found_own_commit`): nothing committed is redone;
+* **Flower visibility**: with task events on, `task-received`, `task-started` and
+  `task-succeeded` (or `task-failed`) are sent for each inline step under its own task id, its
+  saga id first in its arguments, as for a published step; a log line says it ran inline.
+
+A step elsewhere (another queue, a countdown, a group of several messages) is published as
+before. `SAGA_INLINE_STEPS=false` turns it off.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workflows.core.state import Command, Transition
+from workflows.core.steps import StepTask, step_tasks
+
+MARGIN = 1.0
+"""Seconds an inline step's soft limit must end before the handled message's hard limit."""
+
+
+@dataclass
+class InlineBudget:
+    """What the delivery being handled may still run inline."""
+
+    queue: str
+    """The queue the handled message came from (this worker consumes it)."""
+    ends_at: float | None
+    """Monotonic time of the handled message's hard time limit (None: no limit)."""
+    max_steps: int = 16
+    clock: Callable[[], float] = time.monotonic
+    ran: int = field(default=0)
+
+    def next_step(self, t: Transition) -> tuple[Command, StepTask] | None:
+        """The one message of `t` to run here instead of publishing it, if there is one."""
+        if self.ran >= self.max_steps or len(t.commands) != 1:
+            return None
+        cmd = t.commands[0]
+        st = step_tasks.get(cmd.task)
+        if st is None or st.queue != self.queue or cmd.eta is not None:
+            return None
+        if self.ends_at is not None and self.clock() + cmd.time_limit + MARGIN > self.ends_at:
+            return None
+        self.ran += 1
+        return cmd, st
+
+
+def budget_for(queue: str, hard_limit: float | None, started: float, max_steps: int) -> InlineBudget | None:
+    """The budget of a message taken from `queue` at `started` with hard limit `hard_limit`, or None
+    where an inline step's own soft limit cannot be armed (a thread that is not the main one)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        return None
+    return InlineBudget(queue, started + hard_limit if hard_limit else None, max_steps)
+
+
+def _raise_soft_limit(signum: int, frame: FrameType | None) -> None:
+    raise SoftTimeLimitExceeded("inline step time limit")
+
+
+@contextmanager
+def soft_limit(seconds: float) -> Iterator[None]:
+    """Raise `SoftTimeLimitExceeded` in this (main) thread after `seconds`, as Celery's soft limit would."""
+    previous = signal.signal(signal.SIGALRM, _raise_soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def holding_pool_soft_limit() -> Iterator[None]:
+    """Hold off the pool's soft-limit signal (SIGUSR1) of the message being handled: while inline
+    steps run, that limit (of the step already recorded) must not raise in one of them."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(usr1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(usr1, previous)
