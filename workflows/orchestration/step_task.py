@@ -83,7 +83,7 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return done
     t = done
     if inline is not None:
-        with holding_pool_soft_limit():
+        with holding_pool_soft_limit(), _flushing_events(rt):
             while (follow := inline.next_step(t)) is not None:
                 cmd, next_task = follow
                 if t.dead_letters:
@@ -184,7 +184,22 @@ def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: di
 
 
 _EVENTS: dict[int, Any] = {}
-"""This process's event dispatcher for inline steps, by pid (a forked pool process makes its own)."""
+"""This process's event dispatcher for inline steps, by pid (a forked pool process makes its own).
+It buffers task events (as the worker's own dispatcher does) and sends them as one message when
+the delivery's inline steps are done (`_flushing_events`)."""
+
+
+@contextmanager
+def _flushing_events(rt: Runtime) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        events = _EVENTS.get(os.getpid())
+        if events is not None:
+            try:
+                events.flush(errors=False, groups=True)
+            except Exception as e:  # events are for watching: never fail a step for them
+                log.warning("task events of inline steps not sent: %s", e)
 
 
 def _events(rt: Runtime) -> Any:
@@ -197,7 +212,8 @@ def _events(rt: Runtime) -> Any:
 
         hostname = getattr(getattr(current_task, "request", None), "hostname", None) or socket.gethostname()
         _EVENTS.clear()
-        _EVENTS[pid] = app.events.Dispatcher(app.connection_for_write(), hostname=hostname, enabled=True)
+        _EVENTS[pid] = app.events.Dispatcher(app.connection_for_write(), hostname=hostname, enabled=True,
+                                             buffer_group=["task"], buffer_limit=1000)
     return _EVENTS[pid]
 
 
