@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from tests.support.interfaces import failed_saga, new_id, wait_until
-from tests.support.seed import seed_runs
+from tests.support.seed import delete_runs, seed_runs
 from workflows import get_runtime, get_saga, start_saga
 from workflows.core.views import EventView, SagaView, StepView
 from workflows.interfaces.api import create_app
@@ -40,6 +40,14 @@ def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
         r = c.post("/console/login", data={"token": TOKEN, "next": "/console/"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/console/"
         yield c
+
+
+@pytest.fixture
+def seed_prefix(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A prefix for seeded runs, removed after the test."""
+    prefix = new_id("seed")
+    yield prefix
+    delete_runs(get_runtime().store, prefix)
 
 
 def csrf_of(page: str) -> str:
@@ -98,8 +106,8 @@ def test_logout_needs_the_csrf_token_and_ends_the_session(client):  # type: igno
 # ------------------------------------------------------------------ the list
 
 
-def test_the_list_filters_searches_counts_and_pages(client):  # type: ignore[no-untyped-def]
-    prefix = new_id("list")
+def test_the_list_filters_searches_counts_and_pages(client, seed_prefix):  # type: ignore[no-untyped-def]
+    prefix = seed_prefix
     now = datetime.now(timezone.utc)
     ids = seed_runs(get_runtime().store, 120, prefix=prefix, now=now)  # run i is 30*(120-i) s old
 
@@ -149,12 +157,12 @@ def test_a_bad_filter_is_a_400_page_naming_it(client, query, message):  # type: 
     assert client.get(f"/console/fragments/sagas?{query}").status_code == 400
 
 
-def test_the_activity_chart_counts_the_last_hour(client):  # type: ignore[no-untyped-def]
+def test_the_activity_chart_counts_the_last_hour(client, seed_prefix):  # type: ignore[no-untyped-def]
     now = datetime.now(timezone.utc)
     buckets = get_runtime().store.activity(now)
     assert len(buckets) == 12 and buckets[0].start == now - timedelta(hours=1)
     before = sum(b.started for b in buckets)
-    seed_runs(get_runtime().store, 40, prefix=new_id("chart"), now=now)  # 40 runs in the last 20 minutes
+    seed_runs(get_runtime().store, 40, prefix=seed_prefix, now=now)  # 40 runs in the last 20 minutes
     after = get_runtime().store.activity(now + timedelta(seconds=1))
     assert sum(b.started for b in after) == before + 40
     page = client.get("/console/").text

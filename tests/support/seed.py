@@ -65,3 +65,15 @@ def seed_runs(store: Any, n: int, *, prefix: str = "seed", now: datetime | None 
             if dls:
                 s.execute(insert(DeadLetterRow.__table__), dls)
     return ids
+
+
+def delete_runs(store: Any, prefix: str) -> None:
+    """Remove what `seed_runs(prefix=...)` wrote (so no later test, or a sweep, meets the seeds)."""
+    from sqlalchemy import delete
+
+    like = f"{prefix}-%"
+    with store.sessions.begin() as s:
+        s.execute(delete(DeadLetterRow.__table__).where(DeadLetterRow.__table__.c.saga_id.like(like)))
+        s.execute(delete(EVENTS).where(EVENTS.c.saga_id.like(like)))
+        s.execute(delete(STEPS).where(STEPS.c.saga_id.like(like)))
+        s.execute(delete(SAGAS).where(SAGAS.c.id.like(like)))
