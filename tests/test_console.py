@@ -268,6 +268,48 @@ def test_bulk_redrive_of_one_type_and_step_from_the_page_and_the_cli(client, red
     assert left == []
 
 
+# ------------------------------------------------------------------ the store's console reads, on both databases
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_console_reads_answer_alike_on_sqlite_and_postgresql(backend, request, tmp_path):  # type: ignore[no-untyped-def]
+    from workflows.store import open_store
+    from workflows.store.base import DeadLetterQuery
+    from workflows.store.db import migrate
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'console.db'}"
+        migrate(url)
+    else:
+        url = request.getfixturevalue("database")
+    store = open_store(url)
+    prefix = new_id("reads")
+    now = datetime.now(timezone.utc)
+    ids = seed_runs(store, 60, prefix=prefix, now=now)
+    try:
+        assert [s.id for s in store.search_sagas(SagaQuery(search=f"{prefix}-order-3")).items] == [ids[3]]
+        assert [s.id for s in store.search_sagas(SagaQuery(search=ids[5])).items] == [ids[5]]
+        assert [s.id for s in store.search_sagas(SagaQuery(search=f"{prefix}-key-8")).items] == [ids[8]]
+        assert store.search_sagas(SagaQuery(search="cust-3", search_keys=("customer_id",))).total >= 1
+        recent = SagaQuery(created_after=now - timedelta(seconds=30 * 61), state="COMPENSATED", limit=100)
+        page = store.search_sagas(recent)
+        assert {s.id for s in page.items if s.id.startswith(prefix)} == {
+            ids[i] for i in range(60) if i % 20 in (14, 15, 16)}
+        dls = store.search_dead_letters(DeadLetterQuery(saga_type="order_fulfillment", step="process_payment"))
+        assert {d.saga_id for d in dls.items if (d.saga_id or "").startswith(prefix)} == {ids[0], ids[50]}
+        assert all(dls.saga_types[d.id] == "order_fulfillment" for d in dls.items)
+        assert {d.saga_id for d in store.open_dead_letters_of("order_fulfillment", "process_payment")
+                if (d.saga_id or "").startswith(prefix)} == {ids[0], ids[50]}
+        assert "order_fulfillment" in store.saga_type_names()
+        chart = store.activity(now + timedelta(seconds=3))  # the 60 runs started in the last 30 minutes
+        assert sum(b.started for b in chart) >= 60 and sum(b.completed for b in chart) >= 42
+        if backend == "sqlite":  # a database of its own: exactly the seeds
+            assert (sum(b.started for b in chart), sum(b.completed for b in chart),
+                    sum(b.compensated for b in chart), sum(b.failed for b in chart)) == (60, 42, 9, 3)
+    finally:
+        delete_runs(store, prefix)
+
+
 # ------------------------------------------------------------------ the timeline, pure
 
 
