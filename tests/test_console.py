@@ -185,6 +185,12 @@ def test_a_saga_page_shows_input_as_text_steps_timeline_and_flower_links(client)
     task = get_saga(sid).step("a").task_id
     assert f'href="http://flower.example:5555/task/{task}"' in page
     assert 'id="signal-action"' in page  # the place of the signal action, not available yet
+    [failed] = [e for e in get_saga(sid).events if e.type == "StepFailed"]  # a permanent error: no dead letter
+    assert failed.detail["traceback"].startswith("Traceback (most recent call last)")
+    assert "PermanentError: c refuses" in failed.detail["traceback"]
+    row = page[page.index('<tr data-step="c">'):]
+    row = row[:row.index("</tr>")]
+    assert "PermanentError: c refuses" in row and '<pre class="traceback">Traceback (most recent call last)' in row
 
 
 def test_an_action_without_the_csrf_token_a_reason_a_name_or_a_confirmation_is_refused(client):  # type: ignore[no-untyped-def]

@@ -46,6 +46,7 @@ RUN_STATES = [s.value for s in RunStatus]
 DL_STATUSES = ("OPEN", "REDRIVEN", "DISCARDED", "ALL")
 DL_KINDS = ("", "action", "compensation", "event", "message")
 MAX_FIELD = 1000
+FAILURES = ("StepAttemptFailed", "StepFailed", "CompensationAttemptFailed", "CompensationFailed")
 
 
 def _json(value: Any) -> str:
@@ -58,7 +59,8 @@ def _ts(value: datetime | None) -> str:
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(enabled_extensions=("html",), default=True))
-templates.filters.update(json=_json, ts=_ts, urlquote=lambda v: quote(str(v), safe=""))
+templates.filters.update(json=_json, ts=_ts, urlquote=lambda v: quote(str(v), safe=""),
+                         omit=lambda d, key: {k: v for k, v in d.items() if k != key})
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -301,10 +303,13 @@ def _stages(view: SagaView) -> dict[str, str]:
 def _saga_context(saga_id: str) -> dict[str, Any]:
     view = get_runtime().store.get(saga_id)
     now = _now()
-    tracebacks: dict[str, str] = {}
+    tracebacks: dict[str, str] = {}  # each step's latest failure's traceback (history), else its dead letter's
     for d in view.dead_letters:
         if d.step and d.traceback:
             tracebacks[d.step] = d.traceback
+    for e in view.events:
+        if e.step and e.type in FAILURES and isinstance(e.detail.get("traceback"), str):
+            tracebacks[e.step] = e.detail["traceback"]
     return {"saga": view, "timeline": timeline.build(view, now, _stages(view)), "tracebacks": tracebacks,
             "steps_in_flight": [s.name for s in view.steps if s.status in ("RUNNING", "COMPENSATING",
                                                                            "COMPENSATION_FAILED")]}
