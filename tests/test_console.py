@@ -216,6 +216,7 @@ def test_an_action_without_the_csrf_token_a_reason_a_name_or_a_confirmation_is_r
 
     done = client.post(f"/console/sagas/{sid}/cancel", data=good, follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == f"/console/sagas/{sid}"
+    assert 'name="operator" value="olga"' in client.get(f"/console/sagas/{sid}").text  # remembered for the next form
     cancelled = [e for e in get_saga(sid).events if e.type == "SagaCancelled"]
     assert [(e.detail["who"], e.detail["reason"]) for e in cancelled] == [("olga", "customer asked")]
     again = client.post(f"/console/sagas/{sid}/cancel", data=good)  # follows the redirect: the flash says why
@@ -262,6 +263,8 @@ def test_bulk_redrive_of_one_type_and_step_from_the_page_and_the_cli(client, red
         redis_client.delete(f"switch:{sid}:a")
     usage = CliRunner().invoke(main, ["dlq", "redrive", "--type", "tests.three", "--step", "a"])
     assert usage.exit_code == 2 and "--all" in usage.output
+    both = CliRunner().invoke(main, ["dlq", "redrive", "some-id", "--type", "tests.three", "--step", "a", "--all"])
+    assert both.exit_code == 2 and "not both" in both.output
     done = CliRunner().invoke(main, ["--who", "rita", "dlq", "redrive", "--type", "tests.three", "--step", "a",
                                      "--all", "--reason", "fixed"])
     assert done.exit_code == 0, done.output

@@ -139,7 +139,11 @@ def test_an_operator_finds_a_stuck_order_redrives_its_dead_letter_and_watches_it
     sync_api.expect(timeline.locator(
         'rect[data-step="reserve_inventory"][data-kind="compensation"][data-status="ok"]')).to_have_count(1)
     assert get_saga(sid).state == "COMPENSATED"
-    page.locator("#saga-live").screenshot(path=str(DOCS / "console-timeline.png"))
+    top, steps = page.locator("h1").bounding_box(), page.locator("#steps").bounding_box()
+    assert top and steps
+    height = steps["y"] + steps["height"] - top["y"] + 16
+    page.screenshot(path=str(DOCS / "console-timeline.png"), full_page=True,  # the header, timeline and steps
+                    clip={"x": 0, "y": top["y"] - 8, "width": 1280, "height": height})
     resumed = [e for e in get_saga(sid).events if e.type == "CompensationResumed"]
     assert [e.detail["who"] for e in resumed] == ["olga"]
 

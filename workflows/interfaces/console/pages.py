@@ -13,7 +13,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -103,7 +103,8 @@ def _render(request: Request, session: auth.Session | None, name: str, status: i
     flash = request.cookies.get("saga_console_flash", "")
     body = templates.get_template(name).render(
         csrf=session.csrf if session else "", csrf_field=auth.CSRF_FIELD, flash=flash,
-        operator=request.cookies.get("saga_operator", ""), flower=(settings.flower_url or "").rstrip("/"),
+        operator=unquote(request.cookies.get("saga_operator", ""))[:100],
+        flower=(settings.flower_url or "").rstrip("/"),
         token_set=bool(settings.api_token), **context)
     response = HTMLResponse(body, status_code=status)
     response.headers["Cache-Control"] = "no-store"
