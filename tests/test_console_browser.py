@@ -98,9 +98,9 @@ def test_an_operator_finds_a_stuck_order_redrives_its_dead_letter_and_watches_it
     sync_api.expect(page.locator("tr[data-saga-id]")).to_have_count(1)
     sync_api.expect(row.locator(".state")).to_have_text("FAILED")
     sync_api.expect(row.locator(".dl-count")).to_have_text("1 open")
-    page.goto(f"{console_url}/console/")  # the screenshot shows the whole list and the chart
+    page.goto(f"{console_url}/console/")  # the list as it opens
     DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "console-sagas.png"), full_page=True)
+    page.screenshot(path=str(DOCS / "console-sagas.png"))  # the first screen: filters, chart, counts, newest runs
 
     # Then its timeline shows the shipment failed, the charge refunded, the release failing
     page.goto(f"{console_url}/console/?q={order['order_id']}")
