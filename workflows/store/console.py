@@ -4,8 +4,8 @@ by saga type and step. Mixed into every store (`SqlStore`); queries only, one se
 Each query is shaped for an index of revision 0008 (or older): the list is newest first on
 `ix_sagas_created` (`ix_sagas_state_created`, `ix_sagas_type_created` with a state or type),
 the search by business key is `input @> {"order_id": ...}` on the GIN index `ix_sagas_input`
-(PostgreSQL; SQLite reads the key with `json_extract`), "stuck" is a semi-join on
-`ix_saga_steps_deadline`, "has open dead letters" one on `ix_dead_letters_status`.
+(PostgreSQL; SQLite reads the key with `json_extract`), "stuck" joins the late runs found
+on `ix_saga_steps_deadline` and `ix_sagas_deadline`, "has open dead letters" one on `ix_dead_letters_status`.
 `tests/test_console_scale.py` checks the plans with EXPLAIN at 10,000 runs.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, type_coerce
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coerce, union
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,11 +77,11 @@ class ConsoleReads:
             where.append(SagaRow.created_at >= q.created_after)
         if q.created_before is not None:
             where.append(SagaRow.created_at < q.created_before)
-        if q.stuck_at is not None:
-            late_step = exists().where(StepRow.saga_id == SagaRow.id, StepRow.status.in_(_IN_FLIGHT),
-                                       StepRow.deadline_at < q.stuck_at)
-            late_run = and_(SagaRow.state == RunStatus.RUNNING.value, SagaRow.deadline_at < q.stuck_at)
-            where.append(and_(SagaRow.state.not_in(_TERMINAL), or_(late_run, late_step)))
+        if q.stuck_at is not None:  # the few late runs, found on the deadline indexes, then joined by id
+            late_steps = select(StepRow.saga_id).where(StepRow.status.in_(_IN_FLIGHT), StepRow.deadline_at < q.stuck_at)
+            late_runs = select(SagaRow.id).where(SagaRow.deadline_at < q.stuck_at,
+                                                 SagaRow.state == RunStatus.RUNNING.value)
+            where.append(and_(SagaRow.state.not_in(_TERMINAL), SagaRow.id.in_(union(late_steps, late_runs))))
         if q.open_dead_letters:
             where.append(SagaRow.id.in_(select(DeadLetterRow.saga_id).where(DeadLetterRow.status == "OPEN")))
         if q.search:
