@@ -83,3 +83,26 @@ fan_out = register_saga(Saga("tests.fan_out", steps=[
                  timeout=10), items=lambda data: data["parcels"], max_items=20),
     Step("notify", action=action, compensation=None, retry=FAST, compensation_retry=FAST_COMP, timeout=10),
 ]))
+
+
+# The console's browser test (tests/test_console_browser.py): the example shop's order with compensations
+# that give up after 3 quick tries, so a stuck release is dead-lettered in seconds, not minutes.
+def _console_order() -> Saga:
+    from tasks.inventory import release_reservation, reserve_items
+    from tasks.notification import send_confirmation
+    from tasks.payment import charge_payment, refund_payment
+    from tasks.sagas import Order
+    from tasks.shipping import cancel_shipment, create_shipment
+
+    return Saga("tests.console_order", input_model=Order, steps=[
+        Step("reserve_inventory", action=reserve_items, compensation=release_reservation, retry=FAST,
+             compensation_retry=FAST_COMP, timeout=10),
+        Step("process_payment", action=charge_payment, compensation=refund_payment, retry=FAST,
+             compensation_retry=FAST_COMP, timeout=10),
+        Step("create_shipment", action=create_shipment, compensation=cancel_shipment, retry=FAST,
+             compensation_retry=FAST_COMP, timeout=10),
+        Step("send_confirmation", action=send_confirmation, compensation=None, retry=FAST, timeout=10),
+    ])
+
+
+console_order = register_saga(_console_order())

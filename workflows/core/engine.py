@@ -13,7 +13,7 @@ from typing import Any
 
 from workflows.core.definition import Saga
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command,
-                                  CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure,
+                                  CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure, ErrorInfo,
                                   HistoryEvent, IdSource, Ignored, Outcome, Redispatch, Resume, RunState,
                                   RunStatus, Started, StepState, StepStatus, Timing, Transition)
 
@@ -264,14 +264,14 @@ class _Decision:
         # No new work once compensation began: a branch failing then is not retried.
         if o.retryable and attempt < policy.max_attempts and self.status == RunStatus.RUNNING:
             s = self._set(s, attempts=attempt, error=str(o.error))
-            self._emit("StepAttemptFailed", s.name, attempt, error=str(o.error),
+            self._emit("StepAttemptFailed", s.name, attempt, **_error_detail(o.error),
                        retry_in=round(o.countdown, 3))
             self._dispatch(s, "action", o.countdown, retry=True)
             return
         exhausted = o.retryable and attempt >= policy.max_attempts
         s = self._set(s, status=StepStatus.FAILED, attempts=attempt, error=str(o.error),
                       eta=None, deadline_at=None, finished_at=self.now)
-        self._emit("StepFailed", s.name, attempt, error=str(o.error),
+        self._emit("StepFailed", s.name, attempt, **_error_detail(o.error),
                    reason="retries exhausted" if exhausted else
                    "permanent error" if not o.retryable else "not retried: the saga is compensating")
         if exhausted:
@@ -304,13 +304,13 @@ class _Decision:
         policy = self.saga.step(s.name).compensation_retry
         if o.retryable and attempt < policy.max_attempts:
             s = self._set(s, compensation_attempts=attempt, error=str(o.error))
-            self._emit("CompensationAttemptFailed", s.name, attempt, error=str(o.error),
+            self._emit("CompensationAttemptFailed", s.name, attempt, **_error_detail(o.error),
                        retry_in=round(o.countdown, 3))
             self._dispatch(s, "compensation", o.countdown, retry=True)
             return
         s = self._set(s, status=StepStatus.COMPENSATION_FAILED, compensation_attempts=attempt,
                       error=str(o.error), eta=None, deadline_at=None)
-        self._emit("CompensationFailed", s.name, attempt, error=str(o.error),
+        self._emit("CompensationFailed", s.name, attempt, **_error_detail(o.error),
                    reason="retries exhausted" if o.retryable else "permanent error")
         self._dead_letter("compensation", s, self.saga.step(s.name).compensation_name or "", attempt, o.error)
         if self.status != RunStatus.FAILED:
@@ -364,3 +364,15 @@ class _Decision:
             self._dispatch(s, kind)
             return
         raise Ignored(f"a {self.status.value} saga has nothing to resume")
+
+
+TRACEBACK_LIMIT = 4000
+"""Characters of a failure's traceback kept in its history row (the end: where it was raised)."""
+
+
+def _error_detail(error: ErrorInfo) -> dict[str, Any]:
+    """A failure's history detail: the error, and its traceback when the worker sent one (the console shows it)."""
+    detail: dict[str, Any] = {"error": str(error)}
+    if error.traceback:
+        detail["traceback"] = error.traceback[-TRACEBACK_LIMIT:]
+    return detail

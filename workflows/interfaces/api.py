@@ -33,6 +33,7 @@ from workflows.core.definition import registry
 from workflows.core.state import RunStatus
 from workflows.core.errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
                      SagaNotFound, StepNotFound, UnknownSaga)
+from workflows.interfaces.console import router as console_router
 from workflows.interfaces.metrics import saga_registry
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.settings import Settings, get_settings
@@ -357,6 +358,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store)
     app.include_router(ops)
     app.include_router(api)
+    app.include_router(console_router)
     for router in routers:
         app.include_router(router)
     for exc_type in ERRORS:

@@ -3,6 +3,7 @@
     sagas start order_fulfillment --data @order.json --idempotency-key order-1234
     sagas status <saga id>            sagas list --state FAILED
     sagas retry|resume|cancel <id>    sagas dlq list|show|redrive|discard
+    sagas dlq redrive --type order_fulfillment --step process_payment --all
     sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
@@ -295,13 +296,37 @@ def dlq_show(dl_id: str, as_json: bool) -> None:
 
 
 @dlq.command("redrive")
-@click.argument("dl_id")
+@click.argument("dl_id", required=False)
 @click.option("--reason", default="", help="Why, for the history.")
+@click.option("--type", "saga_type", help="With --step and --all: every OPEN dead letter of this saga type ...")
+@click.option("--step", help="... and this step.")
+@click.option("--all", "every", is_flag=True, help="Redrive every OPEN dead letter of --type and --step.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with --all).")
 @click.pass_obj
-def dlq_redrive(obj: dict[str, str], dl_id: str, reason: str) -> None:
-    """Publish the dead letter's work again, once."""
-    from workflows.operations.dead_letters import redrive
+def dlq_redrive(obj: dict[str, str], dl_id: str | None, reason: str, saga_type: str | None, step: str | None,
+                every: bool, as_json: bool) -> None:
+    """Publish the dead letter's work again, once; or, with --type T --step S --all, every OPEN dead
+    letter of step S of the sagas of type T (each one its own redrive; exit 1 if any was refused)."""
+    from workflows.operations.dead_letters import redrive, redrive_all
 
+    if dl_id is not None and (saga_type or step or every):
+        raise click.UsageError("give a dead letter id, or --type, --step and --all; not both")
+    if dl_id is None:
+        if not (saga_type and step and every):
+            raise click.UsageError("give a dead letter id, or all of --type T --step S --all")
+        _runtime()
+        done = redrive_all(saga_type, step, who=obj["who"], reason=reason)
+        if as_json:
+            _echo_json({"saga_type": done.saga_type, "step": done.step, "redriven": done.redriven,
+                        "refused": done.refused})
+        else:
+            click.echo(f"{len(done.redriven)} dead letter(s) of {saga_type}/{step} redriven"
+                       + (f", {len(done.refused)} refused" if done.refused else ""))
+            for dl, why in done.refused.items():
+                click.echo(f"refused {dl}: {why}", err=True)
+        if done.refused:
+            sys.exit(1)
+        return
     _runtime()
     d = redrive(dl_id, who=obj["who"], reason=reason)
     click.echo(f"dead letter {d.id} {d.status.lower()}: {d.resolution or ''}".rstrip(": "))

@@ -8,6 +8,8 @@ reason).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from workflows.choreography.operations import redrive_event
 from workflows.core.definition import registry
 from workflows.core.errors import InvalidOperation
@@ -44,6 +46,35 @@ def redrive(dl_id: str, *, who: str = "operator", reason: str = "") -> DeadLette
         _note_refusal(rt, dl, "redrive", who, reason, str(e))
         raise
     return rt.store.dead_letter(dl_id)
+
+
+@dataclass(frozen=True)
+class BulkRedrive:
+    """What `redrive_all` did: each dead letter redriven, and each one refused with the reason."""
+
+    saga_type: str
+    step: str
+    redriven: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def redrive_all(saga_type: str, step: str, *, who: str = "operator", reason: str = "") -> BulkRedrive:
+    """Redrive every OPEN dead letter of step `step` of the runs of `saga_type`, oldest first.
+
+    Each is its own `redrive` (one version-checked transition per saga): one that is refused (it
+    cannot be redriven, or another operator handled it meanwhile) is reported and recorded, and
+    the others go on."""
+    if not saga_type or not step:
+        raise InvalidOperation("a bulk redrive names a saga type and a step")
+    result = BulkRedrive(saga_type, step)
+    for dl in get_runtime().store.open_dead_letters_of(saga_type, step):
+        try:
+            redrive(dl.id, who=who, reason=reason)
+        except InvalidOperation as e:
+            result.refused[dl.id] = str(e)
+        else:
+            result.redriven.append(dl.id)
+    return result
 
 
 def discard(dl_id: str, *, who: str = "operator", reason: str) -> DeadLetterView:

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     """At most this many steps run inline in one delivery."""
     test_mode: bool = False
     """Enables the failure-injection endpoints of the HTTP API."""
+    console_open: bool = False
+    """Serve the console (/console) without a token when `api_token` is unset (a laptop). With a
+    token set the console always asks for it; without a token and without this, /console is 404."""
+    flower_url: str | None = None
+    """Flower's address (http://127.0.0.1:5555): the console links each task to `<flower>/task/<task id>`."""
+    console_search_keys: str = "order_id"
+    """Comma-separated top-level input fields the console's search looks in (business keys)."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

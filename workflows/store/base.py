@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -60,6 +60,90 @@ class StepDuration:
     saga_type: str
     step: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class SagaQuery:
+    """The console's saga list: every filter given must hold."""
+
+    state: str | None = None
+    saga_type: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    stuck_at: datetime | None = None
+    """Only runs not terminal with a deadline passed at this moment (a step's or the saga's)."""
+    open_dead_letters: bool = False
+    """Only runs with at least one OPEN dead letter."""
+    search: str | None = None
+    """A saga id, an idempotency key, or the value of one of `search_keys` in the run's input."""
+    search_keys: tuple[str, ...] = ("order_id",)
+    """Top-level input fields the search looks in (business keys)."""
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class SagaSummary:
+    """One row of the console's saga list (no steps, no history)."""
+
+    id: str
+    saga_type: str
+    style: str
+    state: str
+    idempotency_key: str | None
+    failure_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    open_dead_letters: int
+
+
+@dataclass(frozen=True)
+class SagaSummaryPage:
+    items: list[SagaSummary]
+    total: int
+    by_state: dict[str, int]
+    """Runs per state under the query's filters but its state."""
+
+
+@dataclass
+class ActivityBucket:
+    """Runs started and ended in one slot of the console's activity chart."""
+
+    start: datetime
+    started: int = 0
+    completed: int = 0
+    compensated: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetterQuery:
+    status: str | None = "OPEN"
+    saga_type: str | None = None
+    step: str | None = None
+    kind: str | None = None
+    saga_id: str | None = None
+    limit: int = 50
+    offset: int = 0
+    oldest_first: bool = False
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    items: list[DeadLetterView]
+    saga_types: dict[str, str] = field(default_factory=dict)
+    """The saga type of each dead letter's run, by dead-letter id (none for a message no run took)."""
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetterGroup:
+    """OPEN dead letters of one step of one saga type: what a bulk redrive takes at once."""
+
+    saga_type: str
+    step: str
+    kind: str
+    count: int
 
 
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
@@ -177,6 +261,20 @@ class SagaStore(Protocol):
     def dead_letter_counts(self) -> dict[str, int]: ...
 
     def outbox_unsent(self) -> int: ...
+
+    # -- the console (workflows.store.console)
+    def search_sagas(self, q: SagaQuery) -> SagaSummaryPage: ...
+
+    def activity(self, until: datetime, *, minutes: int = 60,
+                 bucket_minutes: int = 5) -> builtins.list[ActivityBucket]: ...
+
+    def saga_type_names(self) -> builtins.list[str]: ...
+
+    def search_dead_letters(self, q: DeadLetterQuery) -> DeadLetterPage: ...
+
+    def open_dead_letter_groups(self) -> builtins.list[DeadLetterGroup]: ...
+
+    def open_dead_letters_of(self, saga_type: str, step: str, limit: int = 10_000) -> Sequence[DeadLetterView]: ...
 
     # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this
     # class body `list` is the method above

@@ -48,6 +48,12 @@ class SagaRow(Base):
         UniqueConstraint("idempotency_key", name="uq_sagas_idempotency_key"),
         Index("ix_sagas_state_type", "state", "saga_type"),
         Index("ix_sagas_deadline", "deadline_at"),
+        # the console's list (revision 0008): newest first, by state or type; the business-key search
+        Index("ix_sagas_created", "created_at", "id"),
+        Index("ix_sagas_state_created", "state", "created_at"),
+        Index("ix_sagas_type_created", "saga_type", "created_at"),
+        Index("ix_sagas_input", "input", postgresql_using="gin",
+              postgresql_ops={"input": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

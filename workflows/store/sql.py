@@ -20,6 +20,7 @@ from workflows.core.errors import ConcurrentTransition, DeadLetterHandled, SagaI
 from workflows.core.state import (DeadLetter, DeadLetterClosure, HistoryEvent, RunState, RunStatus, StepState,
                                   StepStatus, Transition)
 from workflows.store.base import Created
+from workflows.store.console import ConsoleReads
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
@@ -51,7 +52,7 @@ _DEAD_LETTERS = DeadLetterRow.__table__
 _OUTBOX = OutboxRow.__table__
 
 
-class SqlStore(Reads, EventStore, JoinedStore):
+class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
     """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
     starts written in a caller's transaction, `workflows.store.joined`)."""
 

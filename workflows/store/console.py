@@ -1,0 +1,188 @@
+"""The console's reads: the saga list with its filters and counts, the activity chart, dead letters
+by saga type and step. Mixed into every store (`SqlStore`); queries only, one session each.
+
+Each query is shaped for an index of revision 0008 (or older): the list is newest first on
+`ix_sagas_created` (`ix_sagas_state_created`, `ix_sagas_type_created` with a state or type),
+the search by business key is `input @> {"order_id": ...}` on the GIN index `ix_sagas_input`
+(PostgreSQL; SQLite reads the key with `json_extract`), "stuck" joins the late runs found
+on `ix_saga_steps_deadline` and `ix_sagas_deadline`, "has open dead letters" one on `ix_dead_letters_status`.
+`tests/test_console_scale.py` checks the plans with EXPLAIN at 10,000 runs.
+"""
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coerce, union
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session, sessionmaker
+
+from workflows.core.state import RunStatus, StepStatus
+from workflows.core.views import DeadLetterView
+from workflows.store.base import (ActivityBucket, DeadLetterGroup, DeadLetterPage, DeadLetterQuery, SagaQuery,
+                                  SagaSummary, SagaSummaryPage)
+from workflows.store.models import DeadLetterRow, SagaRow, StepRow
+from workflows.store.reads import _dead_letter_view
+
+_IN_FLIGHT = (StepStatus.RUNNING.value, StepStatus.COMPENSATING.value)
+_TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
+
+
+class ConsoleReads:
+    """The console's queries (see the module docstring for the index each one uses)."""
+
+    url: str
+    sessions: sessionmaker[Session]
+
+    # ------------------------------------------------------------ sagas
+
+    def search_sagas(self, q: SagaQuery) -> SagaSummaryPage:
+        """A page of runs (newest first) matching every filter of `q`, the total, and the count per
+        state under the same filters but the state one (the list's tabs)."""
+        open_dls = (select(func.count()).select_from(DeadLetterRow)
+                    .where(DeadLetterRow.saga_id == SagaRow.id, DeadLetterRow.status == "OPEN")
+                    .correlate(SagaRow).scalar_subquery())
+        page = (select(SagaRow.id, SagaRow.saga_type, SagaRow.style, SagaRow.state, SagaRow.idempotency_key,
+                       SagaRow.failure_reason, SagaRow.created_at, SagaRow.updated_at, open_dls.label("open_dls"))
+                .where(*self._filters(q))
+                .order_by(SagaRow.created_at.desc(), SagaRow.id.desc()).limit(q.limit).offset(q.offset))
+        without_state = replace(q, state=None)
+        counts = (select(SagaRow.state, func.count()).where(*self._filters(without_state))
+                  .group_by(SagaRow.state))
+        with self.sessions() as s:
+            rows = s.execute(page).all()
+            by_state = {str(st): int(n) for st, n in s.execute(counts).all()}
+        total = by_state.get(q.state, 0) if q.state else sum(by_state.values())
+        items = [SagaSummary(id=r.id, saga_type=r.saga_type, style=r.style, state=r.state,
+                             idempotency_key=r.idempotency_key, failure_reason=r.failure_reason,
+                             created_at=r.created_at, updated_at=r.updated_at, open_dead_letters=int(r.open_dls or 0))
+                 for r in rows]
+        return SagaSummaryPage(items=items, total=total, by_state=by_state)
+
+    def list_query(self, q: SagaQuery) -> Select[Any]:
+        """The list's page statement (for EXPLAIN in the scale test)."""
+        return (select(SagaRow.id).where(*self._filters(q))
+                .order_by(SagaRow.created_at.desc(), SagaRow.id.desc()).limit(q.limit).offset(q.offset))
+
+    def _filters(self, q: SagaQuery) -> builtins.list[ColumnElement[bool]]:
+        where: builtins.list[ColumnElement[bool]] = []
+        if q.state:
+            where.append(SagaRow.state == q.state)
+        if q.saga_type:
+            where.append(SagaRow.saga_type == q.saga_type)
+        if q.created_after is not None:
+            where.append(SagaRow.created_at >= q.created_after)
+        if q.created_before is not None:
+            where.append(SagaRow.created_at < q.created_before)
+        if q.stuck_at is not None:  # the few late runs, found on the deadline indexes, then joined by id
+            late_steps = select(StepRow.saga_id).where(StepRow.status.in_(_IN_FLIGHT), StepRow.deadline_at < q.stuck_at)
+            late_runs = select(SagaRow.id).where(SagaRow.deadline_at < q.stuck_at,
+                                                 SagaRow.state == RunStatus.RUNNING.value)
+            where.append(and_(SagaRow.state.not_in(_TERMINAL), SagaRow.id.in_(union(late_steps, late_runs))))
+        if q.open_dead_letters:
+            where.append(SagaRow.id.in_(select(DeadLetterRow.saga_id).where(DeadLetterRow.status == "OPEN")))
+        if q.search:
+            term = q.search.strip()
+            matches: builtins.list[ColumnElement[bool]] = [SagaRow.id == term, SagaRow.idempotency_key == term]
+            for key in q.search_keys:
+                matches.append(self._input_has(key, term))
+            where.append(or_(*matches))
+        return where
+
+    def _input_has(self, key: str, value: str) -> ColumnElement[bool]:
+        """`input[key] == value` for a top-level key: containment on PostgreSQL (the GIN index)."""
+        if self.url.startswith("postgresql"):
+            return type_coerce(SagaRow.input, JSONB).contains({key: value})
+        path = '$."' + key.replace('"', "") + '"'
+        return func.json_extract(SagaRow.input, path) == value
+
+    def activity(self, until: datetime, *, minutes: int = 60, bucket_minutes: int = 5) -> builtins.list[ActivityBucket]:
+        """Runs started, completed, compensated and failed in each `bucket_minutes` of the last `minutes`
+        before `until`. Started counts `created_at`; the others a terminal run's `updated_at` (when it
+        ended), among the runs created in the window or the `minutes` before it: the read stays on
+        `ix_sagas_created` (no index on `updated_at`, which every step writes), so a run that lasted
+        longer than `minutes` and ended in the window is not counted."""
+        since = until - timedelta(minutes=minutes)
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.state, SagaRow.created_at, SagaRow.updated_at)
+                             .where(SagaRow.created_at >= since - timedelta(minutes=minutes),
+                                    SagaRow.created_at < until)).all()
+        n = max(1, minutes // bucket_minutes)
+        buckets = [ActivityBucket(start=since + timedelta(minutes=i * bucket_minutes)) for i in range(n)]
+        width = timedelta(minutes=bucket_minutes)
+
+        def slot(at: datetime) -> int | None:
+            if at < since or at >= until:
+                return None
+            return min(n - 1, int((at - since) / width))
+
+        for state, created, updated in rows:
+            i = slot(created)
+            if i is not None:
+                buckets[i].started += 1
+            j = slot(updated) if state in _TERMINAL else None
+            if j is not None:
+                b = buckets[j]
+                if state == "COMPLETED":
+                    b.completed += 1
+                elif state == "COMPENSATED":
+                    b.compensated += 1
+                else:
+                    b.failed += 1
+        return buckets
+
+    def saga_type_names(self) -> builtins.list[str]:
+        """The saga types with runs in the store (on `ix_sagas_type_created`)."""
+        with self.sessions() as s:
+            return [str(t) for t in s.scalars(select(SagaRow.saga_type).distinct().order_by(SagaRow.saga_type))]
+
+    # ------------------------------------------------------------ dead letters
+
+    def search_dead_letters(self, q: DeadLetterQuery) -> DeadLetterPage:
+        """Dead letters matching `q`, newest first, with the saga type of each one's run."""
+        stmt = (select(DeadLetterRow, SagaRow.saga_type).outerjoin(SagaRow, SagaRow.id == DeadLetterRow.saga_id)
+                .where(*_dl_filters(q))
+                .order_by(DeadLetterRow.created_at if q.oldest_first else DeadLetterRow.created_at.desc(),
+                          DeadLetterRow.id)
+                .limit(q.limit).offset(q.offset))
+        count = (select(func.count()).select_from(DeadLetterRow)
+                 .outerjoin(SagaRow, SagaRow.id == DeadLetterRow.saga_id).where(*_dl_filters(q)))
+        with self.sessions() as s:
+            rows = s.execute(stmt).all()
+            total = int(s.scalar(count) or 0)
+        return DeadLetterPage(items=[_dead_letter_view(r[0]) for r in rows],
+                              saga_types={r[0].id: r[1] for r in rows if r[1] is not None}, total=total)
+
+    def open_dead_letter_groups(self) -> builtins.list[DeadLetterGroup]:
+        """OPEN dead letters counted by (saga type, step, kind): what one bulk redrive would take."""
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, DeadLetterRow.step, DeadLetterRow.kind, func.count())
+                             .join(SagaRow, SagaRow.id == DeadLetterRow.saga_id)
+                             .where(DeadLetterRow.status == "OPEN")
+                             .group_by(SagaRow.saga_type, DeadLetterRow.step, DeadLetterRow.kind)
+                             .order_by(SagaRow.saga_type, DeadLetterRow.step)).all()
+        return [DeadLetterGroup(saga_type=t, step=st or "", kind=k, count=int(n)) for t, st, k, n in rows]
+
+    def open_dead_letters_of(self, saga_type: str, step: str, limit: int = 10_000) -> Sequence[DeadLetterView]:
+        """Every OPEN dead letter of step `step` of runs of `saga_type`, oldest first (a bulk redrive)."""
+        page = self.search_dead_letters(DeadLetterQuery(status="OPEN", saga_type=saga_type, step=step,
+                                                        limit=limit, oldest_first=True))
+        return page.items
+
+
+def _dl_filters(q: DeadLetterQuery) -> builtins.list[ColumnElement[bool]]:
+    where: builtins.list[ColumnElement[bool]] = []
+    if q.status:
+        where.append(DeadLetterRow.status == q.status)
+    if q.saga_type:
+        where.append(SagaRow.saga_type == q.saga_type)
+    if q.step:
+        where.append(DeadLetterRow.step == q.step)
+    if q.kind:
+        where.append(DeadLetterRow.kind == q.kind)
+    if q.saga_id:
+        where.append(DeadLetterRow.saga_id == q.saga_id)
+    return where
