@@ -341,7 +341,7 @@ class _Decision:
 
     def cancel(self, reason: str, who: str) -> None:
         if self.status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.SCHEDULED):
-            raise Ignored(f"only a RUNNING, WAITING or SCHEDULED saga can be cancelled; this one is "
+            raise Ignored(f"only a RUNNING saga can be cancelled (or a WAITING or SCHEDULED one); this one is "
                           f"{self.status.value}")
         self._emit("SagaCancelled", reason=reason, who=who)
         for s in self.steps:
