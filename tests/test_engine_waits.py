@@ -248,7 +248,7 @@ def test_a_timeout_racing_a_signal_exactly_one_wins() -> None:
     assert by_signal.before.version == by_timeout.before.version  # the version check lets one commit
     with pytest.raises(Ignored, match="WaitTimedOut"):  # the signal won: the timeout re-decided is ignored
         step(ORDER, by_signal.after, WaitTimedOut("manager_approval"), at=late)
-    with pytest.raises(Ignored, match="COMPENSATING: it waits for no signal") as e:  # the timeout won
+    with pytest.raises(Ignored, match="not waiting for signal 'approval': it is COMPENSATING") as e:  # the timeout won
         step(ORDER, by_timeout.after, signal(), at=late)
     assert e.value.event is not None and e.value.event.type == "SignalRefused"
 

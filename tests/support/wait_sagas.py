@@ -1,15 +1,20 @@
 """Sagas with waits, for the wait and signal tests (in process, and in real workers through
-SAGA_EXTRA_MODULES=tests.support.sagas,tests.support.wait_sagas). Steps are `tests.support.sagas`'
-generic ones: each call is appended to the Redis list effects:<saga id>."""
+SAGA_EXTRA_MODULES=tests.support.sagas,tests.support.wait_sagas). Their steps run
+`tests.support.sagas.behave` (each call appended to the Redis list effects:<saga id>) as tasks of
+their own on the queue `waits`: a worker that does not load this module never takes their messages."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 from pydantic import BaseModel
 
-from tests.support.sagas import FAST, FAST_COMP, action, compensate
-from workflows import Parallel, Saga, Step, register_saga
+from tests.support.sagas import FAST, FAST_COMP, behave
+from workflows import Parallel, Saga, Step, register_saga, step_task
 from workflows.core.definition import Wait
+
+
+action = step_task("waits.action", queue="waits")(behave)
+compensate = step_task("waits.compensate", queue="waits")(behave)
 
 
 class Approval(BaseModel):

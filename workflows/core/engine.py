@@ -443,7 +443,8 @@ class _Decision:
         if not waits:
             raise Ignored(f"saga {self.saga.name!r} has no wait for signal {signal.name!r}", refused)
         if self.status not in (RunStatus.SCHEDULED, RunStatus.RUNNING, RunStatus.WAITING):
-            raise Ignored(f"saga {self.before.saga_id} is {self.status.value}: it waits for no signal", refused)
+            raise Ignored(f"saga {self.before.saga_id} is not waiting for signal {signal.name!r}: it is "
+                          f"{self.status.value}", refused)
         if any(x.idempotency_key == signal.idempotency_key for x in self.kept):
             raise Ignored(f"signal {signal.idempotency_key!r} is already kept")
         rows = [self._get(w.name) for w in waits]
