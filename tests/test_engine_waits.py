@@ -145,6 +145,17 @@ def test_a_reject_compensates_exactly_the_completed_steps_with_the_rejection_as_
     assert "CompensationSkipped" not in [e.type for e in t.events]  # the wait is not a step to undo
 
 
+def test_a_wait_whose_condition_is_false_for_the_input_is_skipped() -> None:
+    saga = Saga("limit", steps=[Wait("approval", signal="approval", timeout=60, when=lambda d: d["total"] > 100),
+                                Step("ship", action="s.ship", compensation=None)])
+    small = decide(saga, new_run(saga, "r1", {"total": 50}, caused_by="start"), Started(), NOW, IDS)
+    assert small.after.status == RunStatus.RUNNING and small.command is not None and small.command.step == "ship"
+    assert small.after.step("approval").status == StepStatus.SUCCEEDED
+    assert "WaitSkipped" in [e.type for e in small.events]
+    big = decide(saga, new_run(saga, "r2", {"total": 500}, caused_by="start"), Started(), NOW, IDS)
+    assert big.after.status == RunStatus.WAITING and big.commands == ()
+
+
 # ------------------------------------------------------------------ before, during, after
 
 

@@ -165,7 +165,8 @@ class Wait:
     with the rejection as the reason. `on_timeout`: "compensate" (the default), "fail" (the run is
     FAILED for an operator, who resumes it to compensate), or a dict: the saga goes on with that
     dict as the wait's result. A signal sent before its wait begins is kept, and consumed when it
-    begins."""
+    begins. `when(input)` (default: always) says whether the run waits at all: False, the wait is
+    skipped (SUCCEEDED at once, result `{}`), as for an order below the limit that needs approval."""
 
     name: str
     signal: str
@@ -173,8 +174,10 @@ class Wait:
     on_timeout: str | Mapping[str, Any] = "compensate"
     model: type[BaseModel] | None = None
     approve: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
+    when: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
     approve_name: str = field(default="", init=False)
     """The approve function's qualified name: what equality compares."""
+    when_name: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -197,6 +200,14 @@ class Wait:
             raise DefinitionError(f"wait {self.name!r}: approve must be a function of the signal's payload, "
                                   "like lambda p: p['approved']")
         object.__setattr__(self, "approve_name", getattr(self.approve, "__qualname__", "") if self.approve else "")
+        if self.when is not None and not callable(self.when):
+            raise DefinitionError(f"wait {self.name!r}: when must be a function of the saga's input, "
+                                  "like lambda order: order['total'] > 500")
+        object.__setattr__(self, "when_name", getattr(self.when, "__qualname__", "") if self.when else "")
+
+    def applies(self, data: dict[str, Any]) -> bool:
+        """Does a run with input `data` wait here (`when`), or skip the wait?"""
+        return True if self.when is None else bool(self.when(data))
 
     @property
     def timeout_seconds(self) -> float:

@@ -404,7 +404,13 @@ class _Decision:
 
     def _park(self, s: StepState, wait: Wait) -> None:
         """Begin `wait`: the run is WAITING, the wait's deadline in its row; a signal kept for it
-        (sent before the wait began) is consumed at once."""
+        (sent before the wait began) is consumed at once. A wait whose `when` is false for the
+        run's input is skipped: SUCCEEDED at once, and the next stage runs."""
+        if not wait.applies(self.before.input):
+            s = self._set(s, status=StepStatus.SUCCEEDED, result={}, task_id=wait.task_marker, finished_at=self.now)
+            self._emit("WaitSkipped", s.name, signal=wait.signal, reason="its condition (when) is false for this input")
+            self._run_stage(self.stage[s.name] + 1)
+            return
         self.status = RunStatus.WAITING
         deadline = self.now + timedelta(seconds=wait.timeout_seconds)
         s = self._set(s, status=StepStatus.WAITING, task_id=wait.task_marker, deadline_at=deadline)
@@ -479,7 +485,7 @@ class _Decision:
             raise Ignored(f"wait {name!r} is not due before {s.deadline_at.isoformat()}")
         what = "default" if wait.default_result is not None else str(wait.on_timeout)
         self._emit("WaitTimedOut", s.name, signal=wait.signal, on_timeout=what)
-        reason = f"wait {name!r} timed out: no signal {wait.signal!r} within {wait.timeout_seconds:g}s"
+        reason = f"wait {name!r} timed out: no signal {wait.signal!r} within {timedelta(seconds=wait.timeout_seconds)}"
         if wait.default_result is not None:
             self._set(s, status=StepStatus.SUCCEEDED, result=wait.default_result, error=f"{reason}; went on with "
                       "the default result", deadline_at=None, finished_at=self.now)
