@@ -277,3 +277,67 @@ def test_signals_are_rows_with_who_key_and_consumer_and_the_run_counts_kept_ones
         assert c.execute(select(func.count()).select_from(SignalRow).where(
             SignalRow.saga_id == saga_id, SignalRow.consumed_by == "manager_approval")).scalar() == 1
     engine.dispose()
+
+
+# ------------------------------------------------------------------ races and lost publishes
+
+
+def test_a_signal_whose_publish_was_lost_is_sent_again_by_the_sweeper_not_timed_out(rt: Runtime, worker: Worker,
+                                                                                  clock: Clock) -> None:
+    import kombu.exceptions
+
+    saga_id = parked(worker)
+    rt.dispatcher.fail = kombu.exceptions.OperationalError("broker down")  # type: ignore[attr-defined]
+    answer = signal(saga_id, "approval", OK, idempotency_key="lost")  # recorded; the publish failed, logged
+    rt.dispatcher.fail = None  # type: ignore[attr-defined]
+    assert answer.state == "RUNNING" and rt.dispatcher.take() == []  # type: ignore[attr-defined]
+    ship = rt.store.get(saga_id).step("ship")
+    assert ship.status == "RUNNING" and ship.deadline_at is not None
+    report = sweep(rt, now=ship.deadline_at + timedelta(seconds=1))
+    assert f"{saga_id}:ship" in report.redispatched and f"{saga_id}:ship" not in report.timed_out
+    worker.drain()
+    assert rt.store.get(saga_id).state == "COMPLETED"
+
+
+def test_the_same_signal_sent_by_four_callers_at_once_is_recorded_once(rt: Runtime, worker: Worker) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    saga_id = parked(worker)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: signal(saga_id, "approval", OK, idempotency_key="once", who="w"), range(4)))
+    assert sorted(a.duplicate for a in answers) == [False, True, True, True]
+    assert len({a.signal.id for a in answers}) == 1
+    view = rt.store.get(saga_id)
+    assert len(view.signals) == 1 and view.event_types().count("SignalReceived") == 1
+    assert view.event_types().count("WaitApproved") == 1
+
+
+def test_a_sweep_racing_a_signal_for_real_exactly_one_wins(rt: Runtime, worker: Worker, clock: Clock) -> None:
+    """The sweeper and the signal in two threads at the wait's deadline, twelve times: each run has
+    exactly one of WaitApproved and WaitTimedOut in its history, and the loser changed nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    outcomes = []
+    for n in range(12):
+        saga_id = parked(worker)
+        due = clock.now + timedelta(hours=1, seconds=1)
+
+        def send(saga_id: str = saga_id, n: int = n) -> str:
+            try:
+                signal(saga_id, "approval", OK, idempotency_key=f"race-{n}")
+            except NotWaiting:
+                return "refused"
+            return "accepted"
+
+        with ThreadPoolExecutor(2) as pool:
+            swept = pool.submit(sweep, rt, due)
+            sent = pool.submit(send)
+            swept.result()
+            verdict = sent.result()
+        worker.drain()
+        events = rt.store.get(saga_id).event_types()
+        won = [t for t in ("WaitApproved", "WaitTimedOut") if t in events]
+        assert len(won) == 1 and events.count(won[0]) == 1, events
+        assert (verdict == "accepted") == (won == ["WaitApproved"]), (verdict, events)
+        outcomes.append(won[0])
+    assert set(outcomes) <= {"WaitApproved", "WaitTimedOut"}

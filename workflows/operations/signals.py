@@ -11,7 +11,10 @@ and changes nothing (the refusal is in its history); an unknown run raises `Saga
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import kombu.exceptions
 
 from workflows.core.definition import Saga, Wait, registry
 from workflows.core.errors import NotWaiting, SagaError, SignalConflict
@@ -21,9 +24,14 @@ from workflows.runtime.container import get_runtime
 from workflows.runtime.loop import signal_by
 
 
+log = logging.getLogger("workflows.signals")
+
+
 def signal(saga_id: str, name: str, payload: Any = None, *, idempotency_key: str | None = None,
            who: str = "operator") -> Signalled:
-    """Send signal `name` with `payload` to run `saga_id`. Without a key every call is a new signal."""
+    """Send signal `name` with `payload` to run `saga_id`. Without a key every call is a new signal.
+    Once recorded, the signal is accepted: a broker down for what it dispatches is logged, and the
+    sweeper sends it at its deadline (as for a start)."""
     rt = get_runtime()
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
@@ -45,7 +53,17 @@ def signal(saga_id: str, name: str, payload: Any = None, *, idempotency_key: str
     if seen is not None:
         return _duplicate(seen, name, clean, saga, run, republish=True)
     sig = Signal(id=rt.ids(), name=name, payload=clean, idempotency_key=key, who=who, received_at=rt.clock())
-    applied = rt.loop.signal(saga, saga_id, sig)
+    try:
+        applied = rt.loop.signal(saga, saga_id, sig)
+    except kombu.exceptions.OperationalError as e:
+        # recorded and applied: what it dispatched is sent by the sweeper at its deadline (or by
+        # the same signal sent again); raising would make a caller without a key send a second one
+        log.warning("signal recorded, what it dispatched not sent (%s): the sweeper sends it", e,
+                    extra={"saga_id": saga_id})
+        recorded = rt.store.signal_for_key(saga_id, key)
+        if recorded is None:
+            raise
+        return Signalled(saga_id, recorded, False, rt.store.load(saga_id).status.value)
     if applied.transition is None:
         seen = rt.store.signal_for_key(saga_id, key)
         if applied.ignored == "duplicate" and seen is not None:
