@@ -257,6 +257,8 @@ def test_a_scheduled_start_can_be_cancelled_before_it_runs(rt: Runtime, worker: 
         start_saga("tests.approval", {}, start_at=clock.now.replace(tzinfo=None))
     with pytest.raises(SagaError, match="countdown"):
         start_saga("tests.approval", {}, countdown=-1)
+    now = start_saga("tests.approval", {}, countdown=0)  # a time already come: started at once
+    assert rt.store.get(now).state == "RUNNING" and rt.dispatcher.take()  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ what is in the database

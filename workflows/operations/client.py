@@ -48,6 +48,7 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     `start_at=` (an aware datetime) or `countdown=` (seconds): a scheduled start. The run is
     recorded at once, SCHEDULED (idempotent by key as any start, cancellable until it starts), and
     nothing is published: the sweeper starts it once its time came. Nothing waits in the broker.
+    A time that has already come (`countdown=0`, `start_at` in the past) starts it now.
     """
     rt = get_runtime()
     if session is not None and connection is not None:
@@ -81,10 +82,10 @@ def _start_time(rt: Runtime, start_at: datetime | None, countdown: float | None)
         if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or not math.isfinite(countdown) \
                 or countdown < 0:
             raise SagaError(f"countdown must be a number of seconds >= 0 (got {countdown!r})")
-        return rt.clock() + timedelta(seconds=countdown)
-    if start_at is not None and (not isinstance(start_at, datetime) or start_at.tzinfo is None):
+        start_at = rt.clock() + timedelta(seconds=countdown)
+    elif start_at is not None and (not isinstance(start_at, datetime) or start_at.tzinfo is None):
         raise SagaError(f"start_at must be a timezone-aware datetime (got {start_at!r})")
-    return start_at
+    return start_at if start_at is not None and start_at > rt.clock() else None
 
 
 def _publish_first(rt: Runtime, t: Transition) -> None:
