@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 import tests.support.wait_sagas  # noqa: F401  (registers the sagas)
-from tests.test_inprocess import Clock, Worker
+from tests.support.inprocess import Clock, Worker
 from workflows import start_saga
 from workflows.core.errors import InvalidInput, NotWaiting, SagaError, SagaNotFound, SignalConflict
 from workflows.operations.actions import cancel, resume
