@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 import tests.support.wait_sagas  # noqa: F401  (registers the sagas in this process too)
-from tests.conftest import WorkerProcess, worker_env
+from conftest import WorkerProcess, worker_env
 from tests.support.interfaces import new_id, wait_until
 from workflows import get_runtime, get_saga, start_saga, wait_for
 from workflows.interfaces.api import create_app
