@@ -96,6 +96,55 @@ def run_orchestrated(console: Any) -> list[tuple[str, str, Any]]:
     return results
 
 
+APPROVALS: list[tuple[str, str, dict[str, Any] | None]] = [
+    # (title, expected state, the manager's answer; None: no answer before the wait's deadline)
+    ("approval: an order above the limit waits, the manager approves: completes", "COMPLETED",
+     {"approved": True, "reason": "regular customer"}),
+    ("approval: the manager rejects: the stock is released", "COMPENSATED",
+     {"approved": False, "reason": "over the customer's credit"}),
+    ("approval: no answer within two days: the wait times out, the stock is released", "COMPENSATED", None),
+]
+
+
+def run_approvals(console: Any, first: int) -> list[tuple[str, str, Any]]:
+    """`order_approval` (tasks/sagas.py): an order of 10 x 19.90 is above the limit of 100.00, so it
+    waits for the signal `approval`; the demo sends it (as `POST /api/sagas/{id}/signals/approval`
+    would), or moves the sweeper's clock two days on (`sweep(now=...)`) for the timeout."""
+    from datetime import timedelta
+
+    from tasks.inventory import restock
+
+    from workflows.operations.client import get_saga, start_saga, wait_for
+    from workflows.operations.signals import signal
+    from workflows.operations.sweeper import sweep
+    from workflows.runtime.container import get_runtime
+
+    results = []
+    for n, (title, expected, answer) in enumerate(APPROVALS, start=first):
+        sku = f"DEMO-SKU-{n}"
+        restock({sku: 20})
+        order = _order(f"order-{n:03d}-{int(time.time())}", sku, items=[{"sku": sku, "quantity": 10,
+                                                                          "price": "19.90"}])
+        saga_id = start_saga("order_approval", order, idempotency_key=order["order_id"])
+        deadline = time.monotonic() + 60
+        while get_saga(saga_id).state != "WAITING":  # reserve_inventory runs on the worker, then it parks
+            if time.monotonic() > deadline or get_saga(saga_id).terminal:
+                raise RuntimeError(f"saga {saga_id} did not park on its wait: {get_saga(saga_id).state}")
+            time.sleep(0.05)
+        if answer is not None:
+            signal(saga_id, "approval", answer, idempotency_key=f"approval-{order['order_id']}", who="manager")
+        else:
+            rt = get_runtime()
+            sweep(rt, now=rt.clock() + timedelta(days=2, seconds=1))  # two days later, for the sweeper
+        view = wait_for(saga_id, timeout=60)
+        results.append((title, expected, view))
+        _print_timeline(console, n, title, view)
+        if answer is None:
+            console.print("   [dim](the sweeper ran with now = two days later; the compensation then ran at the "
+                          "real time)[/]\n")
+    return results
+
+
 def _print_timeline(console: Any, n: int, title: str, view: Any) -> None:
     from rich.table import Table
 
@@ -116,6 +165,10 @@ def _print_timeline(console: Any, n: int, title: str, view: Any) -> None:
         ms = (e.at - t0).total_seconds() * 1000
         what = e.type + (f" {e.step}" if e.step else "") + (f" (attempt {e.attempt})" if e.attempt else "")
         note = e.detail.get("error") or e.detail.get("reason") or ""
+        if not note and e.detail.get("signal"):
+            who = e.detail.get("who")
+            note = f"signal {e.detail['signal']!r}" + (f" from {who}" if who else "") + (
+                f", deadline {e.detail['deadline_at'][:19]}" if e.detail.get("deadline_at") else "")
         console.print(f"   +{ms:7.0f} ms  {what}  [dim]{str(note)[:80]}[/]")
     console.print()
 
@@ -139,6 +192,7 @@ def main() -> int:
     ok = True
     try:
         results = run_orchestrated(console)
+        results += run_approvals(console, len(results) + 1)
         extra = _run_choreography(console)
         summary_rows = [(t, e, v.state) for t, e, v in results] + extra
         from rich.table import Table

@@ -1,8 +1,10 @@
-"""The saga definitions this deployment runs: the example order fulfillment, as a line and with
-its stock and payment steps in parallel."""
+"""The saga definitions this deployment runs: the example order fulfillment, as a line, with its
+stock and payment steps in parallel, and with a manager's approval for an order above a limit."""
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -11,7 +13,7 @@ from tasks.notification import send_confirmation
 from tasks.payment import CardDeclined, charge_payment, refund_payment
 from tasks.shipping import cancel_shipment, create_shipment
 
-from workflows.core.definition import Parallel, Saga, Step, register_saga
+from workflows.core.definition import Parallel, Saga, Step, Wait, register_saga
 from workflows.core.retry import RetryPolicy
 
 
@@ -67,6 +69,43 @@ order_fulfillment_parallel = register_saga(Saga(
                  retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
                                    non_retryable=(CardDeclined,))),
         ]),
+        Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
+        Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
+    ],
+))
+
+
+APPROVAL_LIMIT = Decimal("100.00")
+"""An order whose total is above this waits for a manager's approval."""
+
+
+class Approval(BaseModel):
+    """The payload of the signal `approval`: what the manager decided, and why."""
+
+    approved: bool
+    reason: str = Field(default="", max_length=500)
+
+
+def above_limit(order: dict[str, Any]) -> bool:
+    return sum(Decimal(str(i["price"])) * i["quantity"] for i in order["items"]) > APPROVAL_LIMIT
+
+
+def approved(approval: dict[str, Any]) -> bool:
+    return bool(approval["approved"])
+
+
+order_with_approval = register_saga(Saga(
+    "order_approval",
+    input_model=Order,
+    description=f"Reserve stock; above {APPROVAL_LIMIT} wait up to two days for a manager's approval (signal "
+                "'approval'); then charge, ship and confirm. A rejection or no answer releases the stock.",
+    steps=[
+        Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
+        Wait("manager_approval", signal="approval", timeout=timedelta(days=2), on_timeout="compensate",
+             model=Approval, approve=approved, when=above_limit),
+        Step("process_payment", action=charge_payment, compensation=refund_payment, timeout=30,
+             retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
+                               non_retryable=(CardDeclined,))),
         Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
         Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
     ],

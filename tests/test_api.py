@@ -70,10 +70,11 @@ def test_every_endpoint_but_healthz_refuses_a_missing_or_wrong_token(api_app):  
     anonymous = TestClient(api_app)
     endpoints = [(method.upper(), path) for path, item in api_app.openapi()["paths"].items() if path != "/healthz"
                  for method in item]
-    assert len(endpoints) == 16  # every endpoint but /healthz
+    assert len(endpoints) == 17  # every endpoint but /healthz (the 17th: POST /api/sagas/{saga_id}/signals/{name})
 
     for method, template in endpoints:
         path = template.replace("{saga_type}", "order_fulfillment").replace("{saga_id}", "x").replace("{dl_id}", "x")
+        path = path.replace("{name}", "approval")
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
             r = anonymous.request(method, path, headers=headers, json={} if method == "POST" else None)
             assert r.status_code == 401, (method, path, headers, r.text)

@@ -11,6 +11,10 @@ from tasks.choreography.demo import SCENARIOS as CHOREOGRAPHY_SCENARIOS
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def summary_of(out: str) -> str:
+    return out[out.index("Summary"):]
+
+
 def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
     env["SAGA_DATA_DIR"] = str(tmp_path / "data")
@@ -21,7 +25,7 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert f"sqlite:///{tmp_path / 'data'}" in out and "filesystem://" in out
-    assert out.count("✔") == 12 and "✘" not in out
+    assert out.count("✔") == 15 and "✘" not in out
     assert "StepAttemptFailed process_payment (attempt 1)" in out
     # the parallel order: out of stock while the card was charged, the charge refunded
     assert "✔ COMPENSATED" in next(line for line in out.splitlines() if "out of stock while the card" in line
@@ -31,6 +35,18 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     assert "StepSucceeded process_payment (attempt 3)" in out
     assert "StepCompensated process_payment" in out and "StepCompensated reserve_inventory" in out
     assert (tmp_path / "data" / "sagas.db").exists()
+    # the order above the limit: approved once, rejected once, timed out once (the stock released)
+    approved = out[out.index("7. approval"):out.index("8. approval")]
+    assert "WaitStarted manager_approval" in approved and "WaitApproved manager_approval" in approved
+    assert "StepSucceeded send_confirmation" in approved
+    rejected = out[out.index("8. approval"):out.index("9. approval")]
+    assert "WaitRejected manager_approval" in rejected and "StepCompensated reserve_inventory" in rejected
+    assert "StepSucceeded process_payment" not in rejected
+    timed_out = out[out.index("9. approval"):]
+    assert "WaitTimedOut manager_approval" in timed_out and "StepCompensated reserve_inventory" in timed_out
+    for title in ("approves: completes", "rejects: the stock is released", "times out, the stock is released"):
+        row = next(line for line in summary_of(out).splitlines() if title in line)
+        assert "✔" in row, row
     # The choreographies too: the demo process publishes, the worker subprocess consumes, so the
     # topic exchange's bindings must route across processes (they live in the control folder).
     summary = out[out.index("Summary"):]

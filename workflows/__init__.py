@@ -1,6 +1,6 @@
 """Saga orchestration on Celery: declare sagas, run them, query every transition.
 
-    from workflows import Saga, Step, Parallel, ForEach, RetryPolicy, step_task, start_saga, get_saga
+    from workflows import Saga, Step, Parallel, ForEach, Wait, RetryPolicy, step_task, start_saga, get_saga, signal
 
 Importing `workflows` registers nothing and connects to nothing: `workflows.install(app)` (in the
 deployment's `worker.py`) wires a Celery app. The layers, bottom up: `core` (declarations, the
@@ -9,7 +9,7 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 (starting, operator actions, dead letters, the sweeper), `interfaces` (API, CLI, metrics).
 """
 from workflows.choreography import Choreography, EventContext, publish
-from workflows.core.definition import ForEach, Parallel, Saga, Step, register_saga, registry
+from workflows.core.definition import ForEach, Parallel, Saga, Step, Wait, register_saga, registry
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
                                    InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
                                    StepNotFound, UnknownSaga)
@@ -19,6 +19,7 @@ from workflows.core.steps import StepContext, step_task
 from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
 from workflows.install import install
 from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
+from workflows.operations.signals import signal
 from workflows.runtime.container import get_runtime
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
     "UnknownSaga", "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
+    "Wait", "signal",
 ]

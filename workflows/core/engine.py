@@ -11,11 +11,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflows.core.definition import Saga
+from workflows.core.definition import Saga, Wait
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command,
                                   CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure, ErrorInfo,
                                   HistoryEvent, IdSource, Ignored, Outcome, Redispatch, Resume, RunState,
-                                  RunStatus, Started, StepState, StepStatus, Timing, Transition)
+                                  RunStatus, Schedule, Signal, SignalReceived, Started, StepState, StepStatus,
+                                  Timing, Transition, WaitTimedOut)
 
 
 def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
@@ -44,6 +45,12 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
             d.resume(step, reason, who)
         case Redispatch(step=step, reason=reason):
             d.redispatch(step, reason)
+        case Schedule(at=at):
+            d.schedule(at)
+        case SignalReceived(signal=signal):
+            d.signal_received(signal)
+        case WaitTimedOut(step=step):
+            d.wait_timed_out(step)
         case _:
             raise TypeError(f"unknown outcome {outcome!r}")
     return d.transition()
@@ -123,6 +130,10 @@ class _Decision:
         self.deadline_at = run.deadline_at
         self.stage = {s.name: saga.stage_of(s.name) for s in run.steps}
         self.n_stages = len(saga.steps)
+        self.kept = list(run.signals)
+        """Signals kept for a wait not begun yet (after this transition)."""
+        self.recorded: list[Signal] = []
+        self.consumed: list[Signal] = []
 
     # -- helpers
     def _get(self, name: str) -> StepState:
@@ -171,7 +182,12 @@ class _Decision:
         complete the run when there is no such stage (or it has no step: an empty fan-out)."""
         while stage < self.n_stages:
             rows = self._in_stage(stage)
+            wait = self.saga.wait(rows[0].name) if rows else None
+            if wait is not None:
+                self._park(rows[0], wait)
+                return
             if rows:
+                self.status = RunStatus.RUNNING
                 for s in rows:
                     self._dispatch(self._set(s, status=StepStatus.RUNNING), "action")
                 return
@@ -200,13 +216,13 @@ class _Decision:
                 return
             if any(s.status == StepStatus.COMPENSATION_FAILED for s in rows):
                 return
-            todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED
+            todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED and self.saga.wait(s.name) is None
                     and self.saga.step(s.name).compensation_name is not None]
             if todo:
                 for s in todo:
                     self._dispatch(self._set(s, status=StepStatus.COMPENSATING), "compensation")
                 return
-        skipped = [s.name for s in self.steps if s.status in _MAY_HAVE_HAPPENED]
+        skipped = [s.name for s in self.steps if s.status in _MAY_HAVE_HAPPENED and self.saga.wait(s.name) is None]
         if skipped:
             self._emit("CompensationSkipped", steps=skipped, reason="no compensation declared")
         self.status = RunStatus.COMPENSATED
@@ -223,8 +239,10 @@ class _Decision:
         after = replace(self.before, status=self.status, version=self.before.version + 1,
                         steps=tuple(self.steps), failure_reason=self.failure_reason,
                         deadline_at=self.deadline_at)
+        if self.kept != list(self.before.signals):
+            after = replace(after, signals=tuple(self.kept))
         return Transition(self.before, after, tuple(self.events), tuple(self.commands), tuple(self.dead_letters),
-                          tuple(self.closures))
+                          tuple(self.closures), tuple(self.recorded), tuple(self.consumed))
 
     def _dead_letter(self, kind: str, s: StepState, task: str, attempts: int, error: Any) -> None:
         dl = DeadLetter(self.ids(), kind, s.name, task, attempts, error)
@@ -233,8 +251,10 @@ class _Decision:
 
     # -- outcomes
     def start(self) -> None:
-        if self.status != RunStatus.RUNNING or any(s.status != StepStatus.PENDING for s in self.steps):
+        if (self.status not in (RunStatus.RUNNING, RunStatus.SCHEDULED)
+                or any(s.status != StepStatus.PENDING for s in self.steps)):
             raise Ignored("saga already started")
+        self.status = RunStatus.RUNNING
         self._emit("SagaStarted")
         if self.saga.deadline is not None:
             self.deadline_at = self.now + timedelta(seconds=self.saga.deadline)
@@ -320,10 +340,15 @@ class _Decision:
             self._emit("SagaFailed", reason=self.failure_reason)
 
     def cancel(self, reason: str, who: str) -> None:
-        if self.status != RunStatus.RUNNING:
-            raise Ignored(f"only a RUNNING saga can be cancelled; this one is {self.status.value}")
+        if self.status not in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.SCHEDULED):
+            raise Ignored(f"only a RUNNING saga can be cancelled (or a WAITING or SCHEDULED one); this one is "
+                          f"{self.status.value}")
         self._emit("SagaCancelled", reason=reason, who=who)
         for s in self.steps:
+            if s.status == StepStatus.WAITING:  # a wait has no effect: nothing of it to undo
+                self._set(s, status=StepStatus.FAILED, error=f"cancelled: {reason}", deadline_at=None,
+                          finished_at=self.now)
+                self._emit("WaitCancelled", s.name, reason=reason)
             if s.status == StepStatus.RUNNING:
                 # The action may be in flight: its effect is unknown, so it is compensated.
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
@@ -338,6 +363,10 @@ class _Decision:
         self._dispatch(s, "action")
 
     def resume(self, name: str | None, reason: str, who: str) -> None:
+        if self.status == RunStatus.FAILED and self._failed_by_wait() and name is None:
+            self._emit("SagaResumed", reason=reason, who=who)
+            self._begin_compensation(f"resumed by {who} after a wait timed out: {reason or 'compensate'}")
+            return
         if self.status == RunStatus.FAILED:
             stuck = [s for s in self.steps if s.status == StepStatus.COMPENSATION_FAILED]
             if name is not None:
@@ -364,6 +393,119 @@ class _Decision:
             self._dispatch(s, kind)
             return
         raise Ignored(f"a {self.status.value} saga has nothing to resume")
+
+    # -- waits and signals (a `Wait` stage parks the run; a signal or its deadline moves it on)
+    def schedule(self, at: datetime) -> None:
+        if self.status != RunStatus.RUNNING or self.before.version != 1:
+            raise Ignored("only a new run can be scheduled")
+        self.status = RunStatus.SCHEDULED
+        self.deadline_at = at
+        self._emit("SagaScheduled", start_at=at.isoformat())
+
+    def _park(self, s: StepState, wait: Wait) -> None:
+        """Begin `wait`: the run is WAITING, the wait's deadline in its row; a signal kept for it
+        (sent before the wait began) is consumed at once. A wait whose `when` is false for the
+        run's input is skipped: SUCCEEDED at once, and the next stage runs."""
+        if not wait.applies(self.before.input):
+            s = self._set(s, status=StepStatus.SUCCEEDED, result={}, task_id=wait.task_marker, finished_at=self.now)
+            self._emit("WaitSkipped", s.name, signal=wait.signal, reason="its condition (when) is false for this input")
+            self._run_stage(self.stage[s.name] + 1)
+            return
+        self.status = RunStatus.WAITING
+        deadline = self.now + timedelta(seconds=wait.timeout_seconds)
+        s = self._set(s, status=StepStatus.WAITING, task_id=wait.task_marker, deadline_at=deadline)
+        self._emit("WaitStarted", s.name, signal=wait.signal, deadline_at=deadline.isoformat())
+        early = next((x for x in self.kept if x.name == wait.signal), None)
+        if early is not None:
+            self.kept.remove(early)
+            early = replace(early, consumed_by=s.name)
+            self.consumed.append(early)
+            self._answer(s, wait, early)
+
+    def _answer(self, s: StepState, wait: Wait, signal: Signal) -> None:
+        """The wait `s` takes `signal`: approved, the saga goes on with its payload as the wait's
+        result; rejected, it compensates what completed."""
+        self._emit("SignalConsumed", s.name, signal=signal.name, signal_id=signal.id, who=signal.who,
+                   idempotency_key=signal.idempotency_key)
+        if wait.approves(signal.payload):
+            s = self._set(s, status=StepStatus.SUCCEEDED, attempts=1, result=signal.payload, deadline_at=None,
+                          finished_at=self.now)
+            self._emit("WaitApproved", s.name, who=signal.who, result=signal.payload)
+            self.status = RunStatus.RUNNING
+            self._run_stage(self.stage[s.name] + 1)
+            return
+        why = signal.payload.get("reason") if isinstance(signal.payload.get("reason"), str) else None
+        reason = f"wait {s.name!r} rejected by {signal.who}" + (f": {why}" if why else "")
+        s = self._set(s, status=StepStatus.FAILED, attempts=1, result=signal.payload, error=reason,
+                      deadline_at=None, finished_at=self.now)
+        self._emit("WaitRejected", s.name, who=signal.who, reason=reason)
+        self._begin_compensation(reason)
+
+    def signal_received(self, signal: Signal) -> None:
+        waits = self.saga.waits_for(signal.name)
+        refused = HistoryEvent("SignalRefused", None, None, {
+            "signal": signal.name, "who": signal.who, "idempotency_key": signal.idempotency_key,
+            "run_status": self.status.value})
+        if not waits:
+            raise Ignored(f"saga {self.saga.name!r} has no wait for signal {signal.name!r}", refused)
+        if self.status not in (RunStatus.SCHEDULED, RunStatus.RUNNING, RunStatus.WAITING):
+            raise Ignored(f"saga {self.before.saga_id} is not waiting for signal {signal.name!r}: it is "
+                          f"{self.status.value}", refused)
+        if any(x.idempotency_key == signal.idempotency_key for x in self.kept):
+            raise Ignored(f"signal {signal.idempotency_key!r} is already kept")
+        rows = [self._get(w.name) for w in waits]
+        self._emit("SignalReceived", None, signal=signal.name, signal_id=signal.id, who=signal.who,
+                   idempotency_key=signal.idempotency_key)
+        parked = next((s for s in rows if s.status == StepStatus.WAITING), None)
+        if parked is not None:
+            signal = replace(signal, consumed_by=parked.name)
+            self.recorded.append(signal)
+            wait = self.saga.wait(parked.name)
+            assert wait is not None
+            self._answer(parked, wait, signal)
+            return
+        ahead = [s for s in rows if s.status == StepStatus.PENDING]
+        if len(ahead) > sum(1 for x in self.kept if x.name == signal.name):
+            self.kept.append(signal)
+            self.recorded.append(signal)
+            self._emit("SignalKept", ahead[0].name, signal=signal.name, signal_id=signal.id,
+                       reason="its wait has not begun: consumed when it begins")
+            return
+        why = (f"every wait for signal {signal.name!r} is over" if not ahead else
+               f"a signal {signal.name!r} is already kept for wait {ahead[0].name!r}")
+        raise Ignored(f"saga {self.before.saga_id} is not waiting for signal {signal.name!r}: {why}", refused)
+
+    def wait_timed_out(self, name: str) -> None:
+        s = self._get(name)
+        wait = self.saga.wait(name)
+        if wait is None:
+            raise Ignored(f"step {name!r} is not a wait")
+        self._require((RunStatus.WAITING,), s, StepStatus.WAITING, "WaitTimedOut")
+        if s.deadline_at is not None and s.deadline_at > self.now:
+            raise Ignored(f"wait {name!r} is not due before {s.deadline_at.isoformat()}")
+        what = "default" if wait.default_result is not None else str(wait.on_timeout)
+        self._emit("WaitTimedOut", s.name, signal=wait.signal, on_timeout=what)
+        reason = f"wait {name!r} timed out: no signal {wait.signal!r} within {timedelta(seconds=wait.timeout_seconds)}"
+        if wait.default_result is not None:
+            self._set(s, status=StepStatus.SUCCEEDED, result=wait.default_result, error=f"{reason}; went on with "
+                      "the default result", deadline_at=None, finished_at=self.now)
+            self.status = RunStatus.RUNNING
+            self._run_stage(self.stage[name] + 1)
+            return
+        self._set(s, status=StepStatus.TIMED_OUT, error=reason, deadline_at=None, finished_at=self.now)
+        if wait.on_timeout == "compensate":
+            self._begin_compensation(reason)
+            return
+        self.status = RunStatus.FAILED
+        self.deadline_at = None
+        self.failure_reason = f"{reason}; an operator must decide (resume compensates the saga)"
+        self._emit("SagaFailed", reason=self.failure_reason)
+
+    def _failed_by_wait(self) -> bool:
+        """FAILED because a wait declared `on_timeout="fail"` timed out, nothing compensated yet."""
+        undone = (StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
+        return (any(s.status == StepStatus.TIMED_OUT and self.saga.wait(s.name) is not None for s in self.steps)
+                and not any(s.status in undone for s in self.steps))
 
 
 TRACEBACK_LIMIT = 4000

@@ -49,6 +49,15 @@ class InvalidOperation(SagaError):
     """An operator action does not apply to the saga or dead letter in its current state."""
 
 
+class NotWaiting(InvalidOperation):
+    """A signal for a run that is not waiting for it (and will not: its waits are over, it is
+    compensating or terminal, or its saga has no wait for that signal). Nothing was changed."""
+
+
+class SignalConflict(InvalidOperation):
+    """A signal's idempotency key was already used on that run for another signal or payload."""
+
+
 class DeadLetterNotFound(SagaError, LookupError):
     """No dead letter has that id."""
 

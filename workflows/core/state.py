@@ -14,7 +14,11 @@ from typing import Any
 
 
 class RunStatus(str, enum.Enum):
+    SCHEDULED = "SCHEDULED"
+    """Recorded, to be started by the sweeper at its `deadline_at` (`start_saga(start_at=...)`)."""
     RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    """Parked on a signal (a `Wait`): no message in flight, the wait's deadline in its step row."""
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
     COMPENSATED = "COMPENSATED"
@@ -29,6 +33,8 @@ class RunStatus(str, enum.Enum):
 class StepStatus(str, enum.Enum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    """A wait, parked until its signal or its deadline."""
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
@@ -57,6 +63,21 @@ class StepState:
 
 
 @dataclass(frozen=True)
+class Signal:
+    """A signal sent to a run (`operations.signals.signal`). Immutable once recorded."""
+
+    id: str
+    name: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    """Unique per saga: the same key again is the same signal (a no-op)."""
+    who: str
+    received_at: datetime
+    consumed_by: str | None = None
+    """The wait that consumed it; None while it is kept for a wait not begun yet."""
+
+
+@dataclass(frozen=True)
 class RunState:
     saga_id: str
     saga_type: str
@@ -69,6 +90,8 @@ class RunState:
     failure_reason: str | None = None
     caused_by: str | None = None
     """Who made the current version (store metadata; the engine does not read it)."""
+    signals: tuple[Signal, ...] = ()
+    """Signals received before their wait began, kept (not consumed yet), oldest first."""
 
     def step(self, name: str) -> StepState:
         for s in self.steps:
@@ -161,6 +184,27 @@ class Resume(Outcome):
     step: str | None = None
     reason: str = ""
     who: str = "operator"
+
+
+@dataclass(frozen=True)
+class Schedule(Outcome):
+    """Record a run to be started at `at` (by the sweeper, with `Started`)."""
+
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SignalReceived(Outcome):
+    """A signal for the run: consumed by the wait it matches, or kept until that wait begins."""
+
+    signal: Signal
+
+
+@dataclass(frozen=True)
+class WaitTimedOut(Outcome):
+    """A wait's deadline passed with no signal (the sweeper)."""
+
+    step: str
 
 
 # ---------------------------------------------------------------- decisions
@@ -256,6 +300,10 @@ class Transition:
     """Messages to publish once the write committed."""
     dead_letters: tuple[DeadLetter, ...] = ()
     closures: tuple[DeadLetterClosure, ...] = ()
+    signals: tuple[Signal, ...] = ()
+    """Signals this transition records (consumed at once, or kept: `after.signals`)."""
+    consumed: tuple[Signal, ...] = ()
+    """Kept signals this transition consumes (`consumed_by` set): marked consumed in its write."""
 
     @property
     def command(self) -> Command | None:

@@ -68,6 +68,31 @@ class DeadLetterView(_View):
 
 
 @dataclass(frozen=True)
+class SignalView(_View):
+    """A signal sent to a run, and the wait that consumed it (None: kept for a wait not begun)."""
+
+    id: str
+    name: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    who: str
+    received_at: datetime
+    consumed_by: str | None
+    consumed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Signalled(_View):
+    """What `signal(...)` did: the signal as recorded, and the run's state after it."""
+
+    saga_id: str
+    signal: SignalView
+    duplicate: bool
+    """The key named a signal already recorded: nothing changed."""
+    state: str
+
+
+@dataclass(frozen=True)
 class SagaView(_View):
     id: str
     saga_type: str
@@ -83,6 +108,7 @@ class SagaView(_View):
     steps: list[StepView] = field(default_factory=list)
     events: list[EventView] = field(default_factory=list)
     dead_letters: list[DeadLetterView] = field(default_factory=list)
+    signals: list[SignalView] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

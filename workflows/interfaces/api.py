@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import kombu.exceptions
 import sqlalchemy.exc
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from workflows.operations import dead_letters
 from workflows.operations import actions as operations
 from workflows.operations.client import get_saga, list_sagas, start_saga
+from workflows.operations.signals import signal as send_signal
 from workflows.core.definition import registry
 from workflows.core.state import RunStatus
 from workflows.core.errors import (DeadLetterNotFound, IdempotencyConflict, InvalidInput, InvalidOperation, SagaError,
@@ -37,7 +38,7 @@ from workflows.interfaces.console import router as console_router
 from workflows.interfaces.metrics import saga_registry
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.settings import Settings, get_settings
-from workflows.core.views import DeadLetterView, SagaView
+from workflows.core.views import DeadLetterView, SagaView, Signalled
 
 __all__ = ["Authorized", "IdempotencyKey", "Operator", "Started", "create_app", "status_path"]
 
@@ -105,6 +106,12 @@ class HistoryItem(BaseModel):
     attempt: int | None
 
 
+class WaitSummary(BaseModel):
+    step: str
+    signal: str
+    deadline_at: str | None
+
+
 class SagaStatus(BaseModel):
     id: str
     saga_type: str
@@ -112,6 +119,8 @@ class SagaStatus(BaseModel):
     terminal: bool
     failure_reason: str | None
     updated_at: str
+    starts_at: str | None = Field(default=None, description="When a SCHEDULED run starts")
+    waiting_for: list[WaitSummary] = Field(default_factory=list, description="The waits parked on a signal")
     steps: list[StepSummary]
     history: list[HistoryItem]
     open_dead_letters: list[str]
@@ -200,11 +209,25 @@ def status(saga_id: str) -> SagaStatus:
     return SagaStatus(
         id=v.id, saga_type=v.saga_type, state=v.state, terminal=v.terminal, failure_reason=v.failure_reason,
         updated_at=v.updated_at.isoformat(),
+        starts_at=v.deadline_at.isoformat() if v.state == RunStatus.SCHEDULED.value and v.deadline_at else None,
+        waiting_for=[WaitSummary(step=s.name, signal=(s.task_id or "").removeprefix("wait:"),
+                                 deadline_at=s.deadline_at.isoformat() if s.deadline_at else None)
+                     for s in v.steps if s.status == "WAITING"],
         steps=[StepSummary(name=s.name, status=s.status, attempts=s.attempts,
                            compensation_attempts=s.compensation_attempts, result=s.result, error=s.error)
                for s in v.steps],
         history=[HistoryItem(at=e.at.isoformat(), type=e.type, step=e.step, attempt=e.attempt) for e in v.events],
         open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"])
+
+
+@api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"])
+def signal(saga_id: Annotated[str, Path(max_length=64)], name: Annotated[str, Path(max_length=100)],
+           payload: Annotated[dict[str, Any] | None, Body()] = None, key: IdempotencyKey = None,
+           who: Operator = "api") -> Signalled:
+    """Send signal `name` to the run: the wait parked on it takes it (or the next wait, when it
+    begins). The same `Idempotency-Key` again changes nothing (`duplicate`); 409 when the run is
+    not waiting for it (nothing changed), 422 when the payload fails the wait's model."""
+    return send_signal(saga_id, name, payload, idempotency_key=key, who=who)
 
 
 @api.post("/sagas/{saga_id}/retry", tags=["operator"])
@@ -222,7 +245,7 @@ def resume(saga_id: str, body: Annotated[ReasonRequest | None, Body()] = None, w
 
 @api.post("/sagas/{saga_id}/cancel", tags=["operator"])
 def cancel(saga_id: str, body: RequiredReason, who: Operator = "api") -> SagaView:
-    """Force the compensation of a RUNNING saga."""
+    """Force the compensation of a RUNNING or WAITING saga (a SCHEDULED one never starts)."""
     return operations.cancel(saga_id, reason=body.reason, who=who)
 
 

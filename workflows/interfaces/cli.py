@@ -4,6 +4,7 @@
     sagas status <saga id>            sagas list --state FAILED
     sagas retry|resume|cancel <id>    sagas dlq list|show|redrive|discard
     sagas dlq redrive --type order_fulfillment --step process_payment --all
+    sagas signal <id> approval --data '{"approved": true}' --idempotency-key approval-1234
     sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
@@ -28,7 +29,8 @@ from rich.text import Text
 from workflows.core.state import RunStatus
 from workflows.core.errors import SagaError
 
-STATE_STYLE = {"RUNNING": "cyan", "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
+STATE_STYLE = {"RUNNING": "cyan", "WAITING": "blue", "SCHEDULED": "dim cyan",
+               "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
                "FAILED": "bold red", "SUCCEEDED": "green", "PENDING": "dim", "TIMED_OUT": "red",
                "COMPENSATION_FAILED": "bold red", "OPEN": "bold red", "REDRIVEN": "green", "DISCARDED": "dim"}
 RUN_STATES = tuple(s.value for s in RunStatus)
@@ -134,14 +136,18 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
 @click.option("--idempotency-key", help="Starting again with the same key and input starts nothing new.")
 @click.option("--wait", is_flag=True, help="Wait until the saga ends, then show its timeline.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds --wait waits.")
+@click.option("--countdown", type=click.FloatRange(min=0), help="Start in this many seconds (recorded SCHEDULED now).")
+@click.option("--start-at", "start_at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]),
+              help="Start at this time, with its UTC offset (2026-12-24T09:00:00+00:00).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Start a saga of SAGA_TYPE with the input --data."""
+def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, timeout: float,
+          countdown: float | None, start_at: datetime | None, as_json: bool) -> None:
+    """Start a saga of SAGA_TYPE with the input --data (now, or scheduled with --countdown/--start-at)."""
     from workflows.operations.client import start_saga, wait_for
 
     data = _load_data(raw)
     _runtime()
-    saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key)
+    saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key, countdown=countdown, start_at=start_at)
     if not wait:
         if as_json:
             _echo_json({"saga_id": saga_id})
@@ -227,6 +233,33 @@ def cancel(obj: dict[str, str], saga_id: str, reason: str) -> None:
 
     _runtime()
     _acted(cancel_saga(saga_id, reason=reason, who=obj["who"]), "cancelled")
+
+
+@main.command()
+@click.argument("saga_id")
+@click.argument("name")
+@click.option("--data", "raw", default="{}", show_default=True,
+              help="The payload as JSON, @file to read a file, - for stdin.")
+@click.option("--idempotency-key", help="Sending again with the same key changes nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def signal(obj: dict[str, str], saga_id: str, name: str, raw: str, idempotency_key: str | None,
+           as_json: bool) -> None:
+    """Send the signal NAME to the saga SAGA_ID (the wait parked on it, or the next one, takes it)."""
+    from workflows.operations.signals import signal as send
+
+    payload = _load_data(raw)
+    _runtime()
+    answer = send(saga_id, name, payload, idempotency_key=idempotency_key, who=obj["who"])
+    if as_json:
+        _echo_json(answer.to_dict())
+        return
+    x = answer.signal
+    what = ("already recorded: nothing changed" if answer.duplicate else
+            f"consumed by {x.consumed_by}" if x.consumed_by else "kept until its wait begins")
+    line = Text(f"signal {x.name} ({x.idempotency_key}) to saga {saga_id}: {what}; saga now ")
+    line.append_text(_styled(answer.state))
+    _console().print(line)
 
 
 def _acted(view: Any, verb: str) -> None:
@@ -428,6 +461,12 @@ def _show_saga(v: Any) -> None:
                   + (f"   idempotency key {v.idempotency_key}" if v.idempotency_key else ""))
     if v.failure_reason:
         console.print(Text(f"reason: {v.failure_reason}", style="red"))
+    if v.state == "SCHEDULED" and v.deadline_at:
+        console.print(Text(f"starts at {_time(v.deadline_at)}", style="cyan"))
+    for s in v.steps:
+        if s.status == "WAITING" and s.task_id:
+            console.print(Text(f"waiting: {s.name} for signal {s.task_id.removeprefix('wait:')!r} until "
+                               f"{_time(s.deadline_at)}", style="blue"))
 
     steps = Table(title="steps", title_justify="left")
     for col in ("#", "step", "status", "attempts", "compensations", "started", "finished", "compensated",
@@ -447,6 +486,15 @@ def _show_saga(v: Any) -> None:
         history.add_row(f"{(e.at - v.created_at).total_seconds():8.3f}", _styled(e.type) if e.type.startswith("Saga")
                         else Text(e.type), e.step or "", str(e.attempt or ""), _short(shown, 90) if shown else "")
     console.print(history)
+
+    if v.signals:
+        sigs = Table(title="signals", title_justify="left")
+        for col in ("received", "signal", "who", "idempotency key", "consumed by", "payload"):
+            sigs.add_column(col, no_wrap=col != "payload")
+        for x in v.signals:
+            sigs.add_row(_time(x.received_at), x.name, x.who, x.idempotency_key, x.consumed_by or "(kept)",
+                         _short(x.payload, 60))
+        console.print(sigs)
 
     if v.dead_letters:
         dls = Table(title="dead letters", title_justify="left")

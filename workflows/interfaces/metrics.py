@@ -10,6 +10,10 @@ few aggregate queries. What each family means:
 - `sagas_failed{saga_type}`: runs FAILED now, a compensation stuck until an operator acts
   (a gauge: resuming or redriving moves a run out of FAILED).
 - `sagas_by_state{saga_type,state}`: every run by its current state (gauge).
+- `sagas_waiting{saga_type}`: runs parked on a signal now (gauge); `sagas_scheduled{saga_type}`:
+  runs recorded to start later (gauge).
+- `saga_waits_timed_out_total{saga_type}`: waits whose deadline passed with no signal (counter:
+  the wait rows keep it).
 - `saga_step_retries_total{saga_type,step,kind}`: attempts beyond the first, actions and
   compensations (counter).
 - `saga_step_duration_seconds{saga_type,step}`: a gauge histogram of the actions that
@@ -19,7 +23,8 @@ few aggregate queries. What each family means:
 - `saga_outbox_unsent`: events choreography handlers committed and have not sent yet (gauge). It
   should stay near 0: a handler sends right after its commit, and the sweeper sends what a
   crash in between left; a value that grows means the broker is unreachable from the workers.
-- `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet, and
+- `sagas_stuck`: non-terminal runs past a deadline the sweeper has not acted on yet (a due wait,
+  a due scheduled start included), and
   choreographed sagas that heard no event for longer than their deadline (the sweeper's own
   queries, each capped at 500).
 - `saga_store_up`: 1 if the store answered this scrape, 0 if not (the others are then absent).
@@ -89,6 +94,8 @@ class SagaCollector(Collector):
                                           labels=["saga_type"])
         failed = GaugeMetricFamily("sagas_failed", "Saga runs FAILED now: a compensation is stuck, "
                                    "an operator must act", labels=["saga_type"])
+        waiting = GaugeMetricFamily("sagas_waiting", "Saga runs parked on a signal now", labels=["saga_type"])
+        scheduled = GaugeMetricFamily("sagas_scheduled", "Saga runs recorded to start later", labels=["saga_type"])
         totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for row in self.store.run_counts():
             by_state.add_metric([row.saga_type, row.state], row.count)
@@ -98,7 +105,13 @@ class SagaCollector(Collector):
             completed.add_metric([saga_type], states["COMPLETED"])
             compensated.add_metric([saga_type], states["COMPENSATED"])
             failed.add_metric([saga_type], states["FAILED"])
-        yield from (started, completed, compensated, failed, by_state)
+            waiting.add_metric([saga_type], states["WAITING"])
+            scheduled.add_metric([saga_type], states["SCHEDULED"])
+        timed_out = CounterMetricFamily("saga_waits_timed_out", "Waits whose deadline passed with no signal",
+                                        labels=["saga_type"])
+        for saga_type, n in sorted(self.store.waits_timed_out().items()):
+            timed_out.add_metric([saga_type], n)
+        yield from (started, completed, compensated, failed, waiting, scheduled, timed_out, by_state)
 
     def _retries(self) -> Metric:
         family = CounterMetricFamily("saga_step_retries", "Step attempts beyond the first",
@@ -139,6 +152,8 @@ class SagaCollector(Collector):
         """Orchestrated runs past a deadline, and choreographies that heard no event for too long."""
         ids = set(self.store.due_deadlines(now))
         ids |= {saga_id for saga_id, *_ in self.store.due_steps(now)}
+        ids |= {saga_id for saga_id, *_ in self.store.due_waits(now)}
+        ids |= {saga_id for saga_id, _ in self.store.due_starts(now)}
         return ids | set(self.store.stuck_choreographies(now, 500))
 
     def _stuck(self, now: datetime) -> Metric:

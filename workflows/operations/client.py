@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
@@ -22,7 +24,8 @@ log = logging.getLogger("workflows.client")
 
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
                saga_id: str | None = None, session: Session | None = None,
-               connection: Connection | None = None) -> str:
+               connection: Connection | None = None, start_at: datetime | None = None,
+               countdown: float | None = None) -> str:
     """Validate, record the run with all its steps in one atomic write, publish its first step.
 
     Returns the saga id. The same idempotency key with the same input returns the same id
@@ -41,6 +44,11 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     returned (or `IdempotencyConflict`/`SagaIdTaken` raised) and the caller's transaction is still
     usable. If the process dies between the caller's commit and that publish, the sweeper sends
     step 1 once its deadline passed, as for any start.
+
+    `start_at=` (an aware datetime) or `countdown=` (seconds): a scheduled start. The run is
+    recorded at once, SCHEDULED (idempotent by key as any start, cancellable until it starts), and
+    nothing is published: the sweeper starts it once its time came. Nothing waits in the broker.
+    A time that has already come (`countdown=0`, `start_at` in the past) starts it now.
     """
     rt = get_runtime()
     if session is not None and connection is not None:
@@ -52,9 +60,11 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     clean = definition.validate_input(data)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
-    started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx)
+    when = _start_time(rt, start_at, countdown)
+    started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
+                            start_at=when)
     t = started.transition
-    if t is None:
+    if t is None or not t.commands:  # an existing run, or a scheduled one (the sweeper starts it)
         return started.saga_id
     if tx is None:
         _publish_first(rt, t)
@@ -63,6 +73,19 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
         store.after_commit(tx, lambda: _publish_first(rt, t),
                            check=lambda: store.saga_type(t.after.saga_id) is not None)
     return started.saga_id
+
+
+def _start_time(rt: Runtime, start_at: datetime | None, countdown: float | None) -> datetime | None:
+    if start_at is not None and countdown is not None:
+        raise SagaError("give start_at= or countdown=, not both")
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or not math.isfinite(countdown) \
+                or countdown < 0:
+            raise SagaError(f"countdown must be a number of seconds >= 0 (got {countdown!r})")
+        start_at = rt.clock() + timedelta(seconds=countdown)
+    elif start_at is not None and (not isinstance(start_at, datetime) or start_at.tzinfo is None):
+        raise SagaError(f"start_at must be a timezone-aware datetime (got {start_at!r})")
+    return start_at if start_at is not None and start_at > rt.clock() else None
 
 
 def _publish_first(rt: Runtime, t: Transition) -> None:

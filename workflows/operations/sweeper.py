@@ -6,7 +6,10 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
   may never have been published (the caller died, the broker was down): send it again, once;
 - an action past its deadline (never picked up, or its worker vanished): TIMED_OUT, compensate;
 - a compensation past its deadline: a failed attempt (retried, or dead-lettered when exhausted);
-- a run past its saga-level deadline: cancelled, compensated;
+- a run past its saga-level deadline: cancelled, compensated (a parked run too);
+- a wait past its deadline with no signal (`due_waits`, an indexed range however many runs are
+  parked): timed out, as its `on_timeout` says;
+- a SCHEDULED run whose start time came (`due_starts`): started, its first stage published;
 - a dead letter committed and never copied to the broker (its writer died first): sent;
 - the choreographies' part (`choreography.operations.sweep_choreographies`).
 Every action is one pass of the decision loop, version-checked like a step's own report, so a
@@ -22,10 +25,18 @@ from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
 from workflows.core.errors import UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Outcome,
-                                  Redispatch, StepStatus)
+                                  Redispatch, Started, StepStatus, WaitTimedOut)
 from workflows.runtime.container import Runtime
+from workflows.runtime.loop import DecisionLoop
 
 log = logging.getLogger("workflows.sweeper")
+
+WAIT_SWEEPER = "sweeper:wait"
+"""`caused_by` of a wait's timeout (which may dispatch the next stage: on_timeout=<default>)."""
+FRESH_DISPATCHERS = (STARTED_BY, "signal:", WAIT_SWEEPER)
+"""`caused_by` prefixes of a version that dispatched steps nothing has reported on since: the start,
+a signal, a wait's timeout. Their first messages may never have been published (the writer died
+between commit and publish), so at their deadline they are sent again, once, not timed out."""
 
 
 @dataclass
@@ -34,6 +45,9 @@ class SweepReport:
     timed_out: list[str] = field(default_factory=list)
     compensations_retried: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    waits_timed_out: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    """SCHEDULED runs started."""
     dead_letters_sent: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     """Choreographed sagas whose last event is older than their deadline."""
@@ -57,7 +71,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
             log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
             continue
         run = store.load(saga_id)
-        if run.caused_by == STARTED_BY:
+        if run.caused_by is not None and run.caused_by.startswith(FRESH_DISPATCHERS):
             never_heard.add(saga_id)
         s = run.step(step)
         if s.deadline_at is None or s.deadline_at >= now:
@@ -88,6 +102,24 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
                              by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
+
+    # decided at `now`, the time the waits and starts were found due at (the engine checks a wait's
+    # deadline against it)
+    at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
+    for saga_id, saga_type, wait in store.due_waits(now):
+        run = store.load(saga_id)
+        applied = at_now.apply(registry.get(saga_type), saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
+                             expected_version=run.version, state=run)
+        if applied.transition is not None:
+            report.waits_timed_out.append(f"{saga_id}:{wait}")
+
+    for saga_id, saga_type in store.due_starts(now):
+        run = store.load(saga_id)
+        # by "start": nothing has reported on it yet, so a lost first message is sent again
+        applied = at_now.apply(registry.get(saga_type), saga_id, Started(), by=STARTED_BY,
+                             expected_version=run.version, state=run)
+        if applied.transition is not None:
+            report.started.append(saga_id)
 
     try:
         report.dead_letters_sent.extend(loop.resend_dead_letters())

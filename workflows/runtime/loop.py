@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from workflows.core.definition import Saga
-from workflows.core.engine import decide, is_current, new_run
+from workflows.core.engine import commands_for, decide, is_current, new_run
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
-                                  Ignored, MessageInfo, Outcome, RunState, Started, Timing, Transition)
+                                  Ignored, MessageInfo, Outcome, RunState, Schedule, Signal, SignalReceived, Started,
+                                  Timing, Transition)
 from workflows.core.views import DeadLetterView
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
@@ -131,10 +132,47 @@ class DecisionLoop:
                 "outcome": what, **detail, "run_version": run.version}), by=by, now=self.clock())
         return Applied(None, run, stale=True, own_commit=own)
 
+    # ------------------------------------------------------------ signals
+
+    def signal(self, saga: Saga, saga_id: str, signal: Signal) -> Applied:
+        """Record `signal` and apply it (consumed by its wait, or kept until the wait begins) in one
+        version-checked write, then publish what follows. A signal already recorded under its key
+        changes nothing (`ignored` is "duplicate"); if the current version is that signal's own
+        commit, what it dispatched is published again (the sender died between commit and publish)."""
+        by = signal_by(signal.id)
+        while True:
+            now = self.clock()
+            run = self.store.load(saga_id)
+            # after the load: a same-key signal committed since then moves the version, and this
+            # write is refused and decided again, finding it here
+            seen = self.store.signal_for_key(saga_id, signal.idempotency_key)
+            if seen is not None:
+                if run.caused_by == signal_by(seen.id):
+                    self.republish(saga, run)
+                return Applied(None, run, ignored="duplicate")
+            try:
+                t = decide(saga, run, SignalReceived(signal), now, self.ids, self.timing)
+            except Ignored as ig:
+                if ig.event is not None:
+                    self.store.record(saga_id, ig.event, by=by, now=now)
+                return Applied(None, run, ignored=ig.reason)
+            try:
+                self.store.commit(t, by=by, now=now)
+            except ConcurrentTransition:
+                continue
+            self.publish(t)
+            return Applied(t, t.after)
+
+    def republish(self, saga: Saga, run: RunState) -> None:
+        """The messages `run` waits on, derived from its state (a follow-up a crash may have lost)."""
+        for cmd in commands_for(saga, run, self.timing):
+            self.dispatcher.send_step(run, cmd)
+
     # ------------------------------------------------------------ starts and dead letters
 
     def start(self, saga: Saga, data: dict[str, Any], *, saga_id: str | None = None,
-              idempotency_key: str | None = None, tx: CallerTx | None = None) -> Start:
+              idempotency_key: str | None = None, tx: CallerTx | None = None,
+              start_at: datetime | None = None) -> Start:
         """Record a run already started (step 1 dispatched) in one atomic write; the caller publishes
         `transition` (or calls `publish`). An idempotency key already used returns its run, and no
         transition. If the first message is lost, the sweeper sends it once step 1's deadline passed.
@@ -143,7 +181,9 @@ class DecisionLoop:
         caller's transaction; the caller publishes only after that commits (`store.after_commit`)."""
         now = self.clock()
         run_id = saga_id or _uuid(self.ids())
-        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), Started(), now, self.ids, self.timing)
+        # `start_at`: recorded SCHEDULED (nothing to publish); the sweeper starts it when due
+        first = Schedule(start_at) if start_at is not None else Started()
+        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids, self.timing)
         if tx is None:
             created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
         else:
@@ -182,6 +222,11 @@ class DecisionLoop:
         finally:
             self.store.mark_dead_letters_sent(sent, now)
         return sent
+
+
+def signal_by(signal_id: str) -> str:
+    """`caused_by` of the version a signal made (how a duplicate knows its original committed)."""
+    return f"signal:{signal_id}"
 
 
 def _uuid(hex_id: str) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
-from workflows.core.views import DeadLetterView, EventView, SagaView
+from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView
 
 CallerTx = Session | Connection
 """The caller's transaction (`workflows.store.joined`): an ORM `Session` or a Core `Connection`."""
@@ -242,6 +242,18 @@ class SagaStore(Protocol):
 
     def due_steps(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str, int]]: ...
 
+    def due_waits(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str]]:
+        """(saga id, saga type, wait) of parked waits whose deadline passed (an indexed range)."""
+        ...
+
+    def due_starts(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str]]:
+        """(saga id, saga type) of SCHEDULED runs whose start time came."""
+        ...
+
+    def signal_for_key(self, saga_id: str, idempotency_key: str) -> SignalView | None:
+        """The signal recorded under `idempotency_key` for run `saga_id`, or None."""
+        ...
+
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
                      limit: int = 100) -> builtins.list[DeadLetterView]: ...
 
@@ -275,6 +287,9 @@ class SagaStore(Protocol):
     def open_dead_letter_groups(self) -> builtins.list[DeadLetterGroup]: ...
 
     def open_dead_letters_of(self, saga_type: str, step: str, limit: int = 10_000) -> Sequence[DeadLetterView]: ...
+    def waits_timed_out(self) -> dict[str, int]:
+        """Waits that timed out with no signal, by saga type."""
+        ...
 
     # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this
     # class body `list` is the method above

@@ -54,6 +54,7 @@ class SagaRow(Base):
         Index("ix_sagas_type_created", "saga_type", "created_at"),
         Index("ix_sagas_input", "input", postgresql_using="gin",
               postgresql_ops={"input": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
+        Index("ix_sagas_state_deadline", "state", "deadline_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -69,8 +70,12 @@ class SagaRow(Base):
     message find out that its own transition already committed."""
     failure_reason: Mapped[str | None] = mapped_column(Text)
     deadline_at: Mapped[datetime | None]
+    """A saga deadline (RUNNING, WAITING), or when a SCHEDULED run starts."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    signals_pending: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Signals kept for a wait not begun yet (`saga_signals` rows not consumed): the run's read
+    loads them only when there are some, so a run without signals is still read in one statement."""
 
     steps: Mapped[list[StepRow]] = relationship(
         back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")
@@ -117,6 +122,26 @@ class EventRow(Base):
     step: Mapped[str | None] = mapped_column(String(100))
     attempt: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class SignalRow(Base):
+    """A signal sent to a run: the record of who sent what, and which wait consumed it."""
+
+    __tablename__ = "saga_signals"
+    __table_args__ = (UniqueConstraint("saga_id", "idempotency_key", name="uq_saga_signals_key"),
+                      Index("ix_saga_signals_saga", "saga_id", "received_at"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    saga_id: Mapped[str] = mapped_column(ForeignKey("sagas.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    """Unique per saga: the same key again is the same signal."""
+    who: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime]
+    consumed_by: Mapped[str | None] = mapped_column(String(100))
+    """The wait that took it; NULL while it is kept for a wait not begun yet."""
+    consumed_at: Mapped[datetime | None]
 
 
 class DeadLetterRow(Base):

@@ -43,7 +43,7 @@ class PostgresStore(SqlStore):
         conn.execute(*creation_statement(saga_row, steps, events))
 
     def commit(self, t: Transition, *, by: str, now: datetime) -> None:
-        if t.dead_letters or t.closures:
+        if t.dead_letters or t.closures or t.signals or t.consumed:  # rare: a transaction of SqlStore's
             super().commit(t, by=by, now=now)
             return
         with statement_engine(self.url).connect() as c:
@@ -66,7 +66,7 @@ def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, di
     before, after = t.before, t.after
     params: dict[str, Any] = {"t_id": after.saga_id, "t_version": before.version, "t_state": after.status.value,
                               "t_failure_reason": after.failure_reason, "t_deadline_at": after.deadline_at,
-                              "t_caused_by": by, "t_updated_at": now}
+                              "t_caused_by": by, "t_updated_at": now, "t_signals_pending": len(after.signals)}
     shape = []
     for old, st in zip(before.steps, after.steps):
         if st != old:
@@ -85,7 +85,8 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
     bump = (update(SAGAS).where(SAGAS.c.id == bindparam("t_id"), SAGAS.c.version == bindparam("t_version"))
             .values(version=SAGAS.c.version + 1, state=bindparam("t_state"),
                     failure_reason=bindparam("t_failure_reason"), deadline_at=bindparam("t_deadline_at"),
-                    caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"))
+                    caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"),
+                    signals_pending=bindparam("t_signals_pending"))
             .returning(SAGAS.c.id).cte("bump"))
     parts = [update(STEPS).where(STEPS.c.saga_id == bump.c.id, STEPS.c.index == index)
              .values({c: bindparam(f"s{index}_{c}") for c in columns})
@@ -96,7 +97,7 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
 
 
 _SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "input", "input_hash", "idempotency_key",
-                 "caused_by", "created_at", "updated_at", "deadline_at")
+                 "caused_by", "created_at", "updated_at", "deadline_at", "signals_pending")
 _STEP_INSERT_COLUMNS = ("index", "name", *STEP_COLUMNS)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+from dataclasses import replace
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -11,9 +12,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from workflows.core.errors import DeadLetterNotFound, IdempotencyConflict, SagaNotFound
 from workflows.core.state import RunStatus, StepStatus
-from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
+from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView, StepView
 from workflows.store.base import RunCounts, StepDuration, StepRetries, input_hash
-from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, SagaRow, StepRow
+from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, SagaRow, SignalRow, StepRow
 
 
 class Reads:
@@ -43,7 +44,9 @@ class Reads:
             events = s.scalars(select(EventRow).where(EventRow.saga_id == saga_id).order_by(EventRow.id)).all()
             dls = s.scalars(select(DeadLetterRow).where(DeadLetterRow.saga_id == saga_id)
                             .order_by(DeadLetterRow.created_at)).all()
-            return _saga_view(row, events, dls)
+            sigs = s.scalars(select(SignalRow).where(SignalRow.saga_id == saga_id)
+                             .order_by(SignalRow.received_at, SignalRow.id)).all()
+            return replace(_saga_view(row, events, dls), signals=[_signal_view(x) for x in sigs])
 
     def list(self, *, state: str | None = None, saga_type: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[SagaView], int]:
@@ -60,11 +63,36 @@ class Reads:
             return [_saga_view(r, [], []) for r in rows], int(s.scalar(c) or 0)
 
     def due_deadlines(self, now: datetime, limit: int = 500) -> builtins.list[str]:
-        """Running orchestrated runs past their saga-level deadline."""
+        """Running or waiting orchestrated runs past their saga-level deadline."""
         with self.sessions() as s:
             return list(s.scalars(select(SagaRow.id).where(
-                SagaRow.state == RunStatus.RUNNING.value, SagaRow.style == "orchestrated",
+                SagaRow.state.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]), SagaRow.style == "orchestrated",
                 SagaRow.deadline_at < now).limit(limit)))
+
+    def due_waits(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str]]:
+        """(saga id, saga type, wait) of waits whose deadline passed: one range of the index
+        `ix_saga_steps_deadline` (status, deadline_at), however many runs are parked."""
+        with self.sessions() as s:
+            rows = s.execute(select(StepRow.saga_id, SagaRow.saga_type, StepRow.name)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .where(StepRow.status == StepStatus.WAITING.value, StepRow.deadline_at < now)
+                             .order_by(StepRow.deadline_at).limit(limit)).all()
+            return [(a, b, c) for a, b, c in rows]
+
+    def due_starts(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str]]:
+        """(saga id, saga type) of SCHEDULED runs whose start time came (index `ix_sagas_state_deadline`)."""
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.id, SagaRow.saga_type)
+                             .where(SagaRow.state == RunStatus.SCHEDULED.value, SagaRow.deadline_at <= now)
+                             .order_by(SagaRow.deadline_at).limit(limit)).all()
+            return [(a, b) for a, b in rows]
+
+    def signal_for_key(self, saga_id: str, idempotency_key: str) -> SignalView | None:
+        """The signal `idempotency_key` already names on run `saga_id`, or None."""
+        with self.sessions() as s:
+            row = s.scalars(select(SignalRow).where(SignalRow.saga_id == saga_id,
+                                                    SignalRow.idempotency_key == idempotency_key)).first()
+            return _signal_view(row) if row is not None else None
 
     def due_steps(self, now: datetime, limit: int = 500) -> builtins.list[tuple[str, str, str, int]]:
         """(saga id, saga type, step, run version) of in-flight steps past their deadline."""
@@ -135,6 +163,15 @@ class Reads:
             return {k: int(v) for k, v in s.execute(select(DeadLetterRow.status, func.count())
                                                     .group_by(DeadLetterRow.status)).all()}
 
+    def waits_timed_out(self) -> dict[str, int]:
+        """Waits whose deadline passed with no signal, by saga type (the wait rows, `task_id` 'wait:...')."""
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, func.count()).select_from(StepRow)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .where(StepRow.task_id.like("wait:%"), StepRow.error.like("wait % timed out%"))
+                             .group_by(SagaRow.saga_type)).all()
+        return {t: int(n) for t, n in rows}
+
     def outbox_unsent(self) -> int:
         with self.sessions() as s:
             return int(s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))) or 0)
@@ -153,6 +190,11 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
                 for e in events],
         dead_letters=[_dead_letter_view(d) for d in dls],
     )
+
+
+def _signal_view(r: SignalRow) -> SignalView:
+    return SignalView(id=r.id, name=r.name, payload=r.payload, idempotency_key=r.idempotency_key, who=r.who,
+                      received_at=r.received_at, consumed_by=r.consumed_by, consumed_at=r.consumed_at)
 
 
 def _dead_letter_view(r: DeadLetterRow) -> DeadLetterView:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from workflows.core.state import DeadLetter, HistoryEvent, StepState, StepStatus, Transition
+from workflows.core.state import DeadLetter, HistoryEvent, Signal, StepState, StepStatus, Transition
 from workflows.store.base import input_hash
 from workflows.store.models import EventRow, SagaRow, StepRow
 
@@ -48,7 +48,7 @@ def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,
     saga_row = {"id": run.saga_id, "saga_type": run.saga_type, "style": "orchestrated", "state": run.status.value,
                 "version": run.version, "input": run.input, "input_hash": input_hash(run.saga_type, run.input),
                 "idempotency_key": idempotency_key, "caused_by": by, "created_at": now, "updated_at": now,
-                "deadline_at": run.deadline_at}
+                "deadline_at": run.deadline_at, "signals_pending": len(run.signals)}
     steps = [step_values(run.saga_id, st, None, now) for st in run.steps]
     events = [{"saga_id": run.saga_id, "at": now, "type": "SagaCreated", "step": None, "attempt": None,
                "detail": {"saga_type": run.saga_type, "idempotency_key": idempotency_key}},
@@ -62,3 +62,9 @@ def dead_letter_values(dl: DeadLetter, saga_id: str | None, now: datetime) -> di
             "queue": message.queue, "args": message.args, "kwargs": message.kwargs, "headers": message.headers,
             "attempts": dl.attempts, "exception": str(dl.error), "traceback": dl.error.traceback, "status": "OPEN",
             "resolution": None, "created_at": now, "resolved_at": None, "sent_at": None}
+
+
+def signal_values(saga_id: str, x: Signal, now: datetime) -> dict[str, Any]:
+    return {"id": x.id, "saga_id": saga_id, "name": x.name, "payload": x.payload, "idempotency_key": x.idempotency_key,
+            "who": x.who, "received_at": x.received_at, "consumed_by": x.consumed_by,
+            "consumed_at": now if x.consumed_by is not None else None}

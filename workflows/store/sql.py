@@ -17,22 +17,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workflows.core.errors import ConcurrentTransition, DeadLetterHandled, SagaIdTaken, SagaNotFound
-from workflows.core.state import (DeadLetter, DeadLetterClosure, HistoryEvent, RunState, RunStatus, StepState,
-                                  StepStatus, Transition)
+from workflows.core.state import (DeadLetter, DeadLetterClosure, HistoryEvent, RunState, RunStatus, Signal,
+                                  StepState, StepStatus, Transition)
 from workflows.store.base import Created
 from workflows.store.console import ConsoleReads
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
-from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow
+from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_letter_values, event_values,
-                                  step_values)
+                                  signal_values, step_values)
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
 _STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.input,
-                 SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
+                 SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by, SAGAS.c.signals_pending,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
                  STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
                  STEPS.c.deadline_at.label("step_deadline_at"), STEPS.c.finished_at)
@@ -50,6 +50,10 @@ _STEP_UPDATE = update(STEPS).where(STEPS.c.saga_id == bindparam("b_saga_id"),
                                    STEPS.c.index == bindparam("b_index"))
 _DEAD_LETTERS = DeadLetterRow.__table__
 _OUTBOX = OutboxRow.__table__
+_SIGNALS = SignalRow.__table__
+_KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIGNALS.c.consumed_by.is_(None))
+         .order_by(_SIGNALS.c.received_at, _SIGNALS.c.id))
+"""The signals kept for a run's waits not begun yet; read only when the run counts some."""
 
 
 class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
@@ -78,7 +82,7 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
 
     def prune(self, ended_before: datetime, *, limit: int = 1000) -> int:
         """Delete up to `limit` runs that ended (COMPLETED or COMPENSATED) before `ended_before`,
-        with their steps, history, resolved dead letters and sent outbox rows, in one transaction
+        with their steps, history, signals, resolved dead letters and sent outbox rows, in one transaction
         (a choreography's processed-event markers stay: they are what makes a late duplicate a no-op);
         returns how many. A run with an open dead letter or an unsent outbox row is kept, and so
         is every run that has not ended (FAILED waits for an operator). Call it until it returns 0."""
@@ -95,6 +99,7 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
             s.execute(delete(EVENTS).where(EVENTS.c.saga_id.in_(ids)))
             s.execute(delete(_DEAD_LETTERS).where(_DEAD_LETTERS.c.saga_id.in_(ids)))
             s.execute(delete(_OUTBOX).where(_OUTBOX.c.saga_id.in_(ids)))
+            s.execute(delete(_SIGNALS).where(_SIGNALS.c.saga_id.in_(ids)))
             s.execute(delete(STEPS).where(STEPS.c.saga_id.in_(ids)))
             s.execute(delete(SAGAS).where(SAGAS.c.id.in_(ids)))
         return len(ids)
@@ -114,10 +119,15 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
         """The run and its steps, as of one snapshot (one round trip on PostgreSQL)."""
         with statement_engine(self.url).connect() as c:
             rows = c.execute(_STATE, {"saga_id": saga_id}).all()
+            # kept signals change only under a new version, with the run: a second read of them is
+            # consistent with the first as long as the version is unchanged (the write checks it)
+            kept = c.execute(_KEPT, {"saga_id": saga_id}).all() if rows and rows[0].signals_pending else []
         if not rows:
             raise SagaNotFound(f"no saga with id {saga_id!r}")
         r = rows[0]
         return RunState(
+            signals=tuple(Signal(id=k.id, name=k.name, payload=k.payload, idempotency_key=k.idempotency_key,
+                                 who=k.who, received_at=k.received_at) for k in kept),
             saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
             deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
             steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
@@ -126,16 +136,26 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
                                   finished_at=x.finished_at) for x in rows))
 
     def commit(self, t: Transition, *, by: str, now: datetime) -> None:
-        with self.sessions.begin() as s:
-            self._write(s, t, by, now)
+        try:
+            with self.sessions.begin() as s:
+                self._write(s, t, by, now)
+        except IntegrityError as e:
+            if t.signals:  # a signal's key recorded by another writer: decided again, it finds it
+                raise ConcurrentTransition(f"saga {t.after.saga_id}: signal recorded by another writer") from e
+            raise
 
     def _write(self, s: Session, t: Transition, by: str, now: datetime) -> None:
         before, after = t.before, t.after
         bumped = s.execute(_BUMP, {"b_id": after.saga_id, "b_version": before.version, "state": after.status.value,
                                    "failure_reason": after.failure_reason, "deadline_at": after.deadline_at,
-                                   "caused_by": by, "updated_at": now})
+                                   "caused_by": by, "updated_at": now, "signals_pending": len(after.signals)})
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentTransition(f"saga {after.saga_id} changed under us")
+        if t.signals:
+            s.execute(insert(_SIGNALS), [signal_values(after.saga_id, x, now) for x in t.signals])
+        for x in t.consumed:
+            s.execute(update(_SIGNALS).where(_SIGNALS.c.id == x.id, _SIGNALS.c.consumed_by.is_(None))
+                      .values(consumed_by=x.consumed_by, consumed_at=now))
         for old, st in zip(before.steps, after.steps):
             if st != old:
                 s.execute(_STEP_UPDATE, step_values(after.saga_id, st, old, now, key="b_"))
