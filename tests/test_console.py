@@ -364,3 +364,29 @@ def test_a_step_in_flight_runs_to_now() -> None:
     t = timeline.build(view, now=view.updated_at + timedelta(seconds=10))
     [bar] = t.rows[0].bars
     assert bar.status == "running" and (bar.end - bar.start).total_seconds() == 10
+
+
+def test_a_signal_is_sent_to_a_waiting_saga_from_its_page(client):  # type: ignore[no-untyped-def]
+    import tests.support.wait_sagas  # noqa: F401  (registers tests.parked in this process)
+
+    # Given a run parked on its first stage, a wait for the signal "confirm"
+    sid = start_saga("tests.parked", {})
+    assert get_saga(sid).state == "WAITING"
+    page = client.get(f"/console/sagas/{sid}").text
+    assert 'action="/console/sagas/' in page and '<option value="confirm">confirm</option>' in page
+    form = {"csrf_token": csrf_of(page), "operator": "olga", "reason": "the warehouse called", "confirm": "yes"}
+
+    # A payload that is not JSON is refused, naming the problem, and changes nothing
+    bad = client.post(f"/console/sagas/{sid}/signal", data={**form, "signal": "confirm", "payload": "{nope"})
+    assert bad.status_code == 400 and "the payload is not JSON" in bad.text
+    assert get_saga(sid).state == "WAITING"
+
+    # When the operator sends it, the wait takes it: recorded with who, the reason in its payload
+    sent = client.post(f"/console/sagas/{sid}/signal", data={**form, "signal": "confirm", "payload": "{}"})
+    assert sent.status_code == 200 and "signal &#39;confirm&#39; sent" in sent.text
+    view = get_saga(sid)
+    assert view.state == "RUNNING" and view.step("confirm").status == "SUCCEEDED"
+    assert view.step("confirm").result == {"reason": "the warehouse called"}
+    assert [e.detail["who"] for e in view.events if e.type == "SignalReceived"] == ["olga"]
+    # and the page offers no signal once nothing waits for one any more
+    assert 'action="/console/sagas/' + sid + '/signal"' not in client.get(f"/console/sagas/{sid}").text

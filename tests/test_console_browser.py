@@ -4,11 +4,14 @@ against the API served by uvicorn, a real worker, PostgreSQL and Redis.
 Given an order that fails at shipping and whose stock release then fails too (dead-lettered),
 when an operator logs in, finds it by its order id, reads its timeline and redrives the dead
 letter, then the saga page they left open turns COMPENSATED by itself. An XSS probe in an input
-renders as text; a POST without the CSRF token is refused. The screenshots in docs/ come from here.
+renders as text; a POST without the CSRF token is refused. The screenshots in docs/ come from here
+(`SAGA_SCREENSHOTS_DIR=docs`).
 """
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +28,9 @@ from workflows.interfaces.api import create_app
 from workflows.runtime.settings import get_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(os.environ.get("SAGA_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="console-shots-"))
+"""Where the screenshots go: a temporary folder, or docs/ to refresh the README's
+(`SAGA_SCREENSHOTS_DIR=docs make test`), so that `make test` leaves the tree as it was."""
 TOKEN = "browser-token"
 
 pytestmark = pytest.mark.usefixtures("running_worker")

@@ -26,7 +26,7 @@ from workflows.core.errors import SagaError, UnknownSaga
 from workflows.core.state import RunStatus
 from workflows.core.views import SagaView
 from workflows.interfaces.console import auth, chart, timeline
-from workflows.operations import actions, dead_letters
+from workflows.operations import actions, dead_letters, signals
 from workflows.runtime.container import get_runtime
 from workflows.runtime.settings import Settings
 from workflows.store.base import DeadLetterQuery, SagaQuery
@@ -312,8 +312,21 @@ def _saga_context(saga_id: str) -> dict[str, Any]:
         if e.step and e.type in FAILURES and isinstance(e.detail.get("traceback"), str):
             tracebacks[e.step] = e.detail["traceback"]
     return {"saga": view, "timeline": timeline.build(view, now, _stages(view)), "tracebacks": tracebacks,
+            "signals": _signals_of(view),
             "steps_in_flight": [s.name for s in view.steps if s.status in ("RUNNING", "COMPENSATING",
                                                                            "COMPENSATION_FAILED")]}
+
+
+def _signals_of(view: SagaView) -> list[str]:
+    """The signals the run's waits listen for (the console offers to send one while it may take it)."""
+    if view.state not in (RunStatus.WAITING.value, RunStatus.RUNNING.value, RunStatus.SCHEDULED.value):
+        return []
+    try:
+        saga = registry.get(view.saga_type)
+    except UnknownSaga:
+        return []
+    names = {s.name for s in view.steps if s.status in ("PENDING", "WAITING")}
+    return sorted({w.signal for name in names if (w := saga.wait(name)) is not None})
 
 
 @router.get("/sagas/{saga_id}", response_class=HTMLResponse)
@@ -450,6 +463,23 @@ async def retry(saga_id: str, request: Request) -> Response:
         v = actions.retry_step(saga_id, f.get("step") or None, reason=f["reason"], who=f["operator"])
         return f"step {f.get('step') or '(the one in flight)'} dispatched again: saga is {v.state}"
     return await _act(request, f"/console/sagas/{quote(saga_id)}", do, "retry")
+
+
+@router.post("/sagas/{saga_id}/signal")
+async def send_signal(saga_id: str, request: Request) -> Response:
+    def do(f: dict[str, str]) -> str:
+        name = f.get("signal", "")
+        if not name:
+            raise ConsoleError(400, "name the signal to send")
+        try:
+            payload = json.loads(f.get("payload") or "{}")
+        except ValueError as e:
+            raise ConsoleError(400, f"the payload is not JSON: {e}") from None
+        if isinstance(payload, dict):
+            payload.setdefault("reason", f["reason"])  # a rejection's reason, and the operator's in any case
+        sent = signals.signal(saga_id, name, payload, who=f["operator"])
+        return f"signal {name!r} sent: saga is {sent.state}"
+    return await _act(request, f"/console/sagas/{quote(saga_id)}", do, "signal")
 
 
 @router.post("/dead-letters/redrive-all")
