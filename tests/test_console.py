@@ -184,7 +184,7 @@ def test_a_saga_page_shows_input_as_text_steps_timeline_and_flower_links(client)
     assert re.search(r'data-kind="action" data-status="failed" data-step="c"', page)
     task = get_saga(sid).step("a").task_id
     assert f'href="http://flower.example:5555/task/{task}"' in page
-    assert 'id="signal-action"' in page  # the place of the signal action, not available yet
+    assert 'id="signal-action"' not in page  # it waits for no signal: none offered
     [failed] = [e for e in get_saga(sid).events if e.type == "StepFailed"]  # a permanent error: no dead letter
     assert failed.detail["traceback"].startswith("Traceback (most recent call last)")
     assert "PermanentError: c refuses" in failed.detail["traceback"]
