@@ -9,8 +9,7 @@ same paths run against Redis, PostgreSQL and real workers in the other test file
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from workflows.operations.dead_letters import redrive
 from workflows.operations.sweeper import sweep
 from workflows.orchestration.inline import InlineBudget
 from workflows.orchestration.step_task import Delivery, handle_step
+from tests.support.inprocess import Clock, Worker
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher, Sent
 from workflows.runtime.settings import Settings
@@ -58,58 +58,6 @@ LINE = register_saga(Saga("inproc.line", steps=[
     Step("b", action=act, compensation=None, retry=POLICY, compensation_retry=POLICY, timeout=30),
     Step("c", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
 ]))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class Worker:
-    """Delivers recorded step messages to `handle_step`, in order, as a worker would."""
-
-    rt: Runtime
-    dispatcher: RecordingDispatcher
-    waiting: list[tuple[Sent, int]] = field(default_factory=list)
-    """Celery retries of a message (same task id) waiting for their ETA: (message, retries)."""
-    published_dead_letters: list[str] = field(default_factory=list)
-    """Ids of the dead-letter copies seen on the (recorded) broker."""
-
-    def deliver(self, m: Sent, *, redelivered: bool = False, retries: int = 0) -> None:
-        assert m.task is not None and m.saga_id is not None and m.step is not None and m.task_id is not None
-        st = step_tasks.get(m.task)
-        assert st is not None, m.task
-        retry = handle_step(self.rt, st, m.saga_id, m.step, Delivery(m.task_id, redelivered, retries, m.kwargs),
-                            **m.kwargs)
-        if retry is not None:
-            eta = self.rt.clock() + timedelta(seconds=retry.countdown)
-            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command)
-            self.waiting.append((again, retries + 1))
-
-    def drain(self, max_steps: int = 100) -> None:
-        """Deliver everything sent, and every retry due at the test's clock, until nothing is left."""
-        for _ in range(max_steps):
-            sent = self.dispatcher.take()
-            self.published_dead_letters += [str(m.kwargs["dead_letter_id"]) for m in sent if m.kind == "dead_letter"]
-            ready = [m for m in sent if m.kind == "step"]
-            if not ready:
-                due = [(m, r) for m, r in self.waiting if m.eta is None or m.eta <= self.rt.clock()]
-                if not due:
-                    return
-                self.waiting = [w for w in self.waiting if w not in due]
-                for m, r in due:
-                    self.deliver(m, retries=r)
-                continue
-            for m in ready:
-                self.deliver(m)
-        raise AssertionError("the saga did not settle")
 
 
 @pytest.fixture

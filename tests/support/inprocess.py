@@ -1,9 +1,9 @@
-"""The in-process tier's clock and worker, for tests that import them (tests/test_waits.py).
+"""The in-process tier's clock and worker (tests/test_inprocess.py, tests/test_waits.py).
 
-The same as `tests/test_inprocess.py`'s own `Clock` and `Worker` (a test module imported by
-another is loaded twice by pytest, under two names, with two sets of its step tasks: so these
-live here). `Worker` delivers what a `RecordingDispatcher` recorded to the step task's handler,
-as a Celery worker would; the clock moves with `advance`, nothing sleeps.
+Here, not in a test module: a test module imported by another is loaded twice by pytest, under
+two names, with two sets of its step tasks. `Worker` delivers what a `RecordingDispatcher`
+recorded to the step task's handler, as a Celery worker would; the clock moves with `advance`,
+nothing sleeps.
 """
 from __future__ import annotations
 
