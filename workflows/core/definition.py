@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -150,7 +151,67 @@ class ForEach:
         return f"{self.step.name}-{index}"
 
 
-Node = Step | Parallel | ForEach
+ChildInput = Callable[[dict[str, Any], dict[str, dict[str, Any]]], Any]
+
+
+@dataclass(frozen=True)
+class Child:
+    """A step whose action is another registered saga, a run of its own (the *child*).
+
+    `input(data, results)` builds the child's input from the parent's input and the results of
+    the stages before this one. The step succeeds when the child is COMPLETED (its result: the
+    child's results, by step name) and fails when the child is COMPENSATED. Compensating this
+    step compensates the COMPLETED child through the child's own compensations; cancelling the
+    parent cancels a running child, and the parent waits until the child is settled. The child's
+    id is derived from the parent's id and this step's name: starting it twice makes one run."""
+
+    name: str
+    saga: Saga | str
+    input: ChildInput = field(default=lambda data, results: data, compare=False)
+    input_name: str = field(default="", init=False)
+    """The input function's qualified name: what equality compares (as `ForEach.items_name`)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(f"child step name {self.name!r} must be a plain name like 'ship'")
+        target = self.saga.name if isinstance(self.saga, Saga) else self.saga
+        if not isinstance(target, str) or not _NAME.match(target):
+            raise DefinitionError(f"child step {self.name!r}: saga must be a Saga or the name of a registered "
+                                  f"saga like 'shipping' (got {self.saga!r})")
+        if not callable(self.input):
+            raise DefinitionError(f"child step {self.name!r}: input must be a function (data, results) -> dict, "
+                                  "like lambda data, results: {'order_id': data['order_id']}")
+        object.__setattr__(self, "input_name", getattr(self.input, "__qualname__", repr(self.input)))
+
+    @property
+    def saga_name(self) -> str:
+        return self.saga.name if isinstance(self.saga, Saga) else self.saga
+
+    def definition(self) -> Saga:
+        """The child saga's declaration (looked up in the registry when named)."""
+        return self.saga if isinstance(self.saga, Saga) else registry.get(self.saga)
+
+    def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The child's validated input, or `InvalidInput` saying what is wrong (nothing is started)."""
+        child = self.definition()
+        try:
+            value = self.input(data, results)
+        except Exception as e:  # the parent's input or results lack what the function reads
+            raise InvalidInput(f"child step {self.name!r}: its input function failed "
+                               f"({type(e).__name__}: {e})") from None
+        return child.validate_input(value)
+
+
+def child_id(parent_id: str, step: str) -> str:
+    """The id of the child run step `step` of run `parent_id` starts: the same for every attempt to
+    start it (a UUID of the parent's id and the step's name, so it fits the id column)."""
+    return str(uuid.uuid5(_CHILDREN, f"{parent_id}/{step}"))
+
+
+_CHILDREN = uuid.UUID("6f0c2f8e-5a57-4f7e-9a55-c41d0e1f0c11")
+
+
+Node = Step | Parallel | ForEach | Child
 """What a saga is a sequence of."""
 
 
@@ -169,6 +230,7 @@ class Saga:
     description: str = ""
     _by_name: dict[str, tuple[int, Step]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _fan_outs: dict[str, tuple[int, ForEach]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _children: dict[str, tuple[int, Child]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -190,8 +252,11 @@ class Saga:
             elif isinstance(node, ForEach):
                 names.append(node.name)
                 self._fan_outs[node.name] = (stage, node)
+            elif isinstance(node, Child):
+                names.append(node.name)
+                self._children[node.name] = (stage, node)
             else:
-                raise DefinitionError(f"saga {self.name!r}: {node!r} is not a Step, Parallel or ForEach")
+                raise DefinitionError(f"saga {self.name!r}: {node!r} is not a Step, Parallel, ForEach or Child")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"saga {self.name!r}: step and group names must be unique, repeated: {dupes}")
@@ -214,7 +279,7 @@ class Saga:
         """(step name, stage) of every step a run with input `data` has, in stage order."""
         out: list[tuple[str, int]] = []
         for stage, node in enumerate(self.steps):
-            if isinstance(node, Step):
+            if isinstance(node, (Step, Child)):
                 out.append((node.name, stage))
             elif isinstance(node, Parallel):
                 out += [(st.name, stage) for st in node.steps]
@@ -227,7 +292,13 @@ class Saga:
         return self._locate(name)[1]
 
     def stage_of(self, name: str) -> int:
-        return self._locate(name)[0]
+        found = self._children.get(name)
+        return found[0] if found is not None else self._locate(name)[0]
+
+    def child(self, name: str) -> Child | None:
+        """The `Child` declaration of step `name`, or None if it is not a child step."""
+        found = self._children.get(name)
+        return found[1] if found is not None else None
 
     def item(self, name: str, data: dict[str, Any]) -> Any:
         """The item of fan-out branch `name` (None for any other step)."""
@@ -237,6 +308,8 @@ class Saga:
         return self.items_of(fan, data)[index]
 
     def has(self, name: str) -> bool:
+        if name in self._children:
+            return True
         try:
             self._locate(name)
         except DefinitionError:
@@ -272,6 +345,8 @@ class Saga:
         fan = self._fan_outs.get(prefix)
         if fan is not None and self._branch(name)[0] is not None:
             return fan[0], fan[1].step
+        if name in self._children:
+            raise DefinitionError(f"step {name!r} of saga {self.name!r} is a child saga, not a task step")
         raise DefinitionError(f"saga {self.name!r} has no step {name!r}")
 
     def index_of(self, step_name: str) -> int:

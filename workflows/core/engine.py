@@ -11,11 +11,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflows.core.definition import Saga
-from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command,
-                                  CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure,
-                                  HistoryEvent, IdSource, Ignored, Outcome, Redispatch, Resume, RunState,
-                                  RunStatus, Started, StepState, StepStatus, Timing, Transition)
+from workflows.core.definition import Child, Saga, child_id
+from workflows.core.errors import InvalidInput, UnknownSaga
+from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, ChildFinished,
+                                  Command, Compensate, CompensationFailed, CompensationSucceeded, DeadLetter,
+                                  DeadLetterClosure, HistoryEvent, IdSource, Ignored, Order, Outcome, Redispatch,
+                                  Resume, RunState, RunStatus, Started, StepState, StepStatus, Timing, Transition)
 
 
 def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
@@ -44,16 +45,23 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
             d.resume(step, reason, who)
         case Redispatch(step=step, reason=reason):
             d.redispatch(step, reason)
+        case ChildFinished():
+            d.child_finished(outcome)
+        case Compensate(reason=reason, who=who):
+            d.compensate(reason, who)
         case _:
             raise TypeError(f"unknown outcome {outcome!r}")
     return d.transition()
 
 
-def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str) -> RunState:
-    """A run as created, before `Started`: every step (and fan-out branch) PENDING, version 1."""
+def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str,
+            parent: tuple[str, str] | None = None) -> RunState:
+    """A run as created, before `Started`: every step (and fan-out branch) PENDING, version 1.
+    `parent`: (parent run id, its `Child` step) of a child run."""
     return RunState(saga_id=saga_id, saga_type=saga.name, status=RunStatus.RUNNING, version=1, input=data,
                     steps=tuple(StepState(index=i, name=name) for i, (name, _) in enumerate(saga.rows(data))),
-                    caused_by=caused_by)
+                    caused_by=caused_by, parent_id=parent[0] if parent else None,
+                    parent_step=parent[1] if parent else None)
 
 
 def is_current(run: RunState, step: str, kind: str, task_id: str, attempt: int) -> bool:
@@ -78,6 +86,8 @@ def commands_for(saga: Saga, run: RunState, timing: Timing = Timing()) -> tuple[
     """The messages `run` is waiting on, derived from its state alone (for recovery)."""
     out = []
     for s in run.steps:
+        if saga.child(s.name) is not None:
+            continue  # a child step waits on a run, not on a message (the sweeper's `child_links`)
         if s.status == StepStatus.RUNNING and not run.status.terminal:
             out.append(_command(saga, run, s, "action", run.version))
         elif s.status == StepStatus.COMPENSATING:
@@ -119,6 +129,8 @@ class _Decision:
         self.commands: list[Command] = []
         self.dead_letters: list[DeadLetter] = []
         self.closures: list[DeadLetterClosure] = []
+        self.children: list[Transition] = []
+        self.orders: list[Order] = []
         self.failure_reason = run.failure_reason
         self.deadline_at = run.deadline_at
         self.stage = {s.name: saga.stage_of(s.name) for s in run.steps}
@@ -173,7 +185,11 @@ class _Decision:
             rows = self._in_stage(stage)
             if rows:
                 for s in rows:
-                    self._dispatch(self._set(s, status=StepStatus.RUNNING), "action")
+                    child = self.saga.child(s.name)
+                    if child is not None:
+                        self._start_child(s, child)
+                    else:
+                        self._dispatch(self._set(s, status=StepStatus.RUNNING), "action")
                 return
             stage += 1
         self.status = RunStatus.COMPLETED
@@ -200,11 +216,13 @@ class _Decision:
                 return
             if any(s.status == StepStatus.COMPENSATION_FAILED for s in rows):
                 return
-            todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED
-                    and self.saga.step(s.name).compensation_name is not None]
+            todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED and self._undoable(s.name)]
             if todo:
                 for s in todo:
-                    self._dispatch(self._set(s, status=StepStatus.COMPENSATING), "compensation")
+                    if self.saga.child(s.name) is not None:
+                        self._compensate_child(s)
+                    else:
+                        self._dispatch(self._set(s, status=StepStatus.COMPENSATING), "compensation")
                 return
         skipped = [s.name for s in self.steps if s.status in _MAY_HAVE_HAPPENED]
         if skipped:
@@ -223,13 +241,86 @@ class _Decision:
         after = replace(self.before, status=self.status, version=self.before.version + 1,
                         steps=tuple(self.steps), failure_reason=self.failure_reason,
                         deadline_at=self.deadline_at)
+        if after.parent_id and after.parent_step and after.status.terminal and self.before.status != after.status:
+            # a child settled (or is stuck): its parent's `Child` step hears of it after this commit
+            self.orders.append(Order(after.parent_id, ChildFinished(
+                after.parent_step, after.saga_id, after.status, after.results(), after.failure_reason)))
         return Transition(self.before, after, tuple(self.events), tuple(self.commands), tuple(self.dead_letters),
-                          tuple(self.closures))
+                          tuple(self.closures), tuple(self.children), tuple(self.orders))
+
+    # -- child sagas
+    def _undoable(self, name: str) -> bool:
+        """Has step `name` something to compensate with? A child always has: its own compensations."""
+        return self.saga.child(name) is not None or self.saga.step(name).compensation_name is not None
+
+    def _start_child(self, s: StepState, child: Child) -> None:
+        """Start the child run of `s`: its creation (its `Started` transition) is written with this
+        transition, its first messages published after it. Bad child input fails the step."""
+        results = {x.name: x.result or {} for x in self.steps
+                   if x.status == StepStatus.SUCCEEDED and self.stage[x.name] < self.stage[s.name]}
+        try:
+            definition = child.definition()
+            data = child.child_input(self.before.input, results)
+        except (InvalidInput, UnknownSaga) as e:
+            s = self._set(s, status=StepStatus.FAILED, attempts=1, error=str(e), finished_at=self.now)
+            self._emit("StepFailed", s.name, 1, error=str(e), reason="child saga not started")
+            self._settled(f"step {s.name!r} failed: {e}")
+            return
+        cid = child_id(self.before.saga_id, s.name)
+        run = new_run(definition, cid, data, STARTED_BY, parent=(self.before.saga_id, s.name))
+        self.children.append(decide(definition, run, Started(), self.now, self.ids, self.timing))
+        self._set(s, status=StepStatus.RUNNING, task_id=cid, eta=None, deadline_at=None)
+        self._emit("ChildStarted", s.name, 1, child_id=cid, saga=definition.name)
+
+    def _compensate_child(self, s: StepState) -> None:
+        """Undo a COMPLETED child through its own compensations; `s` is compensated when it is COMPENSATED."""
+        s = self._set(s, status=StepStatus.COMPENSATING)
+        assert s.task_id is not None, "a started child step has its child's id"
+        self.orders.append(Order(s.task_id, Compensate(self.failure_reason or "its parent is compensating",
+                                                       who=f"parent {self.before.saga_id}")))
+        self._emit("ChildCompensationOrdered", s.name, s.compensation_attempts + 1, child_id=s.task_id)
+
+    def child_finished(self, o: ChildFinished) -> None:
+        s = self._get(o.step)
+        if self.saga.child(s.name) is None or s.task_id != o.child_id:
+            raise Ignored(f"run {o.child_id} is not the child of step {o.step!r}")
+        if o.status == RunStatus.FAILED:
+            # its own compensation is stuck: the step waits until an operator settles the child
+            raise Ignored(f"child {o.child_id} is FAILED", HistoryEvent("ChildNeedsOperator", s.name, None, {
+                "child_id": o.child_id, "reason": o.reason}))
+        if s.status == StepStatus.COMPENSATING:
+            if o.status != RunStatus.COMPENSATED:
+                raise Ignored(f"child {o.child_id} is {o.status.value}: its compensation was ordered")
+            self.compensation_succeeded(s.name)
+            return
+        if o.status == RunStatus.COMPLETED:
+            self.action_succeeded(s.name, o.results)  # the same guards and what follows as any step's success
+            return
+        if o.status != RunStatus.COMPENSATED:
+            raise Ignored(f"child {o.child_id} is {o.status.value}, not settled")
+        self._require((RunStatus.RUNNING, RunStatus.COMPENSATING), s, StepStatus.RUNNING, "ChildFinished")
+        error = f"child saga {o.child_id} was compensated: {o.reason}"
+        s = self._set(s, status=StepStatus.FAILED, attempts=s.attempts + 1, error=error, eta=None, deadline_at=None,
+                      finished_at=self.now)
+        # its effects were undone by its own compensations: nothing of it is left to compensate
+        self._emit("StepFailed", s.name, s.attempts, error=error, reason="child saga compensated")
+        self._settled(f"step {s.name!r} failed: {error}")
+
+    def compensate(self, reason: str, who: str) -> None:
+        if self.status != RunStatus.COMPLETED:
+            raise Ignored(f"only a COMPLETED saga is compensated on its parent's order; this one is "
+                          f"{self.status.value}")
+        self._emit("SagaCompensationOrdered", reason=reason, who=who)
+        self._begin_compensation(f"compensated by {who}: {reason}")
 
     def _dead_letter(self, kind: str, s: StepState, task: str, attempts: int, error: Any) -> None:
         dl = DeadLetter(self.ids(), kind, s.name, task, attempts, error)
         self.dead_letters.append(dl)
         self._emit("DeadLettered", s.name, attempts, kind=kind, error=str(error), dead_letter=dl.id)
+
+    def _not_a_child(self, s: StepState) -> None:
+        if self.saga.child(s.name) is not None:
+            raise Ignored(f"step {s.name!r} is a child saga ({s.task_id}): act on the child run itself")
 
     # -- outcomes
     def start(self) -> None:
@@ -324,7 +415,13 @@ class _Decision:
             raise Ignored(f"only a RUNNING saga can be cancelled; this one is {self.status.value}")
         self._emit("SagaCancelled", reason=reason, who=who)
         for s in self.steps:
-            if s.status == StepStatus.RUNNING:
+            if s.status == StepStatus.RUNNING and self.saga.child(s.name) is not None:
+                # a running child is cancelled too; the step waits until the child is settled
+                assert s.task_id is not None
+                self.orders.append(Order(s.task_id, Cancel(f"its parent was cancelled: {reason}",
+                                                           who=f"parent {self.before.saga_id}")))
+                self._emit("ChildCancelOrdered", s.name, None, child_id=s.task_id)
+            elif s.status == StepStatus.RUNNING:
                 # The action may be in flight: its effect is unknown, so it is compensated.
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
                           deadline_at=None, finished_at=self.now)
@@ -333,6 +430,7 @@ class _Decision:
 
     def redispatch(self, name: str, reason: str) -> None:
         s = self._get(name)
+        self._not_a_child(s)
         self._require((RunStatus.RUNNING,), s, StepStatus.RUNNING, "Redispatch")
         self._emit("StepRedispatched", s.name, s.attempts + 1, reason=reason)
         self._dispatch(s, "action")
@@ -355,7 +453,10 @@ class _Decision:
             return
         if self.status in (RunStatus.RUNNING, RunStatus.COMPENSATING):
             want = StepStatus.RUNNING if self.status == RunStatus.RUNNING else StepStatus.COMPENSATING
-            live = [s for s in self.steps if s.status == want and (name is None or s.name == name)]
+            if name is not None:
+                self._not_a_child(self._get(name))
+            live = [s for s in self.steps if s.status == want and (name is None or s.name == name)
+                    and self.saga.child(s.name) is None]
             if not live:
                 raise Ignored(f"step {name!r} is not in flight")
             s = live[0]
