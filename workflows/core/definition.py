@@ -386,6 +386,9 @@ class SagaRegistry:
         existing = self._sagas.get(saga.name)
         if existing is not None and existing != saga:
             raise DefinitionError(f"a different saga is already registered as {saga.name!r}")
+        for node in saga.steps:  # a child declared as a Saga value is registered with its parent
+            if isinstance(node, Child) and isinstance(node.saga, Saga):
+                self.register(node.saga)
         self._sagas[saga.name] = saga
         return saga
 

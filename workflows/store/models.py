@@ -48,6 +48,7 @@ class SagaRow(Base):
         UniqueConstraint("idempotency_key", name="uq_sagas_idempotency_key"),
         Index("ix_sagas_state_type", "state", "saga_type"),
         Index("ix_sagas_deadline", "deadline_at"),
+        Index("ix_sagas_parent", "parent_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -65,6 +66,11 @@ class SagaRow(Base):
     deadline_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    parent_id: Mapped[str | None] = mapped_column(String(64))
+    """A child run: the run whose `Child` step started it (no foreign key: a choreography's
+    runs and the parent's share the table, and a run is never deleted before its children)."""
+    parent_step: Mapped[str | None] = mapped_column(String(100))
+    """A child run: the name of that step of the parent."""
 
     steps: Mapped[list[StepRow]] = relationship(
         back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")
