@@ -147,8 +147,8 @@ def lost_orders(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_a_childs_report_lost_after_its_last_commit_reaches_the_parent_through_the_sweeper(
-        rt: Runtime, worker: Worker, clock: Clock, lost_orders: list[Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        rt: Runtime, worker: Worker, clock: Clock, lost_orders: list[Any],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     saga_id = start_saga("inproc.parent", {})
     worker.drain()
     kid_id = child_id(saga_id, "kid")
@@ -195,8 +195,8 @@ def test_a_lost_order_to_compensate_the_child_is_sent_again_by_the_sweeper(
 
 
 def test_a_lost_cancel_of_the_child_is_sent_again_by_the_sweeper(
-        rt: Runtime, worker: Worker, clock: Clock, lost_orders: list[Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        rt: Runtime, worker: Worker, clock: Clock, lost_orders: list[Any],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     saga_id = start_saga("inproc.parent", {})
     for m in rt.dispatcher.take():  # type: ignore[attr-defined]
         worker.deliver(m)  # a: the child is started, its k1 message sent
