@@ -8,6 +8,7 @@ first argument: a child's calls land under the child's id.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -121,3 +122,33 @@ def test_a_crash_right_after_the_childs_last_commit_still_finishes_the_parent(cr
     assert calls(kid_id) == ["action:k1:1", "action:k_last:1"]
     assert calls(saga_id) == ["action:a:1", "action:c:1"]
     assert [applied(kid_id, s) for s in ("k1", "k_last")] == [1, 1]
+
+
+@pytest.mark.usefixtures("running_worker")
+def test_the_api_and_sagas_status_show_the_tree():  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from workflows.interfaces.api import create_app
+    from workflows.interfaces.cli import main
+    from workflows.runtime.settings import get_settings
+
+    saga_id = start_saga("tests.with_child", {})
+    assert wait_for(saga_id, timeout=60).state == "COMPLETED"
+    kid_id = child_id(saga_id, "kid")
+    settings = get_settings().model_copy(update={"api_token": "t0ken"})
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer t0ken"}) as client:
+        parent = client.get(f"/api/sagas/{saga_id}").json()
+        kid = client.get(f"/api/sagas/{kid_id}/status").json()
+        brief = client.get(f"/api/sagas/{saga_id}/status").json()
+    assert [(c["id"], c["state"], c["parent_step"]) for c in parent["children"]] == [(kid_id, "COMPLETED", "kid")]
+    assert parent["parent_id"] is None and parent["steps"][1]["task_id"] == kid_id
+    assert (kid["parent_id"], kid["parent_step"], kid["children"]) == (saga_id, "kid", [])
+    assert [c["id"] for c in brief["children"]] == [kid_id]
+
+    shown = CliRunner().invoke(main, ["status", saga_id])
+    assert shown.exit_code == 0 and f"child  kid: saga {kid_id}  tests.kid  COMPLETED" in shown.stdout
+    shown = CliRunner().invoke(main, ["status", kid_id])
+    assert shown.exit_code == 0 and f"child of saga {saga_id}, its step 'kid'" in shown.stdout
+    as_json = CliRunner().invoke(main, ["status", kid_id, "--json"])
+    assert json.loads(as_json.stdout)["parent_id"] == saga_id

@@ -379,6 +379,12 @@ def _show_saga(v: Any) -> None:
                   + (f"   idempotency key {v.idempotency_key}" if v.idempotency_key else ""))
     if v.failure_reason:
         console.print(Text(f"reason: {v.failure_reason}", style="red"))
+    if v.parent_id:
+        console.print(f"child of saga {v.parent_id}, its step {v.parent_step!r}   (sagas status {v.parent_id})")
+    for c in v.children:
+        line = Text(f"child  {c.parent_step}: saga {c.id}  {c.saga_type}  ")
+        line.append_text(_styled(c.state))
+        console.print(line)
 
     steps = Table(title="steps", title_justify="left")
     for col in ("#", "step", "status", "attempts", "compensations", "started", "finished", "compensated",
