@@ -28,8 +28,9 @@ def step(name: str) -> Step:
 KID = Saga("inproc.kid", steps=[step("k1"), step("k2")])
 PARENT = register_saga(Saga("inproc.parent", steps=[
     step("a"),
-    Child("kid", saga=KID, input=lambda data, results: {"behaviour": data.get("kid_behaviour", {}),
-                                                        "from_a": results["a"]["step"]}),
+    Child("kid", saga=KID, input=lambda data, results: {
+        "behaviour": data.get("kid_behaviour", {}), "from_a": results["a"]["step"],
+        "compensation_behaviour": data.get("kid_compensation_behaviour", {})}),
     step("c"),
 ]))
 FIRST = register_saga(Saga("inproc.child_first", steps=[Child("kid", saga=KID), step("z")]))
@@ -52,7 +53,7 @@ def test_a_child_saga_runs_as_a_run_of_its_own_and_its_results_are_the_steps_res
     assert (kid.parent_id, kid.parent_step) == (saga_id, "kid")
     assert [(c.id, c.saga_type, c.state, c.parent_step) for c in parent.children] == [
         (kid_id, "inproc.kid", "COMPLETED", "kid")]
-    assert kid.input == {"behaviour": {}, "from_a": "a"}
+    assert kid.input == {"behaviour": {}, "from_a": "a", "compensation_behaviour": {}}
     # the step's result is the child's results; the next step sees it
     assert parent.step("kid").result == {"k1": {"step": "k1", "saw": []}, "k2": {"step": "k2", "saw": ["k1"]}}
     assert parent.step("kid").task_id == kid_id and parent.step("c").result == {"step": "c", "saw": ["a", "kid"]}
@@ -209,3 +210,48 @@ def test_a_lost_cancel_of_the_child_is_sent_again_by_the_sweeper(
     assert report.children == [f"{saga_id}:kid"]
     settle(worker, clock)
     assert get_saga(kid_id).state == "COMPENSATED" and get_saga(saga_id).state == "COMPENSATED"
+
+
+def test_a_lost_first_message_of_the_child_is_sent_again_by_the_sweeper(
+        rt: Runtime, worker: Worker, clock: Clock) -> None:  # noqa: F811
+    # Given a's report committed with the child's creation, and the child's first message lost
+    saga_id = start_saga("inproc.parent", {})
+    for m in rt.dispatcher.take():  # type: ignore[attr-defined]
+        worker.deliver(m)
+    kid_id = child_id(saga_id, "kid")
+    assert [m.step for m in rt.dispatcher.take()] == ["k1"]  # type: ignore[attr-defined]  # never reaches the broker
+    deadline = rt.store.load(kid_id).step("k1").deadline_at
+    assert deadline is not None
+
+    # When the sweeper passes its deadline: the child was created, nothing heard since: sent again
+    report = sweep(rt, now=deadline + timedelta(seconds=1))
+    assert report.redispatched == [f"{kid_id}:k1"] and report.timed_out == []
+    worker.drain()
+    assert get_saga(kid_id).state == "COMPLETED" and get_saga(saga_id).state == "COMPLETED"
+
+
+def test_a_child_whose_compensation_is_stuck_keeps_its_parent_waiting_until_an_operator_resumes_it(
+        rt: Runtime, worker: Worker, clock: Clock) -> None:  # noqa: F811
+    from tests.test_inprocess import switched_off
+    from workflows.operations.actions import resume
+
+    # Given a child whose k2 fails for good, and k1's compensation fails while switched off
+    switched_off.add("k1")
+    saga_id = start_saga("inproc.parent", {"kid_behaviour": {"k2": {"fail": "permanent"}},
+                                           "kid_compensation_behaviour": {"k1": {"switch": True}}})
+    settle(worker, clock)
+    kid_id = child_id(saga_id, "kid")
+    assert get_saga(kid_id).state == "FAILED"
+    # the parent waits on its child; its history says why
+    parent = get_saga(saga_id)
+    assert parent.state == "RUNNING" and parent.step("kid").status == "RUNNING"
+    assert ("ChildNeedsOperator", "kid") in types(parent)
+
+    # When the operator fixes k1's service and resumes the child
+    switched_off.clear()
+    resume(kid_id, reason="refund service back", who="ada")
+    settle(worker, clock)
+
+    # Then the child is COMPENSATED, and its parent compensates what came before it
+    assert get_saga(kid_id).state == "COMPENSATED" and get_saga(saga_id).state == "COMPENSATED"
+    assert get_saga(saga_id).step("a").status == "COMPENSATED"
