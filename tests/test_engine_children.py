@@ -259,3 +259,13 @@ def test_child_declarations_are_checked_when_made() -> None:
         Saga("dup", steps=[Step("ship", action="x.a", compensation=None), Child("ship", saga="shipping")])
     assert CHECKOUT.child("ship") is not None and CHECKOUT.child("reserve") is None
     assert CHECKOUT.stage_of("ship") == 1 and CHECKOUT.has("ship")
+
+
+def test_sagas_that_start_each_other_at_once_fail_the_step_instead_of_recursing() -> None:
+    from workflows import register_saga
+
+    loop_a = register_saga(Saga("cycle_a", steps=[Child("b", saga="cycle_b")]))
+    register_saga(Saga("cycle_b", steps=[Child("a", saga="cycle_a")]))
+    t = start(loop_a, {})
+    assert t.children == () and t.after.status == RunStatus.COMPENSATED
+    assert "cycle_a -> cycle_b -> cycle_a" in (t.after.step("b").error or "")

@@ -191,6 +191,20 @@ class Child:
         """The child saga's declaration (looked up in the registry when named)."""
         return self.saga if isinstance(self.saga, Saga) else registry.get(self.saga)
 
+    def first_stage_cycle(self, parent: str) -> list[str] | None:
+        """The saga names of a cycle of sagas that each start with a child step, back to `parent`
+        (starting it would never end), or None."""
+        chain, node = [parent], self
+        while True:
+            name = node.saga_name
+            if name in chain:
+                return [*chain, name]
+            chain.append(name)
+            first = node.definition().steps[0]
+            if not isinstance(first, Child):
+                return None
+            node = first
+
     def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The child's validated input, or `InvalidInput` saying what is wrong (nothing is started)."""
         child = self.definition()

@@ -261,6 +261,10 @@ class _Decision:
         try:
             definition = child.definition()
             data = child.child_input(self.before.input, results)
+            cycle = child.first_stage_cycle(self.saga.name)
+            if cycle is not None:
+                raise InvalidInput(f"child step {s.name!r}: these sagas start each other at once, without end: "
+                                   f"{' -> '.join(cycle)}")
         except (InvalidInput, UnknownSaga) as e:
             s = self._set(s, status=StepStatus.FAILED, attempts=1, error=str(e), finished_at=self.now)
             self._emit("StepFailed", s.name, 1, error=str(e), reason="child saga not started")
