@@ -1,6 +1,6 @@
 """Saga orchestration on Celery: declare sagas, run them, query every transition.
 
-    from workflows import Saga, Step, Parallel, ForEach, RetryPolicy, step_task, start_saga, get_saga
+    from workflows import Saga, Step, Parallel, ForEach, Child, RetryPolicy, step_task, start_saga, get_saga
 
 Importing `workflows` registers nothing and connects to nothing: `workflows.install(app)` (in the
 deployment's `worker.py`) wires a Celery app. The layers, bottom up: `core` (declarations, the
@@ -9,7 +9,7 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 (starting, operator actions, dead letters, the sweeper), `interfaces` (API, CLI, metrics).
 """
 from workflows.choreography import Choreography, EventContext, publish
-from workflows.core.definition import ForEach, Parallel, Saga, Step, register_saga, registry
+from workflows.core.definition import Child, ForEach, Parallel, Saga, Step, child_id, register_saga, registry
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
                                    InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
                                    StepNotFound, UnknownSaga)
@@ -22,7 +22,7 @@ from workflows.operations.client import get_saga, list_sagas, start_saga, wait_f
 from workflows.runtime.container import get_runtime
 
 __all__ = [
-    "Choreography", "EventContext", "publish",
+    "Choreography", "EventContext", "publish", "Child", "child_id",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
