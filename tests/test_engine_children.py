@@ -269,3 +269,18 @@ def test_sagas_that_start_each_other_at_once_fail_the_step_instead_of_recursing(
     t = start(loop_a, {})
     assert t.children == () and t.after.status == RunStatus.COMPENSATED
     assert "cycle_a -> cycle_b -> cycle_a" in (t.after.step("b").error or "")
+
+
+def test_input_a_first_child_would_refuse_is_refused_at_the_parents_door() -> None:
+    from pydantic import BaseModel
+
+    from workflows import InvalidInput
+
+    class Parcel(BaseModel):
+        parcel_id: str
+
+    strict = Saga("strict_kid", input_model=Parcel, steps=[Step("x", action="s.x", compensation=None)])
+    parent = Saga("door", steps=[Child("kid", saga=strict, input=lambda data, results: data.get("parcel", {}))])
+    with pytest.raises(InvalidInput, match="parcel_id"):
+        parent.validate_input({"parcel": {"weight": 3}})
+    assert parent.validate_input({"parcel": {"parcel_id": "p1"}}) == {"parcel": {"parcel_id": "p1"}}

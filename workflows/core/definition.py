@@ -385,6 +385,13 @@ class Saga:
             clean = data
         for _, fan in self._fan_outs.values():
             self.items_of(fan, clean)  # the fan-out's items are there, a list, within bounds
+        first = self.steps[0]
+        if isinstance(first, Child):  # a first child's input is known at the door: refuse it there
+            try:
+                if first.first_stage_cycle(self.name) is None:  # a cycle fails the step when it starts
+                    first.child_input(clean, {})
+            except UnknownSaga:
+                pass  # not registered in this process: the step fails with that reason when it starts
         return clean
 
 
