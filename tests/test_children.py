@@ -146,6 +146,15 @@ def test_the_api_and_sagas_status_show_the_tree():  # type: ignore[no-untyped-de
     assert (kid["parent_id"], kid["parent_step"], kid["children"]) == (saga_id, "kid", [])
     assert [c["id"] for c in brief["children"]] == [kid_id]
 
+    # a first-stage child's input is checked at the parent's door: 422, nothing written
+    from tests.support.interfaces import saga_count
+
+    before = saga_count()
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer t0ken"}) as client:
+        refused = client.post("/api/sagas/tests.ship_first", json={"order_id": "o-1"})
+    assert refused.status_code == 422 and "customer_id" in refused.json()["message"]
+    assert saga_count() == before
+
     shown = CliRunner().invoke(main, ["status", saga_id])
     assert shown.exit_code == 0 and f"child  kid: saga {kid_id}  tests.kid  COMPLETED" in shown.stdout
     shown = CliRunner().invoke(main, ["status", kid_id])

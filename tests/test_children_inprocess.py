@@ -255,3 +255,23 @@ def test_a_child_whose_compensation_is_stuck_keeps_its_parent_waiting_until_an_o
     # Then the child is COMPENSATED, and its parent compensates what came before it
     assert get_saga(kid_id).state == "COMPENSATED" and get_saga(saga_id).state == "COMPENSATED"
     assert get_saga(saga_id).step("a").status == "COMPENSATED"
+
+
+def test_a_redelivery_after_the_commit_that_started_the_child_publishes_the_childs_first_message(
+        rt: Runtime, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # Given a's report committed (with the child's creation) and the process gone before publishing
+    saga_id = start_saga("inproc.parent", {})
+    [a] = rt.dispatcher.take()  # type: ignore[attr-defined]
+    monkeypatch.setattr(DecisionLoop, "publish", lambda self, t: None)
+    worker.deliver(a)
+    monkeypatch.undo()
+    kid_id = child_id(saga_id, "kid")
+    assert rt.dispatcher.take() == [] and get_saga(kid_id).state == "RUNNING"  # type: ignore[attr-defined]
+
+    # When the broker redelivers a's message
+    worker.deliver(a, redelivered=True)
+
+    # Then it ran nothing again and sent the child's first message; the saga completes
+    assert [(m.args[0], m.step) for m in rt.dispatcher.sent] == [(kid_id, "k1")]  # type: ignore[attr-defined]
+    worker.drain()
+    assert get_saga(saga_id).state == "COMPLETED" and calls.count("action:a:1") == 1

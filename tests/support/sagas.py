@@ -100,3 +100,9 @@ with_child = register_saga(Saga("tests.with_child", steps=[
                                                         "from_a": results["a"]["step"]}),
     _step("c"),
 ]))
+
+ship_first = register_saga(Saga("tests.ship_first", steps=[
+    Child("ship", saga="order_shipping"),  # the example's shipping saga: its input must be an Order
+    _step("after"),
+]))
+"""A parent whose first stage is a child with an input model: bad input is refused at its door."""
