@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_inprocess import Clock, Worker, act, calls, clock, rt, settle, undo, worker  # noqa: F401
+from test_inprocess import Clock, Worker, act, calls, clock, rt, settle, undo, worker  # noqa: F401
 from workflows import RetryPolicy, Saga, Step, get_saga, register_saga, start_saga
 from workflows.core.definition import Child, child_id
 from workflows.operations.actions import cancel
@@ -232,7 +232,7 @@ def test_a_lost_first_message_of_the_child_is_sent_again_by_the_sweeper(
 
 def test_a_child_whose_compensation_is_stuck_keeps_its_parent_waiting_until_an_operator_resumes_it(
         rt: Runtime, worker: Worker, clock: Clock) -> None:  # noqa: F811
-    from tests.test_inprocess import switched_off
+    from test_inprocess import switched_off
     from workflows.operations.actions import resume
 
     # Given a child whose k2 fails for good, and k1's compensation fails while switched off
