@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from test_inprocess import Clock, Worker, act, calls, clock, rt, settle, undo, worker  # noqa: F401
-from workflows import RetryPolicy, Saga, Step, get_saga, register_saga, start_saga
+from workflows import Parallel, RetryPolicy, Saga, Step, get_saga, register_saga, start_saga
 from workflows.core.definition import Child, child_id
 from workflows.operations.actions import cancel
 from workflows.operations.sweeper import sweep
@@ -34,6 +34,10 @@ PARENT = register_saga(Saga("inproc.parent", steps=[
     step("c"),
 ]))
 FIRST = register_saga(Saga("inproc.child_first", steps=[Child("kid", saga=KID), step("z")]))
+GROUP = register_saga(Saga("inproc.child_group", steps=[
+    step("a"),
+    Parallel("pair", [Child("kid", saga=KID), step("b")]),
+]))
 
 
 def types(view: Any, *steps: str) -> list[tuple[str, str | None]]:
@@ -275,3 +279,30 @@ def test_a_redelivery_after_the_commit_that_started_the_child_publishes_the_chil
     assert [(m.args[0], m.step) for m in rt.dispatcher.sent] == [(kid_id, "k1")]  # type: ignore[attr-defined]
     worker.drain()
     assert get_saga(saga_id).state == "COMPLETED" and calls.count("action:a:1") == 1
+
+
+def test_a_group_whose_task_branch_fails_cancels_its_running_child_branch_then_undoes_the_rest(
+        rt: Runtime, worker: Worker, clock: Clock) -> None:  # noqa: F811
+    # Given a, then a group of the child saga and step b, which fails for good
+    saga_id = start_saga("inproc.child_group", {"behaviour": {"b": {"fail": "permanent"}}})
+    for m in rt.dispatcher.take():  # type: ignore[attr-defined]
+        worker.deliver(m)  # a: the group starts, b's message and the child's k1 go out together
+    kid_id = child_id(saga_id, "kid")
+    sent = rt.dispatcher.take()  # type: ignore[attr-defined]
+    assert sorted((m.args[0], m.step) for m in sent) == sorted([(kid_id, "k1"), (saga_id, "b")])
+    [b] = [m for m in sent if m.step == "b"]
+    [k1] = [m for m in sent if m.step == "k1"]
+
+    # When b fails while the child is running: the child is cancelled in the same pass
+    worker.deliver(b)
+    assert get_saga(kid_id).state == "COMPENSATING" and get_saga(saga_id).step("kid").status == "RUNNING"
+    worker.deliver(k1)  # k1's message was in flight: it is stale now, k1 does not run
+    settle(worker, clock)
+
+    # Then the child settled COMPENSATED: k1 never ran, but it was in flight when the child was
+    # cancelled, so its outcome was unknown and it was compensated (on a key never used); then a
+    assert get_saga(kid_id).state == "COMPENSATED" and get_saga(saga_id).state == "COMPENSATED"
+    assert get_saga(kid_id).step("k1").error == "cancelled: its parent is compensating: step 'b' failed: " \
+                                               "PermanentError: b refuses"
+    assert "action:k1:1" not in calls
+    assert [c for c in calls if c.startswith("compensation")] == ["compensation:k1:1", "compensation:a:1"]

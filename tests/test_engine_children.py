@@ -254,7 +254,7 @@ def test_child_declarations_are_checked_when_made() -> None:
     with pytest.raises(DefinitionError, match="input must be a function"):
         Child("ship", saga="shipping", input="nope")  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="groups do not nest"):
-        Parallel("g", [Child("ship", saga="shipping")])  # type: ignore[list-item]
+        Parallel("g", [Parallel("inner", [Step("x", action="x.a", compensation=None)])])  # type: ignore[list-item]
     with pytest.raises(DefinitionError, match="unique"):
         Saga("dup", steps=[Step("ship", action="x.a", compensation=None), Child("ship", saga="shipping")])
     assert CHECKOUT.child("ship") is not None and CHECKOUT.child("reserve") is None
@@ -284,3 +284,53 @@ def test_input_a_first_child_would_refuse_is_refused_at_the_parents_door() -> No
     with pytest.raises(InvalidInput, match="parcel_id"):
         parent.validate_input({"parcel": {"weight": 3}})
     assert parent.validate_input({"parcel": {"parcel_id": "p1"}}) == {"parcel": {"parcel_id": "p1"}}
+
+
+GROUPED = Saga("grouped", steps=[
+    Step("reserve", action="inv.reserve", compensation="inv.release"),
+    Parallel("prepare", [Child("ship", saga=SHIPPING), Step("charge", action="pay.charge", compensation="pay.refund")]),
+    Step("confirm", action="n.send", compensation=None),
+])
+
+
+def grouped_started() -> tuple[Transition, Transition]:
+    t = start(GROUPED, {})
+    t = step(GROUPED, t.after, ActionSucceeded("reserve", {}))
+    [child] = t.children
+    assert sent(t) == [("charge", "action")] and t.after.step("ship").status == StepStatus.RUNNING
+    return t, child
+
+
+def test_a_child_as_a_branch_of_a_group_runs_beside_its_sibling_and_the_group_joins_on_both() -> None:
+    t, child = grouped_started()
+    t = step(GROUPED, t.after, ActionSucceeded("charge", {"payment": 1}))
+    assert sent(t) == []  # waiting for the child
+    c = run_child_to_completion(child)
+    t = step(GROUPED, t.after, to_child(c).outcome)
+    assert sent(t) == [("confirm", "action")]
+
+
+def test_a_sibling_failing_cancels_a_running_child_branch_and_waits_for_it() -> None:
+    t, child = grouped_started()
+    c = step(SHIPPING, child.after, ActionSucceeded("label", {}))
+    # the charge fails for good while the child is running: no new work, so the child is cancelled
+    t = step(GROUPED, t.after, ActionFailed("charge", ERR, retryable=False))
+    order = to_child(t)
+    assert isinstance(order.outcome, Cancel) and order.saga_id == child.after.saga_id
+    assert sent(t) == [] and t.after.status == RunStatus.COMPENSATING
+    c = step(SHIPPING, c.after, order.outcome)
+    for name in ("pickup", "label"):
+        c = step(SHIPPING, c.after, CompensationSucceeded(name))
+    assert c.after.status == RunStatus.COMPENSATED
+    # the child undid itself: then the stage before the group
+    t = step(GROUPED, t.after, to_child(c).outcome)
+    assert t.after.step("ship").status == StepStatus.FAILED and sent(t) == [("reserve", "compensation")]
+
+
+def test_a_failed_group_compensates_its_completed_child_and_its_succeeded_sibling_together() -> None:
+    t, child = grouped_started()
+    t = step(GROUPED, t.after, ActionSucceeded("charge", {"payment": 1}))
+    t = step(GROUPED, t.after, to_child(run_child_to_completion(child)).outcome)
+    t = step(GROUPED, t.after, ActionFailed("confirm", ERR, retryable=False))
+    # both branches of the group at once: the refund's message, the child's order
+    assert sent(t) == [("charge", "compensation")] and isinstance(to_child(t).outcome, Compensate)

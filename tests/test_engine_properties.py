@@ -48,20 +48,25 @@ def shapes(draw: st.DrawFn, children: bool = True) -> tuple[Saga, dict[str, list
         return Step(f"s{n}", action="t.act", compensation="t.undo" if undo else None, retry=POLICY,
                     compensation_retry=POLICY)
 
+    def new_child() -> Child:
+        nonlocal n
+        n += 1
+        inner, inner_data = draw(shapes(children=False))
+        kid = Saga(f"kid{n}", steps=list(inner.steps))
+        return Child(f"c{n}", saga=kid, input=lambda d, results, x=inner_data: x)
+
     kinds = ["step", "group", "fan", "child", "child"] if children else ["step", "group", "fan"]
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(kinds))
         if kind == "step":
             nodes.append(new_step())
-        elif kind == "group":
-            nodes.append(Parallel(f"g{n}", [new_step() for _ in range(draw(st.integers(1, 3)))]))
+        elif kind == "group":  # a branch may be a child saga
+            nodes.append(Parallel(f"g{n}", [new_child() if children and draw(st.integers(0, 3)) == 0 else new_step()
+                                            for _ in range(draw(st.integers(1, 3)))]))
         elif kind == "fan":
             nodes.append(ForEach(new_step(), items=lambda d, key=f"f{n}": d[key], max_items=4))
         else:
-            n += 1
-            inner, inner_data = draw(shapes(children=False))
-            kid = Saga(f"kid{n}", steps=list(inner.steps))
-            nodes.append(Child(f"c{n}", saga=kid, input=lambda d, results, x=inner_data: x))
+            nodes.append(new_child())
     data = {f"f{int(node.name[1:])}": list(range(draw(st.integers(0, 3))))
             for node in nodes if isinstance(node, ForEach)}
     return Saga("prop", steps=nodes), data
@@ -208,6 +213,8 @@ def test_any_shape_any_order_compensates_exactly_what_may_have_happened(shape, d
         sim.done.append(message)
         for m in [*late, message]:
             deliver(sim, m, data)
+    if any(isinstance(node, Parallel) and any(isinstance(b, Child) for b in node.steps) for node in saga.steps):
+        event("a group with a child branch")
     for rid, run in sim.runs.items():  # what the examples cover (pytest --hypothesis-show-statistics)
         if run.parent_id is not None:
             event(f"child {run.status.value}" + (" after its parent's order" if any(

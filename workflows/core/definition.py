@@ -98,11 +98,12 @@ class Parallel:
     """Steps dispatched together; the group succeeds when every one of them has.
 
     When one fails for good, no new work starts; the others still in flight are awaited (a late
-    success is recorded, then compensated), then the group's completed steps are compensated
-    concurrently, then the steps before the group, newest first."""
+    success is recorded, then compensated; a running child saga is cancelled), then the group's
+    completed steps are compensated concurrently, then the steps before the group, newest first.
+    A branch may be a `Child`: a saga of its own."""
 
     name: str
-    steps: tuple[Step, ...] | list[Step]
+    steps: tuple[Step | Child, ...] | list[Step | Child]
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -111,8 +112,9 @@ class Parallel:
         if not steps:
             raise DefinitionError(f"parallel group {self.name!r} has no steps: give it at least one Step")
         for st in steps:
-            if not isinstance(st, Step):
-                raise DefinitionError(f"parallel group {self.name!r}: {st!r} is not a Step (groups do not nest)")
+            if not isinstance(st, (Step, Child)):
+                raise DefinitionError(f"parallel group {self.name!r}: {st!r} is not a Step or a Child "
+                                      "(groups do not nest)")
         object.__setattr__(self, "steps", steps)
 
 
@@ -191,19 +193,17 @@ class Child:
         """The child saga's declaration (looked up in the registry when named)."""
         return self.saga if isinstance(self.saga, Saga) else registry.get(self.saga)
 
-    def first_stage_cycle(self, parent: str) -> list[str] | None:
-        """The saga names of a cycle of sagas that each start with a child step, back to `parent`
-        (starting it would never end), or None."""
-        chain, node = [parent], self
-        while True:
-            name = node.saga_name
-            if name in chain:
-                return [*chain, name]
-            chain.append(name)
-            first = node.definition().steps[0]
-            if not isinstance(first, Child):
-                return None
-            node = first
+    def first_stage_cycle(self, parent: str, chain: tuple[str, ...] = ()) -> list[str] | None:
+        """The saga names of a cycle of sagas that each start with a child step, back to a saga on
+        the way from `parent` (starting it would never end), or None."""
+        chain = (*chain, parent)
+        if self.saga_name in chain:
+            return [*chain, self.saga_name]
+        for kid in self.definition().first_children():
+            cycle = kid.first_stage_cycle(self.saga_name, chain)
+            if cycle is not None:
+                return cycle
+        return None
 
     def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The child's validated input, or `InvalidInput` saying what is wrong (nothing is started)."""
@@ -262,7 +262,8 @@ class Saga:
                 self._by_name[node.name] = (stage, node)
             elif isinstance(node, Parallel):
                 names += [node.name, *(st.name for st in node.steps)]
-                self._by_name.update({st.name: (stage, st) for st in node.steps})
+                self._by_name.update({st.name: (stage, st) for st in node.steps if isinstance(st, Step)})
+                self._children.update({st.name: (stage, st) for st in node.steps if isinstance(st, Child)})
             elif isinstance(node, ForEach):
                 names.append(node.name)
                 self._fan_outs[node.name] = (stage, node)
@@ -385,14 +386,22 @@ class Saga:
             clean = data
         for _, fan in self._fan_outs.values():
             self.items_of(fan, clean)  # the fan-out's items are there, a list, within bounds
-        first = self.steps[0]
-        if isinstance(first, Child):  # a first child's input is known at the door: refuse it there
+        for first in self.first_children():  # a first child's input is known at the door: refuse it there
             try:
                 if first.first_stage_cycle(self.name) is None:  # a cycle fails the step when it starts
                     first.child_input(clean, {})
             except UnknownSaga:
                 pass  # not registered in this process: the step fails with that reason when it starts
         return clean
+
+    def first_children(self) -> list[Child]:
+        """The child steps of the first stage (started with the run itself)."""
+        first = self.steps[0]
+        if isinstance(first, Child):
+            return [first]
+        if isinstance(first, Parallel):
+            return [st for st in first.steps if isinstance(st, Child)]
+        return []
 
 
 class SagaRegistry:
@@ -408,8 +417,9 @@ class SagaRegistry:
         if existing is not None and existing != saga:
             raise DefinitionError(f"a different saga is already registered as {saga.name!r}")
         for node in saga.steps:  # a child declared as a Saga value is registered with its parent
-            if isinstance(node, Child) and isinstance(node.saga, Saga):
-                self.register(node.saga)
+            for kid in (node.steps if isinstance(node, Parallel) else (node,)):
+                if isinstance(kid, Child) and isinstance(kid.saga, Saga):
+                    self.register(kid.saga)
         self._sagas[saga.name] = saga
         return saga
 

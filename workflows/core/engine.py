@@ -201,6 +201,7 @@ class _Decision:
         self.failure_reason = reason
         self.deadline_at = None
         self._emit("CompensationStarted", reason=reason)
+        self._cancel_children(reason)
         self._next_compensation()
 
     def _next_compensation(self) -> None:
@@ -275,6 +276,15 @@ class _Decision:
         self.children.append(decide(definition, run, Started(), self.now, self.ids, self.timing))
         self._set(s, status=StepStatus.RUNNING, task_id=cid, eta=None, deadline_at=None)
         self._emit("ChildStarted", s.name, 1, child_id=cid, saga=definition.name)
+
+    def _cancel_children(self, reason: str) -> None:
+        """No new work once compensation began: a running child (a group's branch, or one the run
+        was cancelled under) is cancelled too; its step waits until the child is settled."""
+        for s in self.steps:
+            if s.status == StepStatus.RUNNING and s.task_id is not None and self.saga.child(s.name) is not None:
+                self.orders.append(Order(s.task_id, Cancel(f"its parent is compensating: {reason}",
+                                                           who=f"parent {self.before.saga_id}")))
+                self._emit("ChildCancelOrdered", s.name, None, child_id=s.task_id)
 
     def _compensate_child(self, s: StepState) -> None:
         """Undo a COMPLETED child through its own compensations; `s` is compensated when it is COMPENSATED."""
@@ -419,13 +429,7 @@ class _Decision:
             raise Ignored(f"only a RUNNING saga can be cancelled; this one is {self.status.value}")
         self._emit("SagaCancelled", reason=reason, who=who)
         for s in self.steps:
-            if s.status == StepStatus.RUNNING and self.saga.child(s.name) is not None:
-                # a running child is cancelled too; the step waits until the child is settled
-                assert s.task_id is not None
-                self.orders.append(Order(s.task_id, Cancel(f"its parent was cancelled: {reason}",
-                                                           who=f"parent {self.before.saga_id}")))
-                self._emit("ChildCancelOrdered", s.name, None, child_id=s.task_id)
-            elif s.status == StepStatus.RUNNING:
+            if s.status == StepStatus.RUNNING and self.saga.child(s.name) is None:
                 # The action may be in flight: its effect is unknown, so it is compensated.
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
                           deadline_at=None, finished_at=self.now)
