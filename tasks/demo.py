@@ -54,7 +54,12 @@ SCENARIOS: list[tuple[str, str, str, dict[str, Any], str]] = [
     ("order_fulfillment_parallel", "parallel: stock and payment at once, then ship: completes", "COMPLETED", {}, ""),
     ("order_fulfillment_parallel", "parallel: out of stock while the card is charged: the charge is refunded",
      "COMPENSATED", {}, "out-of-stock"),
+    ("order_with_shipping", "child saga: the shipping saga completes, then the card is charged", "COMPLETED", {}, ""),
+    ("order_with_shipping", "child saga: card declined after shipping: the shipping saga is compensated",
+     "COMPENSATED", {"payment": {"card": "4000000000000002"}}, ""),
 ]
+CHILD_EXPECTED = {"order_with_shipping": {"COMPLETED": "COMPLETED", "COMPENSATED": "COMPENSATED"}}
+"""The state each child run of a scenario must end in, by the parent's expected state."""
 
 
 def _start_worker(log: Path) -> subprocess.Popen[bytes]:
@@ -92,6 +97,12 @@ def run_orchestrated(console: Any) -> list[tuple[str, str, Any]]:
         view = wait_for(saga_id, timeout=60)
         results.append((title, expected, view))
         _print_timeline(console, n, title, view)
+        for child in view.children:
+            kid = wait_for(child.id, timeout=60)
+            results.append((f"   its child saga {kid.saga_type} ({child.parent_step})",
+                            CHILD_EXPECTED[saga][expected], kid))
+            _print_timeline(console, n, f"the child saga of step {child.parent_step!r}, started by saga "
+                            f"{view.id[:8]}", kid)
     clear_faults()
     return results
 

@@ -17,4 +17,5 @@ def send_confirmation(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]
         check_fault("notification", "action")
         with transaction() as s:
             effects.notify(s, ctx.idempotency_key, ctx.saga_id, order.get("email") or order["customer_id"])
-    return {"sent": True, "tracking_number": ctx.results.get("create_shipment", {}).get("tracking_number")}
+    shipment = ctx.results.get("create_shipment") or ctx.results.get("shipping", {}).get("create_shipment", {})
+    return {"sent": True, "tracking_number": shipment.get("tracking_number")}  # a step's, or a shipping saga's

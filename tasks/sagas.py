@@ -1,5 +1,6 @@
 """The saga definitions this deployment runs: the example order fulfillment, as a line, with its
-stock and payment steps in parallel, and with a manager's approval for an order above a limit."""
+stock and payment steps in parallel, with a manager's approval for an order above a limit, and as a
+checkout that runs a shipping saga of its own."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,7 +14,7 @@ from tasks.notification import send_confirmation
 from tasks.payment import CardDeclined, charge_payment, refund_payment
 from tasks.shipping import cancel_shipment, create_shipment
 
-from workflows.core.definition import Parallel, Saga, Step, Wait, register_saga
+from workflows.core.definition import Child, Parallel, Saga, Step, Wait, register_saga
 from workflows.core.retry import RetryPolicy
 
 
@@ -107,6 +108,29 @@ order_with_approval = register_saga(Saga(
              retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
                                non_retryable=(CardDeclined,))),
         Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
+        Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
+    ],
+))
+
+
+order_shipping = register_saga(Saga(
+    "order_shipping",
+    input_model=Order,
+    description="Book the shipment of an order (run as the child saga of a checkout).",
+    steps=[Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30)],
+))
+
+
+order_with_shipping = register_saga(Saga(
+    "order_with_shipping",
+    input_model=Order,
+    description="Reserve stock, ship through the order_shipping saga, charge the card on dispatch, confirm.",
+    steps=[
+        Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
+        Child("shipping", saga="order_shipping", input=lambda order, results: order),  # a saga of its own
+        Step("process_payment", action=charge_payment, compensation=refund_payment, timeout=30,
+             retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
+                               non_retryable=(CardDeclined,))),
         Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
     ],
 ))

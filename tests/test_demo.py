@@ -25,7 +25,7 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert f"sqlite:///{tmp_path / 'data'}" in out and "filesystem://" in out
-    assert out.count("✔") == 15 and "✘" not in out
+    assert out.count("✔") == 19 and "✘" not in out
     assert "StepAttemptFailed process_payment (attempt 1)" in out
     # the parallel order: out of stock while the card was charged, the charge refunded
     assert "✔ COMPENSATED" in next(line for line in out.splitlines() if "out of stock while the card" in line
@@ -34,6 +34,12 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     assert "StepFailed reserve_inventory" in parallel and "StepCompensated process_payment" in parallel
     assert "StepSucceeded process_payment (attempt 3)" in out
     assert "StepCompensated process_payment" in out and "StepCompensated reserve_inventory" in out
+    # the checkout with a shipping saga of its own: the declined card compensates the child
+    child = out[out.index("8. child saga: card declined"):]
+    assert "ChildStarted shipping" in child and "ChildCompensationOrdered shipping" in child
+    assert "StepCompensated create_shipment" in child and "StepCompensated shipping" in child
+    summary_rows = [line for line in out[out.index("Summary"):].splitlines() if "child saga" in line]
+    assert len(summary_rows) == 4 and all("✔" in row for row in summary_rows), summary_rows
     assert (tmp_path / "data" / "sagas.db").exists()
     # the order above the limit: approved once, rejected once, timed out once (the stock released)
     approved = out[out.index("7. approval"):out.index("8. approval")]

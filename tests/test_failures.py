@@ -233,6 +233,8 @@ def test_a_message_for_a_saga_type_the_worker_does_not_know_is_dead_lettered(app
     [dl] = wait_until(lambda: list_dead_letters(saga_id=saga_id))
     assert dl.kind == "action" and dl.task_name == "tests.action" and "UnknownSaga" in dl.exception
     assert dl.kwargs["saga"] == "tests.not_deployed"
+    # the broker copy goes out right after the row commits: wait for it, then exactly one
+    wait_until(lambda: redis_client.llen("dead_letter") > before, 20, "the dead letter's broker copy")
     assert redis_client.llen("dead_letter") == before + 1
 
 
@@ -249,6 +251,7 @@ def test_a_message_for_a_saga_the_store_does_not_have_is_dead_lettered(app, redi
     [dl] = wait_until(lambda: list_dead_letters(saga_id=saga_id))
     assert dl.kind == "action" and dl.step == "a" and dl.exception.startswith("SagaNotFound: ")
     assert dl.kwargs["saga"] == "tests.three" and dl.args == [saga_id, "a"]
+    wait_until(lambda: redis_client.llen("dead_letter") > before, 20, "the dead letter's broker copy")
     assert redis_client.llen("dead_letter") == before + 1
     [copy] = [m for m in broker_dead_letters(redis_client) if m["dead_letter_id"] == dl.id]
     assert copy["saga_id"] == saga_id and copy["exception"] == dl.exception

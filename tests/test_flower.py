@@ -152,3 +152,25 @@ def test_flower_shows_inline_steps_as_tasks_of_their_own(flower):  # type: ignor
     assert set(tasks) == {s.task_id for s in view.steps}
     assert sorted(ast.literal_eval(t["args"])[1] for t in tasks.values()) == ["a", "b", "c"]
     assert all(ast.literal_eval(t["args"])[0] == saga_id for t in tasks.values())
+
+
+def test_flower_finds_a_child_sagas_tasks_by_the_childs_id(flower, order_factory):  # type: ignore[no-untyped-def]
+    from workflows import child_id, get_saga
+
+    # Given a checkout that runs the shipping saga as its child
+    saga_id = start_saga("order_with_shipping", order_factory())
+    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+    kid_id = child_id(saga_id, "shipping")
+    assert get_saga(kid_id).parent_id == saga_id  # the child row names its parent
+
+    def found(search: str, names: set[str]) -> dict | None:  # type: ignore[type-arg]
+        tasks = flower.get("/api/tasks", params={"search": search}).json()
+        done = all(t["state"] == "SUCCESS" for t in tasks.values())
+        return tasks if {t["name"] for t in tasks.values()} == names and done else None
+
+    # Then the child's task carries the child's id first; the parent's carry the parent's
+    kid_tasks = poll(lambda: found(kid_id, {"shipping.create"}))
+    assert [ast.literal_eval(t["args"]) for t in kid_tasks.values()] == [[kid_id, "create_shipment"]]
+    parent_tasks = poll(lambda: found(saga_id, {"inventory.reserve", "payment.charge",
+                                                "notification.send_confirmation"}))
+    assert all(ast.literal_eval(t["args"])[0] == saga_id for t in parent_tasks.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import func, select
 from tests.support.interfaces import saga_count
 from tests.support.runs import apply, create_run
 from workflows import IdempotencyConflict, InvalidInput, RetryPolicy, Saga, SagaNotFound, Step, UnknownSaga
+from workflows.core.definition import Child, child_id
 from workflows.store.db import migrate
 from workflows.core.state import ActionSucceeded, Started
 from workflows.store.models import EventRow, SagaRow, StepRow
@@ -366,3 +368,42 @@ def test_prune_deletes_only_runs_that_ended_before_the_cutoff_with_all_their_row
             store.get(saga_id)
     for saga_id in (recent, running, kept.saga_id):
         assert counts(store, saga_id)[0] == 1 and counts(store, saga_id)[2] > 0
+
+
+KID_SAGA = Saga("store_suite.kid", steps=[Step("k", action="x.k", compensation="x.undo_k")])
+WITH_CHILD = Saga("store_suite.parent", steps=[Step("a", action="x.a", compensation=None),
+                                               Child("kid", saga=KID_SAGA)])
+
+
+def test_a_transition_that_starts_a_child_writes_the_child_with_it_or_neither(store: SagaStore) -> None:
+    from dataclasses import replace
+
+    from workflows.core.errors import ConcurrentTransition
+
+    # Given a parent whose step a succeeds: its transition carries the child's creation
+    run = create_run(store, WITH_CHILD, {"n": 1})
+    assert run.state is not None
+    kid_id = child_id(run.saga_id, "kid")
+    applied = apply(store, WITH_CHILD, run.saga_id, ActionSucceeded("a", {}), by="worker")
+    assert applied.transition is not None and len(applied.transition.children) == 1
+
+    # Then both runs are there, the child naming its parent, its first step dispatched
+    kid = store.load(kid_id)
+    assert (kid.parent_id, kid.parent_step, kid.caused_by) == (run.saga_id, "kid", "start")
+    assert kid.step("k").status.value == "RUNNING" and counts(store, kid_id) == (1, 1, 3)
+    assert [c.id for c in store.get(run.saga_id).children] == [kid_id]
+    assert store.get(kid_id).parent_id == run.saga_id
+
+    # A writer that lost the race for the parent's version (the same transition, decided on the
+    # version already written) writes no child either
+    t = applied.transition
+    late = replace(t, children=tuple(replace(c, after=replace(c.after, saga_id="never-written")) for c in t.children))
+    with pytest.raises(ConcurrentTransition):
+        store.commit(late, by="late", now=datetime.now(timezone.utc))
+    assert counts(store, "never-written") == (0, 0, 0)
+
+
+def test_a_child_as_the_first_stage_is_created_with_its_parents_run(store: SagaStore) -> None:
+    first = Saga("store_suite.first", steps=[Child("kid", saga=KID_SAGA)])
+    run = create_run(store, first, {"n": 3})
+    assert run.created and store.load(child_id(run.saga_id, "kid")).parent_id == run.saga_id

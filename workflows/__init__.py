@@ -1,6 +1,7 @@
 """Saga orchestration on Celery: declare sagas, run them, query every transition.
 
-    from workflows import Saga, Step, Parallel, ForEach, Wait, RetryPolicy, step_task, start_saga, get_saga, signal
+    from workflows import Saga, Step, Parallel, ForEach, Wait, Child, RetryPolicy, step_task
+    from workflows import start_saga, get_saga, signal
 
 Importing `workflows` registers nothing and connects to nothing: `workflows.install(app)` (in the
 deployment's `worker.py`) wires a Celery app. The layers, bottom up: `core` (declarations, the
@@ -9,7 +10,8 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 (starting, operator actions, dead letters, the sweeper), `interfaces` (API, CLI, metrics).
 """
 from workflows.choreography import Choreography, EventContext, publish
-from workflows.core.definition import ForEach, Parallel, Saga, Step, Wait, register_saga, registry
+from workflows.core.definition import (Child, ForEach, Parallel, Saga, Step, Wait, child_id, register_saga,
+                                       registry)
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
                                    InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
                                    StepNotFound, UnknownSaga)
@@ -23,7 +25,7 @@ from workflows.operations.signals import signal
 from workflows.runtime.container import get_runtime
 
 __all__ = [
-    "Choreography", "EventContext", "publish",
+    "Choreography", "EventContext", "publish", "Child", "child_id",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",

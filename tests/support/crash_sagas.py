@@ -19,6 +19,7 @@ from typing import Any
 from celery.signals import task_prerun
 
 from workflows import Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+from workflows.core.definition import Child
 
 from .sagas import r
 
@@ -77,6 +78,19 @@ slow = register_saga(Saga("crash.slow", steps=[
     Step("b", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=1),
 ]))
 """Step b has a time limit of 1 s: with {"sleep": {"b": 3}} it times out (inline too)."""
+
+
+def _crash_step(name: str) -> Step:
+    return Step(name, action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20)
+
+
+with_child = register_saga(Saga("crash.with_child", steps=[
+    _crash_step("a"),
+    Child("kid", saga=Saga("crash.kid", steps=[_crash_step("k1"), _crash_step("k_last")])),
+    _crash_step("c"),
+]))
+"""A parent whose child's last step is `k_last`: a crash right after its commit (the child
+COMPLETED) must not keep the parent from finishing."""
 
 
 @task_prerun.connect

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from workflows import ForEach, Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, step_task
+from workflows.core.definition import Child
 
 _redis: redis.Redis | None = None
 
@@ -106,3 +107,25 @@ def _console_order() -> Saga:
 
 
 console_order = register_saga(_console_order())
+
+
+def _step(name: str, timeout: float = 10) -> Step:
+    return Step(name, action=action, compensation=compensate, retry=FAST, compensation_retry=FAST_COMP,
+                timeout=timeout)
+
+
+kid = Saga("tests.kid", steps=[_step("k1"), _step("k2")])
+"""The child of `tests.with_child`; its behaviour comes from the parent's input (`kid_behaviour`)."""
+
+with_child = register_saga(Saga("tests.with_child", steps=[
+    _step("a"),
+    Child("kid", saga=kid, input=lambda data, results: {"behaviour": data.get("kid_behaviour", {}),
+                                                        "from_a": results["a"]["step"]}),
+    _step("c"),
+]))
+
+ship_first = register_saga(Saga("tests.ship_first", steps=[
+    Child("ship", saga="order_shipping"),  # the example's shipping saga: its input must be an Order
+    _step("after"),
+]))
+"""A parent whose first stage is a child with an input model: bad input is refused at its door."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -98,11 +99,12 @@ class Parallel:
     """Steps dispatched together; the group succeeds when every one of them has.
 
     When one fails for good, no new work starts; the others still in flight are awaited (a late
-    success is recorded, then compensated), then the group's completed steps are compensated
-    concurrently, then the steps before the group, newest first."""
+    success is recorded, then compensated; a running child saga is cancelled), then the group's
+    completed steps are compensated concurrently, then the steps before the group, newest first.
+    A branch may be a `Child`: a saga of its own."""
 
     name: str
-    steps: tuple[Step, ...] | list[Step]
+    steps: tuple[Step | Child, ...] | list[Step | Child]
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -111,8 +113,9 @@ class Parallel:
         if not steps:
             raise DefinitionError(f"parallel group {self.name!r} has no steps: give it at least one Step")
         for st in steps:
-            if not isinstance(st, Step):
-                raise DefinitionError(f"parallel group {self.name!r}: {st!r} is not a Step (groups do not nest)")
+            if not isinstance(st, (Step, Child)):
+                raise DefinitionError(f"parallel group {self.name!r}: {st!r} is not a Step or a Child "
+                                      "(groups do not nest)")
         object.__setattr__(self, "steps", steps)
 
 
@@ -252,7 +255,79 @@ class Wait:
         return f"wait:{self.signal}"
 
 
-Node = Step | Parallel | ForEach | Wait
+ChildInput = Callable[[dict[str, Any], dict[str, dict[str, Any]]], Any]
+
+
+@dataclass(frozen=True)
+class Child:
+    """A step whose action is another registered saga, a run of its own (the *child*).
+
+    `input(data, results)` builds the child's input from the parent's input and the results of
+    the stages before this one. The step succeeds when the child is COMPLETED (its result: the
+    child's results, by step name) and fails when the child is COMPENSATED. Compensating this
+    step compensates the COMPLETED child through the child's own compensations; cancelling the
+    parent cancels a running child, and the parent waits until the child is settled. The child's
+    id is derived from the parent's id and this step's name: starting it twice makes one run."""
+
+    name: str
+    saga: Saga | str
+    input: ChildInput = field(default=lambda data, results: data, compare=False)
+    input_name: str = field(default="", init=False)
+    """The input function's qualified name: what equality compares (as `ForEach.items_name`)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(f"child step name {self.name!r} must be a plain name like 'ship'")
+        target = self.saga.name if isinstance(self.saga, Saga) else self.saga
+        if not isinstance(target, str) or not _NAME.match(target):
+            raise DefinitionError(f"child step {self.name!r}: saga must be a Saga or the name of a registered "
+                                  f"saga like 'shipping' (got {self.saga!r})")
+        if not callable(self.input):
+            raise DefinitionError(f"child step {self.name!r}: input must be a function (data, results) -> dict, "
+                                  "like lambda data, results: {'order_id': data['order_id']}")
+        object.__setattr__(self, "input_name", getattr(self.input, "__qualname__", repr(self.input)))
+
+    @property
+    def saga_name(self) -> str:
+        return self.saga.name if isinstance(self.saga, Saga) else self.saga
+
+    def definition(self) -> Saga:
+        """The child saga's declaration (looked up in the registry when named)."""
+        return self.saga if isinstance(self.saga, Saga) else registry.get(self.saga)
+
+    def first_stage_cycle(self, parent: str, chain: tuple[str, ...] = ()) -> list[str] | None:
+        """The saga names of a cycle of sagas that each start with a child step, back to a saga on
+        the way from `parent` (starting it would never end), or None."""
+        chain = (*chain, parent)
+        if self.saga_name in chain:
+            return [*chain, self.saga_name]
+        for kid in self.definition().first_children():
+            cycle = kid.first_stage_cycle(self.saga_name, chain)
+            if cycle is not None:
+                return cycle
+        return None
+
+    def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The child's validated input, or `InvalidInput` saying what is wrong (nothing is started)."""
+        child = self.definition()
+        try:
+            value = self.input(data, results)
+        except Exception as e:  # the parent's input or results lack what the function reads
+            raise InvalidInput(f"child step {self.name!r}: its input function failed "
+                               f"({type(e).__name__}: {e})") from None
+        return child.validate_input(value)
+
+
+def child_id(parent_id: str, step: str) -> str:
+    """The id of the child run step `step` of run `parent_id` starts: the same for every attempt to
+    start it (a UUID of the parent's id and the step's name, so it fits the id column)."""
+    return str(uuid.uuid5(_CHILDREN, f"{parent_id}/{step}"))
+
+
+_CHILDREN = uuid.UUID("6f0c2f8e-5a57-4f7e-9a55-c41d0e1f0c11")
+
+
+Node = Step | Parallel | ForEach | Wait | Child
 """What a saga is a sequence of."""
 
 
@@ -272,6 +347,7 @@ class Saga:
     _by_name: dict[str, tuple[int, Step]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _fan_outs: dict[str, tuple[int, ForEach]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _waits: dict[str, tuple[int, Wait]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _children: dict[str, tuple[int, Child]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -289,15 +365,19 @@ class Saga:
                 self._by_name[node.name] = (stage, node)
             elif isinstance(node, Parallel):
                 names += [node.name, *(st.name for st in node.steps)]
-                self._by_name.update({st.name: (stage, st) for st in node.steps})
+                self._by_name.update({st.name: (stage, st) for st in node.steps if isinstance(st, Step)})
+                self._children.update({st.name: (stage, st) for st in node.steps if isinstance(st, Child)})
             elif isinstance(node, ForEach):
                 names.append(node.name)
                 self._fan_outs[node.name] = (stage, node)
             elif isinstance(node, Wait):
                 names.append(node.name)
                 self._waits[node.name] = (stage, node)
+            elif isinstance(node, Child):
+                names.append(node.name)
+                self._children[node.name] = (stage, node)
             else:
-                raise DefinitionError(f"saga {self.name!r}: {node!r} is not a Step, Parallel, ForEach or Wait")
+                raise DefinitionError(f"saga {self.name!r}: {node!r} is not a Step, Parallel, ForEach, Wait or Child")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise DefinitionError(f"saga {self.name!r}: step and group names must be unique, repeated: {dupes}")
@@ -320,7 +400,7 @@ class Saga:
         """(step name, stage) of every step a run with input `data` has, in stage order."""
         out: list[tuple[str, int]] = []
         for stage, node in enumerate(self.steps):
-            if isinstance(node, Step):
+            if isinstance(node, (Step, Child)):
                 out.append((node.name, stage))
             elif isinstance(node, Parallel):
                 out += [(st.name, stage) for st in node.steps]
@@ -336,7 +416,10 @@ class Saga:
 
     def stage_of(self, name: str) -> int:
         found = self._waits.get(name)
-        return found[0] if found is not None else self._locate(name)[0]
+        if found is not None:
+            return found[0]
+        child = self._children.get(name)
+        return child[0] if child is not None else self._locate(name)[0]
 
     # -- waits
 
@@ -352,6 +435,11 @@ class Saga:
     def stage_node(self, stage: int) -> Node:
         return self.steps[stage]
 
+    def child(self, name: str) -> Child | None:
+        """The `Child` declaration of step `name`, or None if it is not a child step."""
+        found = self._children.get(name)
+        return found[1] if found is not None else None
+
     def item(self, name: str, data: dict[str, Any]) -> Any:
         """The item of fan-out branch `name` (None for any other step)."""
         fan, index = self._branch(name)
@@ -360,7 +448,7 @@ class Saga:
         return self.items_of(fan, data)[index]
 
     def has(self, name: str) -> bool:
-        if name in self._waits:
+        if name in self._waits or name in self._children:
             return True
         try:
             self._locate(name)
@@ -397,6 +485,8 @@ class Saga:
         fan = self._fan_outs.get(prefix)
         if fan is not None and self._branch(name)[0] is not None:
             return fan[0], fan[1].step
+        if name in self._children:
+            raise DefinitionError(f"step {name!r} of saga {self.name!r} is a child saga, not a task step")
         raise DefinitionError(f"saga {self.name!r} has no step {name!r}")
 
     def index_of(self, step_name: str) -> int:
@@ -421,7 +511,22 @@ class Saga:
             clean = data
         for _, fan in self._fan_outs.values():
             self.items_of(fan, clean)  # the fan-out's items are there, a list, within bounds
+        for first in self.first_children():  # a first child's input is known at the door: refuse it there
+            try:
+                if first.first_stage_cycle(self.name) is None:  # a cycle fails the step when it starts
+                    first.child_input(clean, {})
+            except UnknownSaga:
+                pass  # not registered in this process: the step fails with that reason when it starts
         return clean
+
+    def first_children(self) -> list[Child]:
+        """The child steps of the first stage (started with the run itself)."""
+        first = self.steps[0]
+        if isinstance(first, Child):
+            return [first]
+        if isinstance(first, Parallel):
+            return [st for st in first.steps if isinstance(st, Child)]
+        return []
 
 
 class SagaRegistry:
@@ -436,6 +541,10 @@ class SagaRegistry:
         existing = self._sagas.get(saga.name)
         if existing is not None and existing != saga:
             raise DefinitionError(f"a different saga is already registered as {saga.name!r}")
+        for node in saga.steps:  # a child declared as a Saga value is registered with its parent
+            for kid in (node.steps if isinstance(node, Parallel) else (node,)):
+                if isinstance(kid, Child) and isinstance(kid.saga, Saga):
+                    self.register(kid.saga)
         self._sagas[saga.name] = saga
         return saga
 

@@ -11,12 +11,13 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflows.core.definition import Saga, Wait
-from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command,
-                                  CompensationFailed, CompensationSucceeded, DeadLetter, DeadLetterClosure, ErrorInfo,
-                                  HistoryEvent, IdSource, Ignored, Outcome, Redispatch, Resume, RunState,
-                                  RunStatus, Schedule, Signal, SignalReceived, Started, StepState, StepStatus,
-                                  Timing, Transition, WaitTimedOut)
+from workflows.core.definition import Child, Saga, Wait, child_id
+from workflows.core.errors import InvalidInput, UnknownSaga
+from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, ChildFinished,
+                                  Command, Compensate, CompensationFailed, CompensationSucceeded, DeadLetter,
+                                  DeadLetterClosure, ErrorInfo, HistoryEvent, IdSource, Ignored, Order, Outcome,
+                                  Redispatch, Resume, RunState, RunStatus, Schedule, Signal, SignalReceived, Started,
+                                  StepState, StepStatus, Timing, Transition, WaitTimedOut)
 
 
 def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
@@ -51,16 +52,23 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
             d.signal_received(signal)
         case WaitTimedOut(step=step):
             d.wait_timed_out(step)
+        case ChildFinished():
+            d.child_finished(outcome)
+        case Compensate(reason=reason, who=who):
+            d.compensate(reason, who)
         case _:
             raise TypeError(f"unknown outcome {outcome!r}")
     return d.transition()
 
 
-def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str) -> RunState:
-    """A run as created, before `Started`: every step (and fan-out branch) PENDING, version 1."""
+def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str,
+            parent: tuple[str, str] | None = None) -> RunState:
+    """A run as created, before `Started`: every step (and fan-out branch) PENDING, version 1.
+    `parent`: (parent run id, its `Child` step) of a child run."""
     return RunState(saga_id=saga_id, saga_type=saga.name, status=RunStatus.RUNNING, version=1, input=data,
                     steps=tuple(StepState(index=i, name=name) for i, (name, _) in enumerate(saga.rows(data))),
-                    caused_by=caused_by)
+                    caused_by=caused_by, parent_id=parent[0] if parent else None,
+                    parent_step=parent[1] if parent else None)
 
 
 def is_current(run: RunState, step: str, kind: str, task_id: str, attempt: int) -> bool:
@@ -85,6 +93,8 @@ def commands_for(saga: Saga, run: RunState, timing: Timing = Timing()) -> tuple[
     """The messages `run` is waiting on, derived from its state alone (for recovery)."""
     out = []
     for s in run.steps:
+        if saga.child(s.name) is not None:
+            continue  # a child step waits on a run, not on a message (the sweeper's `child_links`)
         if s.status == StepStatus.RUNNING and not run.status.terminal:
             out.append(_command(saga, run, s, "action", run.version))
         elif s.status == StepStatus.COMPENSATING:
@@ -126,6 +136,8 @@ class _Decision:
         self.commands: list[Command] = []
         self.dead_letters: list[DeadLetter] = []
         self.closures: list[DeadLetterClosure] = []
+        self.children: list[Transition] = []
+        self.orders: list[Order] = []
         self.failure_reason = run.failure_reason
         self.deadline_at = run.deadline_at
         self.stage = {s.name: saga.stage_of(s.name) for s in run.steps}
@@ -189,7 +201,11 @@ class _Decision:
             if rows:
                 self.status = RunStatus.RUNNING
                 for s in rows:
-                    self._dispatch(self._set(s, status=StepStatus.RUNNING), "action")
+                    child = self.saga.child(s.name)
+                    if child is not None:
+                        self._start_child(s, child)
+                    else:
+                        self._dispatch(self._set(s, status=StepStatus.RUNNING), "action")
                 return
             stage += 1
         self.status = RunStatus.COMPLETED
@@ -201,6 +217,7 @@ class _Decision:
         self.failure_reason = reason
         self.deadline_at = None
         self._emit("CompensationStarted", reason=reason)
+        self._cancel_children(reason)
         self._next_compensation()
 
     def _next_compensation(self) -> None:
@@ -217,10 +234,13 @@ class _Decision:
             if any(s.status == StepStatus.COMPENSATION_FAILED for s in rows):
                 return
             todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED and self.saga.wait(s.name) is None
-                    and self.saga.step(s.name).compensation_name is not None]
+                    and self._undoable(s.name)]
             if todo:
                 for s in todo:
-                    self._dispatch(self._set(s, status=StepStatus.COMPENSATING), "compensation")
+                    if self.saga.child(s.name) is not None:
+                        self._compensate_child(s)
+                    else:
+                        self._dispatch(self._set(s, status=StepStatus.COMPENSATING), "compensation")
                 return
         skipped = [s.name for s in self.steps if s.status in _MAY_HAVE_HAPPENED and self.saga.wait(s.name) is None]
         if skipped:
@@ -241,13 +261,100 @@ class _Decision:
                         deadline_at=self.deadline_at)
         if self.kept != list(self.before.signals):
             after = replace(after, signals=tuple(self.kept))
+        if after.parent_id and after.parent_step and after.status.terminal and self.before.status != after.status:
+            # a child settled (or is stuck): its parent's `Child` step hears of it after this commit
+            self.orders.append(Order(after.parent_id, ChildFinished(
+                after.parent_step, after.saga_id, after.status, after.results(), after.failure_reason)))
         return Transition(self.before, after, tuple(self.events), tuple(self.commands), tuple(self.dead_letters),
-                          tuple(self.closures), tuple(self.recorded), tuple(self.consumed))
+                          tuple(self.closures), signals=tuple(self.recorded), consumed=tuple(self.consumed),
+                          children=tuple(self.children), orders=tuple(self.orders))
+
+    # -- child sagas
+    def _undoable(self, name: str) -> bool:
+        """Has step `name` something to compensate with? A child always has: its own compensations."""
+        return self.saga.child(name) is not None or self.saga.step(name).compensation_name is not None
+
+    def _start_child(self, s: StepState, child: Child) -> None:
+        """Start the child run of `s`: its creation (its `Started` transition) is written with this
+        transition, its first messages published after it. Bad child input fails the step."""
+        results = {x.name: x.result or {} for x in self.steps
+                   if x.status == StepStatus.SUCCEEDED and self.stage[x.name] < self.stage[s.name]}
+        try:
+            definition = child.definition()
+            data = child.child_input(self.before.input, results)
+            cycle = child.first_stage_cycle(self.saga.name)
+            if cycle is not None:
+                raise InvalidInput(f"child step {s.name!r}: these sagas start each other at once, without end: "
+                                   f"{' -> '.join(cycle)}")
+        except (InvalidInput, UnknownSaga) as e:
+            s = self._set(s, status=StepStatus.FAILED, attempts=1, error=str(e), finished_at=self.now)
+            self._emit("StepFailed", s.name, 1, error=str(e), reason="child saga not started")
+            self._settled(f"step {s.name!r} failed: {e}")
+            return
+        cid = child_id(self.before.saga_id, s.name)
+        run = new_run(definition, cid, data, STARTED_BY, parent=(self.before.saga_id, s.name))
+        self.children.append(decide(definition, run, Started(), self.now, self.ids, self.timing))
+        self._set(s, status=StepStatus.RUNNING, task_id=cid, eta=None, deadline_at=None)
+        self._emit("ChildStarted", s.name, 1, child_id=cid, saga=definition.name)
+
+    def _cancel_children(self, reason: str) -> None:
+        """No new work once compensation began: a running child (a group's branch, or one the run
+        was cancelled under) is cancelled too; its step waits until the child is settled."""
+        for s in self.steps:
+            if s.status == StepStatus.RUNNING and s.task_id is not None and self.saga.child(s.name) is not None:
+                self.orders.append(Order(s.task_id, Cancel(f"its parent is compensating: {reason}",
+                                                           who=f"parent {self.before.saga_id}")))
+                self._emit("ChildCancelOrdered", s.name, None, child_id=s.task_id)
+
+    def _compensate_child(self, s: StepState) -> None:
+        """Undo a COMPLETED child through its own compensations; `s` is compensated when it is COMPENSATED."""
+        s = self._set(s, status=StepStatus.COMPENSATING)
+        assert s.task_id is not None, "a started child step has its child's id"
+        self.orders.append(Order(s.task_id, Compensate(self.failure_reason or "its parent is compensating",
+                                                       who=f"parent {self.before.saga_id}")))
+        self._emit("ChildCompensationOrdered", s.name, s.compensation_attempts + 1, child_id=s.task_id)
+
+    def child_finished(self, o: ChildFinished) -> None:
+        s = self._get(o.step)
+        if self.saga.child(s.name) is None or s.task_id != o.child_id:
+            raise Ignored(f"run {o.child_id} is not the child of step {o.step!r}")
+        if o.status == RunStatus.FAILED:
+            # its own compensation is stuck: the step waits until an operator settles the child
+            raise Ignored(f"child {o.child_id} is FAILED", HistoryEvent("ChildNeedsOperator", s.name, None, {
+                "child_id": o.child_id, "reason": o.reason}))
+        if s.status == StepStatus.COMPENSATING:
+            if o.status != RunStatus.COMPENSATED:
+                raise Ignored(f"child {o.child_id} is {o.status.value}: its compensation was ordered")
+            self.compensation_succeeded(s.name)
+            return
+        if o.status == RunStatus.COMPLETED:
+            self.action_succeeded(s.name, o.results)  # the same guards and what follows as any step's success
+            return
+        if o.status != RunStatus.COMPENSATED:
+            raise Ignored(f"child {o.child_id} is {o.status.value}, not settled")
+        self._require((RunStatus.RUNNING, RunStatus.COMPENSATING), s, StepStatus.RUNNING, "ChildFinished")
+        error = f"child saga {o.child_id} was compensated: {o.reason}"
+        s = self._set(s, status=StepStatus.FAILED, attempts=s.attempts + 1, error=error, eta=None, deadline_at=None,
+                      finished_at=self.now)
+        # its effects were undone by its own compensations: nothing of it is left to compensate
+        self._emit("StepFailed", s.name, s.attempts, error=error, reason="child saga compensated")
+        self._settled(f"step {s.name!r} failed: {error}")
+
+    def compensate(self, reason: str, who: str) -> None:
+        if self.status != RunStatus.COMPLETED:
+            raise Ignored(f"only a COMPLETED saga is compensated on its parent's order; this one is "
+                          f"{self.status.value}")
+        self._emit("SagaCompensationOrdered", reason=reason, who=who)
+        self._begin_compensation(f"compensated by {who}: {reason}")
 
     def _dead_letter(self, kind: str, s: StepState, task: str, attempts: int, error: Any) -> None:
         dl = DeadLetter(self.ids(), kind, s.name, task, attempts, error)
         self.dead_letters.append(dl)
         self._emit("DeadLettered", s.name, attempts, kind=kind, error=str(error), dead_letter=dl.id)
+
+    def _not_a_child(self, s: StepState) -> None:
+        if self.saga.child(s.name) is not None:
+            raise Ignored(f"step {s.name!r} is a child saga ({s.task_id}): act on the child run itself")
 
     # -- outcomes
     def start(self) -> None:
@@ -349,7 +456,7 @@ class _Decision:
                 self._set(s, status=StepStatus.FAILED, error=f"cancelled: {reason}", deadline_at=None,
                           finished_at=self.now)
                 self._emit("WaitCancelled", s.name, reason=reason)
-            if s.status == StepStatus.RUNNING:
+            if s.status == StepStatus.RUNNING and self.saga.child(s.name) is None:
                 # The action may be in flight: its effect is unknown, so it is compensated.
                 self._set(s, status=StepStatus.TIMED_OUT, error=f"cancelled: {reason}", eta=None,
                           deadline_at=None, finished_at=self.now)
@@ -358,6 +465,7 @@ class _Decision:
 
     def redispatch(self, name: str, reason: str) -> None:
         s = self._get(name)
+        self._not_a_child(s)
         self._require((RunStatus.RUNNING,), s, StepStatus.RUNNING, "Redispatch")
         self._emit("StepRedispatched", s.name, s.attempts + 1, reason=reason)
         self._dispatch(s, "action")
@@ -384,7 +492,10 @@ class _Decision:
             return
         if self.status in (RunStatus.RUNNING, RunStatus.COMPENSATING):
             want = StepStatus.RUNNING if self.status == RunStatus.RUNNING else StepStatus.COMPENSATING
-            live = [s for s in self.steps if s.status == want and (name is None or s.name == name)]
+            if name is not None:
+                self._not_a_child(self._get(name))
+            live = [s for s in self.steps if s.status == want and (name is None or s.name == name)
+                    and self.saga.child(s.name) is None]
             if not live:
                 raise Ignored(f"step {name!r} is not in flight")
             s = live[0]

@@ -92,6 +92,10 @@ class RunState:
     """Who made the current version (store metadata; the engine does not read it)."""
     signals: tuple[Signal, ...] = ()
     """Signals received before their wait began, kept (not consumed yet), oldest first."""
+    parent_id: str | None = None
+    """A child run: the run whose `Child` step started it (its outcome is reported there)."""
+    parent_step: str | None = None
+    """A child run: the name of that step of the parent."""
 
     def step(self, name: str) -> StepState:
         for s in self.steps:
@@ -207,7 +211,38 @@ class WaitTimedOut(Outcome):
     step: str
 
 
+@dataclass(frozen=True)
+class ChildFinished(Outcome):
+    """The child run of `Child` step `step` reached `status` (reported to the parent)."""
+
+    step: str
+    child_id: str
+    status: RunStatus
+    results: dict[str, Any] = field(default_factory=dict)
+    """The child's results, by step name (a COMPLETED child's are the step's result)."""
+    reason: str | None = None
+    """The child's failure reason (COMPENSATED, FAILED)."""
+
+
+@dataclass(frozen=True)
+class Compensate(Outcome):
+    """Undo a COMPLETED run through its own compensations, newest first (its parent is compensating)."""
+
+    reason: str
+    who: str = "parent"
+
+
 # ---------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Order:
+    """An outcome for another run (a child, or the parent), applied by the runtime after this
+    transition committed; the sweeper applies it again if a crash lost it (the engine's guards
+    ignore a duplicate)."""
+
+    saga_id: str
+    outcome: Outcome
 
 
 @dataclass(frozen=True)
@@ -304,6 +339,12 @@ class Transition:
     """Signals this transition records (consumed at once, or kept: `after.signals`)."""
     consumed: tuple[Signal, ...] = ()
     """Kept signals this transition consumes (`consumed_by` set): marked consumed in its write."""
+    children: tuple[Transition, ...] = ()
+    """Child runs this decision starts: each one's `Started` transition, written in the same
+    atomic write as this one (its rows, its history), published after it."""
+    orders: tuple[Order, ...] = ()
+    """Outcomes for other runs (cancel or compensate a child, report to the parent), applied after
+    the commit."""
 
     @property
     def command(self) -> Command | None:

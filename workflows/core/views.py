@@ -93,6 +93,18 @@ class Signalled(_View):
 
 
 @dataclass(frozen=True)
+class ChildView(_View):
+    """A child run, as its parent's view lists it."""
+
+    id: str
+    saga_type: str
+    state: str
+    parent_step: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class SagaView(_View):
     id: str
     saga_type: str
@@ -109,6 +121,11 @@ class SagaView(_View):
     events: list[EventView] = field(default_factory=list)
     dead_letters: list[DeadLetterView] = field(default_factory=list)
     signals: list[SignalView] = field(default_factory=list)
+    parent_id: str | None = None
+    """A child run: the run whose `Child` step started it."""
+    parent_step: str | None = None
+    children: list[ChildView] = field(default_factory=list)
+    """The child runs this run's `Child` steps started (filled by `get`, not by `list`)."""
 
     @property
     def terminal(self) -> bool:

@@ -112,6 +112,13 @@ class WaitSummary(BaseModel):
     deadline_at: str | None
 
 
+class ChildSummary(BaseModel):
+    id: str
+    saga_type: str
+    state: str
+    parent_step: str | None
+
+
 class SagaStatus(BaseModel):
     id: str
     saga_type: str
@@ -124,6 +131,11 @@ class SagaStatus(BaseModel):
     steps: list[StepSummary]
     history: list[HistoryItem]
     open_dead_letters: list[str]
+    parent_id: str | None = None
+    """A child run: the run whose child step started it (and `parent_step`, that step)."""
+    parent_step: str | None = None
+    children: list[ChildSummary] = []
+    """The child runs this run's child steps started."""
 
 
 class SagaPage(BaseModel):
@@ -217,7 +229,10 @@ def status(saga_id: str) -> SagaStatus:
                            compensation_attempts=s.compensation_attempts, result=s.result, error=s.error)
                for s in v.steps],
         history=[HistoryItem(at=e.at.isoformat(), type=e.type, step=e.step, attempt=e.attempt) for e in v.events],
-        open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"])
+        open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"],
+        parent_id=v.parent_id, parent_step=v.parent_step,
+        children=[ChildSummary(id=c.id, saga_type=c.saga_type, state=c.state, parent_step=c.parent_step)
+                  for c in v.children])
 
 
 @api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"])

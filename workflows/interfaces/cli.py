@@ -467,6 +467,12 @@ def _show_saga(v: Any) -> None:
         if s.status == "WAITING" and s.task_id:
             console.print(Text(f"waiting: {s.name} for signal {s.task_id.removeprefix('wait:')!r} until "
                                f"{_time(s.deadline_at)}", style="blue"))
+    if v.parent_id:
+        console.print(f"child of saga {v.parent_id}, its step {v.parent_step!r}   (sagas status {v.parent_id})")
+    for c in v.children:
+        line = Text(f"child  {c.parent_step}: saga {c.id}  {c.saga_type}  ")
+        line.append_text(_styled(c.state))
+        console.print(line)
 
     steps = Table(title="steps", title_justify="left")
     for col in ("#", "step", "status", "attempts", "compensations", "started", "finished", "compensated",

@@ -11,6 +11,9 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
   parked): timed out, as its `on_timeout` says;
 - a SCHEDULED run whose start time came (`due_starts`): started, its first stage published;
 - a dead letter committed and never copied to the broker (its writer died first): sent;
+- a child step whose order or report a crash lost (`_child_order`): a settled child reported to its
+  parent, a COMPLETED child of a compensating step compensated, a running child of a cancelled
+  parent cancelled;
 - the choreographies' part (`choreography.operations.sweep_choreographies`).
 Every action is one pass of the decision loop, version-checked like a step's own report, so a
 sweeper racing a late result changes the run once.
@@ -19,15 +22,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
 from workflows.core.errors import UnknownSaga
-from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Outcome,
-                                  Redispatch, Started, StepStatus, WaitTimedOut)
+from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
+                                  ErrorInfo, Order, Outcome, Redispatch, RunStatus, Started, StepStatus, WaitTimedOut)
 from workflows.runtime.container import Runtime
 from workflows.runtime.loop import DecisionLoop
+from workflows.store.base import ChildLink
 
 log = logging.getLogger("workflows.sweeper")
 
@@ -49,6 +53,8 @@ class SweepReport:
     started: list[str] = field(default_factory=list)
     """SCHEDULED runs started."""
     dead_letters_sent: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    """`<parent id>:<step>` of child steps whose lost order or report was applied."""
     stuck: list[str] = field(default_factory=list)
     """Choreographed sagas whose last event is older than their deadline."""
 
@@ -121,6 +127,12 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         if applied.transition is not None:
             report.started.append(saga_id)
 
+    for link in store.child_links(now - timedelta(seconds=rt.timing.dispatch_grace)):
+        order = _child_order(rt, link)
+        owed = loop.deliver(order, by="sweeper") if order is not None else None
+        if owed is not None and owed.transition is not None:
+            report.children.append(f"{link.parent_id}:{link.step}")
+
     try:
         report.dead_letters_sent.extend(loop.resend_dead_letters())
     except Exception as e:  # the broker is down: the next sweep tries again
@@ -129,3 +141,21 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())
     return report
+
+
+def _child_order(rt: Runtime, link: ChildLink) -> Order | None:
+    """What a child step waiting for over the grace period is owed, if anything: the order or the
+    report whose delivery a crash (or a database error) lost after its transition committed."""
+    step, child, parent = StepStatus(link.step_status), RunStatus(link.child_state), RunStatus(link.parent_state)
+    settled = child in (RunStatus.COMPLETED, RunStatus.COMPENSATED)
+    if (step == StepStatus.RUNNING and settled) or (step == StepStatus.COMPENSATING and child == RunStatus.COMPENSATED):
+        run = rt.store.load(link.child_id)
+        return Order(link.parent_id, ChildFinished(link.step, link.child_id, run.status, run.results(),
+                                                   run.failure_reason))
+    if step == StepStatus.COMPENSATING and child == RunStatus.COMPLETED:
+        return Order(link.child_id, Compensate("its parent is compensating (sent again by the sweeper)",
+                                               who=f"parent {link.parent_id}"))
+    if step == StepStatus.RUNNING and parent == RunStatus.COMPENSATING and child == RunStatus.RUNNING:
+        return Order(link.child_id, Cancel("its parent was cancelled (sent again by the sweeper)",
+                                           who=f"parent {link.parent_id}"))
+    return None

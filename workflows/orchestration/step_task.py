@@ -36,9 +36,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from workflows.core.definition import Saga, registry
 from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
-from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Command, CompensationFailed,
-                                  CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo,
-                                  Outcome, RunState, Transition)
+from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, ChildFinished, Command,
+                                  CompensationFailed, CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo,
+                                  HistoryEvent, MessageInfo, Order, Outcome, RunState, Transition)
 from workflows.core.steps import StepContext, StepTask
 from workflows.orchestration.inline import InlineBudget, budget_for, holding_pool_soft_limit, soft_limit
 from workflows.runtime.container import Runtime, get_runtime
@@ -86,8 +86,7 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         with holding_pool_soft_limit(), _flushing_events(rt):
             while (follow := inline.next_step(t)) is not None:
                 cmd, next_task = follow
-                if t.dead_letters:
-                    rt.loop.send_dead_letters(t.dead_letters, saga_id)
+                rt.loop.publish(t, inline=cmd)  # all but the step run here: dead letters, children, orders
                 _, kwargs = message_for(t.after, cmd)
                 log.info("running %s %s inline", cmd.task, cmd.step,
                          extra={"saga_id": saga_id, "step": cmd.step, "task_id": cmd.task_id})
@@ -260,12 +259,15 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
     if delivery.redelivered or delivery.retries > 0:
         # Only what this message's own transition dispatched (its history says so): the other
         # messages in flight (a group's other branches) were published by whoever dispatched them.
-        mine = {(e.step, e.detail.get("task_id")) for e in rt.store.history(run.saga_id)
+        history = rt.store.history(run.saga_id)
+        mine = {(e.step, e.detail.get("task_id")) for e in history
                 if e.type in ("StepDispatched", "CompensationDispatched") and e.detail.get("by") == delivery.task_id}
         cmds = tuple(c for c in commands_for(saga, run, rt.timing) if (c.step, c.task_id) in mine)
         for cmd in cmds:
             log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
             rt.dispatcher.send_step(run, cmd)
+        _recover_children(rt, run, [e.detail["child_id"] for e in history
+                                    if e.type == "ChildStarted" and e.detail.get("by") == delivery.task_id])
         rt.store.record(run.saga_id, HistoryEvent("FollowUpRepublished", step, None, {
             "run_version": run.version, "redelivered": delivery.redelivered, "retries": delivery.retries,
             "task": cmds[0].task if cmds else None, "steps": [c.step for c in cmds]}), by=delivery.task_id, now=now)
@@ -273,6 +275,20 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
         log.warning("duplicate of %s for step %s ignored", delivery.task_id, step, extra={"saga_id": run.saga_id})
         rt.store.record(run.saga_id, HistoryEvent("DuplicateIgnored", step, None, {"run_version": run.version}),
                         by=delivery.task_id, now=now)
+
+
+def _recover_children(rt: Runtime, run: RunState, started: list[str]) -> None:
+    """What a transition that committed and was not published owed to other runs: the first
+    messages of the children it started (if nothing reported on them since), and a settled child's
+    report to its parent. Duplicates are harmless: each message and report meets its step's guard."""
+    for cid in started:
+        child = rt.store.load(cid)
+        if child.caused_by == STARTED_BY:
+            for cmd in commands_for(registry.get(child.saga_type), child, rt.timing):
+                rt.dispatcher.send_step(child, cmd)
+    if run.parent_id is not None and run.parent_step is not None and run.status.terminal:
+        rt.loop.deliver(Order(run.parent_id, ChildFinished(run.parent_step, run.saga_id, run.status, run.results(),
+                                                           run.failure_reason)), by=f"saga:{run.saga_id}")
 
 
 def _dead_letter_message(rt: Runtime, st: StepTask, saga_id: str, step: str, kind: str, delivery: Delivery,

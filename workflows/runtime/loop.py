@@ -7,7 +7,9 @@
 3. **commit** the `Transition` through the store: all its rows or none, on the version decided
    on; a `ConcurrentTransition` means another writer got there first: back to 1;
 4. **publish** what the committed transition says: its step messages, then the broker copies of
-   its dead letters, each marked sent once out (the sweeper sends what a crash left unsent).
+   its dead letters, each marked sent once out (the sweeper sends what a crash left unsent), then
+   the first messages of the child runs it started, then its orders for other runs (cancel or
+   compensate a child, report to a parent), each one pass of this loop on that run.
 
 Nothing here runs inside a transaction, and the store calls nothing back. A message reporting on
 another version than the run's is stale: it changes nothing and is noted in the history, unless
@@ -22,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from workflows.core.definition import Saga
+from workflows.core.definition import Saga, registry
 from workflows.core.engine import commands_for, decide, is_current, new_run
 from workflows.core.errors import ConcurrentTransition
-from workflows.core.state import (STARTED_BY, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
-                                  Ignored, MessageInfo, Outcome, RunState, Schedule, Signal, SignalReceived, Started,
-                                  Timing, Transition)
+from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
+                                  Ignored, MessageInfo, Order, Outcome, RunState, Schedule, Signal, SignalReceived,
+                                  Started, Timing, Transition)
 from workflows.core.views import DeadLetterView
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.store.base import SagaStore
@@ -104,12 +106,31 @@ class DecisionLoop:
                 continue  # someone else made progress: decide again on what they wrote
             return Applied(t, t.after)
 
-    def publish(self, t: Transition) -> None:
-        """Step 4: the transition's messages, then its dead letters' broker copies (marked sent)."""
+    def publish(self, t: Transition, *, inline: Command | None = None) -> None:
+        """Step 4: the transition's messages, then its dead letters' broker copies (marked sent),
+        then the first messages of the child runs it started, then its orders for other runs.
+        `inline`: a message of `t` the caller runs itself instead (`orchestration.inline`)."""
         for cmd in t.commands:
-            self.dispatcher.send_step(t.after, cmd)
+            if cmd != inline:
+                self.dispatcher.send_step(t.after, cmd)
         if t.dead_letters:
             self.send_dead_letters(t.dead_letters, t.after.saga_id)
+        for child in t.children:
+            self.publish(child)  # committed with `t`; a lost publish is the sweeper's (a first step)
+        for order in t.orders:
+            self.deliver(order, by=f"saga:{t.after.saga_id}")
+
+    def deliver(self, order: Order, *, by: str) -> Applied | None:
+        """Apply `order` (an outcome `t` gives another run) as one pass of this loop. A failure is
+        logged, not raised: `t` is committed, and the sweeper finds what the order was to do
+        (`child_links`: a child to cancel or compensate, a parent to report to)."""
+        try:
+            run = self.store.load(order.saga_id)
+            return self.apply(registry.get(run.saga_type), order.saga_id, order.outcome, by=by, state=run)
+        except Exception as e:  # the database or the broker: the sweeper's recovery of children
+            log.warning("%s for run %s not applied (%s): the sweeper applies it", type(order.outcome).__name__,
+                        order.saga_id, e, extra={"saga_id": order.saga_id})
+            return None
 
     def apply(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
               state: RunState | None = None, message: MessageInfo | None = None,

@@ -56,6 +56,20 @@ class StepRetries:
 
 
 @dataclass(frozen=True)
+class ChildLink:
+    """A parent's child step still waiting, and its child run (the sweeper's recovery of children)."""
+
+    parent_id: str
+    parent_type: str
+    parent_state: str
+    step: str
+    step_status: str
+    child_id: str
+    child_type: str
+    child_state: str
+
+
+@dataclass(frozen=True)
 class StepDuration:
     saga_type: str
     step: str
@@ -252,6 +266,11 @@ class SagaStore(Protocol):
 
     def signal_for_key(self, saga_id: str, idempotency_key: str) -> SignalView | None:
         """The signal recorded under `idempotency_key` for run `saga_id`, or None."""
+        ...
+
+    def child_links(self, updated_before: datetime, limit: int = 500) -> builtins.list[ChildLink]:
+        """Child steps still RUNNING or COMPENSATING, with their child run, the child or the parent
+        unchanged since `updated_before`."""
         ...
 
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 from workflows.core.errors import IdempotencyConflict, SagaError, SagaIdTaken
 from workflows.core.state import Transition
 from workflows.store.base import CallerTx, Created, input_hash
-from workflows.store.rows import EVENTS, SAGAS, STEPS, creation_rows
+from workflows.store.rows import EVENTS, SAGAS, STEPS, child_creations, creation_rows
 
 if TYPE_CHECKING:
     from workflows.store.events import EventUnit
@@ -198,6 +198,8 @@ class JoinedStore:
         try:
             with conn.begin_nested():
                 self._insert_creation(conn, saga_row, steps, events)
+                for child_rows in child_creations(t, now):  # a first stage that starts a child saga
+                    self._insert_creation(conn, *child_rows)
         except IntegrityError as e:
             error = e
         else:

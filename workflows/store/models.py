@@ -55,6 +55,7 @@ class SagaRow(Base):
         Index("ix_sagas_input", "input", postgresql_using="gin",
               postgresql_ops={"input": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
         Index("ix_sagas_state_deadline", "state", "deadline_at"),
+        Index("ix_sagas_parent", "parent_id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -76,6 +77,11 @@ class SagaRow(Base):
     signals_pending: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Signals kept for a wait not begun yet (`saga_signals` rows not consumed): the run's read
     loads them only when there are some, so a run without signals is still read in one statement."""
+    parent_id: Mapped[str | None] = mapped_column(String(64))
+    """A child run: the run whose `Child` step started it (no foreign key: a choreography's
+    runs and the parent's share the table, and a run is never deleted before its children)."""
+    parent_step: Mapped[str | None] = mapped_column(String(100))
+    """A child run: the name of that step of the parent."""
 
     steps: Mapped[list[StepRow]] = relationship(
         back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")

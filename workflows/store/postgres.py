@@ -4,7 +4,7 @@ A run's creation and a step's transition are each one data-modifying `WITH` stat
 autocommit connection: one round trip, atomic by itself, no BEGIN/COMMIT. With psycopg 3 a
 statement run 5 times on a connection is prepared there, so the few hot statements are planned
 once per connection (see README, benchmark). Transitions that also write or resolve dead letters
-(rare: retries exhausted, operator redrives) use `SqlStore`'s transaction.
+(rare: retries exhausted, operator redrives) or start a child saga use `SqlStore`'s transaction.
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class PostgresStore(SqlStore):
     """`SqlStore` on PostgreSQL, with one-statement creations and transitions."""
 
     def create_run(self, t: Transition, *, idempotency_key: str | None, now: datetime) -> Created:
+        if t.children:  # a first stage that starts a child saga: the runs in one transaction
+            return super().create_run(t, idempotency_key=idempotency_key, now=now)
         saga_row, steps, events = creation_rows(t, idempotency_key=idempotency_key, by=t.after.caused_by or "",
                                                 now=now)
         try:
@@ -43,7 +45,7 @@ class PostgresStore(SqlStore):
         conn.execute(*creation_statement(saga_row, steps, events))
 
     def commit(self, t: Transition, *, by: str, now: datetime) -> None:
-        if t.dead_letters or t.closures or t.signals or t.consumed:  # rare: a transaction of SqlStore's
+        if t.dead_letters or t.closures or t.signals or t.consumed or t.children:  # rare: a transaction of SqlStore's
             super().commit(t, by=by, now=now)
             return
         with statement_engine(self.url).connect() as c:
@@ -97,7 +99,8 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
 
 
 _SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "input", "input_hash", "idempotency_key",
-                 "caused_by", "created_at", "updated_at", "deadline_at", "signals_pending")
+                 "caused_by", "created_at", "updated_at", "deadline_at", "signals_pending", "parent_id",
+                 "parent_step")
 _STEP_INSERT_COLUMNS = ("index", "name", *STEP_COLUMNS)
 
 

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from workflows.core.errors import DeadLetterNotFound, IdempotencyConflict, SagaNotFound
 from workflows.core.state import RunStatus, StepStatus
-from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView, StepView
-from workflows.store.base import RunCounts, StepDuration, StepRetries, input_hash
+from workflows.core.views import ChildView, DeadLetterView, EventView, SagaView, SignalView, StepView
+from workflows.store.base import ChildLink, RunCounts, StepDuration, StepRetries, input_hash
 from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, SagaRow, SignalRow, StepRow
 
 
@@ -46,7 +46,11 @@ class Reads:
                             .order_by(DeadLetterRow.created_at)).all()
             sigs = s.scalars(select(SignalRow).where(SignalRow.saga_id == saga_id)
                              .order_by(SignalRow.received_at, SignalRow.id)).all()
-            return replace(_saga_view(row, events, dls), signals=[_signal_view(x) for x in sigs])
+            kids = s.execute(select(SagaRow.id, SagaRow.saga_type, SagaRow.state, SagaRow.parent_step,
+                                    SagaRow.created_at, SagaRow.updated_at)
+                             .where(SagaRow.parent_id == saga_id).order_by(SagaRow.created_at, SagaRow.id)).all()
+            return replace(_saga_view(row, events, dls, [ChildView(*k) for k in kids]),
+                           signals=[_signal_view(x) for x in sigs])
 
     def list(self, *, state: str | None = None, saga_type: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[SagaView], int]:
@@ -102,6 +106,25 @@ class Reads:
                              .where(StepRow.status.in_([StepStatus.RUNNING.value, StepStatus.COMPENSATING.value]),
                                     StepRow.deadline_at < now).limit(limit)).all()
             return [(a, b, c, d) for a, b, c, d in rows]
+
+    def child_links(self, updated_before: datetime, limit: int = 500) -> builtins.list[ChildLink]:
+        """Child steps still waiting (RUNNING or COMPENSATING) with their child runs, where the child
+        or the parent has not changed since `updated_before`: what the sweeper checks for a lost
+        order (cancel, compensate) or report."""
+        child = SagaRow.__table__.alias("child")
+        parent = SagaRow.__table__.alias("parent")
+        steps = StepRow.__table__
+        with self.sessions() as s:
+            rows = s.execute(
+                select(parent.c.id, parent.c.saga_type, parent.c.state, steps.c.name, steps.c.status,
+                       child.c.id, child.c.saga_type, child.c.state)
+                .select_from(child.join(parent, parent.c.id == child.c.parent_id)
+                             .join(steps, (steps.c.saga_id == parent.c.id) & (steps.c.name == child.c.parent_step)))
+                .where(child.c.parent_id.is_not(None),
+                       (child.c.updated_at < updated_before) | (parent.c.updated_at < updated_before),
+                       steps.c.status.in_([StepStatus.RUNNING.value, StepStatus.COMPENSATING.value]))
+                .limit(limit)).all()
+        return [ChildLink(*r) for r in rows]
 
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
                      limit: int = 100) -> builtins.list[DeadLetterView]:
@@ -177,7 +200,8 @@ class Reads:
             return int(s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))) or 0)
 
 
-def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLetterRow]) -> SagaView:
+def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLetterRow],
+               children: builtins.list[ChildView] | None = None) -> SagaView:
     return SagaView(
         id=row.id, saga_type=row.saga_type, style=row.style, state=row.state, version=row.version,
         input=row.input, idempotency_key=row.idempotency_key, failure_reason=row.failure_reason,
@@ -189,6 +213,7 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
         events=[EventView(id=e.id, at=e.at, type=e.type, step=e.step, attempt=e.attempt, detail=e.detail)
                 for e in events],
         dead_letters=[_dead_letter_view(d) for d in dls],
+        parent_id=row.parent_id, parent_step=row.parent_step, children=children or [],
     )
 
 

@@ -48,12 +48,26 @@ def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,
     saga_row = {"id": run.saga_id, "saga_type": run.saga_type, "style": "orchestrated", "state": run.status.value,
                 "version": run.version, "input": run.input, "input_hash": input_hash(run.saga_type, run.input),
                 "idempotency_key": idempotency_key, "caused_by": by, "created_at": now, "updated_at": now,
-                "deadline_at": run.deadline_at, "signals_pending": len(run.signals)}
+                "deadline_at": run.deadline_at, "signals_pending": len(run.signals), "parent_id": run.parent_id,
+                "parent_step": run.parent_step}
     steps = [step_values(run.saga_id, st, None, now) for st in run.steps]
+    created: dict[str, Any] = {"saga_type": run.saga_type, "idempotency_key": idempotency_key}
+    if run.parent_id is not None:
+        created.update(parent_id=run.parent_id, parent_step=run.parent_step)
     events = [{"saga_id": run.saga_id, "at": now, "type": "SagaCreated", "step": None, "attempt": None,
-               "detail": {"saga_type": run.saga_type, "idempotency_key": idempotency_key}},
+               "detail": created},
               *event_values(run.saga_id, t.events, by, now)]
     return saga_row, steps, events
+
+
+def child_creations(t: Transition, now: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]],
+                                                               list[dict[str, Any]]]]:
+    """The creation rows of every child run `t` starts, and of theirs, parents first."""
+    out = []
+    for child in t.children:
+        out.append(creation_rows(child, idempotency_key=None, by=child.after.caused_by or "", now=now))
+        out += child_creations(child, now)
+    return out
 
 
 def dead_letter_values(dl: DeadLetter, saga_id: str | None, now: datetime) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,13 +26,14 @@ from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
 from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
-from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_letter_values, event_values,
-                                  signal_values, step_values)
+from workflows.store.rows import (EVENTS, SAGAS, STEPS, child_creations, creation_rows, dead_letter_values,
+                                  event_values, signal_values, step_values)
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
 _STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.input,
                  SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by, SAGAS.c.signals_pending,
+                 SAGAS.c.parent_id, SAGAS.c.parent_step,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
                  STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
                  STEPS.c.deadline_at.label("step_deadline_at"), STEPS.c.finished_at)
@@ -74,6 +75,7 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
                 s.execute(insert(SAGAS), saga_row)
                 s.execute(insert(STEPS), steps)
                 s.execute(insert(EVENTS), events)
+                self._create_children(s, t, now)
         except IntegrityError as e:
             return self._taken(t, idempotency_key, e)
         return Created(t.after.saga_id, True)
@@ -130,6 +132,7 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
                                  who=k.who, received_at=k.received_at) for k in kept),
             saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
             deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
+            parent_id=r.parent_id, parent_step=r.parent_step,
             steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
                                   compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
                                   task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
@@ -165,6 +168,15 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
             self._close(s, after.saga_id, closure, now)
         if t.dead_letters:
             s.execute(insert(_DEAD_LETTERS), [dead_letter_values(d, after.saga_id, now) for d in t.dead_letters])
+        self._create_children(s, t, now)
+
+    @staticmethod
+    def _create_children(s: Session | Connection, t: Transition, now: datetime) -> None:
+        """The child runs `t` starts (their runs, steps, history), in the same transaction as `t`."""
+        for saga_row, steps, events in child_creations(t, now):
+            s.execute(insert(SAGAS), saga_row)
+            s.execute(insert(STEPS), steps)
+            s.execute(insert(EVENTS), events)
 
     @staticmethod
     def _close(s: Session, saga_id: str, c: DeadLetterClosure, now: datetime) -> None:
