@@ -31,7 +31,7 @@ from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, CompensationFailed,
                                   CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo, HistoryEvent, MessageInfo,
-                                  Outcome, RunState)
+                                  Outcome, RunState, WorkerLost)
 from workflows.core.steps import StepContext, StepTask
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
@@ -90,13 +90,28 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
 
-    ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
-                      input=input, results=results or {}, result=result, item=definition.item(step, input))
-    outcome, error = _run_function(definition, st, ctx, input)
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
                           kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": by, "retries": delivery.retries})
+    if delivery.redelivered:
+        # Its worker died (or the broker restored it): counted in the database before the function
+        # runs again, so a step that kills every worker it runs on is given up, not looped.
+        lost = rt.store.count_redelivery(saga_id, step, kind, by, attempt, by=by, now=rt.clock())
+        if lost is None:  # the step moved on since the read: this copy must not run
+            return None
+        log.warning("step %s (%s) delivered again: worker lost %d time(s)", step, kind, lost,
+                    extra={"saga_id": saga_id})
+        if gives_up(definition, run, step, kind, lost):
+            applied = loop.commit(definition, saga_id, WorkerLost(step, kind, lost), by=by, dispatch=dispatch,
+                                  state=run, message=message)
+            if applied.transition is not None:
+                loop.publish(applied.transition)
+            return None
+
+    ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
+                      input=input, results=results or {}, result=result, item=definition.item(step, input))
+    outcome, error = _run_function(definition, st, ctx, input)
     applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
     _test_crash_point(step)
     t = applied.transition
@@ -113,6 +128,15 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return RetrySelf(args, kwargs, countdown, error)
     loop.publish(t)
     return None
+
+
+def gives_up(saga: Saga, run: RunState, step: str, kind: str, lost: int) -> bool:
+    """Has the step used up its policy's attempts, counting each lost worker as one? (With
+    `max_attempts` 3 a step whose function kills its worker runs 3 times, then is dead-lettered.)"""
+    s, declared = run.step(step), saga.step(step)
+    if kind == "action":
+        return s.attempts + lost >= declared.retry.max_attempts
+    return s.compensation_attempts + lost >= declared.compensation_retry.max_attempts
 
 
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,

@@ -125,6 +125,15 @@ class SagaStore(Protocol):
         """Append one history row outside any transition (stale or ignored reports, notes)."""
         ...
 
+    def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
+                         by: str, now: datetime) -> int | None:
+        """A step message came back (its worker died, or the broker restored it): add one to the
+        step's redeliveries of `kind` and append its `StepRedelivered` history row, atomically, if the
+        step still waits on that very message (`task_id`, attempt `attempt`, in flight). Returns the
+        new count, or None when the step moved on (nothing written). Not version-checked: a counter,
+        not a transition; no transition writes it."""
+        ...
+
     # -- dead letters
     def add_dead_letter(self, dl: DeadLetter, *, saga_id: str | None, now: datetime) -> None:
         """A dead letter outside any transition (a message no run can take), with its history row."""

@@ -148,7 +148,8 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
         steps=[StepView(index=r.index, name=r.name, status=r.status, attempts=r.attempts,
                         compensation_attempts=r.compensation_attempts, result=r.result, error=r.error,
                         task_id=r.task_id, started_at=r.started_at, finished_at=r.finished_at,
-                        compensated_at=r.compensated_at, deadline_at=r.deadline_at) for r in row.steps],
+                        compensated_at=r.compensated_at, deadline_at=r.deadline_at, redeliveries=r.redeliveries,
+                        compensation_redeliveries=r.compensation_redeliveries) for r in row.steps],
         events=[EventView(id=e.id, at=e.at, type=e.type, step=e.step, attempt=e.attempt, detail=e.detail)
                 for e in events],
         dead_letters=[_dead_letter_view(d) for d in dls],
