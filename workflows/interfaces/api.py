@@ -93,6 +93,8 @@ class StepSummary(BaseModel):
     status: str
     attempts: int
     compensation_attempts: int
+    redeliveries: int = Field(0, description="Deliveries of the action's message after its worker was lost")
+    compensation_redeliveries: int = Field(0, description="The same for its compensation's message")
     result: dict[str, Any] | None
     error: str | None
 
@@ -200,7 +202,8 @@ def status(saga_id: str) -> SagaStatus:
         id=v.id, saga_type=v.saga_type, state=v.state, terminal=v.terminal, failure_reason=v.failure_reason,
         updated_at=v.updated_at.isoformat(),
         steps=[StepSummary(name=s.name, status=s.status, attempts=s.attempts,
-                           compensation_attempts=s.compensation_attempts, result=s.result, error=s.error)
+                           compensation_attempts=s.compensation_attempts, redeliveries=s.redeliveries,
+                           compensation_redeliveries=s.compensation_redeliveries, result=s.result, error=s.error)
                for s in v.steps],
         history=[HistoryItem(at=e.at.isoformat(), type=e.type, step=e.step, attempt=e.attempt) for e in v.events],
         open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"])
