@@ -135,6 +135,7 @@ def configure(args: argparse.Namespace, broker: str) -> dict[str, str]:
     os.environ.update({
         "SAGA_DATABASE_URL": args.database, "SAGA_BROKER_URL": broker, "SAGA_EXTRA_MODULES": "",
         "SAGA_REDIS_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
+        "SAGA_REDIS_VISIBILITY_CHECK": "0",  # short on purpose: a killed pool's messages come back soon
         "SAGA_DISPATCH_GRACE": str(args.dispatch_grace),
         "SAGA_LOG_LEVEL": "WARNING"})
     return {**os.environ, "PYTHONPATH": str(ROOT)}
