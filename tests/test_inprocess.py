@@ -601,3 +601,20 @@ def test_a_compensation_that_kills_its_worker_every_time_fails_the_saga_for_an_o
     assert calls.count("compensation:b:1") == 3 and "compensation:a:1" not in calls
     assert [(d.kind, d.exception) for d in view.dead_letters] == [("compensation", "WorkerLost: worker lost 3 times")]
     assert "worker lost 3 times" in (view.failure_reason or "")
+
+
+def test_the_step_message_schema_names_each_problem() -> None:
+    from workflows.orchestration.message import parse_step_message
+
+    ok = parse_step_message(("s-1", "a"), {"saga": "inproc.line", "kind": "action", "version": 2, "input": {},
+                                           "attempt": 1, "results": {}})
+    assert not isinstance(ok, str) and ok.handle_kwargs() == {
+        "saga": "inproc.line", "kind": "action", "version": 2, "input": {}, "attempt": 1, "results": {},
+        "result": None}
+    assert "2 positional arguments" in str(parse_step_message(("s-1",), {}))
+    wrong = parse_step_message(("s-1", "a"), {"saga": "x", "kind": "action", "version": "2", "input": [],
+                                              "surprise": 1})
+    assert isinstance(wrong, str)
+    for problem in ("version: Input should be a valid integer", "input: Input should be a valid dictionary",
+                    "surprise: Extra inputs are not permitted"):
+        assert problem in wrong, wrong

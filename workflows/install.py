@@ -49,6 +49,8 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
         queues.append(Queue(q))
     app.conf.task_queues = queues
     app.steps["worker"].add(CompactTimerHeap)
+    # a message the workers cannot take is kept as a dead letter, never dropped (runtime.poison)
+    app.conf.worker_consumer = "workflows.runtime.poison:Consumer"
     install_consumers(app)
     return runtime
 

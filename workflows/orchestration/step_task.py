@@ -35,7 +35,9 @@ from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut,
 from workflows.core.steps import StepContext, StepTask
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
+from workflows.orchestration.message import parse_step_message
 from workflows.runtime.dispatch import message_for
+from workflows.runtime.poison import dead_letter_message
 
 log = logging.getLogger("workflows.orchestration")
 
@@ -233,8 +235,14 @@ def delivery_of(task: Task) -> Delivery:
 def make_step_task(app: Celery, st: StepTask) -> Task:
     """Register `st` on `app` as the Celery task of its name, on its queue, acknowledged late."""
 
-    def body(self: Task, saga_id: str, step: str, **kwargs: Any) -> None:
-        retry = handle_step(get_runtime(), st, saga_id, step, delivery_of(self), **kwargs)
+    def body(self: Task, *args: Any, **kwargs: Any) -> None:
+        message = parse_step_message(args, kwargs)
+        if isinstance(message, str):  # would fail on every delivery: kept, acknowledged
+            raw = json.dumps({"task": st.name, "args": args, "kwargs": kwargs}, default=repr)
+            dead_letter_message(raw, message, task=st.name, queue=st.queue, headers={"task_id": self.request.id})
+            return
+        retry = handle_step(get_runtime(), st, message.saga_id, message.step, delivery_of(self),
+                            **message.handle_kwargs())
         if retry is not None:
             raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
 
