@@ -3,8 +3,9 @@
 A saga of random stages (single steps, parallel groups, fan-outs; each step with or without a
 compensation) is run by a simulated broker that delivers the messages in flight in a random order,
 with random outcomes, duplicates and late copies of messages already handled, and sometimes an
-operator's cancel. A delivery is checked against its step's dispatch (`is_current`) exactly as the
-step task does. Whatever the order, these hold:
+operator's cancel; a delivery's worker may also be lost once too often (`WorkerLost`). A delivery
+is checked against its step's dispatch (`is_current`) exactly as the step task does. Whatever the
+order, these hold:
 
 - each compensation runs at most once per step, and only for a step that succeeded or timed out;
 - no action is dispatched once compensation began;
@@ -24,7 +25,7 @@ from workflows.core.definition import ForEach, Node, Parallel
 from workflows.core.engine import decide, is_current, new_run
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command, CompensationFailed,
                                   CompensationSucceeded, ErrorInfo, Ignored, Outcome, RunState, RunStatus, Started,
-                                  StepStatus)
+                                  StepStatus, WorkerLost)
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 ERR = ErrorInfo("Boom", "injected")
@@ -108,7 +109,9 @@ def replay(run: RunState, events: list) -> tuple[str, dict[str, str]]:  # type: 
     runs = {"SagaCompleted": "COMPLETED", "CompensationStarted": "COMPENSATING", "SagaCompensated": "COMPENSATED",
             "SagaFailed": "FAILED"}
     for e in events:
-        if e.type in to and e.step is not None:
+        if e.type == "StepWorkerLost":  # given up: an action's effect is unknown, a compensation is stuck
+            steps[e.step] = "TIMED_OUT" if e.detail["kind"] == "action" else "COMPENSATION_FAILED"
+        elif e.type in to and e.step is not None:
             steps[e.step] = to[e.type]
         elif e.type in runs:
             state = runs[e.type]
@@ -122,11 +125,12 @@ def deliver(sim: Sim, message: tuple[Command, int], data: st.DataObject) -> None
     if cmd.kind == "action":
         outcome: Outcome = data.draw(st.sampled_from([
             ActionSucceeded(cmd.step, {"r": 1}), ActionFailed(cmd.step, ERR, retryable=False),
-            ActionFailed(cmd.step, ERR, retryable=True), ActionTimedOut(cmd.step, "lost")]))
+            ActionFailed(cmd.step, ERR, retryable=True), ActionTimedOut(cmd.step, "lost"),
+            WorkerLost(cmd.step, "action", 2)]))
     else:
         outcome = data.draw(st.sampled_from([
             CompensationSucceeded(cmd.step), CompensationSucceeded(cmd.step),
-            CompensationFailed(cmd.step, ERR, retryable=True)]))
+            CompensationFailed(cmd.step, ERR, retryable=True), WorkerLost(cmd.step, "compensation", 2)]))
     sim.apply(outcome)
 
 
