@@ -17,39 +17,18 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from conftest import WorkerProcess, worker_env
+from conftest import WorkerProcess
 from kombu import Connection, Exchange, Queue
 
+from tests.support.amqp import AMQP_URL, amqp_worker, start_through
 from tests.support.interfaces import wait_until
-from tests.support.runs import create_run
-from workflows import get_runtime, registry, wait_for
+from workflows import wait_for
 from workflows.operations.dead_letters import list_dead_letters
-from workflows.runtime.dispatch import CeleryDispatcher
-
-AMQP_URL = os.environ.get("TEST_AMQP_POISON_URL", os.environ["TEST_AMQP_URL"])
-
-
-def amqp_app() -> Celery:
-    app = Celery("poison-amqp")
-    app.config_from_object("celeryconfig")
-    app.conf.broker_url = AMQP_URL
-    app.conf.broker_transport_options = {}
-    return app
-
 
 @pytest.fixture(scope="module")
-def amqp_worker(app) -> Iterator[tuple[WorkerProcess, Celery]]:  # type: ignore[no-untyped-def]
-    client = amqp_app()
-    with Connection(AMQP_URL) as conn:  # start from an empty queue
-        Queue("tests", Exchange("tests"), "tests", channel=conn.default_channel).declare()
-        conn.default_channel.queue_purge("tests")
-    w = WorkerProcess(f"poison-amqp-{uuid.uuid4().hex[:6]}", "tests", concurrency=1,
-                      env=worker_env(SAGA_BROKER_URL=AMQP_URL))
-    try:
-        w.wait_ready(client, timeout=60)
-        yield w, client
-    finally:
-        w.stop()
+def rabbitmq_worker(app) -> Iterator[tuple[WorkerProcess, Celery]]:  # type: ignore[no-untyped-def]
+    with amqp_worker("poison-amqp") as started:
+        yield started
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -58,7 +37,7 @@ def broker(request) -> tuple[str, WorkerProcess, Celery]:  # type: ignore[no-unt
         import worker
 
         return os.environ["TEST_REDIS_URL"], request.getfixturevalue("running_worker"), worker.app
-    w, client = request.getfixturevalue("amqp_worker")
+    w, client = request.getfixturevalue("rabbitmq_worker")
     return AMQP_URL, w, client
 
 
@@ -121,10 +100,5 @@ def test_a_poison_message_is_dead_lettered_with_its_raw_bytes_and_the_worker_goe
 
     # And the worker is still there: a saga on the same queue, through the same broker, completes
     assert worker_process.proc.poll() is None
-    rt = get_runtime()
-    definition = registry.get("tests.three")
-    created = create_run(rt.store, definition, {}, timing=rt.timing)
-    assert created.state is not None and created.command is not None
-    CeleryDispatcher(client).send_step(created.state, created.command)
-    assert wait_for(created.saga_id, timeout=60).state == "COMPLETED"
+    assert wait_for(start_through(client, "tests.three", {}), timeout=60).state == "COMPLETED"
     assert worker_process.proc.poll() is None

@@ -1,20 +1,39 @@
 """A step whose function kills its worker on every delivery (issue 20), with a real worker.
 
-Redis, PostgreSQL and the prefork pool of 2: the step calls `os._exit(1)`, Celery's
-`reject_on_worker_lost` requeues its message, kombu's Redis transport marks it redelivered, and
-the step task counts each redelivery in the database before the function runs again. With
+Redis or RabbitMQ, PostgreSQL and the prefork pool of 2: the step calls `os._exit(1)`, Celery's
+`reject_on_worker_lost` requeues its message, marked redelivered (by kombu's Redis transport; by
+RabbitMQ itself), and the step task counts each redelivery in the database before the function
+runs again. With
 `max_attempts` 3 the function runs 3 times; the 4th delivery dead-letters the step ("worker lost
 3 times") and compensates it as unknown. Normal sagas on the same queue complete meanwhile.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from tests.support.amqp import amqp_worker, start_through
 from workflows import get_saga, start_saga, wait_for
 
-pytestmark = pytest.mark.usefixtures("running_worker")
+Start = Callable[[str, dict[str, Any]], str]
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_starts(app) -> Iterator[Start]:  # type: ignore[no-untyped-def]
+    with amqp_worker("lost-amqp", concurrency=2) as (_, client):
+        yield lambda saga, data: start_through(client, saga, data)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def start(request) -> Start:  # type: ignore[no-untyped-def]
+    """Starts a run whose messages go through the broker of the test's parameter."""
+    if request.param == "redis":
+        request.getfixturevalue("running_worker")
+        return lambda saga, data: start_saga(saga, data)
+    return request.getfixturevalue("rabbitmq_starts")  # type: ignore[no-any-return]
 
 
 def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -22,12 +41,12 @@ def effects(redis_client, saga_id: str) -> list[str]:  # type: ignore[no-untyped
 
 
 def test_a_step_that_kills_its_worker_every_time_is_dead_lettered_and_compensated_while_its_queue_goes_on(
-        redis_client):  # type: ignore[no-untyped-def]
+        redis_client, start: Start):  # type: ignore[no-untyped-def]
     # Given a saga whose step b ends its pool process on every delivery, and 8 normal sagas
     # started with it on the same queue ("tests", consumed by the pool of 2)
     began = time.monotonic()
-    poisoned = start_saga("tests.three", {"behaviour": {"b": {"exit": True}}})
-    normal = [start_saga("tests.three", {"n": i}) for i in range(8)]
+    poisoned = start("tests.three", {"behaviour": {"b": {"exit": True}}})
+    normal = [start("tests.three", {"n": i}) for i in range(8)]
 
     # When they run
     view = wait_for(poisoned, timeout=120)
