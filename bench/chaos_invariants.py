@@ -71,6 +71,21 @@ def broker_dead_letter_ids(redis_client: Any) -> set[str]:
     return ids
 
 
+def amqp_dead_letter_ids(url: str) -> set[str]:
+    """Ids of the dead letters in RabbitMQ's `dead_letter` queue, read without taking them (each
+    message is got unacknowledged, and goes back to the queue when the channel closes)."""
+    from kombu import Connection, Queue
+
+    ids = set()
+    with Connection(url) as conn:
+        channel = conn.channel()
+        Queue("dead_letter", durable=True, channel=channel).declare()
+        while (message := channel.basic_get("dead_letter", no_ack=False)) is not None:
+            ids.add(json.loads(message.body).get("dead_letter_id"))
+        channel.close()
+    return ids
+
+
 def check(sagas: dict[str, dict[str, Any]], saga_ids: list[str], stock: dict[str, tuple[int, int]],
           broker_dls: set[str] | None) -> tuple[dict[str, Any], list[str]]:
     """(figures, violations). `stock`: sku -> (starting quantity, quantity now)."""
