@@ -185,6 +185,8 @@ def _check_compensated_only_what_may_have_happened(events: list[Any]) -> list[st
             status[ev.step] = "in flight"
         elif ev.type in ("StepSucceeded", "StepFailed", "StepTimedOut"):
             status[ev.step] = ev.type
+        elif ev.type == "StepWorkerLost" and ev.detail.get("kind") == "action":  # given up: its effect unknown
+            status[ev.step] = "StepTimedOut"
         elif ev.type == "SagaCancelled":
             status.update({k: "StepTimedOut" for k, v in status.items() if v == "in flight"})
         elif ev.type == "CompensationDispatched" and status.get(ev.step) not in (
@@ -208,6 +210,12 @@ def _check_dead_letters(saga: dict[str, Any], definition: Any) -> list[str]:
     for dl in dls:
         st = steps[dl.step]
         policy = definition.steps[st.index].retry
+        lost = [ev for ev in events if ev.type == "StepWorkerLost" and ev.step == dl.step
+                and ev.detail.get("kind") == dl.kind]
+        if dl.exception.startswith("WorkerLost: "):  # its workers kept dying: given up (issue 20)
+            if not lost or (dl.kind == "compensation" and saga["state"] != "FAILED"):
+                bad.append(f"worker-lost dead letter for {dl.step} ({dl.kind}) without its StepWorkerLost")
+            continue
         if dl.kind == "action":
             exhausted = [ev for ev in events if ev.type == "StepFailed" and ev.step == dl.step
                          and ev.detail.get("reason") == "retries exhausted"]

@@ -618,3 +618,19 @@ def test_the_step_message_schema_names_each_problem() -> None:
     for problem in ("version: Input should be a valid integer", "input: Input should be a valid dictionary",
                     "surprise: Extra inputs are not permitted"):
         assert problem in wrong, wrong
+
+
+def test_the_chaos_invariants_accept_a_step_given_up_after_its_workers_died(rt: Runtime, worker: Worker) -> None:
+    """bench/chaos.py kills pools every few seconds: a step can lose its worker max_attempts times."""
+    from bench.chaos_invariants import _check_compensated_only_what_may_have_happened, _check_dead_letters
+
+    switched_off.add("action:b")
+    saga_id = start_saga("inproc.dies", {})
+    crash_loop(worker, step_b_message(worker), times=4)
+    worker.drain()
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and len(view.dead_letters) == 1
+    saga = {"state": view.state, "steps": {s.name: s for s in view.steps}, "events": view.events,
+            "dead_letters": view.dead_letters}
+    assert _check_compensated_only_what_may_have_happened(view.events) == []
+    assert _check_dead_letters(saga, DIES) == []
