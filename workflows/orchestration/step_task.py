@@ -96,20 +96,8 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                           kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": by, "retries": delivery.retries})
-    if delivery.redelivered:
-        # Its worker died (or the broker restored it): counted in the database before the function
-        # runs again, so a step that kills every worker it runs on is given up, not looped.
-        lost = rt.store.count_redelivery(saga_id, step, kind, by, attempt, by=by, now=rt.clock())
-        if lost is None:  # the step moved on since the read: this copy must not run
-            return None
-        log.warning("step %s (%s) delivered again: worker lost %d time(s)", step, kind, lost,
-                    extra={"saga_id": saga_id})
-        if gives_up(definition, run, step, kind, lost):
-            applied = loop.commit(definition, saga_id, WorkerLost(step, kind, lost), by=by, dispatch=dispatch,
-                                  state=run, message=message)
-            if applied.transition is not None:
-                loop.publish(applied.transition)
-            return None
+    if delivery.redelivered and not _may_run_again(rt, definition, run, dispatch, message):
+        return None
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
                       input=input, results=results or {}, result=result, item=definition.item(step, input))
@@ -130,6 +118,24 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return RetrySelf(args, kwargs, countdown, error)
     loop.publish(t)
     return None
+
+
+def _may_run_again(rt: Runtime, saga: Saga, run: RunState, d: Dispatch, message: MessageInfo) -> bool:
+    """A redelivered message: its worker died (or the broker restored it). Counted in the database
+    before the function runs again, so a step that kills every worker it runs on is given up (the
+    engine's `WorkerLost`: dead-lettered, compensated as unknown), not looped. False: do not run."""
+    lost = rt.store.count_redelivery(run.saga_id, d.step, d.kind, d.task_id, d.attempt, by=d.task_id, now=rt.clock())
+    if lost is None:  # the step moved on since the read: this copy must not run
+        return False
+    log.warning("step %s (%s) delivered again: worker lost %d time(s)", d.step, d.kind, lost,
+                extra={"saga_id": run.saga_id})
+    if not gives_up(saga, run, d.step, d.kind, lost):
+        return True
+    applied = rt.loop.commit(saga, run.saga_id, WorkerLost(d.step, d.kind, lost), by=d.task_id, dispatch=d,
+                             state=run, message=message)
+    if applied.transition is not None:
+        rt.loop.publish(applied.transition)
+    return False
 
 
 def gives_up(saga: Saga, run: RunState, step: str, kind: str, lost: int) -> bool:
