@@ -85,6 +85,13 @@ def test_a_step_that_kills_its_worker_every_time_is_dead_lettered_and_compensate
     with TestClient(create_app(settings), headers={"Authorization": "Bearer t"}) as api:
         status = api.get(f"/api/sagas/{poisoned}/status").json()
         full = api.get(f"/api/sagas/{poisoned}").json()
+        metrics = api.get("/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counted = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "saga_step_redeliveries_total"
+               and s.labels == {"saga_type": "tests.three", "step": "b", "kind": "action"}]
+    assert counted and counted[0] >= b.redeliveries, metrics[-3000:]  # every such saga's, this one's included
     assert [(s["name"], s["redeliveries"]) for s in status["steps"]] == [("a", 0), ("b", 3), ("c", 0)]
     assert full["steps"][1]["redeliveries"] == 3 and full["steps"][1]["compensation_redeliveries"] == 0
     assert [h["type"] for h in status["history"]].count("StepRedelivered") == 3

@@ -53,6 +53,9 @@ class StepRetries:
     step: str
     actions: int
     compensations: int
+    redeliveries: int = 0
+    """Deliveries after a lost worker, of the actions (`saga_steps.redeliveries`)."""
+    compensation_redeliveries: int = 0
 
 
 @dataclass(frozen=True)

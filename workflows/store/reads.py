@@ -115,10 +115,11 @@ class Reads:
         extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
         extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1), else_=0))
         with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps)
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps,
+                                    func.sum(StepRow.redeliveries), func.sum(StepRow.compensation_redeliveries))
                              .join(SagaRow, SagaRow.id == StepRow.saga_id)
                              .group_by(SagaRow.saga_type, StepRow.name)).all()
-        return [StepRetries(t, n, int(a or 0), int(c or 0)) for t, n, a, c in rows]
+        return [StepRetries(t, n, int(a or 0), int(c or 0), int(r or 0), int(rc or 0)) for t, n, a, c, r, rc in rows]
 
     def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]:
         """Actions that finished since `since`, newest first, at most `limit`."""
