@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/chaos.py --n 2000     # by hand: on a private Redis, restarted once mid-run
     tests/test_chaos.py                          # in `make test`: --n 200 on the test Redis
+    .venv/bin/python bench/chaos.py --n 200 --broker amqp://guest:guest@127.0.0.1:5672/chaos \
+        --probe-redis redis://127.0.0.1:6379/12  # on RabbitMQ (the probe counts in a Redis)
 
 Three pools (`celery -A worker worker -Q ...`, one per group of services, each queue served by
 two of them) run `order_fulfillment` while the services fail at random (transient and permanent,
@@ -118,7 +120,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=8.0, help="sagas started per second (keep it under the throughput)")
     p.add_argument("--database", default=os.environ.get(
         "SAGA_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test_chaos"))
-    p.add_argument("--broker", default=None, help="Redis URL; default: a private redis-server, restarted once")
+    p.add_argument("--broker", default=None,
+                   help="Redis or RabbitMQ (amqp://) URL; default: a private redis-server, restarted once")
+    p.add_argument("--probe-redis", default=None,
+                   help="Redis URL the delivery probe counts in (default: the broker, which must then be Redis)")
     p.add_argument("--kill-every", type=float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
                    help="seconds between two kills (uniform)")
     p.add_argument("--bound", type=float, default=300.0, help="seconds after the last start for all to finish")
@@ -132,9 +137,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def configure(args: argparse.Namespace, broker: str) -> dict[str, str]:
     """Settings for this process (set before `worker` is imported) and the pools' environment."""
+    probe = args.probe_redis or broker
+    if not probe.startswith("redis"):
+        raise SystemExit("on RabbitMQ, name a Redis for the delivery probe: --probe-redis redis://...")
     os.environ.update({
+        "CHAOS_PROBE_URL": probe,
         "SAGA_DATABASE_URL": args.database, "SAGA_BROKER_URL": broker, "SAGA_EXTRA_MODULES": "",
         "SAGA_REDIS_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
+        "SAGA_REDIS_VISIBILITY_CHECK": "0",  # short on purpose: a killed pool's messages come back soon
         "SAGA_DISPATCH_GRACE": str(args.dispatch_grace),
         "SAGA_LOG_LEVEL": "WARNING"})
     return {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -277,14 +287,17 @@ class Chaos:
         import redis as redis_lib
 
         from bench import chaos_probe
-        from bench.chaos_invariants import broker_dead_letter_ids, check, load
+        from bench.chaos_invariants import amqp_dead_letter_ids, broker_dead_letter_ids, check, load
         from tasks.inventory import available
 
         stock = {sku: (start, available(sku) or 0) for sku, start in self.skus.items()}
-        broker = redis_lib.Redis.from_url(os.environ["SAGA_BROKER_URL"])
-        figures, violations = check(load(self.rt.store, ids), ids, stock, broker_dead_letter_ids(broker))
+        url = os.environ["SAGA_BROKER_URL"]
+        on_broker = (amqp_dead_letter_ids(url) if url.startswith("amqp")
+                     else broker_dead_letter_ids(redis_lib.Redis.from_url(url)))
+        figures, violations = check(load(self.rt.store, ids), ids, stock, on_broker)
         figures.update(self.figures)
-        figures.update(chaos_probe.read(broker, self.run_id))
+        figures["broker"] = url.split("://")[0]
+        figures.update(chaos_probe.read(redis_lib.Redis.from_url(os.environ["CHAOS_PROBE_URL"]), self.run_id))
         figures["sweeper"] = {k: v for k, v in self.sweeps.items() if v}
         figures["sagas_per_second"] = round(len(ids) / max(self.figures["seconds_to_terminal"], 0.1), 1)
         figures["run_id"], figures["logs"] = self.run_id, str(self.log_dir)

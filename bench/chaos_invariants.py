@@ -71,6 +71,21 @@ def broker_dead_letter_ids(redis_client: Any) -> set[str]:
     return ids
 
 
+def amqp_dead_letter_ids(url: str) -> set[str]:
+    """Ids of the dead letters in RabbitMQ's `dead_letter` queue, read without taking them (each
+    message is got unacknowledged, and goes back to the queue when the channel closes)."""
+    from kombu import Connection, Queue
+
+    ids = set()
+    with Connection(url) as conn:
+        channel = conn.channel()
+        Queue("dead_letter", durable=True, channel=channel).declare()
+        while (message := channel.basic_get("dead_letter", no_ack=False)) is not None:
+            ids.add(json.loads(message.body).get("dead_letter_id"))
+        channel.close()
+    return ids
+
+
 def check(sagas: dict[str, dict[str, Any]], saga_ids: list[str], stock: dict[str, tuple[int, int]],
           broker_dls: set[str] | None) -> tuple[dict[str, Any], list[str]]:
     """(figures, violations). `stock`: sku -> (starting quantity, quantity now)."""
@@ -170,6 +185,8 @@ def _check_compensated_only_what_may_have_happened(events: list[Any]) -> list[st
             status[ev.step] = "in flight"
         elif ev.type in ("StepSucceeded", "StepFailed", "StepTimedOut"):
             status[ev.step] = ev.type
+        elif ev.type == "StepWorkerLost" and ev.detail.get("kind") == "action":  # given up: its effect unknown
+            status[ev.step] = "StepTimedOut"
         elif ev.type == "SagaCancelled":
             status.update({k: "StepTimedOut" for k, v in status.items() if v == "in flight"})
         elif ev.type == "CompensationDispatched" and status.get(ev.step) not in (
@@ -193,6 +210,12 @@ def _check_dead_letters(saga: dict[str, Any], definition: Any) -> list[str]:
     for dl in dls:
         st = steps[dl.step]
         policy = definition.steps[st.index].retry
+        lost = [ev for ev in events if ev.type == "StepWorkerLost" and ev.step == dl.step
+                and ev.detail.get("kind") == dl.kind]
+        if dl.exception.startswith("WorkerLost: "):  # its workers kept dying: given up (issue 20)
+            if not lost or (dl.kind == "compensation" and saga["state"] != "FAILED"):
+                bad.append(f"worker-lost dead letter for {dl.step} ({dl.kind}) without its StepWorkerLost")
+            continue
         if dl.kind == "action":
             exhausted = [ev for ev in events if ev.type == "StepFailed" and ev.step == dl.step
                          and ev.detail.get("reason") == "retries exhausted"]

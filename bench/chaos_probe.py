@@ -1,5 +1,6 @@
 """Loaded into the chaos pools only (SAGA_EXTRA_MODULES=bench.chaos_probe): counts the messages
-they start handling, in the broker's Redis under chaos:<CHAOS_RUN_ID>:*.
+they start handling, in a Redis (CHAOS_PROBE_URL: the broker's, or another beside RabbitMQ) under
+chaos:<CHAOS_RUN_ID>:*.
 
 - deliveries: every message a pool process starts;
 - redelivered: those Celery marks redelivered (a dead worker's message restored after the
@@ -21,7 +22,8 @@ _client: redis.Redis | None = None
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["SAGA_BROKER_URL"], socket_timeout=2)
+        url = os.environ.get("CHAOS_PROBE_URL") or os.environ["SAGA_BROKER_URL"]
+        _client = redis.Redis.from_url(url, socket_timeout=2)
     return _client
 
 

@@ -40,6 +40,8 @@ def workers(app):  # type: ignore[no-untyped-def]
 
     def start(name: str, queues: str = crash_sagas.QUEUE, concurrency: int = 1, **env: str) -> WorkerProcess:
         env.setdefault("SAGA_REDIS_VISIBILITY_TIMEOUT", VISIBILITY)
+        # short on purpose (a killed worker's message is back in 5 s); these steps take well under it
+        env.setdefault("SAGA_REDIS_VISIBILITY_CHECK", "0")
         w = WorkerProcess(f"{name}-{uuid.uuid4().hex[:6]}", queues, concurrency,
                           env=worker_env(SAGA_EXTRA_MODULES=EXTRA_MODULES, **env))
         started.append(w)

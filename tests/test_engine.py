@@ -244,3 +244,37 @@ def test_the_same_inputs_decide_the_same_transition() -> None:
     first = decide(SAGA, state, ActionFailed("b", ERR, retryable=False), NOW, lambda: "same-id-0")
     second = decide(SAGA, state, ActionFailed("b", ERR, retryable=False), NOW, lambda: "same-id-0")
     assert first == second
+
+
+def test_a_lost_worker_given_up_dead_letters_the_action_and_compensates_it_as_unknown() -> None:
+    from workflows.core.state import WorkerLost
+
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}))
+    t = decide(SAGA, state, WorkerLost("c", "action", 3), NOW, IDS)
+    c = t.after.step("c")
+    assert (c.status, c.attempts, c.error) == (StepStatus.COMPENSATING, 1, "WorkerLost: worker lost 3 times")
+    assert [(d.kind, d.step, d.task, str(d.error)) for d in t.dead_letters] == [
+        ("action", "c", "svc.c", "WorkerLost: worker lost 3 times")]
+    # its effect is unknown: c's own compensation goes first, then a's (b has none)
+    assert t.after.status == RunStatus.COMPENSATING
+    assert [(cmd.kind, cmd.step) for cmd in t.commands] == [("compensation", "c")]
+    assert [e.type for e in t.events] == ["StepWorkerLost", "DeadLettered", "CompensationStarted",
+                                          "CompensationDispatched"]
+    # a report of the same step afterwards is ignored: the step is no longer running
+    with pytest.raises(Ignored):
+        decide(SAGA, t.after, WorkerLost("c", "action", 4), NOW, IDS)
+
+
+def test_a_lost_worker_given_up_on_a_compensation_fails_the_saga_for_an_operator() -> None:
+    from workflows.core.state import WorkerLost
+
+    state = run(Started(), ActionSucceeded("a", {}), ActionSucceeded("b", {}), ActionSucceeded("c", {}),
+                ActionFailed("d", ERR, retryable=False))
+    assert state.step("c").status == StepStatus.COMPENSATING
+    t = decide(SAGA, state, WorkerLost("c", "compensation", 2), NOW, IDS)
+    assert t.after.status == RunStatus.FAILED and t.commands == ()
+    assert t.after.step("c").status == StepStatus.COMPENSATION_FAILED
+    assert [(d.kind, str(d.error)) for d in t.dead_letters] == [("compensation", "WorkerLost: worker lost 2 times")]
+    assert "worker lost 2 times" in (t.after.failure_reason or "")
+    with pytest.raises(Ignored):  # the action's outcome is not what is in flight
+        decide(SAGA, state, WorkerLost("c", "action", 2), NOW, IDS)

@@ -3,7 +3,8 @@
 A saga of random stages (single steps, parallel groups, fan-outs, child sagas; each step with or
 without a compensation; each child a random saga of its own) is run by a simulated broker that
 delivers the messages in flight in a random order, with random outcomes, duplicates and late
-copies of messages already handled, and sometimes an operator's cancel. The orders a transition
+copies of messages already handled, and sometimes an operator's cancel; a delivery's worker may
+also be lost once too often (`WorkerLost`). The orders a transition
 gives other runs (start, cancel or compensate a child, report to the parent) are in flight too,
 delivered in any order, and sometimes twice (the sweeper's recovery repeating one). A child whose
 own compensation got stuck (FAILED) is resumed by an operator once nothing else is in flight. A
@@ -29,7 +30,7 @@ from workflows.core.definition import Child, ForEach, Node, Parallel
 from workflows.core.engine import decide, is_current, new_run
 from workflows.core.state import (ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, Command, Compensate,
                                   CompensationFailed, CompensationSucceeded, ErrorInfo, HistoryEvent, Ignored, Order,
-                                  Outcome, Resume, RunState, RunStatus, Started, StepStatus, Transition)
+                                  Outcome, Resume, RunState, RunStatus, Started, StepStatus, Transition, WorkerLost)
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 ERR = ErrorInfo("Boom", "injected")
@@ -158,7 +159,9 @@ def replay(run: RunState, events: list[HistoryEvent]) -> tuple[str, dict[str, st
     runs = {"SagaCompleted": "COMPLETED", "CompensationStarted": "COMPENSATING", "SagaCompensated": "COMPENSATED",
             "SagaFailed": "FAILED", "CompensationResumed": "COMPENSATING"}
     for e in events:
-        if e.type in to and e.step is not None:
+        if e.type == "StepWorkerLost":  # given up: an action's effect is unknown, a compensation is stuck
+            steps[e.step] = "TIMED_OUT" if e.detail["kind"] == "action" else "COMPENSATION_FAILED"
+        elif e.type in to and e.step is not None:
             steps[e.step] = to[e.type]
         if e.type in runs:
             state = runs[e.type]
@@ -176,13 +179,14 @@ def deliver(sim: Sim, message: Message, data: st.DataObject) -> None:
         outcome: Outcome = data.draw(st.sampled_from([  # success more often: runs get past their children
             ActionSucceeded(cmd.step, {"r": 1}), ActionSucceeded(cmd.step, {"r": 2}),
             ActionSucceeded(cmd.step, {"r": 3}), ActionFailed(cmd.step, ERR, retryable=False),
-            ActionFailed(cmd.step, ERR, retryable=True), ActionTimedOut(cmd.step, "lost")]))
+            ActionFailed(cmd.step, ERR, retryable=True), ActionTimedOut(cmd.step, "lost"),
+            WorkerLost(cmd.step, "action", 2)]))
     elif sim.fixed:
         outcome = CompensationSucceeded(cmd.step)
     else:
         outcome = data.draw(st.sampled_from([
             CompensationSucceeded(cmd.step), CompensationSucceeded(cmd.step),
-            CompensationFailed(cmd.step, ERR, retryable=True)]))
+            CompensationFailed(cmd.step, ERR, retryable=True), WorkerLost(cmd.step, "compensation", 2)]))
     sim.apply(run_id, outcome)
 
 

@@ -269,7 +269,7 @@ def test_the_shipped_revisions_are_the_sagas_branch() -> None:
     assert scripts.get_heads() == ["0008"]
     assert scripts.get_revision("sagas@head").revision == "0008"
     chain = [r.revision for r in scripts.walk_revisions("sagas@base", "sagas@head")]
-    assert chain == ["0008", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0008", "0007", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migrations(

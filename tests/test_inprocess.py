@@ -542,3 +542,152 @@ def test_compensations_on_the_same_queue_run_inline_too(rt: Runtime, worker: Wor
 def test_a_budget_of_no_steps_publishes_as_before(rt: Runtime, worker: Worker) -> None:
     start_saga("inproc.line", {})
     assert deliver_inline(rt, worker, InlineBudget("inproc", None, max_steps=0)) == ["b"]
+
+
+# ------------------------------------------------------------------ workers lost
+
+
+class WorkerDied(BaseException):
+    """Stands for the pool process ending inside the step function (os._exit, a segfault, the OOM
+    killer): nothing after it runs, nothing is reported; the broker redelivers the message."""
+
+
+def dies(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    calls.append(f"{ctx.kind}:{ctx.step}:{ctx.attempt}")
+    if f"{ctx.kind}:{ctx.step}" in switched_off:
+        raise WorkerDied(ctx.step)
+    return {"step": ctx.step}
+
+
+die = step_task("inproc.die", queue="inproc")(dies)
+DIES = register_saga(Saga("inproc.dies", steps=[
+    Step("a", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("b", action=die, compensation=die, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    Step("c", action=act, compensation=None, retry=POLICY, timeout=30),
+]))
+
+
+def step_b_message(worker: Worker) -> Sent:
+    """Deliver step a's message; return step b's, not delivered."""
+    [a] = worker.dispatcher.take()
+    worker.deliver(a)
+    [b] = worker.dispatcher.take()
+    assert b.step == "b"
+    return b
+
+
+def crash_loop(worker: Worker, m: Sent, times: int) -> None:
+    """Deliver `m` as the broker does when each delivery's worker dies: first fresh, then redelivered."""
+    for k in range(times):
+        try:
+            worker.deliver(m, redelivered=k > 0)
+        except WorkerDied:
+            continue
+
+
+def test_a_step_that_kills_its_worker_every_time_runs_max_attempts_times_then_is_dead_lettered_and_compensated(
+        rt: Runtime, worker: Worker) -> None:
+    # Given step b's function ends its worker on every delivery (policy: 3 attempts)
+    switched_off.add("action:b")
+    saga_id = start_saga("inproc.dies", {})
+    m = step_b_message(worker)
+
+    # When the broker keeps redelivering it (each redelivery counted before the function runs)
+    crash_loop(worker, m, times=4)
+    worker.drain()
+
+    # Then it ran 3 times; the 4th delivery (3 workers lost) ran nothing and gave the step up
+    assert calls == ["action:a:1", "action:b:1", "action:b:1", "action:b:1", "compensation:b:1",
+                     "compensation:a:1"]
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and view.step("b").status == "COMPENSATED"  # compensated as unknown
+    assert view.step("b").redeliveries == 3 and view.step("b").attempts == 1
+    [lost] = [e for e in view.events if e.type == "StepWorkerLost"]
+    assert (lost.step, lost.detail["losses"]) == ("b", 3)
+    assert "worker lost 3 times, its effect is unknown" in (view.failure_reason or "")
+    assert [e.detail["redeliveries"] for e in view.events if e.type == "StepRedelivered"] == [1, 2, 3]
+    [dl] = view.dead_letters
+    assert (dl.step, dl.kind, dl.exception, dl.task_name) == ("b", "action", "WorkerLost: worker lost 3 times",
+                                                              "inproc.die")
+    assert dl.kwargs["attempt"] == 1 and dl.headers["task_id"] == m.task_id  # the message, kept for a redrive
+    # b's compensation runs (its effect is unknown), then a's, newest first
+    assert view.step("a").status == "COMPENSATED" and "StepWorkerLost" in view.event_types("b")
+    assert calls.count("compensation:b:1") == 1
+
+    # And one more copy of it (the 4th delivery's worker died after its commit) runs nothing again
+    worker.deliver(m, redelivered=True)
+    worker.drain()
+    assert calls.count("action:b:1") == 3 and rt.store.get(saga_id).step("b").redeliveries == 3
+
+
+def test_a_redelivered_step_that_then_succeeds_keeps_its_count(rt: Runtime, worker: Worker) -> None:
+    # Given step b's worker dies once, then the function works
+    switched_off.add("action:b")
+    saga_id = start_saga("inproc.dies", {})
+    m = step_b_message(worker)
+    crash_loop(worker, m, times=1)
+    switched_off.discard("action:b")
+
+    # When it is redelivered
+    worker.deliver(m, redelivered=True)
+    worker.drain()
+
+    # Then it ran twice, the run completed, and the one redelivery is on the record
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPLETED" and calls.count("action:b:1") == 2
+    assert (view.step("b").attempts, view.step("b").redeliveries) == (1, 1)
+    assert view.event_types("b") == ["StepDispatched", "StepRedelivered", "StepSucceeded"]
+
+
+def test_a_compensation_that_kills_its_worker_every_time_fails_the_saga_for_an_operator(
+        rt: Runtime, clock: Clock, worker: Worker) -> None:
+    # Given step c fails for good after b succeeded, and b's compensation kills its worker every time
+    saga_id = start_saga("inproc.dies", {"behaviour": {"c": {"fail": "permanent"}}})
+    switched_off.add("compensation:b")
+    worker.deliver(step_b_message(worker))  # b succeeds
+    [c] = worker.dispatcher.take()
+    worker.deliver(c)  # c fails for good: b's compensation is sent
+    [m] = worker.dispatcher.take()
+    assert (m.step, m.command.kind if m.command else None) == ("b", "compensation")
+
+    crash_loop(worker, m, times=4)
+
+    view = rt.store.get(saga_id)
+    assert view.state == "FAILED" and view.step("b").status == "COMPENSATION_FAILED"
+    assert view.step("b").compensation_redeliveries == 3 and view.step("b").redeliveries == 0
+    assert calls.count("compensation:b:1") == 3 and "compensation:a:1" not in calls
+    assert [(d.kind, d.exception) for d in view.dead_letters] == [("compensation", "WorkerLost: worker lost 3 times")]
+    assert "worker lost 3 times" in (view.failure_reason or "")
+
+
+def test_the_step_message_schema_names_each_problem() -> None:
+    from workflows.orchestration.message import parse_step_message
+
+    ok = parse_step_message(("s-1", "a"), {"saga": "inproc.line", "kind": "action", "version": 2, "input": {},
+                                           "attempt": 1, "results": {}})
+    assert not isinstance(ok, str) and ok.handle_kwargs() == {
+        "saga": "inproc.line", "kind": "action", "version": 2, "input": {}, "attempt": 1, "results": {},
+        "result": None}
+    assert "2 positional arguments" in str(parse_step_message(("s-1",), {}))
+    wrong = parse_step_message(("s-1", "a"), {"saga": "x", "kind": "action", "version": "2", "input": [],
+                                              "surprise": 1})
+    assert isinstance(wrong, str)
+    for problem in ("version: Input should be a valid integer", "input: Input should be a valid dictionary",
+                    "surprise: Extra inputs are not permitted"):
+        assert problem in wrong, wrong
+
+
+def test_the_chaos_invariants_accept_a_step_given_up_after_its_workers_died(rt: Runtime, worker: Worker) -> None:
+    """bench/chaos.py kills pools every few seconds: a step can lose its worker max_attempts times."""
+    from bench.chaos_invariants import _check_compensated_only_what_may_have_happened, _check_dead_letters
+
+    switched_off.add("action:b")
+    saga_id = start_saga("inproc.dies", {})
+    crash_loop(worker, step_b_message(worker), times=4)
+    worker.drain()
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPENSATED" and len(view.dead_letters) == 1
+    saga = {"state": view.state, "steps": {s.name: s for s in view.steps}, "events": view.events,
+            "dead_letters": view.dead_letters}
+    assert _check_compensated_only_what_may_have_happened(view.events) == []
+    assert _check_dead_letters(saga, DIES) == []

@@ -407,3 +407,32 @@ def test_a_child_as_the_first_stage_is_created_with_its_parents_run(store: SagaS
     first = Saga("store_suite.first", steps=[Child("kid", saga=KID_SAGA)])
     run = create_run(store, first, {"n": 3})
     assert run.created and store.load(child_id(run.saga_id, "kid")).parent_id == run.saga_id
+
+
+def test_a_redelivery_is_counted_with_its_history_row_only_while_its_message_is_the_one_in_flight(
+        store: SagaStore) -> None:
+    """`count_redelivery`: one counter per kind, a `StepRedelivered` row each, atomically; nothing
+    for a message its step no longer waits on; and no transition writes the counter back."""
+    run = create_run(store, SAGA, {"n": 1})
+    assert run.command is not None
+    saga_id, task_id = run.saga_id, run.command.task_id
+    now = store.get(saga_id).created_at
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by=task_id, now=now) == 1
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by=task_id, now=now) == 2
+    # another task id, another attempt, the compensation's counter, an unknown kind: not this message
+    assert store.count_redelivery(saga_id, "a", "action", "someone-else", 1, by="x", now=now) is None
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 2, by=task_id, now=now) is None
+    assert store.count_redelivery(saga_id, "a", "compensation", task_id, 1, by=task_id, now=now) is None
+    with pytest.raises(ValueError, match="kind"):
+        store.count_redelivery(saga_id, "a", "event", task_id, 1, by=task_id, now=now)
+    view = store.get(saga_id)
+    assert (view.step("a").redeliveries, view.step("a").compensation_redeliveries) == (2, 0)
+    rows = [e for e in view.events if e.type == "StepRedelivered"]
+    assert [(e.step, e.attempt, e.detail["redeliveries"], e.detail["kind"], e.detail["task_id"], e.detail["by"])
+            for e in rows] == [("a", 1, 1, "action", task_id, task_id), ("a", 1, 2, "action", task_id, task_id)]
+    # the step's report (a transition decided on a snapshot read before the count) keeps the count
+    assert run.state is not None
+    apply(store, SAGA, saga_id, ActionSucceeded("a", {"ok": 1}), by=task_id, state=run.state)
+    after = store.get(saga_id)
+    assert after.step("a").status == "SUCCEEDED" and after.step("a").redeliveries == 2
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by=task_id, now=now) is None

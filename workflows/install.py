@@ -17,12 +17,14 @@ from celery import Celery, Task
 from kombu.entity import Queue
 
 from workflows.choreography.install import install_consumers
+from workflows.core.definition import registry
 from workflows.core.steps import step_tasks
 from workflows.operations.sweeper import sweep
 from workflows.orchestration.step_task import make_step_task
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
 from workflows.runtime.timer_heap import CompactTimerHeap
+from workflows.runtime.visibility import KOMBU_DEFAULT_VISIBILITY_TIMEOUT, check_visibility_timeout, is_redis
 
 ORCHESTRATOR_QUEUE = "saga"
 """The queue of the orchestrator's own task (`saga.sweep`)."""
@@ -34,6 +36,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     extra = [m.strip() for m in settings.extra_modules.split(",") if m.strip()]
     for name in [*modules, *extra]:
         importlib.import_module(name)
+    _check_visibility_timeout(app, settings)
 
     runtime = Runtime(app=app, settings=settings)
     set_runtime(runtime)
@@ -46,8 +49,22 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
         queues.append(Queue(q))
     app.conf.task_queues = queues
     app.steps["worker"].add(CompactTimerHeap)
+    # a message the workers cannot take is kept as a dead letter, never dropped (runtime.poison)
+    app.conf.worker_consumer = "workflows.runtime.poison:Consumer"
     install_consumers(app)
     return runtime
+
+
+def _check_visibility_timeout(app: Celery, settings: Settings) -> None:
+    """On Redis, refuse a saga whose step's message may outlive the visibility timeout
+    (`VisibilityTimeoutTooShort`: the worker does not start). SAGA_REDIS_VISIBILITY_CHECK=0 turns it
+    off for a test rig that shortens the timeout on purpose, to see a killed worker's message soon."""
+    broker = str(app.conf.broker_url or settings.resolved_broker_url())
+    if not settings.redis_visibility_check or not is_redis(broker):
+        return
+    options = app.conf.broker_transport_options or {}
+    timeout = float(options.get("visibility_timeout", KOMBU_DEFAULT_VISIBILITY_TIMEOUT))
+    check_visibility_timeout((registry.get(name) for name in registry.names()), timeout)
 
 
 def _register_sweep(app: Celery) -> Task:

@@ -2,7 +2,8 @@
 
 One generic step function whose behaviour per step comes from the saga input, so each test
 builds the failure it needs: {"behaviour": {"b": {"fail": "permanent"}}}, {"fail_times": 2},
-{"sleep": 5}, {"switch": true} (fails while the Redis key switch:<saga>:<step> exists).
+{"sleep": 5}, {"switch": true} (fails while the Redis key switch:<saga>:<step> exists),
+{"exit": true} (ends its pool process with os._exit(1), as a segfault or the OOM killer would).
 Every call appends "<kind>:<step>:<attempt>" to the Redis list effects:<saga id>.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ def behave(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
     key = "behaviour" if ctx.kind == "action" else "compensation_behaviour"
     b = data.get(key, {}).get(ctx.step, {})
     r().rpush(f"effects:{ctx.saga_id}", f"{ctx.kind}:{ctx.step}:{ctx.attempt}")
+    if b.get("exit"):
+        os._exit(1)
     if b.get("sleep"):
         time.sleep(b["sleep"])
     if b.get("fail") == "permanent":

@@ -17,7 +17,7 @@ from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, Act
                                   Command, Compensate, CompensationFailed, CompensationSucceeded, DeadLetter,
                                   DeadLetterClosure, ErrorInfo, HistoryEvent, IdSource, Ignored, Order, Outcome,
                                   Redispatch, Resume, RunState, RunStatus, Schedule, Signal, SignalReceived, Started,
-                                  StepState, StepStatus, Timing, Transition, WaitTimedOut)
+                                  StepState, StepStatus, Timing, Transition, WaitTimedOut, WorkerLost)
 
 
 def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
@@ -40,6 +40,8 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
             d.compensation_succeeded(step)
         case CompensationFailed():
             d.compensation_failed(outcome)
+        case WorkerLost():
+            d.worker_lost(outcome)
         case Cancel(reason=reason, who=who):
             d.cancel(reason, who)
         case Resume(step=step, reason=reason, who=who):
@@ -444,6 +446,32 @@ class _Decision:
             self.status = RunStatus.FAILED
             self.failure_reason = (f"compensation of step {s.name!r} failed after {attempt} attempt(s): "
                                    f"{o.error}; an operator must fix the cause and redrive it")
+            self._emit("SagaFailed", reason=self.failure_reason)
+
+    def worker_lost(self, o: WorkerLost) -> None:
+        """The step's workers kept dying: dead-lettered, and its effect unknown. An action is
+        compensated as a timed-out one is; a compensation is stuck (the run FAILED) as one that
+        exhausted its retries is. Never dispatched again."""
+        s = self._get(o.step)
+        error = ErrorInfo("WorkerLost", f"worker lost {o.losses} times")
+        if o.kind == "action":
+            self._require((RunStatus.RUNNING, RunStatus.COMPENSATING), s, StepStatus.RUNNING, "WorkerLost")
+            s = self._set(s, status=StepStatus.TIMED_OUT, attempts=s.attempts + 1, error=str(error),
+                          eta=None, deadline_at=None, finished_at=self.now)
+            self._emit("StepWorkerLost", s.name, s.attempts, kind=o.kind, losses=o.losses)
+            self._dead_letter("action", s, self.saga.step(s.name).action_name, s.attempts, error)
+            self._settled(f"step {s.name!r}: {error.message}, its effect is unknown")
+            return
+        self._require((RunStatus.COMPENSATING, RunStatus.FAILED), s, StepStatus.COMPENSATING, "WorkerLost")
+        s = self._set(s, status=StepStatus.COMPENSATION_FAILED, compensation_attempts=s.compensation_attempts + 1,
+                      error=str(error), eta=None, deadline_at=None)
+        self._emit("StepWorkerLost", s.name, s.compensation_attempts, kind=o.kind, losses=o.losses)
+        self._dead_letter("compensation", s, self.saga.step(s.name).compensation_name or "",
+                          s.compensation_attempts, error)
+        if self.status != RunStatus.FAILED:
+            self.status = RunStatus.FAILED
+            self.failure_reason = (f"compensation of step {s.name!r}: {error.message}; "
+                                   "an operator must fix the cause and redrive it")
             self._emit("SagaFailed", reason=self.failure_reason)
 
     def cancel(self, reason: str, who: str) -> None:

@@ -84,3 +84,18 @@ class DeadLetterHandled(InvalidOperation):
 
 class ConcurrentTransition(Exception):
     """Another writer changed the run between our read and our write (caught by the version)."""
+
+
+class VisibilityTimeoutTooShort(DefinitionError):
+    """A step's message may stay unacknowledged on Redis longer than the broker's visibility
+    timeout (a retry's countdown, then its time limit): Redis would hand a second copy of the same
+    attempt to another worker while the first still waits or runs."""
+
+    def __init__(self, saga: str, step: str, kind: str, needed: float, visibility_timeout: float, why: str) -> None:
+        super().__init__(
+            f"saga {saga!r}, step {step!r} ({kind}): a message may stay unacknowledged {needed:g}s ({why}), "
+            f"longer than the Redis visibility timeout of {visibility_timeout:g}s; Redis would deliver a second "
+            f"copy of the same attempt while the first still waits or runs. Raise SAGA_REDIS_VISIBILITY_TIMEOUT "
+            f"above {needed:g}, or lower the step's timeout or its retry policy's max_interval")
+        self.saga, self.step, self.kind = saga, step, kind
+        self.needed, self.visibility_timeout = needed, visibility_timeout

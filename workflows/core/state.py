@@ -166,6 +166,18 @@ class CompensationFailed(Outcome):
 
 
 @dataclass(frozen=True)
+class WorkerLost(Outcome):
+    """The step's message came back once too often: each delivery's worker died before it reported
+    (`os._exit`, a segfault, the OOM killer). Its effect is unknown: compensated, never run again."""
+
+    step: str
+    kind: str
+    """'action' or 'compensation'."""
+    losses: int
+    """Workers lost on this step's message (its redeliveries, counted in the database)."""
+
+
+@dataclass(frozen=True)
 class Cancel(Outcome):
     """Force compensation of a running saga (operator action or saga deadline)."""
 

@@ -35,6 +35,9 @@ class StepView(_View):
     finished_at: datetime | None
     compensated_at: datetime | None
     deadline_at: datetime | None
+    redeliveries: int = 0
+    """Deliveries of an action message after its worker was lost (0 on a run without crashes)."""
+    compensation_redeliveries: int = 0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workflows.operations import dead_letters
@@ -95,6 +95,8 @@ class StepSummary(BaseModel):
     status: str
     attempts: int
     compensation_attempts: int
+    redeliveries: int = Field(0, description="Deliveries of the action's message after its worker was lost")
+    compensation_redeliveries: int = Field(0, description="The same for its compensation's message")
     result: dict[str, Any] | None
     error: str | None
 
@@ -167,9 +169,32 @@ class RequiredReason(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: what kind of error, and what to do about it."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="The kind: saga_not_found, invalid_request, invalid_operation, ...")
+    message: str = Field(description="What went wrong and what to do")
+    errors: list[dict[str, Any]] | None = Field(None, description="invalid_request, invalid_input: each problem")
+    saga_id: str | None = Field(None, description="idempotency_conflict: the run the key names")
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an endpoint, for its OpenAPI spec (schemathesis checks each answer is one)."""
+    what = {400: "The body is not JSON", 401: "Missing or wrong bearer token",
+            404: "No such saga, saga type, step or dead letter",
+            409: "Refused in the current state (recorded in the saga's history), or an idempotency conflict",
+            422: "Invalid request: the body, a parameter or a header", 503: "The database or broker is not answering"}
+    return {code: {"model": ErrorBody, "description": what[code]} for code in codes}
+
+
+NOT_FOUND = _answers(404)
+REFUSED = _answers(400, 404, 409)
+
+
 # ------------------------------------------------------------------ sagas
 
-api = APIRouter(prefix="/api", dependencies=[Authorized])
+api = APIRouter(prefix="/api", dependencies=[Authorized], responses=_answers(401, 422, 503))
 
 
 def status_path(request: Request, saga_id: str) -> str:
@@ -185,7 +210,7 @@ def saga_types() -> list[SagaType]:
                      input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]
 
 
-@api.post("/sagas/{saga_type}", status_code=202, tags=["sagas"])
+@api.post("/sagas/{saga_type}", status_code=202, tags=["sagas"], responses=REFUSED)
 def start(saga_type: str, data: Annotated[dict[str, Any], Body()], request: Request, response: Response,
           key: IdempotencyKey = None) -> Started:
     """Validate the body against the saga's input model, record the run, publish its start."""
@@ -208,13 +233,13 @@ def list_runs(request: Request, state: RunStatus | None = None,
     return SagaPage(items=items, total=total, limit=limit, offset=offset, next=following)
 
 
-@api.get("/sagas/{saga_id}", tags=["sagas"])
+@api.get("/sagas/{saga_id}", tags=["sagas"], responses=NOT_FOUND)
 def show(saga_id: str) -> SagaView:
     """Everything about a run: state, every step, the full history, its dead letters."""
     return get_saga(saga_id)
 
 
-@api.get("/sagas/{saga_id}/status", name="saga_status", tags=["sagas"])
+@api.get("/sagas/{saga_id}/status", name="saga_status", tags=["sagas"], responses=NOT_FOUND)
 def status(saga_id: str) -> SagaStatus:
     """The run's state, its steps with attempts and results, and its history in brief."""
     v = get_saga(saga_id)
@@ -226,7 +251,8 @@ def status(saga_id: str) -> SagaStatus:
                                  deadline_at=s.deadline_at.isoformat() if s.deadline_at else None)
                      for s in v.steps if s.status == "WAITING"],
         steps=[StepSummary(name=s.name, status=s.status, attempts=s.attempts,
-                           compensation_attempts=s.compensation_attempts, result=s.result, error=s.error)
+                           compensation_attempts=s.compensation_attempts, redeliveries=s.redeliveries,
+                           compensation_redeliveries=s.compensation_redeliveries, result=s.result, error=s.error)
                for s in v.steps],
         history=[HistoryItem(at=e.at.isoformat(), type=e.type, step=e.step, attempt=e.attempt) for e in v.events],
         open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"],
@@ -245,20 +271,20 @@ def signal(saga_id: Annotated[str, Path(max_length=64)], name: Annotated[str, Pa
     return send_signal(saga_id, name, payload, idempotency_key=key, who=who)
 
 
-@api.post("/sagas/{saga_id}/retry", tags=["operator"])
+@api.post("/sagas/{saga_id}/retry", tags=["operator"], responses=REFUSED)
 def retry(saga_id: str, body: Annotated[RetryRequest | None, Body()] = None, who: Operator = "api") -> SagaView:
     """Dispatch a step again now: a stuck compensation of a FAILED saga, or an in-flight step."""
     body = body or RetryRequest()
     return operations.retry_step(saga_id, body.step, reason=body.reason, who=who)
 
 
-@api.post("/sagas/{saga_id}/resume", tags=["operator"])
+@api.post("/sagas/{saga_id}/resume", tags=["operator"], responses=REFUSED)
 def resume(saga_id: str, body: Annotated[ReasonRequest | None, Body()] = None, who: Operator = "api") -> SagaView:
     """Resume the compensation of a FAILED saga once its cause is fixed."""
     return operations.resume(saga_id, reason=(body or ReasonRequest()).reason, who=who)
 
 
-@api.post("/sagas/{saga_id}/cancel", tags=["operator"])
+@api.post("/sagas/{saga_id}/cancel", tags=["operator"], responses=REFUSED)
 def cancel(saga_id: str, body: RequiredReason, who: Operator = "api") -> SagaView:
     """Force the compensation of a RUNNING or WAITING saga (a SCHEDULED one never starts)."""
     return operations.cancel(saga_id, reason=body.reason, who=who)
@@ -275,18 +301,18 @@ def list_dead_letters(status: Literal["OPEN", "REDRIVEN", "DISCARDED", "ALL"] = 
     return dead_letters.list_dead_letters(None if status == "ALL" else status, saga_id=saga_id, limit=limit)
 
 
-@api.get("/dead-letters/{dl_id}", tags=["dead letters"])
+@api.get("/dead-letters/{dl_id}", tags=["dead letters"], responses=NOT_FOUND)
 def show_dead_letter(dl_id: str) -> DeadLetterView:
     return dead_letters.get_dead_letter(dl_id)
 
 
-@api.post("/dead-letters/{dl_id}/redrive", tags=["dead letters"])
+@api.post("/dead-letters/{dl_id}/redrive", tags=["dead letters"], responses=REFUSED)
 def redrive(dl_id: str, body: Annotated[ReasonRequest | None, Body()] = None, who: Operator = "api") -> DeadLetterView:
     """Publish the dead letter's work again, once; a second redrive answers 409."""
     return dead_letters.redrive(dl_id, who=who, reason=(body or ReasonRequest()).reason)
 
 
-@api.post("/dead-letters/{dl_id}/discard", tags=["dead letters"])
+@api.post("/dead-letters/{dl_id}/discard", tags=["dead letters"], responses=REFUSED)
 def discard(dl_id: str, body: RequiredReason, who: Operator = "api") -> DeadLetterView:
     return dead_letters.discard(dl_id, who=who, reason=body.reason)
 
@@ -296,7 +322,7 @@ def discard(dl_id: str, body: RequiredReason, who: Operator = "api") -> DeadLett
 ops = APIRouter(tags=["operations"])
 
 
-@ops.get("/healthz")
+@ops.get("/healthz", responses={503: {"description": "The database or the broker is not answering"}})
 def healthz(rt: AppRuntime) -> JSONResponse:
     """The database and the broker answer (no token needed)."""
     checks = {"database": _check(lambda: _ping_database(rt)), "broker": _check(lambda: _ping_broker(rt))}
@@ -304,7 +330,7 @@ def healthz(rt: AppRuntime) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 
-@ops.get("/metrics", dependencies=[Authorized], response_class=Response)
+@ops.get("/metrics", dependencies=[Authorized], response_class=Response, responses=_answers(401, 503))
 def metrics(request: Request) -> Response:
     """Prometheus metrics, computed from the database at scrape time."""
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
@@ -367,8 +393,16 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    kind = {400: "invalid_body", 401: "unauthorized", 404: "not_found",
+            405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _unstorable(_: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold or compare (a NUL character in a text, a number past its
+    integers): the request is wrong, not the server."""
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    return _error(422, "invalid_request", f"invalid request: a value the database cannot hold ({reason})")
 
 
 def _unavailable(what: str) -> Any:
@@ -405,5 +439,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(kombu.exceptions.OperationalError, _unavailable("broker"))
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _unavailable("database"))
+    app.add_exception_handler(sqlalchemy.exc.DataError, _unstorable)
     return app
 

@@ -451,6 +451,14 @@ def _print_saga(view: Any, as_json: bool) -> None:
         _show_saga(view)
 
 
+def _redelivered(s: Any) -> Text:
+    """Deliveries after a lost worker: the action's, then the compensation's ('2', '2 + 1 comp.')."""
+    parts = [str(s.redeliveries)] if s.redeliveries else []
+    if s.compensation_redeliveries:
+        parts.append(f"{s.compensation_redeliveries} comp.")
+    return Text(" + ".join(parts), style="yellow")
+
+
 def _show_saga(v: Any) -> None:
     console = _console()
     head = Text(f"saga {v.id}  ", style="bold")
@@ -475,13 +483,13 @@ def _show_saga(v: Any) -> None:
         console.print(line)
 
     steps = Table(title="steps", title_justify="left")
-    for col in ("#", "step", "status", "attempts", "compensations", "started", "finished", "compensated",
-                "result / error"):
+    for col in ("#", "step", "status", "attempts", "compensations", "redelivered", "started", "finished",
+                "compensated", "result / error"):
         steps.add_column(col, no_wrap=col in ("started", "finished", "compensated"))
     for s in v.steps:
         detail = Text(_short(s.error), style="red") if s.error else Text(_short(s.result) if s.result else "")
         steps.add_row(str(s.index + 1), s.name, _styled(s.status), str(s.attempts), str(s.compensation_attempts),
-                      _time(s.started_at), _time(s.finished_at), _time(s.compensated_at), detail)
+                      _redelivered(s), _time(s.started_at), _time(s.finished_at), _time(s.compensated_at), detail)
     console.print(steps)
 
     history = Table(title="history", title_justify="left")

@@ -16,6 +16,9 @@ few aggregate queries. What each family means:
   the wait rows keep it).
 - `saga_step_retries_total{saga_type,step,kind}`: attempts beyond the first, actions and
   compensations (counter).
+- `saga_step_redeliveries_total{saga_type,step,kind}`: deliveries of a step's messages after their
+  worker was lost (counted before the function ran again; a step that keeps killing its workers is
+  given up at its policy's attempts).
 - `saga_step_duration_seconds{saga_type,step}`: a gauge histogram of the actions that
   finished in the last `window` seconds (started_at → finished_at; query it with
   `histogram_quantile`, not `rate`: old steps leave the window).
@@ -80,7 +83,7 @@ class SagaCollector(Collector):
 
     def _families(self, now: datetime) -> Iterator[Metric]:
         yield from self._runs()
-        yield self._retries()
+        yield from self._retries()
         yield self._durations(now)
         yield self._dead_letters()
         yield self._outbox()
@@ -113,13 +116,17 @@ class SagaCollector(Collector):
             timed_out.add_metric([saga_type], n)
         yield from (started, completed, compensated, failed, waiting, scheduled, timed_out, by_state)
 
-    def _retries(self) -> Metric:
-        family = CounterMetricFamily("saga_step_retries", "Step attempts beyond the first",
-                                     labels=["saga_type", "step", "kind"])
-        for r in self.store.step_retries():
-            family.add_metric([r.saga_type, r.step, "action"], r.actions)
-            family.add_metric([r.saga_type, r.step, "compensation"], r.compensations)
-        return family
+    def _retries(self) -> Iterator[Metric]:
+        retries = CounterMetricFamily("saga_step_retries", "Step attempts beyond the first",
+                                      labels=["saga_type", "step", "kind"])
+        redeliveries = CounterMetricFamily("saga_step_redeliveries", "Deliveries of a step's messages after a "
+                                           "lost worker", labels=["saga_type", "step", "kind"])
+        for r in self.store.step_retries():  # one query for both
+            retries.add_metric([r.saga_type, r.step, "action"], r.actions)
+            retries.add_metric([r.saga_type, r.step, "compensation"], r.compensations)
+            redeliveries.add_metric([r.saga_type, r.step, "action"], r.redeliveries)
+            redeliveries.add_metric([r.saga_type, r.step, "compensation"], r.compensation_redeliveries)
+        yield from (retries, redeliveries)
 
     def _durations(self, now: datetime) -> Metric:
         seconds: dict[tuple[str, str], list[float]] = defaultdict(list)

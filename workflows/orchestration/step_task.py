@@ -38,12 +38,14 @@ from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, ChildFinished, Command,
                                   CompensationFailed, CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo,
-                                  HistoryEvent, MessageInfo, Order, Outcome, RunState, Transition)
+                                  HistoryEvent, MessageInfo, Order, Outcome, RunState, Transition, WorkerLost)
 from workflows.core.steps import StepContext, StepTask
 from workflows.orchestration.inline import InlineBudget, budget_for, holding_pool_soft_limit, soft_limit
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
+from workflows.orchestration.message import parse_step_message
 from workflows.runtime.dispatch import message_for
+from workflows.runtime.poison import dead_letter_message
 
 log = logging.getLogger("workflows.orchestration")
 
@@ -129,6 +131,13 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             found_own_commit(rt, definition, applied.state, delivery, step)
         return None
 
+    message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
+                          kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
+                                  "attempt": attempt, "results": results, "result": result},
+                          headers={"task_id": delivery.task_id, "retries": delivery.retries})
+    if delivery.redelivered and not _may_run_again(rt, definition, run, dispatch, message):
+        return None
+
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
                       task_id=delivery.task_id, input=input, results=results or {}, result=result,
                       item=definition.item(step, input))
@@ -137,10 +146,6 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     else:
         with soft_limit(limit):
             outcome, error = _run_function(definition, st, ctx, input)
-    message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
-                          kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
-                                  "attempt": attempt, "results": results, "result": result},
-                          headers={"task_id": delivery.task_id, "retries": delivery.retries})
     applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
     _test_crash_point(step)
     t = applied.transition
@@ -221,6 +226,33 @@ def _send_event(events: Any, type_: str, **fields: Any) -> None:
         events.send(type_, **fields)
     except Exception as e:  # events are for watching: never fail a step for them
         log.warning("task event %s of an inline step not sent: %s", type_, e)
+
+
+def _may_run_again(rt: Runtime, saga: Saga, run: RunState, d: Dispatch, message: MessageInfo) -> bool:
+    """A redelivered message: its worker died (or the broker restored it). Counted in the database
+    before the function runs again, so a step that kills every worker it runs on is given up (the
+    engine's `WorkerLost`: dead-lettered, compensated as unknown), not looped. False: do not run."""
+    lost = rt.store.count_redelivery(run.saga_id, d.step, d.kind, d.task_id, d.attempt, by=d.task_id, now=rt.clock())
+    if lost is None:  # the step moved on since the read: this copy must not run
+        return False
+    log.warning("step %s (%s) delivered again: worker lost %d time(s)", d.step, d.kind, lost,
+                extra={"saga_id": run.saga_id})
+    if not gives_up(saga, run, d.step, d.kind, lost):
+        return True
+    applied = rt.loop.commit(saga, run.saga_id, WorkerLost(d.step, d.kind, lost), by=d.task_id, dispatch=d,
+                             state=run, message=message)
+    if applied.transition is not None:
+        rt.loop.publish(applied.transition)
+    return False
+
+
+def gives_up(saga: Saga, run: RunState, step: str, kind: str, lost: int) -> bool:
+    """Has the step used up its policy's attempts, counting each lost worker as one? (With
+    `max_attempts` 3 a step whose function kills its worker runs 3 times, then is dead-lettered.)"""
+    s, declared = run.step(step), saga.step(step)
+    if kind == "action":
+        return s.attempts + lost >= declared.retry.max_attempts
+    return s.compensation_attempts + lost >= declared.compensation_retry.max_attempts
 
 
 def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
@@ -334,14 +366,20 @@ def delivery_of(task: Task) -> Delivery:
 def make_step_task(app: Celery, st: StepTask) -> Task:
     """Register `st` on `app` as the Celery task of its name, on its queue, acknowledged late."""
 
-    def body(self: Task, saga_id: str, step: str, **kwargs: Any) -> None:
+    def body(self: Task, *args: Any, **kwargs: Any) -> None:
         started = time.monotonic()
+        message = parse_step_message(args, kwargs)
+        if isinstance(message, str):  # would fail on every delivery: kept, acknowledged
+            raw = json.dumps({"task": st.name, "args": args, "kwargs": kwargs}, default=repr)
+            dead_letter_message(raw, message, task=st.name, queue=st.queue, headers={"task_id": self.request.id})
+            return
         rt = get_runtime()
         inline = None
         if rt.settings.inline_steps:
             hard = (self.request.timelimit or (None, None))[0]
             inline = budget_for(st.queue, hard, started, rt.settings.inline_max_steps)
-        retry = handle_step(rt, st, saga_id, step, delivery_of(self), inline=inline, **kwargs)
+        retry = handle_step(rt, st, message.saga_id, message.step, delivery_of(self), inline=inline,
+                            **message.handle_kwargs())
         if retry is not None:
             raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
 

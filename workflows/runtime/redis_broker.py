@@ -16,24 +16,14 @@ from typing import Any
 
 from kombu.transport import redis
 
+from workflows.runtime.poison import dead_letter_message
+
 log = logging.getLogger("workflows.broker")
 
 
 def dead_letter_undecodable(raw: str, reason: str) -> None:
     """Keep a message no worker can decode as a dead letter (never raises: the worker must go on)."""
-    try:
-        from workflows.core.state import DeadLetter, ErrorInfo, MessageInfo
-        from workflows.runtime.container import get_runtime
-
-        rt = get_runtime()
-        # PostgreSQL's JSON holds no NUL character: it is written as the four characters \x00
-        message = MessageInfo(task_name="(undecodable message)", queue=None, args=[],
-                              kwargs={"raw": raw[:100_000].replace("\x00", "\\x00")}, headers={})
-        rt.loop.dead_letter(DeadLetter(rt.ids(), "message", None, "(undecodable message)", 0,
-                                       ErrorInfo("UndecodableMessage", reason), message), saga_id=None)
-        log.error("an undecodable message was dead-lettered: %s", reason)
-    except Exception:  # the database is down too: say so, and go on
-        log.exception("an undecodable message could not be dead-lettered (%s); its text: %r", reason, raw[:2000])
+    dead_letter_message(raw, reason)
 
 
 class Channel(redis.Channel):

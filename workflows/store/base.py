@@ -53,6 +53,9 @@ class StepRetries:
     step: str
     actions: int
     compensations: int
+    redeliveries: int = 0
+    """Deliveries after a lost worker, of the actions (`saga_steps.redeliveries`)."""
+    compensation_redeliveries: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,15 @@ class SagaStore(Protocol):
 
     def record(self, saga_id: str, event: HistoryEvent, *, by: str | None, now: datetime) -> None:
         """Append one history row outside any transition (stale or ignored reports, notes)."""
+        ...
+
+    def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
+                         by: str, now: datetime) -> int | None:
+        """A step message came back (its worker died, or the broker restored it): add one to the
+        step's redeliveries of `kind` and append its `StepRedelivered` history row, atomically, if the
+        step still waits on that very message (`task_id`, attempt `attempt`, in flight). Returns the
+        new count, or None when the step moved on (nothing written). Not version-checked: a counter,
+        not a transition; no transition writes it."""
         ...
 
     # -- dead letters

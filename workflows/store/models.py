@@ -102,6 +102,12 @@ class StepRow(Base):
     status: Mapped[str] = mapped_column(String(24))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     compensation_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    redeliveries: Mapped[int] = mapped_column(Integer, server_default="0")
+    """Times an action message of this step came back after its worker died (or was restored by the
+    broker), counted before the function runs again. Written only by `count_redelivery`, never by a
+    transition: 0 on the happy path, which pays nothing for it."""
+    compensation_redeliveries: Mapped[int] = mapped_column(Integer, server_default="0")
+    """The same for the step's compensation messages."""
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     task_id: Mapped[str | None] = mapped_column(String(200))

@@ -12,7 +12,7 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, cast, func, insert, select, union_all, update
+from sqlalchemy import Connection, bindparam, cast, func, insert, literal_column, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import ConcurrentTransition
@@ -20,7 +20,7 @@ from workflows.core.state import Transition
 from workflows.store.base import Created
 from workflows.store.db import statement_engine
 from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
-                                  step_values)
+                                  redelivery_event, redelivery_update, step_values)
 from workflows.store.sql import SqlStore
 
 
@@ -51,6 +51,34 @@ class PostgresStore(SqlStore):
         with statement_engine(self.url).connect() as c:
             if c.execute(*transition_statement(t, by, now)).scalar() != 1:
                 raise ConcurrentTransition(f"saga {t.after.saga_id} changed under us")
+
+    def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
+                         by: str, now: datetime) -> int | None:
+        """One statement: `WITH counted AS (UPDATE saga_steps ... RETURNING n), history AS (INSERT
+        INTO saga_events ... SELECT ... FROM counted) SELECT n FROM counted` (the same writes as
+        `SqlStore.count_redelivery`'s transaction)."""
+        statement, params = redelivery_update(saga_id, step, kind, task_id, attempt)
+        row = redelivery_event(saga_id, step, kind, task_id, attempt, 0, by, now)
+        params.update({f"h_{c}": row[c] for c in ("at", "type", "step", "attempt")})
+        params["h_detail"] = {k: v for k, v in row["detail"].items() if k != "redeliveries"}
+        with statement_engine(self.url).connect() as c:
+            n = c.execute(_redelivery_statement(kind), params).scalar()
+        return None if n is None else int(n)
+
+
+@functools.lru_cache(maxsize=2)
+def _redelivery_statement(kind: str) -> Any:
+    statement, _ = redelivery_update("", "", kind, "", 1)
+    counted = statement.returning(STEPS.c.saga_id).cte("counted")
+    n = counted.c[0]
+    detail = func.jsonb_set(cast(bindparam("h_detail", type_=EVENTS.c.detail.type), EVENTS.c.detail.type),
+                            literal_column("'{redeliveries}'"), func.to_jsonb(n))
+    history = insert(EVENTS).from_select(
+        ["saga_id", "at", "type", "step", "attempt", "detail"],
+        select(counted.c.saga_id, cast(bindparam("h_at", type_=EVENTS.c.at.type), EVENTS.c.at.type),
+               bindparam("h_type", type_=EVENTS.c.type.type), bindparam("h_step", type_=EVENTS.c.step.type),
+               bindparam("h_attempt", type_=EVENTS.c.attempt.type), detail)).cte("history")
+    return select(n).add_cte(history)
 
 
 def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, dict[str, Any]]:

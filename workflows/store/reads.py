@@ -166,10 +166,11 @@ class Reads:
         extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
         extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1), else_=0))
         with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps)
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps,
+                                    func.sum(StepRow.redeliveries), func.sum(StepRow.compensation_redeliveries))
                              .join(SagaRow, SagaRow.id == StepRow.saga_id)
                              .group_by(SagaRow.saga_type, StepRow.name)).all()
-        return [StepRetries(t, n, int(a or 0), int(c or 0)) for t, n, a, c in rows]
+        return [StepRetries(t, n, int(a or 0), int(c or 0), int(r or 0), int(rc or 0)) for t, n, a, c, r, rc in rows]
 
     def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]:
         """Actions that finished since `since`, newest first, at most `limit`."""
@@ -209,7 +210,8 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
         steps=[StepView(index=r.index, name=r.name, status=r.status, attempts=r.attempts,
                         compensation_attempts=r.compensation_attempts, result=r.result, error=r.error,
                         task_id=r.task_id, started_at=r.started_at, finished_at=r.finished_at,
-                        compensated_at=r.compensated_at, deadline_at=r.deadline_at) for r in row.steps],
+                        compensated_at=r.compensated_at, deadline_at=r.deadline_at, redeliveries=r.redeliveries,
+                        compensation_redeliveries=r.compensation_redeliveries) for r in row.steps],
         events=[EventView(id=e.id, at=e.at, type=e.type, step=e.step, attempt=e.attempt, detail=e.detail)
                 for e in events],
         dead_letters=[_dead_letter_view(d) for d in dls],

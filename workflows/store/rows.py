@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, update
+
 from workflows.core.state import DeadLetter, HistoryEvent, Signal, StepState, StepStatus, Transition
 from workflows.store.base import input_hash
 from workflows.store.models import EventRow, SagaRow, StepRow
@@ -32,6 +34,34 @@ def step_values(saga_id: str, st: StepState, old: StepState | None, now: datetim
 STEP_COLUMNS = ("status", "attempts", "compensation_attempts", "result", "error", "task_id", "eta", "deadline_at",
                  "finished_at", "started_at", "compensated_at")
 EVENT_COLUMNS = ("at", "type", "step", "attempt", "detail")
+
+
+def _redelivery_shape(kind: str) -> Any:
+    count = STEPS.c.redeliveries if kind == "action" else STEPS.c.compensation_redeliveries
+    attempts = STEPS.c.attempts if kind == "action" else STEPS.c.compensation_attempts
+    in_flight = StepStatus.RUNNING if kind == "action" else StepStatus.COMPENSATING
+    return (update(STEPS).where(STEPS.c.saga_id == bindparam("r_saga_id"), STEPS.c.name == bindparam("r_step"),
+                                STEPS.c.task_id == bindparam("r_task_id"), STEPS.c.status == in_flight.value,
+                                attempts == bindparam("r_done"))
+            .values({count.key: count + 1}).returning(count))
+
+
+_REDELIVERY = {kind: _redelivery_shape(kind) for kind in ("action", "compensation")}
+
+
+def redelivery_update(saga_id: str, step: str, kind: str, task_id: str, attempt: int) -> tuple[Any, dict[str, Any]]:
+    """`UPDATE saga_steps SET redeliveries = redeliveries + 1 WHERE <that message is the one in flight>
+    RETURNING redeliveries` (the compensation's counter for `kind` 'compensation') and its parameters."""
+    if kind not in _REDELIVERY:
+        raise ValueError(f"kind must be 'action' or 'compensation', not {kind!r}")
+    return _REDELIVERY[kind], {"r_saga_id": saga_id, "r_step": step, "r_task_id": task_id, "r_done": attempt - 1}
+
+
+def redelivery_event(saga_id: str, step: str, kind: str, task_id: str, attempt: int, count: int, by: str,
+                     now: datetime) -> dict[str, Any]:
+    """The `StepRedelivered` history row of the `count`-th redelivery of a step's message."""
+    return {"saga_id": saga_id, "at": now, "type": "StepRedelivered", "step": step, "attempt": attempt,
+            "detail": {"kind": kind, "task_id": task_id, "redeliveries": count, "by": by}}
 
 
 def event_values(saga_id: str, events: tuple[HistoryEvent, ...], by: str, now: datetime) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from workflows.store.joined import JoinedStore
 from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, child_creations, creation_rows, dead_letter_values,
-                                  event_values, signal_values, step_values)
+                                  event_values, redelivery_event, redelivery_update, signal_values, step_values)
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
@@ -198,6 +198,14 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
             c.execute(insert(EVENTS), {"saga_id": saga_id, "at": now, "type": event.type, "step": event.step,
                                        "attempt": event.attempt, "detail": detail})
             c.commit()
+
+    def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
+                         by: str, now: datetime) -> int | None:
+        with self.sessions.begin() as s:
+            n = s.execute(*redelivery_update(saga_id, step, kind, task_id, attempt)).scalar()
+            if n is not None:
+                s.execute(insert(EVENTS), redelivery_event(saga_id, step, kind, task_id, attempt, n, by, now))
+        return None if n is None else int(n)
 
     # ------------------------------------------------------------ dead letters
 

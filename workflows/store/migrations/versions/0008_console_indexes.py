@@ -11,7 +11,7 @@ heap-only update. The GIN index on `input` (PostgreSQL only) serves `input @> '{
 from alembic import op
 
 revision = '0008'
-down_revision = '0005'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
