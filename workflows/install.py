@@ -19,6 +19,7 @@ from kombu.entity import Queue
 from workflows.choreography.install import install_consumers
 from workflows.core.steps import step_tasks
 from workflows.operations.sweeper import sweep
+from workflows.operations.versions import VersionHeartbeat
 from workflows.orchestration.step_task import make_step_task
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
@@ -46,6 +47,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
         queues.append(Queue(q))
     app.conf.task_queues = queues
     app.steps["worker"].add(CompactTimerHeap)
+    app.steps["worker"].add(VersionHeartbeat)  # checks and announces the saga versions this worker holds
     install_consumers(app)
     return runtime
 

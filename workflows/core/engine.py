@@ -24,6 +24,8 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
     `Ignored` if it causes none."""
     if run.saga_type != saga.name:
         raise ValueError(f"run {run.saga_id} is a {run.saga_type!r}, not a {saga.name!r}")
+    if run.saga_version != saga.version:
+        raise ValueError(f"run {run.saga_id} is on version {run.saga_version} of {saga.name!r}, not {saga.version}")
     d = _Decision(saga, run, now, ids, timing)
     match outcome:
         case Started():
@@ -53,7 +55,7 @@ def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str) -> R
     """A run as created, before `Started`: every step (and fan-out branch) PENDING, version 1."""
     return RunState(saga_id=saga_id, saga_type=saga.name, status=RunStatus.RUNNING, version=1, input=data,
                     steps=tuple(StepState(index=i, name=name) for i, (name, _) in enumerate(saga.rows(data))),
-                    caused_by=caused_by)
+                    caused_by=caused_by, saga_version=saga.version)
 
 
 def is_current(run: RunState, step: str, kind: str, task_id: str, attempt: int) -> bool:

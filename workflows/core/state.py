@@ -69,6 +69,9 @@ class RunState:
     failure_reason: str | None = None
     caused_by: str | None = None
     """Who made the current version (store metadata; the engine does not read it)."""
+    saga_version: int = 1
+    """The version of the saga's definition the run started with (not `version`, the optimistic
+    lock counter): every transition of the run is decided on that definition."""
 
     def step(self, name: str) -> StepState:
         for s in self.steps:

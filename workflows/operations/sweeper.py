@@ -8,7 +8,11 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
 - a compensation past its deadline: a failed attempt (retried, or dead-lettered when exhausted);
 - a run past its saga-level deadline: cancelled, compensated;
 - a dead letter committed and never copied to the broker (its writer died first): sent;
-- the choreographies' part (`choreography.operations.sweep_choreographies`).
+- the choreographies' part (`choreography.operations.sweep_choreographies`);
+- versions: a run is decided on the version it started with; a due step of a version this process
+  does not hold is left to a sweep on a worker that holds it, one of a version no live worker holds
+  is not timed out (it is reported: `unheld`), and a step a worker parked (`StepParked`: no worker
+  took its message) is dispatched again once a live worker holds its version.
 Every action is one pass of the decision loop, version-checked like a step's own report, so a
 sweeper racing a late result changes the run once.
 """
@@ -22,7 +26,8 @@ from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
 from workflows.core.errors import UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Outcome,
-                                  Redispatch, StepStatus)
+                                  Redispatch, Resume, StepStatus)
+from workflows.operations import versions
 from workflows.runtime.container import Runtime
 
 log = logging.getLogger("workflows.sweeper")
@@ -37,6 +42,10 @@ class SweepReport:
     dead_letters_sent: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     """Choreographed sagas whose last event is older than their deadline."""
+    parked_redispatched: list[str] = field(default_factory=list)
+    """Steps a worker parked (no worker took their message), dispatched again."""
+    unheld: list[str] = field(default_factory=list)
+    """`<saga>:v<version>` of the versions with runs in flight that no live worker holds."""
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -48,22 +57,39 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     store, loop = rt.store, rt.loop
     report = SweepReport()
 
+    unheld = versions.unheld(rt, now)
+    unheld_keys = {(v.saga_type, v.saga_version) for v in unheld}
+    for v in unheld:
+        log.error("%d run(s) of %s version %d are in flight and no live worker holds that version: deploy a "
+                  "worker with it (or `sagas migrate` them)", v.active, v.saga_type, v.saga_version)
+        report.unheld.append(f"{v.saga_type}:v{v.saga_version}")
+
     never_heard: set[str] = set()
     """Runs nothing reported on since their start: every step of their first stage may be unsent."""
     for saga_id, saga_type, step, _version in store.due_steps(now):
-        try:
-            saga = registry.get(saga_type)
-        except UnknownSaga:
+        if saga_type not in registry:
             log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
             continue
         run = store.load(saga_id)
+        if (run.saga_type, run.saga_version) in unheld_keys:
+            continue  # no worker could run what a decision would send: wait for one (reported above)
+        try:
+            saga = registry.get(run.saga_type, run.saga_version)
+        except UnknownSaga:  # another worker's sweep, one that holds the version, decides it
+            log.warning("not sweeping %s: this process does not hold version %d of %s", saga_id, run.saga_version,
+                        run.saga_type, extra={"saga_id": saga_id})
+            continue
         if run.caused_by == STARTED_BY:
             never_heard.add(saga_id)
         s = run.step(step)
         if s.deadline_at is None or s.deadline_at >= now:
             continue  # reported on, or dispatched again, since the query: not due any more
         outcome: Outcome
-        if s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
+        if _parked(rt, saga_id, s.task_id):
+            outcome = Resume(step, "its message was parked: no worker held the run's version; one does now",
+                             who="sweeper")
+            bucket = report.parked_redispatched
+        elif s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
             outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
                                        "(its first message may never have been published)")
             bucket = report.redispatched
@@ -84,7 +110,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
     for saga_id in store.due_deadlines(now):
         run = store.load(saga_id)
-        applied = loop.apply(registry.get(run.saga_type), saga_id, Cancel("saga deadline passed", who="sweeper"),
+        if not registry.has(run.saga_type, run.saga_version):
+            continue  # a sweep on a worker that holds its version cancels it
+        applied = loop.apply(registry.get(run.saga_type, run.saga_version), saga_id,
+                             Cancel("saga deadline passed", who="sweeper"),
                              by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
@@ -97,3 +126,9 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())
     return report
+
+
+def _parked(rt: Runtime, saga_id: str, task_id: str | None) -> bool:
+    """Did a worker park this dispatch of the step (`StepParked` for its task id)?"""
+    return task_id is not None and any(e.type == "StepParked" and e.detail.get("task_id") == task_id
+                                       for e in rt.store.history(saga_id))

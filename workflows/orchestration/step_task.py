@@ -54,6 +54,26 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class HandOn:
+    """This worker does not hold the run's saga version: send the same message again (same task
+    id, `handoffs` one more) to the same queue after `countdown`, for a worker that holds it."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    countdown: float
+
+
+MAX_HANDOFFS = 20
+"""Hand-offs of one message before it is parked (dropped, on the run's record: `StepParked`; the
+sweeper dispatches the step again once a live worker holds its version)."""
+
+
+def handoff_delay(handoffs: int) -> float:
+    """Seconds before hand-off `handoffs + 1` is delivered: 0.5, 1, 1.5 ... at most 5."""
+    return min(5.0, 0.5 * (handoffs + 1))
+
+
+@dataclass(frozen=True)
 class RetrySelf:
     """The next attempt is this very task again: Celery's own retry (same task id, a countdown)."""
 
@@ -65,20 +85,24 @@ class RetrySelf:
 
 def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, saga: str, kind: str,
                 version: int, input: dict[str, Any], attempt: int = 1, results: dict[str, Any] | None = None,
-                result: dict[str, Any] | None = None) -> RetrySelf | None:
+                result: dict[str, Any] | None = None, saga_version: int | None = None,
+                handoffs: int = 0) -> RetrySelf | HandOn | None:
     """Check, run the step function, then load → decide → commit → publish. Returns a `RetrySelf`
-    when the next attempt is this message again (the caller raises Celery's retry)."""
+    when the next attempt is this message again (the caller raises Celery's retry), a `HandOn` when
+    this worker does not hold the run's saga version (the caller sends the message on)."""
     by = delivery.task_id
-    try:
-        definition = registry.get(saga)
-    except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
-        _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("UnknownSaga", str(e)))
+    if saga not in registry:  # a worker deployed without this saga: keep the message, never drop it
+        unknown = UnknownSaga(f"unknown saga {saga!r} (registered: {', '.join(registry.names()) or 'none'})")
+        _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("UnknownSaga", str(unknown)))
         return None
     try:
         run = rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
     except SagaNotFound as e:  # a worker on another database, or a run deleted: keep the message too
         _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("SagaNotFound", str(e)))
         return None
+    if not registry.has(saga, run.saga_version):  # the run's own version decides, not the message's
+        return _hand_on(rt, run, step, kind, delivery, handoffs)
+    definition = registry.get(saga, run.saga_version)
     loop = rt.loop
     dispatch = Dispatch(step, kind, by, attempt)
     if not is_current(run, step, kind, by, attempt):
@@ -94,7 +118,8 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                       input=input, results=results or {}, result=result, item=definition.item(step, input))
     outcome, error = _run_function(definition, st, ctx, input)
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
-                          kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
+                          kwargs={"saga": saga, "kind": kind, "version": version,
+                                  "saga_version": run.saga_version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": by, "retries": delivery.retries})
     applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
@@ -166,6 +191,28 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
                         by=delivery.task_id, now=now)
 
 
+def _hand_on(rt: Runtime, run: RunState, step: str, kind: str, delivery: Delivery,
+             handoffs: int) -> HandOn | None:
+    """Never run, never dead-letter a step of a version this worker does not hold: hand it on to
+    the same queue (for a worker that holds it) or, after `MAX_HANDOFFS`, park it on the run's
+    record for the sweeper. The first hand-off and the parking are in the run's history."""
+    now = rt.clock()
+    detail = {"saga_version": run.saga_version, "kind": kind, "task_id": delivery.task_id,
+              "worker_versions": registry.versions(run.saga_type), "handoffs": handoffs}
+    extra = {"saga_id": run.saga_id, "step": step}
+    if handoffs >= MAX_HANDOFFS:
+        log.warning("step %s of %s version %d parked after %d hand-offs: no worker took it", step, run.saga_type,
+                    run.saga_version, handoffs, extra=extra)
+        rt.store.record(run.saga_id, HistoryEvent("StepParked", step, None, detail), by=delivery.task_id, now=now)
+        return None
+    log.warning("step %s of %s version %d handed on: this worker holds versions %s", step, run.saga_type,
+                run.saga_version, registry.versions(run.saga_type), extra=extra)
+    if handoffs == 0:
+        rt.store.record(run.saga_id, HistoryEvent("StepHandedOn", step, None, detail), by=delivery.task_id, now=now)
+    kwargs = {**(delivery.kwargs or {}), "handoffs": handoffs + 1}
+    return HandOn([run.saga_id, step], kwargs, handoff_delay(handoffs))
+
+
 def _dead_letter_message(rt: Runtime, st: StepTask, saga_id: str, step: str, kind: str, delivery: Delivery,
                          error: ErrorInfo) -> None:
     """Keep a step message no run can take (`error` says why) as a dead letter, in the table and
@@ -211,7 +258,11 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
 
     def body(self: Task, saga_id: str, step: str, **kwargs: Any) -> None:
         retry = handle_step(get_runtime(), st, saga_id, step, delivery_of(self), **kwargs)
-        if retry is not None:
+        if isinstance(retry, HandOn):  # published before this message is acked: a crash leaves both
+            hard, soft = self.request.timelimit or (None, None)
+            self.apply_async(args=retry.args, kwargs=retry.kwargs, task_id=self.request.id, queue=st.queue,
+                             countdown=retry.countdown, time_limit=hard, soft_time_limit=soft)
+        elif retry is not None:
             raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
 
     body.__name__ = st.fn.__name__
@@ -220,4 +271,4 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
                     **DELIVERY_OPTIONS)(body)
 
 
-__all__ = ["Delivery", "RetrySelf", "handle_step", "make_step_task"]
+__all__ = ["Delivery", "HandOn", "RetrySelf", "handle_step", "make_step_task"]

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
-from workflows.core.views import DeadLetterView, EventView, SagaView
+from workflows.core.views import DeadLetterView, EventView, SagaView, WorkerView
 
 CallerTx = Session | Connection
 """The caller's transaction (`workflows.store.joined`): an ORM `Session` or a Core `Connection`."""
@@ -60,6 +60,24 @@ class StepDuration:
     saga_type: str
     step: str
     seconds: float
+
+
+@dataclass(frozen=True)
+class RecordedDefinition:
+    saga_type: str
+    saga_version: int
+    fingerprint: str
+    shape: list[Any]
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """Runs of one version of one saga type in one state."""
+
+    saga_type: str
+    saga_version: int
+    state: str
+    count: int
 
 
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
@@ -172,6 +190,33 @@ class SagaStore(Protocol):
     def dead_letter_counts(self) -> dict[str, int]: ...
 
     def outbox_unsent(self) -> int: ...
+
+    # -- versions (workflows.store.workers)
+    def announce_worker(self, name: str, versions: dict[str, dict[str, str]], now: datetime) -> None:
+        """Insert or refresh worker `name`'s heartbeat: {saga: {version: fingerprint}} it holds."""
+        ...
+
+    def forget_worker(self, name: str) -> None:
+        """Worker `name` stopped."""
+        ...
+
+    def live_workers(self, seen_since: datetime) -> builtins.list[WorkerView]:
+        """Workers whose heartbeat is newer than `seen_since`."""
+        ...
+
+    def record_definitions(self, defs: builtins.list[RecordedDefinition],
+                           now: datetime) -> builtins.list[tuple[RecordedDefinition, RecordedDefinition]]:
+        """Record each (saga, version, fingerprint, shape) not recorded yet; returns (recorded, given)
+        for those recorded with another fingerprint."""
+        ...
+
+    def recorded_definitions(self) -> builtins.list[RecordedDefinition]:
+        """Every (saga, version) a worker has recorded, with its fingerprint and shape."""
+        ...
+
+    def version_counts(self) -> builtins.list[VersionCount]:
+        """Orchestrated runs by saga type, version and state (`VersionCount`)."""
+        ...
 
     # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this
     # class body `list` is the method above

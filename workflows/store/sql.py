@@ -25,12 +25,14 @@ from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
 from workflows.store.models import DeadLetterRow, SagaRow
 from workflows.store.reads import Reads
+from workflows.store.workers import Workers
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, creation_rows, dead_letter_values, event_values,
                                   step_values)
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
-_STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.input,
+_STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.saga_version,
+                 SAGAS.c.input,
                  SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
                  STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
@@ -50,7 +52,7 @@ _STEP_UPDATE = update(STEPS).where(STEPS.c.saga_id == bindparam("b_saga_id"),
 _DEAD_LETTERS = DeadLetterRow.__table__
 
 
-class SqlStore(Reads, EventStore, JoinedStore):
+class SqlStore(Reads, EventStore, JoinedStore, Workers):
     """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
     starts written in a caller's transaction, `workflows.store.joined`)."""
 
@@ -93,6 +95,7 @@ class SqlStore(Reads, EventStore, JoinedStore):
         return RunState(
             saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
             deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
+            saga_version=r.saga_version,
             steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
                                   compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
                                   task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
@@ -106,7 +109,7 @@ class SqlStore(Reads, EventStore, JoinedStore):
         before, after = t.before, t.after
         bumped = s.execute(_BUMP, {"b_id": after.saga_id, "b_version": before.version, "state": after.status.value,
                                    "failure_reason": after.failure_reason, "deadline_at": after.deadline_at,
-                                   "caused_by": by, "updated_at": now})
+                                   "caused_by": by, "updated_at": now, "saga_version": after.saga_version})
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentTransition(f"saga {after.saga_id} changed under us")
         for old, st in zip(before.steps, after.steps):
