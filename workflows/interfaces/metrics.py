@@ -80,6 +80,21 @@ class SagaCollector(Collector):
         yield self._dead_letters()
         yield self._outbox()
         yield self._stuck(now)
+        yield from self._versions(now)
+
+    def _versions(self, now: datetime) -> Iterator[Metric]:
+        from workflows.operations.versions import LIVE_FOR, versions_in
+
+        runs = GaugeMetricFamily("saga_version_runs", "Orchestrated runs by saga version and state",
+                                 labels=["saga_type", "saga_version", "state"])
+        unheld = GaugeMetricFamily("saga_version_unheld_runs", "Runs in flight on a saga version no live worker "
+                                   "holds (0 while no worker sends heartbeats)", labels=["saga_type", "saga_version"])
+        heartbeats = bool(self.store.live_workers(now - timedelta(seconds=LIVE_FOR)))
+        for v in versions_in(self.store, now):
+            for state, n in v.runs.items():
+                runs.add_metric([v.saga_type, str(v.saga_version), state], n)
+            unheld.add_metric([v.saga_type, str(v.saga_version)], v.active if heartbeats and not v.workers else 0)
+        yield from (runs, unheld)
 
     def _runs(self) -> Iterator[Metric]:
         by_state = GaugeMetricFamily("sagas_by_state", "Saga runs by current state", labels=["saga_type", "state"])

@@ -25,7 +25,7 @@ from workflows.core.state import RunStatus
 from workflows.core.versions import conflict_message, migrate as migrate_transition
 from workflows.core.views import SagaView, VersionView
 from workflows.runtime.container import Runtime, get_runtime
-from workflows.store.base import RecordedDefinition
+from workflows.store.base import RecordedDefinition, SagaStore
 
 log = logging.getLogger("workflows.versions")
 
@@ -105,8 +105,11 @@ class VersionHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]  # celery
 
 def version_report(rt: Runtime, now: datetime | None = None) -> list[VersionView]:
     """Every (saga, version) registered here, recorded by a worker or with runs on it, oldest first."""
-    now = now or rt.clock()
-    store = rt.store
+    return versions_in(rt.store, now or rt.clock())
+
+
+def versions_in(store: SagaStore, now: datetime) -> list[VersionView]:
+    """`version_report` read from `store` at `now`."""
     workers = store.live_workers(now - timedelta(seconds=LIVE_FOR))
     recorded = {(d.saga_type, d.saga_version): d.fingerprint for d in store.recorded_definitions()}
     runs: dict[tuple[str, int], dict[str, int]] = {}
@@ -126,10 +129,13 @@ def version_report(rt: Runtime, now: datetime | None = None) -> list[VersionView
 def unheld(rt: Runtime, now: datetime | None = None) -> list[VersionView]:
     """Versions with runs not terminal that no live worker holds (empty while no worker announces
     itself at all: heartbeats are not in use then)."""
-    now = now or rt.clock()
-    if not rt.store.live_workers(now - timedelta(seconds=LIVE_FOR)):
+    return unheld_in(rt.store, now or rt.clock())
+
+
+def unheld_in(store: SagaStore, now: datetime) -> list[VersionView]:
+    if not store.live_workers(now - timedelta(seconds=LIVE_FOR)):
         return []
-    return [v for v in version_report(rt, now) if v.active and not v.workers]
+    return [v for v in versions_in(store, now) if v.active and not v.workers]
 
 
 def migrate(saga_id: str, to_version: int, *, reason: str, who: str = "operator") -> SagaView:
