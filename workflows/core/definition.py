@@ -360,6 +360,14 @@ class SagaRegistry:
     def has(self, name: str, version: int) -> bool:
         return version in self._sagas.get(name, {})
 
+    def unregister(self, name: str, version: int) -> Saga:
+        """Take a version out of this process (a worker that must stop taking it; tests). Returns it."""
+        try:
+            return self._sagas.get(name, {}).pop(version)
+        except KeyError:
+            raise UnknownSagaVersion(f"saga {name!r} has no version {version} in this process", name,
+                                     version) from None
+
     def versions(self, name: str) -> list[int]:
         """The versions of `name` registered, oldest first (empty if none)."""
         return sorted(self._sagas.get(name, {}))

@@ -97,7 +97,8 @@ def conflict_message(name: str, version: int, old: Shape, new: Shape, where: str
 # ---------------------------------------------------------------- moving a run to another version
 
 _STARTED = (StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.COMPENSATING,
-            StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED, StepStatus.FAILED)
+            StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
+"""Steps whose compensation a run may still run or has run (a FAILED action had no effect)."""
 
 
 def incompatibility(run: RunState, old: Saga, new: Saga) -> str | None:

@@ -61,7 +61,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     unheld_keys = {(v.saga_type, v.saga_version) for v in unheld}
     for v in unheld:
         log.error("%d run(s) of %s version %d are in flight and no live worker holds that version: deploy a "
-                  "worker with it (or `sagas migrate` them)", v.active, v.saga_type, v.saga_version)
+                  "worker with it (or `sagas move` them to a newer version)", v.active, v.saga_type, v.saga_version)
         report.unheld.append(f"{v.saga_type}:v{v.saga_version}")
 
     never_heard: set[str] = set()
