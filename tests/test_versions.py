@@ -9,6 +9,7 @@ different code are in tests/test_versions_workers.py.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -384,3 +385,56 @@ def test_a_run_in_flight_moves_only_if_its_started_steps_keep_their_compensation
     assert rt.store.get(other).state == "COMPLETED"
     with pytest.raises(IncompatibleVersion, match="is COMPLETED: only a RUNNING, COMPENSATING or FAILED run"):
         migrate(other, 3, reason="x")
+
+
+# ------------------------------------------------------------------ the API and the CLI
+
+
+def test_the_api_lists_versions_starts_a_given_version_and_moves_a_run(rt: Runtime, clock: Clock) -> None:
+    from fastapi.testclient import TestClient
+
+    from workflows.interfaces.api import create_app
+
+    api = TestClient(create_app(Settings(database_url=rt.settings.database_url), runtime=rt))
+    r = api.post(f"/api/sagas/{NAME}?version=1", json={})
+    assert r.status_code == 202
+    saga_id = r.json()["saga_id"]
+    assert api.get(f"/api/sagas/{saga_id}/status").json()["saga_version"] == 1
+    assert api.get(f"/api/sagas/{saga_id}").json()["saga_version"] == 1
+    listed = {(v["saga_type"], v["saga_version"]): v for v in api.get("/api/saga-versions").json()}
+    assert listed[(NAME, 1)]["runs"] == {"RUNNING": 1} and listed[(NAME, 1)]["active"] == 1
+    assert listed[(NAME, 2)]["fingerprint"] == v2().fingerprint and listed[(NAME, 2)]["runs"] == {}
+    # bad input is a 4xx naming the problem, never a 5xx
+    assert api.post(f"/api/sagas/{NAME}?version=0", json={}).status_code == 422
+    r = api.post(f"/api/sagas/{NAME}?version=9", json={})
+    assert r.status_code == 404 and "has no version 9" in r.json()["message"]
+    assert api.post(f"/api/sagas/{saga_id}/move", json={"to_version": "two"}).status_code == 422
+    assert api.post(f"/api/sagas/{saga_id}/move", json={"to_version": 2}).status_code == 422  # no reason
+    r = api.post(f"/api/sagas/{saga_id}/move", json={"to_version": 3, "reason": "x"}, headers={"X-Operator": "ada"})
+    assert r.status_code == 409 and "version 3 has the steps" in r.json()["message"]
+    r = api.post(f"/api/sagas/{saga_id}/move", json={"to_version": 2, "reason": "v1 retired"},
+                 headers={"X-Operator": "ada"})
+    assert r.status_code == 200 and r.json()["saga_version"] == 2
+
+
+def test_sagas_versions_and_sagas_move_on_the_command_line(rt: Runtime, clock: Clock,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from workflows.interfaces import cli
+
+    monkeypatch.setattr(cli, "_runtime", lambda: rt)
+    saga_id = start_saga(NAME, {}, version=1)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["versions", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = {(v["saga_type"], v["saga_version"]): v for v in json.loads(out.output)}
+    assert rows[(NAME, 1)]["active"] == 1 and rows[(NAME, 1)]["fingerprint"] == v1().fingerprint
+    out = runner.invoke(cli.main, ["versions"])
+    assert out.exit_code == 0 and NAME in out.output and v1().fingerprint in out.output
+    out = runner.invoke(cli.main, ["--who", "ada", "move", saga_id, "--to-version", "3", "--reason", "x"])
+    assert out.exit_code == 1 and "version 3 has the steps" in out.output
+    out = runner.invoke(cli.main, ["--who", "ada", "move", saga_id, "--to-version", "2", "--reason", "retire v1"])
+    assert out.exit_code == 0 and "moved to version 2" in out.output, out.output
+    out = runner.invoke(cli.main, ["status", saga_id])
+    assert "saga version 2" in out.output and "SagaMigrated" in out.output
