@@ -23,6 +23,7 @@ from workflows.core.engine import decide, new_run
 from workflows.core.errors import IncompatibleVersion, InvalidOperation, UnknownSagaVersion, VersionConflict
 from workflows.core.state import Started
 from workflows.core.steps import step_tasks
+from workflows.interfaces.metrics import saga_registry
 from workflows.operations.actions import resume
 from workflows.operations.sweeper import sweep
 from workflows.operations.versions import announce, check_definitions, migrate, version_report
@@ -287,11 +288,16 @@ def test_the_sweeper_leaves_a_version_no_live_worker_holds_and_redispatches_a_pa
     assert rt.store.load(saga_id).step("reserve").status.value == "RUNNING"
     v = next(x for x in version_report(rt) if x.saga_version == 1)
     assert (v.active, v.workers, v.runs) == (1, [], {"RUNNING": 1})
+    metrics = saga_registry(lambda: rt.store)
+    labels = {"saga_type": NAME, "saga_version": "1"}
+    assert metrics.get_sample_value("saga_version_unheld_runs", labels) == 1
+    assert metrics.get_sample_value("saga_version_runs", {**labels, "state": "RUNNING"}) == 1
     # Then a worker holding v1 starts (here: this process holds v1 again and announces it)
     registry.register(v1())
     announce(rt, "v1-worker:2")
     report = sweep(rt)
     assert report.unheld == [] and report.parked_redispatched == [f"{saga_id}:reserve"]
+    assert metrics.get_sample_value("saga_version_unheld_runs", labels) == 0
     again = [x for x in sent(rt) if x.kind == "step"]
     assert [(x.step, x.kwargs["saga_version"]) for x in again] == [("reserve", 1)] and again[0].task_id != m.task_id
     assert deliver(rt, again[0]) is None
@@ -438,3 +444,15 @@ def test_sagas_versions_and_sagas_move_on_the_command_line(rt: Runtime, clock: C
     assert out.exit_code == 0 and "moved to version 2" in out.output, out.output
     out = runner.invoke(cli.main, ["status", saga_id])
     assert "saga version 2" in out.output and "SagaMigrated" in out.output
+
+
+def test_a_saga_no_live_worker_announces_is_swept_as_before(rt: Runtime, clock: Clock) -> None:
+    # Given live workers that announce other sagas only (workers of this saga predate heartbeats)
+    rt.store.announce_worker("other:1", {"shop.checkout": {"1": "abc"}}, rt.clock())
+    saga_id = start_saga(NAME, {}, version=1)
+    sent(rt)  # its message is lost
+    clock.advance(31 + 2)
+    rt.store.announce_worker("other:1", {"shop.checkout": {"1": "abc"}}, rt.clock())
+    # Then the sweeper acts on the lost first step as it always did
+    report = sweep(rt)
+    assert report.unheld == [] and report.redispatched == [f"{saga_id}:reserve"]

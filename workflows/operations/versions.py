@@ -127,15 +127,21 @@ def versions_in(store: SagaStore, now: datetime) -> list[VersionView]:
 
 
 def unheld(rt: Runtime, now: datetime | None = None) -> list[VersionView]:
-    """Versions with runs not terminal that no live worker holds (empty while no worker announces
-    itself at all: heartbeats are not in use then)."""
+    """Versions with runs not terminal that no live worker holds, of saga types a live worker
+    holds in another version (a version retired too early, or not deployed yet)."""
     return unheld_in(rt.store, now or rt.clock())
 
 
 def unheld_in(store: SagaStore, now: datetime) -> list[VersionView]:
-    if not store.live_workers(now - timedelta(seconds=LIVE_FOR)):
-        return []
-    return [v for v in versions_in(store, now) if v.active and not v.workers]
+    """Only saga types some live worker announces (in another version): of a type no worker
+    announces at all, the heartbeats say nothing (its workers may predate them)."""
+    return unheld_of(versions_in(store, now))
+
+
+def unheld_of(report: list[VersionView]) -> list[VersionView]:
+    """The versions of `report` that `unheld` returns."""
+    announced = {v.saga_type for v in report if v.workers}
+    return [v for v in report if v.active and not v.workers and v.saga_type in announced]
 
 
 def migrate(saga_id: str, to_version: int, *, reason: str, who: str = "operator") -> SagaView:
