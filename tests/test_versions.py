@@ -20,7 +20,8 @@ import pytest
 from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, registry, start_saga, step_task
 from workflows.core.definition import SagaRegistry
 from workflows.core.engine import decide, new_run
-from workflows.core.errors import IncompatibleVersion, InvalidOperation, UnknownSagaVersion, VersionConflict
+from workflows.core.errors import (DefinitionError, IncompatibleVersion, InvalidOperation, UnknownSagaVersion,
+                                   VersionConflict)
 from workflows.core.state import Started
 from workflows.core.steps import step_tasks
 from workflows.interfaces.metrics import saga_registry
@@ -207,6 +208,34 @@ def test_a_changed_shape_under_a_registered_version_is_refused_saying_what_chang
     assert said in str(e.value)
     assert f"Saga({NAME!r}, version=2, ...)" in str(e.value)
     assert fresh.get(NAME, 1).fingerprint == v1().fingerprint  # the registered one is unchanged
+
+
+def test_groups_and_fan_outs_are_part_of_the_shape() -> None:
+    from workflows import ForEach, Parallel
+    from workflows.core.shape import describe_changes
+
+    line = Saga("shape", steps=[Step("a", action=act, compensation=undo), Step("b", action=act, compensation=undo)])
+    grouped = Saga("shape", steps=[Parallel("both", [Step("a", action=act, compensation=undo),
+                                                     Step("b", action=act, compensation=undo)])])
+    fan = Saga("shape", steps=[ForEach(Step("a", action=act, compensation=undo), items=lambda d: d["x"],
+                                       max_items=5)])
+    wider = Saga("shape", steps=[ForEach(Step("a", action=act, compensation=undo), items=lambda d: d["x"],
+                                         max_items=9)])
+    assert len({line.fingerprint, grouped.fingerprint, fan.fingerprint, wider.fingerprint}) == 4
+    assert "step 'a': was in no group, is in parallel group 'both'" in describe_changes(line.shape, grouped.shape)
+    assert describe_changes(fan.shape, wider.shape) == ["the groups or fan-out bounds differ"]
+
+
+def test_the_same_shape_with_other_policies_twice_in_one_process_is_refused() -> None:
+    fresh = SagaRegistry()
+    fresh.register(v1())
+    tuned = Saga(NAME, version=1, steps=[
+        Step("reserve", action=act, compensation=undo, retry=PATIENT, compensation_retry=ONCE, timeout=30),
+        Step("charge", action=act, compensation=undo, retry=ONCE, compensation_retry=ONCE, timeout=30),
+        Step("ship", action=act, compensation=None, retry=ONCE, timeout=30)])
+    assert tuned.fingerprint == v1().fingerprint  # policies may be tuned between deploys
+    with pytest.raises(DefinitionError, match="same shape but other retry policies"):
+        fresh.register(tuned)  # but one process holds one definition per version
 
 
 def test_a_shape_recorded_by_another_worker_is_checked_when_a_worker_starts(rt: Runtime, without: Any) -> None:

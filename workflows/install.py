@@ -6,7 +6,8 @@
 Explicit, in one call: nothing is registered by importing `workflows`. `install` imports the
 modules that declare sagas, step tasks and choreographies, builds the process's `Runtime`, and
 registers on `app` a task per declared step (`orchestration.step_task`), the sweeper's periodic
-task `saga.sweep` (`operations.sweeper`), and a consumer task and queue per choreography service.
+task `saga.sweep` (`operations.sweeper`), a consumer task and queue per choreography service, and
+the worker step that checks and announces the saga versions a worker holds (`operations.versions`).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ValidationError
 
 from workflows.core.errors import DefinitionError, InvalidInput, UnknownSaga, UnknownSagaVersion, VersionConflict
+from workflows.core.shape import conflict_message, fingerprint_of, shape_of
 from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
@@ -217,15 +218,11 @@ class Saga:
     @property
     def shape(self) -> list[dict[str, Any]]:
         """What a running run depends on, as JSON: its stages, their steps, actions and compensations."""
-        from workflows.core.versions import shape_of
-
-        return shape_of(self)
+        return shape_of(self.steps)
 
     @property
     def fingerprint(self) -> str:
         """A short hash of `shape`: equal for the same shape, whatever module declared it."""
-        from workflows.core.versions import fingerprint_of
-
         return fingerprint_of(self.shape)
 
     # -- the rows a run has: one per step, one per branch of a fan-out
@@ -335,10 +332,13 @@ class SagaRegistry:
         existing = versions.get(saga.version)
         if existing is not None:
             if existing.fingerprint != saga.fingerprint:
-                from workflows.core.versions import conflict_message
-
                 raise VersionConflict(conflict_message(saga.name, saga.version, existing.shape, saga.shape,
                                                        "registered in this process"))
+            if existing != saga:
+                raise DefinitionError(
+                    f"saga {saga.name!r} version {saga.version} is already registered in this process with the "
+                    "same shape but other retry policies, timeouts, deadline or input model: a process holds one "
+                    "definition per version, declare it once")
             return existing
         versions[saga.version] = saga
         return saga

@@ -128,6 +128,8 @@ class SagaPage(BaseModel):
 
 class SagaType(BaseModel):
     name: str
+    version: int = Field(description="The newest version: what a start without ?version= runs")
+    versions: list[int] = Field(description="Every version registered here")
     description: str
     steps: list[str]
     input_schema: dict[str, Any] | None
@@ -174,9 +176,10 @@ def status_path(request: Request, saga_id: str) -> str:
 
 @api.get("/saga-types", tags=["sagas"])
 def saga_types() -> list[SagaType]:
-    """The saga types this deployment can start, with the JSON schema of their input."""
+    """The saga types this deployment can start (their newest version's steps), with the JSON schema of their input."""
     sagas = [registry.get(n) for n in registry.names()]
-    return [SagaType(name=s.name, description=s.description, steps=[st.name for st in s.steps],
+    return [SagaType(name=s.name, version=s.version, versions=registry.versions(s.name), description=s.description,
+                     steps=[st.name for st in s.steps],
                      input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]
 
 

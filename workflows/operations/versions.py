@@ -22,7 +22,8 @@ from celery import bootsteps
 from workflows.core.definition import registry
 from workflows.core.errors import ConcurrentTransition, IncompatibleVersion, VersionConflict
 from workflows.core.state import RunStatus
-from workflows.core.versions import conflict_message, migrate as migrate_transition
+from workflows.core.shape import conflict_message
+from workflows.core.versions import migrate as migrate_transition
 from workflows.core.views import SagaView, VersionView
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.store.base import RecordedDefinition, SagaStore
