@@ -7,7 +7,6 @@ can start a run on either. Every effect names the worker that ran it.
 """
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -111,7 +110,9 @@ def test_a_worker_with_only_v2_hands_a_v1_step_on_until_a_v1_worker_takes_it(
 
     # Then it receives the v1 step, hands it on (on the record), never runs it, never dead-letters it
     wait_until(lambda: "StepHandedOn" in get_saga(saga_id).event_types(), 60, "the v1 step handed on")
-    time.sleep(2.0)  # a few more hand-offs (0.5 s, 1 s, ...): still nothing ran
+    log = workers["new"].log
+    wait_until(lambda: sum(saga_id in line and "handed on" in line for line in log.read_text().splitlines()) >= 3,
+               60, "three hand-offs in the worker's log")  # received three times: still nothing ran
     view = get_saga(saga_id)
     handed = next(e for e in view.events if e.type == "StepHandedOn")
     assert handed.step == "reserve" and handed.detail["saga_version"] == 1 and handed.detail["worker_versions"] == [2]
