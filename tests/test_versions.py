@@ -315,7 +315,7 @@ def test_the_sweeper_leaves_a_version_no_live_worker_holds_and_redispatches_a_pa
     report = sweep(rt)
     assert report.unheld == [f"{NAME}:v1"] and report.timed_out == [] and report.parked_redispatched == []
     assert rt.store.load(saga_id).step("reserve").status.value == "RUNNING"
-    v = next(x for x in version_report(rt) if x.saga_version == 1)
+    v = next(x for x in version_report(rt) if (x.saga_type, x.saga_version) == (NAME, 1))
     assert (v.active, v.workers, v.runs) == (1, [], {"RUNNING": 1})
     metrics = saga_registry(lambda: rt.store)
     labels = {"saga_type": NAME, "saga_version": "1"}
@@ -342,7 +342,7 @@ def test_a_worker_heartbeat_lists_its_versions_and_ages_out(rt: Runtime, clock: 
     assert report[(NAME, 2)].workers == ["w:1"] and report[(NAME, 2)].runs == {"RUNNING": 1}
     assert report[(NAME, 2)].fingerprint == v2().fingerprint
     clock.advance(31)
-    assert version_report(rt)[0].workers == []
+    assert {(v.saga_type, v.saga_version): v for v in version_report(rt)}[(NAME, 2)].workers == []
 
 
 # ------------------------------------------------------------------ moving a run to a newer version
