@@ -89,14 +89,15 @@ def test_a_rolling_deploy_v1_runs_finish_on_v1_new_runs_use_v2_and_nothing_is_de
         ("v2_undo", "COMPENSATED", 2)]
     done = {k: effects(redis_client, v.id) for k, v in views.items()}
     for k in ("v1_ok", "v1_undo"):
+        assert all(e.split(":")[3] == "v1" for e in done[k]), done[k]  # the step functions saw version 1
         assert not any(":fraud_check:" in e for e in done[k]), done[k]
         assert not any(e.endswith(":new") for e in done[k]), done[k]
     assert [e.rsplit(":", 1)[0] for e in done["v1_undo"] if e.startswith("compensation:")] == [
-        "compensation:charge:versions.release_v1", "compensation:reserve:versions.release_v1"]
+        "compensation:charge:versions.release_v1:v1", "compensation:reserve:versions.release_v1:v1"]
     # the new runs used v2: its fraud check, its renamed compensation
     assert any(e.startswith("action:fraud_check:") for e in done["v2_ok"])
     assert [e.rsplit(":", 1)[0] for e in done["v2_undo"] if e.startswith("compensation:")] == [
-        "compensation:charge:versions.release_v2", "compensation:reserve:versions.release_v2"]
+        "compensation:charge:versions.release_v2:v2", "compensation:reserve:versions.release_v2:v2"]
     # and nothing was dead-lettered
     assert all(get_saga(v.id).dead_letters == [] for v in views.values())
     assert get_runtime().store.dead_letters(status=None, saga_id=ids["v1_ok"]) == []

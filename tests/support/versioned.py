@@ -4,8 +4,8 @@ The step tasks are the services' code: every test worker has all of them. The sa
 registered by the modules a worker loads with SAGA_EXTRA_MODULES: `tests.support.versions_v1`,
 `tests.support.versions_v2` (or both). Version 2 adds a fraud check and renames the compensation
 (`versions.release_v1` → `versions.release_v2`). Every call appends
-"<kind>:<step>:<task>:<worker>" to the Redis list effects:<saga id> (the worker's name is its
-SAGA_TEST_WORKER). A step named in the input's "hold" fails (retryably) while the Redis key
+"<kind>:<step>:<task>:v<the run's saga version>:<worker>" to the Redis list effects:<saga id>
+(the worker's name is its SAGA_TEST_WORKER). A step named in the input's "hold" fails (retryably) while the Redis key
 hold:<saga id>:<step> exists; one named in "fail" fails for good.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ class Held(Exception):
 
 
 def _effect(ctx: StepContext, task: str) -> None:
-    r().rpush(f"effects:{ctx.saga_id}", f"{ctx.kind}:{ctx.step}:{task}:{os.environ.get('SAGA_TEST_WORKER', '?')}")
+    worker = os.environ.get("SAGA_TEST_WORKER", "?")
+    r().rpush(f"effects:{ctx.saga_id}", f"{ctx.kind}:{ctx.step}:{task}:v{ctx.saga_version}:{worker}")
 
 
 def _act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:

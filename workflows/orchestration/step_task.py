@@ -115,7 +115,8 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return None
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt, task_id=by,
-                      input=input, results=results or {}, result=result, item=definition.item(step, input))
+                      input=input, results=results or {}, result=result, item=definition.item(step, input),
+                      saga_version=run.saga_version)
     outcome, error = _run_function(definition, st, ctx, input)
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
                           kwargs={"saga": saga, "kind": kind, "version": version,
