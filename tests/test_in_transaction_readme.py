@@ -39,7 +39,7 @@ from workflows.store.db import alembic_config, downgrade_all, migrate
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
-               "saga_workers", "saga_definitions"}
+               "saga_workers", "saga_definitions", "saga_parked_steps"}
 EXAMPLE_TABLES = {"payments", "shipments", "notifications", "inventory_stock", "inventory_reservations",
                   "service_faults"}
 ALEMBIC = Path(sys.executable).parent / "alembic"

@@ -25,7 +25,7 @@ from workflows.core.errors import (DefinitionError, IncompatibleVersion, Invalid
 from workflows.core.state import Started
 from workflows.core.steps import step_tasks
 from workflows.interfaces.metrics import saga_registry
-from workflows.operations.actions import resume
+from workflows.operations.actions import resume, retry_step
 from workflows.operations.sweeper import sweep
 from workflows.operations.versions import announce, check_definitions, migrate, version_report
 from workflows.orchestration.step_task import MAX_HANDOFFS, Delivery, HandOn, handle_step
@@ -309,6 +309,10 @@ def test_the_sweeper_leaves_a_version_no_live_worker_holds_and_redispatches_a_pa
     announce(rt, "v2-worker:1")  # the only live worker holds 2 and 3
     kwargs = {**m.kwargs, "handoffs": MAX_HANDOFFS}
     assert deliver(rt, Sent("step", saga_id, "reserve", m.task, m.task_id, m.args, kwargs)) is None  # parked
+    assert [(p.saga_id, p.task_id, p.saga_version) for p in rt.store.parked_steps()] == [(saga_id, m.task_id, 1)]
+    # a duplicate of the message parked again changes nothing
+    assert deliver(rt, Sent("step", saga_id, "reserve", m.task, m.task_id, m.args, kwargs)) is None
+    assert len(rt.store.parked_steps()) == 1 and rt.store.get(saga_id).event_types().count("StepParked") == 1
     # When the step's deadline passed, the sweeper does not time it out: no live worker holds v1
     clock.advance(31 + 2)
     announce(rt, "v2-worker:1")
@@ -325,14 +329,44 @@ def test_the_sweeper_leaves_a_version_no_live_worker_holds_and_redispatches_a_pa
     registry.register(v1())
     announce(rt, "v1-worker:2")
     report = sweep(rt)
-    assert report.unheld == [] and report.parked_redispatched == [f"{saga_id}:reserve"]
+    assert report.unheld == [] and report.parked_redispatched == [f"{saga_id}:reserve"] and report.timed_out == []
     assert metrics.get_sample_value("saga_version_unheld_runs", labels) == 0
+    assert rt.store.parked_steps() == []
     again = [x for x in sent(rt) if x.kind == "step"]
     assert [(x.step, x.kwargs["saga_version"]) for x in again] == [("reserve", 1)] and again[0].task_id != m.task_id
     assert deliver(rt, again[0]) is None
     drain(rt, clock)
     assert rt.store.get(saga_id).state == "COMPLETED"
     assert calls == ["action:reserve", "action:charge", "action:ship"]
+
+
+def test_a_parked_step_is_dispatched_again_at_the_next_sweep_before_its_deadline(
+        rt: Runtime, clock: Clock, without: Any) -> None:
+    saga_id = start_saga(NAME, {}, version=1)
+    m = sent(rt)[0]
+    without(1)
+    handle = Sent("step", saga_id, "reserve", m.task, m.task_id, m.args, {**m.kwargs, "handoffs": MAX_HANDOFFS})
+    assert deliver(rt, handle) is None  # parked by a worker without v1
+    registry.register(v1())
+    announce(rt, "v1-worker:1")
+    clock.advance(5)  # far from reserve's deadline (30 s + grace)
+    report = sweep(rt)
+    assert report.parked_redispatched == [f"{saga_id}:reserve"] and rt.store.parked_steps() == []
+    resent = [x for x in sent(rt) if x.kind == "step"]
+    assert deliver(rt, resent[0]) is None and rt.store.load(saga_id).step("reserve").status.value == "SUCCEEDED"
+
+
+def test_a_parked_row_whose_run_moved_on_is_forgotten(rt: Runtime, clock: Clock, without: Any) -> None:
+    saga_id = start_saga(NAME, {}, version=1)
+    m = sent(rt)[0]
+    without(1)
+    assert deliver(rt, Sent("step", saga_id, "reserve", m.task, m.task_id, m.args,
+                            {**m.kwargs, "handoffs": MAX_HANDOFFS})) is None
+    registry.register(v1())
+    retry_step(saga_id, "reserve", reason="now", who="ada")  # dispatched again: another task id
+    announce(rt, "v1-worker:1")
+    report = sweep(rt)
+    assert report.parked_redispatched == [] and rt.store.parked_steps() == []
 
 
 def test_a_worker_heartbeat_lists_its_versions_and_ages_out(rt: Runtime, clock: Clock) -> None:

@@ -11,8 +11,8 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
 - the choreographies' part (`choreography.operations.sweep_choreographies`);
 - versions: a run is decided on the version it started with; a due step of a version this process
   does not hold is left to a sweep on a worker that holds it, one of a version no live worker holds
-  is not timed out (it is reported: `unheld`), and a step a worker parked (`StepParked`: no worker
-  took its message) is dispatched again once a live worker holds its version.
+  is not timed out (it is reported: `unheld`), and a step a worker parked (`saga_parked_steps`: no
+  worker took its message) is dispatched again at the next sweep once a live worker holds its version.
 Every action is one pass of the decision loop, version-checked like a step's own report, so a
 sweeper racing a late result changes the run once.
 """
@@ -24,7 +24,7 @@ from datetime import datetime
 
 from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
-from workflows.core.errors import UnknownSaga
+from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, CompensationFailed, ErrorInfo, Outcome,
                                   Redispatch, Resume, StepStatus)
 from workflows.operations import versions
@@ -57,12 +57,16 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     store, loop = rt.store, rt.loop
     report = SweepReport()
 
-    unheld = versions.unheld(rt, now)
+    version_report = versions.version_report(rt, now, active_only=True)
+    unheld = versions.unheld_of(version_report)
     unheld_keys = {(v.saga_type, v.saga_version) for v in unheld}
     for v in unheld:
         log.error("%d run(s) of %s version %d are in flight and no live worker holds that version: deploy a "
                   "worker with it (or `sagas move` them to a newer version)", v.active, v.saga_type, v.saga_version)
         report.unheld.append(f"{v.saga_type}:v{v.saga_version}")
+
+    held_keys = {(v.saga_type, v.saga_version) for v in version_report if v.workers}
+    parked = _redispatch_parked(rt, held_keys, report)
 
     never_heard: set[str] = set()
     """Runs nothing reported on since their start: every step of their first stage may be unsent."""
@@ -84,12 +88,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         s = run.step(step)
         if s.deadline_at is None or s.deadline_at >= now:
             continue  # reported on, or dispatched again, since the query: not due any more
+        if (saga_id, s.task_id) in parked:
+            continue  # it never ran: dispatched again (above) once a live worker holds its version
         outcome: Outcome
-        if _parked(rt, saga_id, s.task_id):
-            outcome = Resume(step, "its message was parked: no worker held the run's version; one does now",
-                             who="sweeper")
-            bucket = report.parked_redispatched
-        elif s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
+        if s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
             outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
                                        "(its first message may never have been published)")
             bucket = report.redispatched
@@ -128,7 +130,34 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     return report
 
 
-def _parked(rt: Runtime, saga_id: str, task_id: str | None) -> bool:
-    """Did a worker park this dispatch of the step (`StepParked` for its task id)?"""
-    return task_id is not None and any(e.type == "StepParked" and e.detail.get("task_id") == task_id
-                                       for e in rt.store.history(saga_id))
+def _redispatch_parked(rt: Runtime, held: set[tuple[str, int]], report: SweepReport) -> set[tuple[str, str]]:
+    """Dispatch again every parked step whose version a live worker holds (and this process too:
+    the decision needs the definition); forget the parked rows whose run moved on. Returns the
+    (saga id, task id) still parked."""
+    store, loop = rt.store, rt.loop
+    still: set[tuple[str, str]] = set()
+    for p in store.parked_steps():
+        try:
+            run = store.load(p.saga_id)
+            s = run.step(p.step)
+        except (SagaNotFound, KeyError):
+            store.unpark(p.saga_id, p.task_id)
+            continue
+        if s.task_id != p.task_id or s.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING) \
+                or run.status.terminal or run.saga_version != p.saga_version:
+            store.unpark(p.saga_id, p.task_id)  # dispatched since, moved to another version, or ended
+            continue
+        if (p.saga_type, p.saga_version) not in held or not registry.has(p.saga_type, p.saga_version):
+            still.add((p.saga_id, p.task_id))
+            continue
+        applied = loop.apply(registry.get(p.saga_type, p.saga_version), p.saga_id,
+                             Resume(p.step, "its message was parked: no worker held the run's version, one does now",
+                                    who="sweeper"), by="sweeper", state=run, expected_version=run.version)
+        if applied.transition is not None:
+            store.unpark(p.saga_id, p.task_id)
+            report.parked_redispatched.append(f"{p.saga_id}:{p.step}")
+        elif applied.stale:
+            still.add((p.saga_id, p.task_id))  # the run changed meanwhile: the next sweep looks again
+        else:  # nothing to resume (an action left in flight while the run compensates): its deadline decides
+            store.unpark(p.saga_id, p.task_id)
+    return still

@@ -104,17 +104,18 @@ class VersionHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]  # celery
                 log.warning("worker heartbeat not removed: %s", e)
 
 
-def version_report(rt: Runtime, now: datetime | None = None) -> list[VersionView]:
-    """Every (saga, version) registered here, recorded by a worker or with runs on it, oldest first."""
-    return versions_in(rt.store, now or rt.clock())
+def version_report(rt: Runtime, now: datetime | None = None, *, active_only: bool = False) -> list[VersionView]:
+    """Every (saga, version) registered here, recorded by a worker or with runs on it, oldest first
+    (`active_only`: counting only the runs not terminal, the cheaper read the sweeper makes)."""
+    return versions_in(rt.store, now or rt.clock(), active_only=active_only)
 
 
-def versions_in(store: SagaStore, now: datetime) -> list[VersionView]:
+def versions_in(store: SagaStore, now: datetime, *, active_only: bool = False) -> list[VersionView]:
     """`version_report` read from `store` at `now`."""
     workers = store.live_workers(now - timedelta(seconds=LIVE_FOR))
     recorded = {(d.saga_type, d.saga_version): d.fingerprint for d in store.recorded_definitions()}
     runs: dict[tuple[str, int], dict[str, int]] = {}
-    for c in store.version_counts():
+    for c in store.version_counts(active_only=active_only):
         runs.setdefault((c.saga_type, c.saga_version), {})[c.state] = c.count
     keys = set(recorded) | set(runs) | {(n, v) for n, vs in registry.held().items() for v in vs}
     out = []

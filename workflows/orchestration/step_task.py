@@ -36,6 +36,7 @@ from workflows.core.steps import StepContext, StepTask
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import message_for
+from workflows.store.base import ParkedStep
 
 log = logging.getLogger("workflows.orchestration")
 
@@ -64,8 +65,8 @@ class HandOn:
 
 
 MAX_HANDOFFS = 20
-"""Hand-offs of one message before it is parked (dropped, on the run's record: `StepParked`; the
-sweeper dispatches the step again once a live worker holds its version)."""
+"""Hand-offs of one message before it is parked: dropped, with a `saga_parked_steps` row and a
+`StepParked` history row; the sweeper dispatches the step again once a live worker holds its version."""
 
 
 def handoff_delay(handoffs: int) -> float:
@@ -204,7 +205,8 @@ def _hand_on(rt: Runtime, run: RunState, step: str, kind: str, delivery: Deliver
     if handoffs >= MAX_HANDOFFS:
         log.warning("step %s of %s version %d parked after %d hand-offs: no worker took it", step, run.saga_type,
                     run.saga_version, handoffs, extra=extra)
-        rt.store.record(run.saga_id, HistoryEvent("StepParked", step, None, detail), by=delivery.task_id, now=now)
+        rt.store.park_step(ParkedStep(run.saga_id, delivery.task_id, run.saga_type, run.saga_version, step, kind),
+                           HistoryEvent("StepParked", step, None, detail), by=delivery.task_id, now=now)
         return None
     log.warning("step %s of %s version %d handed on: this worker holds versions %s", step, run.saga_type,
                 run.saga_version, registry.versions(run.saga_type), extra=extra)

@@ -80,6 +80,18 @@ class VersionCount:
     count: int
 
 
+@dataclass(frozen=True)
+class ParkedStep:
+    """A step message a worker dropped after handing it on `MAX_HANDOFFS` times."""
+
+    saga_id: str
+    task_id: str
+    saga_type: str
+    saga_version: int
+    step: str
+    kind: str
+
+
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
     """What an idempotency key is bound to: the saga type and its input."""
     blob = json.dumps([saga_type, data], sort_keys=True, separators=(",", ":"), default=str)
@@ -210,12 +222,24 @@ class SagaStore(Protocol):
         for those recorded with another fingerprint."""
         ...
 
+    def park_step(self, p: ParkedStep, event: HistoryEvent, *, by: str, now: datetime) -> None:
+        """Record a parked step and its history row, atomically (a second park of it changes nothing)."""
+        ...
+
+    def parked_steps(self, limit: int = 500) -> builtins.list[ParkedStep]:
+        """Parked steps, oldest first."""
+        ...
+
+    def unpark(self, saga_id: str, task_id: str) -> None:
+        """The parked step was dispatched again, or its run moved on."""
+        ...
+
     def recorded_definitions(self) -> builtins.list[RecordedDefinition]:
         """Every (saga, version) a worker has recorded, with its fingerprint and shape."""
         ...
 
-    def version_counts(self) -> builtins.list[VersionCount]:
-        """Orchestrated runs by saga type, version and state (`VersionCount`)."""
+    def version_counts(self, *, active_only: bool = False) -> builtins.list[VersionCount]:
+        """Orchestrated runs by saga type, version and state (`active_only`: the states not terminal)."""
         ...
 
     # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this

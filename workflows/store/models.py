@@ -161,6 +161,22 @@ class WorkerRow(Base):
     seen_at: Mapped[datetime]
 
 
+class ParkedStepRow(Base):
+    """A step message no worker took (handed on `MAX_HANDOFFS` times): its worker dropped it and left
+    this row; the sweeper dispatches the step again once a live worker holds its saga version."""
+
+    __tablename__ = "saga_parked_steps"
+
+    saga_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The dispatch that was parked: a step dispatched since (another task id) makes the row stale."""
+    saga_type: Mapped[str] = mapped_column(String(100))
+    saga_version: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    parked_at: Mapped[datetime]
+
+
 class DefinitionRow(Base):
     """Each (saga, version) a worker has held, with its shape: a worker whose code has another
     shape under a version recorded here refuses to start (`VersionConflict`)."""

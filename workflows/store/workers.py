@@ -1,4 +1,5 @@
-"""The store's part of versioned definitions: worker heartbeats, recorded shapes, runs per version.
+"""The store's part of versioned definitions: worker heartbeats, recorded shapes, parked steps,
+runs per version.
 
 Mixed into every store (`SqlStore`). A worker announces the saga versions it holds when it starts
 and on a timer (`saga_workers`); the shape of every (saga, version) a worker ever held is recorded
@@ -14,9 +15,10 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from workflows.core.state import HistoryEvent, RunStatus
 from workflows.core.views import WorkerView
-from workflows.store.base import RecordedDefinition, VersionCount
-from workflows.store.models import DefinitionRow, SagaRow, WorkerRow
+from workflows.store.base import ParkedStep, RecordedDefinition, VersionCount
+from workflows.store.models import DefinitionRow, EventRow, ParkedStepRow, SagaRow, WorkerRow
 
 
 class Workers:
@@ -81,10 +83,32 @@ class Workers:
             rows = s.scalars(select(DefinitionRow).order_by(DefinitionRow.saga_type, DefinitionRow.saga_version))
             return [RecordedDefinition(r.saga_type, r.saga_version, r.fingerprint, list(r.shape)) for r in rows]
 
-    def version_counts(self) -> builtins.list[VersionCount]:
-        """Orchestrated runs by saga type, version and state."""
+    def park_step(self, p: ParkedStep, event: HistoryEvent, *, by: str, now: datetime) -> None:
+        try:
+            with self.sessions.begin() as s:
+                s.execute(insert(ParkedStepRow).values(saga_id=p.saga_id, task_id=p.task_id, saga_type=p.saga_type,
+                                                       saga_version=p.saga_version, step=p.step, kind=p.kind,
+                                                       parked_at=now))
+                s.execute(insert(EventRow).values(saga_id=p.saga_id, at=now, type=event.type, step=event.step,
+                                                  attempt=event.attempt, detail={**event.detail, "by": by}))
+        except IntegrityError:  # parked already (a duplicate of the message): nothing more to record
+            pass
+
+    def parked_steps(self, limit: int = 500) -> builtins.list[ParkedStep]:
         with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, SagaRow.saga_version, SagaRow.state, func.count())
-                             .where(SagaRow.style == "orchestrated")
-                             .group_by(SagaRow.saga_type, SagaRow.saga_version, SagaRow.state)).all()
+            rows = s.scalars(select(ParkedStepRow).order_by(ParkedStepRow.parked_at).limit(limit)).all()
+            return [ParkedStep(r.saga_id, r.task_id, r.saga_type, r.saga_version, r.step, r.kind) for r in rows]
+
+    def unpark(self, saga_id: str, task_id: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(delete(ParkedStepRow).where(ParkedStepRow.saga_id == saga_id, ParkedStepRow.task_id == task_id))
+
+    def version_counts(self, *, active_only: bool = False) -> builtins.list[VersionCount]:
+        """Orchestrated runs by saga type, version and state (`active_only`: the states not terminal)."""
+        q = (select(SagaRow.saga_type, SagaRow.saga_version, SagaRow.state, func.count())
+             .where(SagaRow.style == "orchestrated"))
+        if active_only:
+            q = q.where(SagaRow.state.in_([s.value for s in RunStatus if not s.terminal]))
+        with self.sessions() as s:
+            rows = s.execute(q.group_by(SagaRow.saga_type, SagaRow.saga_version, SagaRow.state)).all()
         return [VersionCount(t, int(v), st, int(n)) for t, v, st, n in rows]

@@ -1,4 +1,5 @@
-"""versioned saga definitions: the version a run started with, worker heartbeats, recorded shapes
+"""versioned saga definitions: the version a run started with, worker heartbeats, recorded shapes,
+parked steps
 
 Revision ID: 0006
 Revises: 0003
@@ -28,6 +29,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('name'),
     )
     op.create_table(
+        'saga_parked_steps',
+        sa.Column('saga_id', sa.String(length=64), nullable=False),
+        sa.Column('task_id', sa.String(length=200), nullable=False),
+        sa.Column('saga_type', sa.String(length=100), nullable=False),
+        sa.Column('saga_version', sa.Integer(), nullable=False),
+        sa.Column('step', sa.String(length=100), nullable=False),
+        sa.Column('kind', sa.String(length=20), nullable=False),
+        sa.Column('parked_at', workflows.store.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('saga_id', 'task_id'),
+    )
+    op.create_table(
         'saga_definitions',
         sa.Column('saga_type', sa.String(length=100), nullable=False),
         sa.Column('saga_version', sa.Integer(), nullable=False),
@@ -40,6 +52,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('saga_definitions')
+    op.drop_table('saga_parked_steps')
     op.drop_table('saga_workers')
     op.drop_index('ix_sagas_type_version_state', table_name='sagas')
     with op.batch_alter_table('sagas') as batch:
