@@ -39,7 +39,7 @@ from workflows.store.db import alembic_config, downgrade_all, migrate
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
-               "saga_signals"}
+               "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps"}
 EXAMPLE_TABLES = {"payments", "shipments", "notifications", "inventory_stock", "inventory_reservations",
                   "service_faults"}
 ALEMBIC = Path(sys.executable).parent / "alembic"
@@ -269,7 +269,7 @@ def test_the_shipped_revisions_are_the_sagas_branch() -> None:
     assert scripts.get_heads() == ["0008"]
     assert scripts.get_revision("sagas@head").revision == "0008"
     chain = [r.revision for r in scripts.walk_revisions("sagas@base", "sagas@head")]
-    assert chain == ["0008", "0007", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migrations(

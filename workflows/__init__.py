@@ -12,9 +12,9 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 from workflows.choreography import Choreography, EventContext, publish
 from workflows.core.definition import (Child, ForEach, Parallel, Saga, Step, Wait, child_id, register_saga,
                                        registry)
-from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, InvalidInput,
-                                   InvalidOperation, PermanentError, RetryableError, SagaError, SagaNotFound,
-                                   StepNotFound, UnknownSaga)
+from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, IncompatibleVersion,
+                                   InvalidInput, InvalidOperation, PermanentError, RetryableError, SagaError,
+                                   SagaNotFound, StepNotFound, UnknownSaga, UnknownSagaVersion, VersionConflict)
 from workflows.core.retry import RetryPolicy
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.steps import StepContext, step_task
@@ -29,7 +29,8 @@ __all__ = [
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
-    "UnknownSaga", "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
+    "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
+    "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
     "Wait", "signal",
 ]

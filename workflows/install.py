@@ -6,7 +6,8 @@
 Explicit, in one call: nothing is registered by importing `workflows`. `install` imports the
 modules that declare sagas, step tasks and choreographies, builds the process's `Runtime`, and
 registers on `app` a task per declared step (`orchestration.step_task`), the sweeper's periodic
-task `saga.sweep` (`operations.sweeper`), and a consumer task and queue per choreography service.
+task `saga.sweep` (`operations.sweeper`), a consumer task and queue per choreography service, and
+the worker step that checks and announces the saga versions a worker holds (`operations.versions`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from workflows.choreography.install import install_consumers
 from workflows.core.definition import registry
 from workflows.core.steps import step_tasks
 from workflows.operations.sweeper import sweep
+from workflows.operations.versions import VersionHeartbeat
 from workflows.orchestration.step_task import make_step_task
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
@@ -51,6 +53,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     app.steps["worker"].add(CompactTimerHeap)
     # a message the workers cannot take is kept as a dead letter, never dropped (runtime.poison)
     app.conf.worker_consumer = "workflows.runtime.poison:Consumer"
+    app.steps["worker"].add(VersionHeartbeat)  # checks and announces the saga versions this worker holds
     install_consumers(app)
     return runtime
 

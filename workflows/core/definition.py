@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from workflows.core.errors import DefinitionError, InvalidInput, UnknownSaga
+from workflows.core.errors import DefinitionError, InvalidInput, UnknownSaga, UnknownSagaVersion, VersionConflict
+from workflows.core.shape import conflict_message, fingerprint_of, shape_of
 from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
@@ -344,6 +345,10 @@ class Saga:
     deadline: float | None = None
     """Seconds after start after which a still-running saga is cancelled and compensated."""
     description: str = ""
+    version: int = 1
+    """The definition's version (not a run's optimistic-lock counter): every run is driven to its
+    end by the version it started with. Bump it to change the shape (steps, order, groups,
+    compensations); several versions of a saga may be registered at once."""
     _by_name: dict[str, tuple[int, Step]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _fan_outs: dict[str, tuple[int, ForEach]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _waits: dict[str, tuple[int, Wait]] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -392,7 +397,19 @@ class Saga:
             raise DefinitionError(f"saga {self.name!r}: input_model must be a pydantic BaseModel subclass")
         if self.deadline is not None and (isinstance(self.deadline, bool) or self.deadline <= 0):
             raise DefinitionError(f"saga {self.name!r}: deadline must be seconds > 0 or None")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise DefinitionError(f"saga {self.name!r}: version must be an int >= 1 (got {self.version!r})")
         object.__setattr__(self, "steps", nodes)
+
+    @property
+    def shape(self) -> list[dict[str, Any]]:
+        """What a running run depends on, as JSON: its stages, their steps, actions and compensations."""
+        return shape_of(self.steps)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of `shape`: equal for the same shape, whatever module declared it."""
+        return fingerprint_of(self.shape)
 
     # -- the rows a run has: one per step, one per branch of a fan-out
 
@@ -530,36 +547,74 @@ class Saga:
 
 
 class SagaRegistry:
-    """Name → definition. The orchestrator and every worker look definitions up here."""
+    """(name, version) → definition. The orchestrator and every worker look definitions up here:
+    `get(name)` is the newest version, `get(name, version)` the one a run started with."""
 
     def __init__(self) -> None:
-        self._sagas: dict[str, Saga] = {}
+        self._sagas: dict[str, dict[int, Saga]] = {}
 
     def register(self, saga: Saga) -> Saga:
+        """Register `saga`; the same shape under the same name and version again (a module imported
+        twice) returns the one registered; another shape raises `VersionConflict` saying what changed."""
         if not isinstance(saga, Saga):
             raise DefinitionError(f"only Saga values can be registered (got {saga!r})")
-        existing = self._sagas.get(saga.name)
-        if existing is not None and existing != saga:
-            raise DefinitionError(f"a different saga is already registered as {saga.name!r}")
+        versions = self._sagas.setdefault(saga.name, {})
+        existing = versions.get(saga.version)
+        if existing is not None:
+            if existing.fingerprint != saga.fingerprint:
+                raise VersionConflict(conflict_message(saga.name, saga.version, existing.shape, saga.shape,
+                                                       "registered in this process"))
+            if existing != saga:
+                raise DefinitionError(
+                    f"saga {saga.name!r} version {saga.version} is already registered in this process with the "
+                    "same shape but other retry policies, timeouts, deadline or input model: a process holds one "
+                    "definition per version, declare it once")
+            return existing
         for node in saga.steps:  # a child declared as a Saga value is registered with its parent
             for kid in (node.steps if isinstance(node, Parallel) else (node,)):
                 if isinstance(kid, Child) and isinstance(kid.saga, Saga):
                     self.register(kid.saga)
-        self._sagas[saga.name] = saga
+        versions[saga.version] = saga
         return saga
 
-    def get(self, name: str) -> Saga:
-        try:
-            return self._sagas[name]
-        except KeyError:
+    def get(self, name: str, version: int | None = None) -> Saga:
+        versions = self._sagas.get(name)
+        if not versions:
             known = ", ".join(sorted(self._sagas)) or "none"
-            raise UnknownSaga(f"unknown saga {name!r} (registered: {known})") from None
+            raise UnknownSaga(f"unknown saga {name!r} (registered: {known})")
+        if version is None:
+            return versions[max(versions)]
+        try:
+            return versions[version]
+        except KeyError:
+            have = ", ".join(str(v) for v in sorted(versions))
+            raise UnknownSagaVersion(f"saga {name!r} has no version {version} in this process (it has: {have})",
+                                     name, version) from None
+
+    def has(self, name: str, version: int) -> bool:
+        return version in self._sagas.get(name, {})
+
+    def unregister(self, name: str, version: int) -> Saga:
+        """Take a version out of this process (a worker that must stop taking it; tests). Returns it."""
+        try:
+            return self._sagas.get(name, {}).pop(version)
+        except KeyError:
+            raise UnknownSagaVersion(f"saga {name!r} has no version {version} in this process", name,
+                                     version) from None
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of `name` registered, oldest first (empty if none)."""
+        return sorted(self._sagas.get(name, {}))
+
+    def held(self) -> dict[str, list[int]]:
+        """Every saga name and the versions registered (what a worker announces)."""
+        return {n: sorted(v) for n, v in sorted(self._sagas.items()) if v}
 
     def names(self) -> list[str]:
-        return sorted(self._sagas)
+        return sorted(n for n, v in self._sagas.items() if v)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._sagas
+        return isinstance(name, str) and bool(self._sagas.get(name))
 
 
 registry = SagaRegistry()

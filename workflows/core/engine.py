@@ -26,6 +26,8 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
     `Ignored` if it causes none."""
     if run.saga_type != saga.name:
         raise ValueError(f"run {run.saga_id} is a {run.saga_type!r}, not a {saga.name!r}")
+    if run.saga_version != saga.version:
+        raise ValueError(f"run {run.saga_id} is on version {run.saga_version} of {saga.name!r}, not {saga.version}")
     d = _Decision(saga, run, now, ids, timing)
     match outcome:
         case Started():
@@ -69,7 +71,7 @@ def new_run(saga: Saga, saga_id: str, data: dict[str, Any], caused_by: str,
     `parent`: (parent run id, its `Child` step) of a child run."""
     return RunState(saga_id=saga_id, saga_type=saga.name, status=RunStatus.RUNNING, version=1, input=data,
                     steps=tuple(StepState(index=i, name=name) for i, (name, _) in enumerate(saga.rows(data))),
-                    caused_by=caused_by, parent_id=parent[0] if parent else None,
+                    caused_by=caused_by, saga_version=saga.version, parent_id=parent[0] if parent else None,
                     parent_step=parent[1] if parent else None)
 
 

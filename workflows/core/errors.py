@@ -29,6 +29,20 @@ class UnknownSaga(SagaError, LookupError):
     """No saga definition is registered under that name."""
 
 
+class UnknownSagaVersion(UnknownSaga):
+    """The saga is registered, but not in the version asked for (a worker deployed without it)."""
+
+    def __init__(self, message: str, name: str, version: int) -> None:
+        super().__init__(message)
+        self.name = name
+        self.version = version
+
+
+class VersionConflict(DefinitionError):
+    """A saga version was declared with another shape than the one registered (or recorded) under
+    the same name and version: bump the version to change a shape."""
+
+
 class SagaNotFound(SagaError, LookupError):
     """No saga run has that id."""
 
@@ -56,6 +70,10 @@ class NotWaiting(InvalidOperation):
 
 class SignalConflict(InvalidOperation):
     """A signal's idempotency key was already used on that run for another signal or payload."""
+
+
+class IncompatibleVersion(InvalidOperation):
+    """A run cannot move to the version asked for: its shape differs where the run has progressed."""
 
 
 class DeadLetterNotFound(SagaError, LookupError):

@@ -96,6 +96,9 @@ class RunState:
     """A child run: the run whose `Child` step started it (its outcome is reported there)."""
     parent_step: str | None = None
     """A child run: the name of that step of the parent."""
+    saga_version: int = 1
+    """The version of the saga's definition the run started with (not `version`, the optimistic
+    lock counter): every transition of the run is decided on that definition."""
 
     def step(self, name: str) -> StepState:
         for s in self.steps:

@@ -40,6 +40,8 @@ class StepContext:
     """The recorded result of this step's action (compensations; None if it timed out)."""
     item: Any = None
     """A fan-out branch's item (`ForEach`): its element of `items(input)`; None for other steps."""
+    saga_version: int = 1
+    """The version of the saga's definition the run is driven by."""
 
     @property
     def idempotency_key(self) -> str:

@@ -129,6 +129,8 @@ class SagaView(_View):
     parent_step: str | None = None
     children: list[ChildView] = field(default_factory=list)
     """The child runs this run's `Child` steps started (filled by `get`, not by `list`)."""
+    saga_version: int = 1
+    """The version of the saga's definition the run is driven by (`version` is the lock counter)."""
 
     @property
     def terminal(self) -> bool:
@@ -142,3 +144,34 @@ class SagaView(_View):
 
     def event_types(self, step: str | None = None) -> list[str]:
         return [e.type for e in self.events if step is None or e.step == step]
+
+
+@dataclass(frozen=True)
+class WorkerView(_View):
+    """A worker's last heartbeat: the saga versions it holds."""
+
+    name: str
+    versions: dict[str, dict[str, str]]
+    """{saga name: {version: fingerprint}}."""
+    started_at: datetime
+    seen_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionView(_View):
+    """One version of one saga: its fingerprint, its runs by state, and who holds it."""
+
+    saga_type: str
+    saga_version: int
+    fingerprint: str | None
+    """As registered in this process, or as recorded by a worker (None: neither knows it)."""
+    runs: dict[str, int]
+    """Runs on this version, by state."""
+    workers: list[str]
+    """Live workers holding this version."""
+    registered_here: bool
+
+    @property
+    def active(self) -> int:
+        """Runs on it that are not terminal (a version can be retired when this is 0)."""
+        return sum(n for state, n in self.runs.items() if state not in ("COMPLETED", "COMPENSATED", "FAILED"))

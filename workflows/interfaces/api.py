@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workflows.operations import dead_letters
 from workflows.operations import actions as operations
+from workflows.operations import versions
 from workflows.operations.client import get_saga, list_sagas, start_saga
 from workflows.operations.signals import signal as send_signal
 from workflows.core.definition import registry
@@ -124,6 +125,7 @@ class ChildSummary(BaseModel):
 class SagaStatus(BaseModel):
     id: str
     saga_type: str
+    saga_version: int = Field(description="The version of the saga's definition the run is driven by")
     state: str
     terminal: bool
     failure_reason: str | None
@@ -150,9 +152,26 @@ class SagaPage(BaseModel):
 
 class SagaType(BaseModel):
     name: str
+    version: int = Field(description="The newest version: what a start without ?version= runs")
+    versions: list[int] = Field(description="Every version registered here")
     description: str
     steps: list[str]
     input_schema: dict[str, Any] | None
+
+
+class SagaVersion(BaseModel):
+    saga_type: str
+    saga_version: int
+    fingerprint: str | None
+    runs: dict[str, int] = Field(description="Runs on this version, by state")
+    active: int = Field(description="Runs on it not terminal: 0 means it can be retired")
+    workers: list[str] = Field(description="Live workers holding it")
+    registered_here: bool
+
+
+class MoveRequest(BaseModel):
+    to_version: int = Field(ge=1, le=1_000_000, description="The newer version of the run's saga")
+    reason: str = Field(min_length=1, max_length=1000)
 
 
 class RetryRequest(BaseModel):
@@ -204,17 +223,21 @@ def status_path(request: Request, saga_id: str) -> str:
 
 @api.get("/saga-types", tags=["sagas"])
 def saga_types() -> list[SagaType]:
-    """The saga types this deployment can start, with the JSON schema of their input."""
+    """The saga types this deployment can start (their newest version's steps), with the JSON schema of their input."""
     sagas = [registry.get(n) for n in registry.names()]
-    return [SagaType(name=s.name, description=s.description, steps=[st.name for st in s.steps],
+    return [SagaType(name=s.name, version=s.version, versions=registry.versions(s.name), description=s.description,
+                     steps=[st.name for st in s.steps],
                      input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]
 
 
 @api.post("/sagas/{saga_type}", status_code=202, tags=["sagas"], responses=REFUSED)
 def start(saga_type: str, data: Annotated[dict[str, Any], Body()], request: Request, response: Response,
-          key: IdempotencyKey = None) -> Started:
+          key: IdempotencyKey = None,
+          version: Annotated[int | None, Query(ge=1, le=1_000_000,
+                                               description="The saga's version (default: the newest)")] = None,
+          ) -> Started:
     """Validate the body against the saga's input model, record the run, publish its start."""
-    saga_id = start_saga(saga_type, data, idempotency_key=key)
+    saga_id = start_saga(saga_type, data, idempotency_key=key, version=version)
     response.headers["Location"] = status_path(request, saga_id)
     return Started(saga_id=saga_id, saga_type=saga_type, status_url=status_path(request, saga_id))
 
@@ -244,8 +267,8 @@ def status(saga_id: str) -> SagaStatus:
     """The run's state, its steps with attempts and results, and its history in brief."""
     v = get_saga(saga_id)
     return SagaStatus(
-        id=v.id, saga_type=v.saga_type, state=v.state, terminal=v.terminal, failure_reason=v.failure_reason,
-        updated_at=v.updated_at.isoformat(),
+        id=v.id, saga_type=v.saga_type, saga_version=v.saga_version, state=v.state, terminal=v.terminal,
+        failure_reason=v.failure_reason, updated_at=v.updated_at.isoformat(),
         starts_at=v.deadline_at.isoformat() if v.state == RunStatus.SCHEDULED.value and v.deadline_at else None,
         waiting_for=[WaitSummary(step=s.name, signal=(s.task_id or "").removeprefix("wait:"),
                                  deadline_at=s.deadline_at.isoformat() if s.deadline_at else None)
@@ -282,6 +305,20 @@ def retry(saga_id: str, body: Annotated[RetryRequest | None, Body()] = None, who
 def resume(saga_id: str, body: Annotated[ReasonRequest | None, Body()] = None, who: Operator = "api") -> SagaView:
     """Resume the compensation of a FAILED saga once its cause is fixed."""
     return operations.resume(saga_id, reason=(body or ReasonRequest()).reason, who=who)
+
+
+@api.get("/saga-versions", tags=["sagas"])
+def saga_versions(rt: AppRuntime) -> list[SagaVersion]:
+    """Each saga's versions: fingerprint, runs by state, the live workers holding it."""
+    return [SagaVersion(saga_type=v.saga_type, saga_version=v.saga_version, fingerprint=v.fingerprint, runs=v.runs,
+                        active=v.active, workers=v.workers, registered_here=v.registered_here)
+            for v in versions.version_report(rt)]
+
+
+@api.post("/sagas/{saga_id}/move", tags=["operator"])
+def move(saga_id: str, body: MoveRequest, who: Operator = "api") -> SagaView:
+    """Move a FAILED or stuck run to a newer, compatible version of its saga (409 with the reason if not)."""
+    return versions.migrate(saga_id, body.to_version, reason=body.reason, who=who)
 
 
 @api.post("/sagas/{saga_id}/cancel", tags=["operator"], responses=REFUSED)

@@ -6,6 +6,7 @@
     sagas dlq redrive --type order_fulfillment --step process_payment --all
     sagas signal <id> approval --data '{"approved": true}' --idempotency-key approval-1234
     sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
+    sagas versions                    sagas move <id> --to-version 2 --reason ...
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
 reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
@@ -139,15 +140,17 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
 @click.option("--countdown", type=click.FloatRange(min=0), help="Start in this many seconds (recorded SCHEDULED now).")
 @click.option("--start-at", "start_at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z"]),
               help="Start at this time, with its UTC offset (2026-12-24T09:00:00+00:00).")
+@click.option("--version", "saga_version", type=click.IntRange(1), help="The saga's version (default: the newest).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, timeout: float,
-          countdown: float | None, start_at: datetime | None, as_json: bool) -> None:
+          countdown: float | None, start_at: datetime | None, saga_version: int | None, as_json: bool) -> None:
     """Start a saga of SAGA_TYPE with the input --data (now, or scheduled with --countdown/--start-at)."""
     from workflows.operations.client import start_saga, wait_for
 
     data = _load_data(raw)
     _runtime()
-    saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key, countdown=countdown, start_at=start_at)
+    saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key, countdown=countdown, start_at=start_at,
+                         version=saga_version)
     if not wait:
         if as_json:
             _echo_json({"saga_id": saga_id})
@@ -189,11 +192,11 @@ def list_(state: str | None, saga_type: str | None, limit: int, offset: int, as_
         _echo_json({"items": [v.to_dict() for v in items], "total": total, "limit": limit, "offset": offset})
         return
     table = Table(title=f"{len(items)} of {total} saga(s)", title_justify="left")
-    for col in ("id", "type", "state", "progress", "created", "updated"):
+    for col in ("id", "type", "v", "state", "progress", "created", "updated"):
         table.add_column(col, no_wrap=col in ("id", "created", "updated"))
     for v in items:
         done = sum(1 for s in v.steps if s.status == "SUCCEEDED")
-        table.add_row(v.id, v.saga_type, _styled(v.state), f"{done}/{len(v.steps)} succeeded",
+        table.add_row(v.id, v.saga_type, str(v.saga_version), _styled(v.state), f"{done}/{len(v.steps)} succeeded",
                       _time(v.created_at), _time(v.updated_at))
     _console().print(table)
 
@@ -260,6 +263,46 @@ def signal(obj: dict[str, str], saga_id: str, name: str, raw: str, idempotency_k
     line = Text(f"signal {x.name} ({x.idempotency_key}) to saga {saga_id}: {what}; saga now ")
     line.append_text(_styled(answer.state))
     _console().print(line)
+
+
+@main.command()
+@click.argument("saga_id")
+@click.option("--to-version", "to_version", required=True, type=click.IntRange(1),
+              help="The newer version of its saga to drive the run from now on.")
+@click.option("--reason", required=True, help="Why, for the history.")
+@click.pass_obj
+def move(obj: dict[str, str], saga_id: str, to_version: int, reason: str) -> None:
+    """Move a FAILED or stuck run to a newer, compatible version of its saga (refused, with the
+    reason, when the version differs where the run has progressed)."""
+    from workflows.operations.versions import migrate as migrate_run
+
+    _runtime()
+    view = migrate_run(saga_id, to_version, reason=reason, who=obj["who"])
+    _acted(view, f"moved to version {view.saga_version}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def versions(as_json: bool) -> None:
+    """Each saga's versions: fingerprint, runs by state, live workers holding it. A version whose
+    `in flight` is 0 can be retired."""
+    from workflows.operations.versions import version_report
+
+    rt = _runtime()
+    report = version_report(rt)
+    if as_json:
+        _echo_json([{**v.to_dict(), "active": v.active} for v in report])
+        return
+    table = Table(title=f"{len(report)} saga version(s)", title_justify="left")
+    for col in ("saga", "version", "fingerprint", "in flight", "runs by state", "live workers"):
+        table.add_column(col, no_wrap=col in ("saga", "fingerprint"))
+    for v in report:
+        runs = ", ".join(f"{state} {n}" for state, n in v.runs.items()) or "none"
+        holders = Text(", ".join(v.workers)) if v.workers else Text(
+            "none" + ("  ← runs in flight no worker can take" if v.active else ""), style="bold red" if v.active
+            else "dim")
+        table.add_row(v.saga_type, str(v.saga_version), v.fingerprint or "?", str(v.active), runs, holders)
+    _console().print(table)
 
 
 def _acted(view: Any, verb: str) -> None:
@@ -462,10 +505,11 @@ def _redelivered(s: Any) -> Text:
 def _show_saga(v: Any) -> None:
     console = _console()
     head = Text(f"saga {v.id}  ", style="bold")
-    head.append(f"{v.saga_type}  ")
+    head.append(f"{v.saga_type} v{v.saga_version}  ")
     head.append_text(_styled(v.state))
     console.print(head)
-    console.print(f"created {_time(v.created_at)}   updated {_time(v.updated_at)}   version {v.version}"
+    console.print(f"saga version {v.saga_version}   created {_time(v.created_at)}   updated {_time(v.updated_at)}   "
+                  f"run version {v.version}"
                   + (f"   idempotency key {v.idempotency_key}" if v.idempotency_key else ""))
     if v.failure_reason:
         console.print(Text(f"reason: {v.failure_reason}", style="red"))

@@ -88,6 +88,24 @@ class SagaCollector(Collector):
         yield self._dead_letters()
         yield self._outbox()
         yield self._stuck(now)
+        yield from self._versions(now)
+
+    def _versions(self, now: datetime) -> Iterator[Metric]:
+        from workflows.operations.versions import unheld_of, versions_in
+
+        runs = GaugeMetricFamily("saga_version_runs", "Orchestrated runs by saga version and state",
+                                 labels=["saga_type", "saga_version", "state"])
+        unheld = GaugeMetricFamily("saga_version_unheld_runs", "Runs in flight on a saga version no live worker "
+                                   "holds, of a saga a live worker holds in another version",
+                                   labels=["saga_type", "saga_version"])
+        report = versions_in(self.store, now)
+        missing = {(v.saga_type, v.saga_version) for v in unheld_of(report)}
+        for v in report:
+            for state, n in v.runs.items():
+                runs.add_metric([v.saga_type, str(v.saga_version), state], n)
+            unheld.add_metric([v.saga_type, str(v.saga_version)],
+                              v.active if (v.saga_type, v.saga_version) in missing else 0)
+        yield from (runs, unheld)
 
     def _runs(self) -> Iterator[Metric]:
         by_state = GaugeMetricFamily("sagas_by_state", "Saga runs by current state", labels=["saga_type", "state"])

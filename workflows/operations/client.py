@@ -25,8 +25,11 @@ log = logging.getLogger("workflows.client")
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
                saga_id: str | None = None, session: Session | None = None,
                connection: Connection | None = None, start_at: datetime | None = None,
-               countdown: float | None = None) -> str:
+               countdown: float | None = None, version: int | None = None) -> str:
     """Validate, record the run with all its steps in one atomic write, publish its first step.
+
+    A saga named by a string starts on its newest registered version, or on `version=`; a `Saga`
+    value starts on its own version. The run is driven by that version to its end.
 
     Returns the saga id. The same idempotency key with the same input returns the same id
     (and publishes nothing new); with a different input it raises `IdempotencyConflict`.
@@ -54,9 +57,17 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     if session is not None and connection is not None:
         raise SagaError("give session= or connection=, not both")
     tx = session if session is not None else connection
-    definition = registry.get(saga if isinstance(saga, str) else saga.name)
-    if not isinstance(saga, str) and saga != definition:
-        raise SagaError(f"saga {saga.name!r} is not the registered definition of that name")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise SagaError(f"version must be an int (got {version!r})")
+    if isinstance(saga, str):
+        definition = registry.get(saga, version)
+    else:
+        if version is not None and version != saga.version:
+            raise SagaError(f"saga {saga.name!r} version {saga.version} was given with version={version}: give one")
+        definition = registry.get(saga.name, saga.version)
+        if saga.fingerprint != definition.fingerprint:
+            raise SagaError(f"saga {saga.name!r} version {saga.version} is not the registered definition of "
+                            "that name and version")
     clean = definition.validate_input(data)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")

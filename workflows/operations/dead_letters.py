@@ -103,7 +103,7 @@ def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str
     assert dl.saga_id and dl.step
     run = rt.store.load(dl.saga_id)
     claim = DeadLetterClosure("REDRIVEN", f"redriven by {who}: {reason}".strip(": "), dead_letter_id=dl.id)
-    applied = rt.loop.apply(registry.get(run.saga_type), dl.saga_id,
+    applied = rt.loop.apply(registry.get(run.saga_type, run.saga_version), dl.saga_id,
                             Resume(dl.step, reason or f"redrive of dead letter {dl.id}", who),
                             by=f"operator:{who}", state=run, closures=(claim,))
     if applied.transition is None:

@@ -14,7 +14,11 @@ beat (`saga.sweep`) and on demand by `sagas sweep`, it acts on every deadline th
 - a child step whose order or report a crash lost (`_child_order`): a settled child reported to its
   parent, a COMPLETED child of a compensating step compensated, a running child of a cancelled
   parent cancelled;
-- the choreographies' part (`choreography.operations.sweep_choreographies`).
+- the choreographies' part (`choreography.operations.sweep_choreographies`);
+- versions: a run is decided on the version it started with; a due step of a version this process
+  does not hold is left to a sweep on a worker that holds it, one of a version no live worker holds
+  is not timed out (it is reported: `unheld`), and a step a worker parked (`saga_parked_steps`: no
+  worker took its message) is dispatched again at the next sweep once a live worker holds its version.
 Every action is one pass of the decision loop, version-checked like a step's own report, so a
 sweeper racing a late result changes the run once.
 """
@@ -26,9 +30,11 @@ from datetime import datetime, timedelta
 
 from workflows.choreography.operations import sweep_choreographies
 from workflows.core.definition import registry
-from workflows.core.errors import UnknownSaga
+from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
-                                  ErrorInfo, Order, Outcome, Redispatch, RunStatus, Started, StepStatus, WaitTimedOut)
+                                  ErrorInfo, Order, Outcome, Redispatch, Resume, RunStatus, Started, StepStatus,
+                                  WaitTimedOut)
+from workflows.operations import versions
 from workflows.runtime.container import Runtime
 from workflows.runtime.loop import DecisionLoop
 from workflows.store.base import ChildLink
@@ -57,6 +63,10 @@ class SweepReport:
     """`<parent id>:<step>` of child steps whose lost order or report was applied."""
     stuck: list[str] = field(default_factory=list)
     """Choreographed sagas whose last event is older than their deadline."""
+    parked_redispatched: list[str] = field(default_factory=list)
+    """Steps a worker parked (no worker took their message), dispatched again."""
+    unheld: list[str] = field(default_factory=list)
+    """`<saga>:v<version>` of the versions with runs in flight that no live worker holds."""
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -68,20 +78,39 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     store, loop = rt.store, rt.loop
     report = SweepReport()
 
+    version_report = versions.version_report(rt, now, active_only=True)
+    unheld = versions.unheld_of(version_report)
+    unheld_keys = {(v.saga_type, v.saga_version) for v in unheld}
+    for v in unheld:
+        log.error("%d run(s) of %s version %d are in flight and no live worker holds that version: deploy a "
+                  "worker with it (or `sagas move` them to a newer version)", v.active, v.saga_type, v.saga_version)
+        report.unheld.append(f"{v.saga_type}:v{v.saga_version}")
+
+    held_keys = {(v.saga_type, v.saga_version) for v in version_report if v.workers}
+    parked = _redispatch_parked(rt, held_keys, report)
+
     never_heard: set[str] = set()
     """Runs nothing reported on since their start: every step of their first stage may be unsent."""
     for saga_id, saga_type, step, _version in store.due_steps(now):
-        try:
-            saga = registry.get(saga_type)
-        except UnknownSaga:
+        if saga_type not in registry:
             log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
             continue
         run = store.load(saga_id)
+        if (run.saga_type, run.saga_version) in unheld_keys:
+            continue  # no worker could run what a decision would send: wait for one (reported above)
+        try:
+            saga = registry.get(run.saga_type, run.saga_version)
+        except UnknownSaga:  # another worker's sweep, one that holds the version, decides it
+            log.warning("not sweeping %s: this process does not hold version %d of %s", saga_id, run.saga_version,
+                        run.saga_type, extra={"saga_id": saga_id})
+            continue
         if run.caused_by is not None and run.caused_by.startswith(FRESH_DISPATCHERS):
             never_heard.add(saga_id)
         s = run.step(step)
         if s.deadline_at is None or s.deadline_at >= now:
             continue  # reported on, or dispatched again, since the query: not due any more
+        if (saga_id, s.task_id) in parked:
+            continue  # it never ran: dispatched again (above) once a live worker holds its version
         outcome: Outcome
         if s.status == StepStatus.RUNNING and saga_id in never_heard and s.attempts == 0:
             outcome = Redispatch(step, "no result before the step's deadline, and none since the saga was created "
@@ -104,7 +133,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
     for saga_id in store.due_deadlines(now):
         run = store.load(saga_id)
-        applied = loop.apply(registry.get(run.saga_type), saga_id, Cancel("saga deadline passed", who="sweeper"),
+        if not registry.has(run.saga_type, run.saga_version):
+            continue  # a sweep on a worker that holds its version cancels it
+        applied = loop.apply(registry.get(run.saga_type, run.saga_version), saga_id,
+                             Cancel("saga deadline passed", who="sweeper"),
                              by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
@@ -159,3 +191,36 @@ def _child_order(rt: Runtime, link: ChildLink) -> Order | None:
         return Order(link.child_id, Cancel("its parent was cancelled (sent again by the sweeper)",
                                            who=f"parent {link.parent_id}"))
     return None
+
+
+def _redispatch_parked(rt: Runtime, held: set[tuple[str, int]], report: SweepReport) -> set[tuple[str, str]]:
+    """Dispatch again every parked step whose version a live worker holds (and this process too:
+    the decision needs the definition); forget the parked rows whose run moved on. Returns the
+    (saga id, task id) still parked."""
+    store, loop = rt.store, rt.loop
+    still: set[tuple[str, str]] = set()
+    for p in store.parked_steps():
+        try:
+            run = store.load(p.saga_id)
+            s = run.step(p.step)
+        except (SagaNotFound, KeyError):
+            store.unpark(p.saga_id, p.task_id)
+            continue
+        if s.task_id != p.task_id or s.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING) \
+                or run.status.terminal or run.saga_version != p.saga_version:
+            store.unpark(p.saga_id, p.task_id)  # dispatched since, moved to another version, or ended
+            continue
+        if (p.saga_type, p.saga_version) not in held or not registry.has(p.saga_type, p.saga_version):
+            still.add((p.saga_id, p.task_id))
+            continue
+        applied = loop.apply(registry.get(p.saga_type, p.saga_version), p.saga_id,
+                             Resume(p.step, "its message was parked: no worker held the run's version, one does now",
+                                    who="sweeper"), by="sweeper", state=run, expected_version=run.version)
+        if applied.transition is not None:
+            store.unpark(p.saga_id, p.task_id)
+            report.parked_redispatched.append(f"{p.saga_id}:{p.step}")
+        elif applied.stale:
+            still.add((p.saga_id, p.task_id))  # the run changed meanwhile: the next sweep looks again
+        else:  # nothing to resume (an action left in flight while the run compensates): its deadline decides
+            store.unpark(p.saga_id, p.task_id)
+    return still

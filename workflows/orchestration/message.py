@@ -1,7 +1,7 @@
 """The step message's schema: what a step task accepts as its arguments.
 
 `runtime.dispatch.message_for` writes them: `[saga id, step]` and `saga`, `kind`, `version`,
-`input`, `attempt`, with `results` (an action) or `result` (a compensation). A message of a step
+`saga_version`, `input`, `attempt`, with `results` (an action) or `result` (a compensation). A message of a step
 task's name that does not fit (a producer's bug, a hand-made message, an older format) is kept as a
 dead letter of kind "message" with the reason, and acknowledged: it would only fail again.
 """
@@ -24,6 +24,10 @@ class StepMessage(BaseModel):
     attempt: int = Field(1, ge=1)
     results: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
+    saga_version: int | None = Field(None, ge=1)
+    """The version of the saga the run started on (absent in a message of an older release)."""
+    handoffs: int = Field(0, ge=0, le=1000)
+    """Times a worker without the run's saga version handed this message on."""
 
     def handle_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `handle_step` (all but the saga id and step)."""

@@ -46,6 +46,7 @@ from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.orchestration.message import parse_step_message
 from workflows.runtime.dispatch import message_for
 from workflows.runtime.poison import dead_letter_message
+from workflows.store.base import ParkedStep
 
 log = logging.getLogger("workflows.orchestration")
 
@@ -64,6 +65,26 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class HandOn:
+    """This worker does not hold the run's saga version: send the same message again (same task
+    id, `handoffs` one more) to the same queue after `countdown`, for a worker that holds it."""
+
+    args: list[Any]
+    kwargs: dict[str, Any]
+    countdown: float
+
+
+MAX_HANDOFFS = 20
+"""Hand-offs of one message before it is parked: dropped, with a `saga_parked_steps` row and a
+`StepParked` history row; the sweeper dispatches the step again once a live worker holds its version."""
+
+
+def handoff_delay(handoffs: int) -> float:
+    """Seconds before hand-off `handoffs + 1` is delivered: 0.5, 1, 1.5 ... at most 5."""
+    return min(5.0, 0.5 * (handoffs + 1))
+
+
+@dataclass(frozen=True)
 class RetrySelf:
     """The next attempt is this very task again: Celery's own retry (same task id, a countdown)."""
 
@@ -74,9 +95,10 @@ class RetrySelf:
 
 
 def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *,
-                inline: InlineBudget | None = None, **message: Any) -> RetrySelf | None:
+                inline: InlineBudget | None = None, **message: Any) -> RetrySelf | HandOn | None:
     """Check, run the step function, then load → decide → commit → publish. Returns a `RetrySelf`
-    when the next attempt is this message again (the caller raises Celery's retry).
+    when the next attempt is this message again (the caller raises Celery's retry), a `HandOn` when
+    this worker does not hold the run's saga version (the caller sends the message on).
 
     With an `inline` budget, a follow-up step on the same queue runs here, in this delivery,
     instead of being published (`orchestration.inline`); each inline step is committed on its own."""
@@ -105,21 +127,24 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, by: str, saga: str,
                 kind: str, version: int, input: dict[str, Any], attempt: int = 1,
                 results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
-                state: RunState | None = None, limit: float | None = None) -> RetrySelf | Transition | None:
+                saga_version: int | None = None, handoffs: int = 0, state: RunState | None = None,
+                limit: float | None = None) -> RetrySelf | HandOn | Transition | None:
     """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
     or None when there is nothing to publish. `by`: the message being handled, whose own every
     transition made while handling it is; `state`: the run as just committed (an inline step);
     `limit`: the soft time limit to arm here (an inline step: the broker's does not apply)."""
-    try:
-        definition = registry.get(saga)
-    except UnknownSaga as e:  # a worker deployed without this saga: keep the message, never drop it
-        _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("UnknownSaga", str(e)))
+    if saga not in registry:  # a worker deployed without this saga: keep the message, never drop it
+        unknown = UnknownSaga(f"unknown saga {saga!r} (registered: {', '.join(registry.names()) or 'none'})")
+        _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("UnknownSaga", str(unknown)))
         return None
     try:
         run = state or rt.store.load(saga_id)  # the snapshot the outcome is decided on, if still current then
     except SagaNotFound as e:  # a worker on another database, or a run deleted: keep the message too
         _dead_letter_message(rt, st, saga_id, step, kind, delivery, ErrorInfo("SagaNotFound", str(e)))
         return None
+    if not registry.has(saga, run.saga_version):  # the run's own version decides, not the message's
+        return _hand_on(rt, run, step, kind, delivery, handoffs)
+    definition = registry.get(saga, run.saga_version)
     loop = rt.loop
     dispatch = Dispatch(step, kind, delivery.task_id, attempt)
     if not is_current(run, step, kind, delivery.task_id, attempt):
@@ -132,7 +157,8 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return None
 
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
-                          kwargs={"saga": saga, "kind": kind, "version": version, "input": input,
+                          kwargs={"saga": saga, "kind": kind, "version": version,
+                                  "saga_version": run.saga_version, "input": input,
                                   "attempt": attempt, "results": results, "result": result},
                           headers={"task_id": delivery.task_id, "retries": delivery.retries})
     if delivery.redelivered and not _may_run_again(rt, definition, run, dispatch, message):
@@ -140,7 +166,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
                       task_id=delivery.task_id, input=input, results=results or {}, result=result,
-                      item=definition.item(step, input))
+                      item=definition.item(step, input), saga_version=run.saga_version)
     if limit is None:
         outcome, error = _run_function(definition, st, ctx, input)
     else:
@@ -323,6 +349,29 @@ def _recover_children(rt: Runtime, run: RunState, started: list[str]) -> None:
                                                            run.failure_reason)), by=f"saga:{run.saga_id}")
 
 
+def _hand_on(rt: Runtime, run: RunState, step: str, kind: str, delivery: Delivery,
+             handoffs: int) -> HandOn | None:
+    """Never run, never dead-letter a step of a version this worker does not hold: hand it on to
+    the same queue (for a worker that holds it) or, after `MAX_HANDOFFS`, park it on the run's
+    record for the sweeper. The first hand-off and the parking are in the run's history."""
+    now = rt.clock()
+    detail = {"saga_version": run.saga_version, "kind": kind, "task_id": delivery.task_id,
+              "worker_versions": registry.versions(run.saga_type), "handoffs": handoffs}
+    extra = {"saga_id": run.saga_id, "step": step}
+    if handoffs >= MAX_HANDOFFS:
+        log.warning("step %s of %s version %d parked after %d hand-offs: no worker took it", step, run.saga_type,
+                    run.saga_version, handoffs, extra=extra)
+        rt.store.park_step(ParkedStep(run.saga_id, delivery.task_id, run.saga_type, run.saga_version, step, kind),
+                           HistoryEvent("StepParked", step, None, detail), by=delivery.task_id, now=now)
+        return None
+    log.warning("step %s of %s version %d handed on: this worker holds versions %s", step, run.saga_type,
+                run.saga_version, registry.versions(run.saga_type), extra=extra)
+    if handoffs == 0:
+        rt.store.record(run.saga_id, HistoryEvent("StepHandedOn", step, None, detail), by=delivery.task_id, now=now)
+    kwargs = {**(delivery.kwargs or {}), "handoffs": handoffs + 1}
+    return HandOn([run.saga_id, step], kwargs, handoff_delay(handoffs))
+
+
 def _dead_letter_message(rt: Runtime, st: StepTask, saga_id: str, step: str, kind: str, delivery: Delivery,
                          error: ErrorInfo) -> None:
     """Keep a step message no run can take (`error` says why) as a dead letter, in the table and
@@ -380,7 +429,11 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
             inline = budget_for(st.queue, hard, started, rt.settings.inline_max_steps)
         retry = handle_step(rt, st, message.saga_id, message.step, delivery_of(self), inline=inline,
                             **message.handle_kwargs())
-        if retry is not None:
+        if isinstance(retry, HandOn):  # published before this message is acked: a crash leaves both
+            hard, soft = self.request.timelimit or (None, None)
+            self.apply_async(args=retry.args, kwargs=retry.kwargs, task_id=self.request.id, queue=st.queue,
+                             countdown=retry.countdown, time_limit=hard, soft_time_limit=soft)
+        elif retry is not None:
             raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
 
     body.__name__ = st.fn.__name__
@@ -389,4 +442,4 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
                     **DELIVERY_OPTIONS)(body)
 
 
-__all__ = ["Delivery", "RetrySelf", "handle_step", "make_step_task"]
+__all__ = ["Delivery", "HandOn", "RetrySelf", "handle_step", "make_step_task"]

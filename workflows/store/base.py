@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
-from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView
+from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView, WorkerView
 
 CallerTx = Session | Connection
 """The caller's transaction (`workflows.store.joined`): an ORM `Session` or a Core `Connection`."""
@@ -161,6 +161,36 @@ class DeadLetterGroup:
     step: str
     kind: str
     count: int
+
+
+@dataclass(frozen=True)
+class RecordedDefinition:
+    saga_type: str
+    saga_version: int
+    fingerprint: str
+    shape: list[Any]
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """Runs of one version of one saga type in one state."""
+
+    saga_type: str
+    saga_version: int
+    state: str
+    count: int
+
+
+@dataclass(frozen=True)
+class ParkedStep:
+    """A step message a worker dropped after handing it on `MAX_HANDOFFS` times."""
+
+    saga_id: str
+    task_id: str
+    saga_type: str
+    saga_version: int
+    step: str
+    kind: str
 
 
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
@@ -318,8 +348,48 @@ class SagaStore(Protocol):
     def open_dead_letter_groups(self) -> builtins.list[DeadLetterGroup]: ...
 
     def open_dead_letters_of(self, saga_type: str, step: str, limit: int = 10_000) -> Sequence[DeadLetterView]: ...
+
     def waits_timed_out(self) -> dict[str, int]:
         """Waits that timed out with no signal, by saga type."""
+        ...
+
+    # -- versions (workflows.store.workers)
+    def announce_worker(self, name: str, versions: dict[str, dict[str, str]], now: datetime) -> None:
+        """Insert or refresh worker `name`'s heartbeat: {saga: {version: fingerprint}} it holds."""
+        ...
+
+    def forget_worker(self, name: str) -> None:
+        """Worker `name` stopped."""
+        ...
+
+    def live_workers(self, seen_since: datetime) -> builtins.list[WorkerView]:
+        """Workers whose heartbeat is newer than `seen_since`."""
+        ...
+
+    def record_definitions(self, defs: builtins.list[RecordedDefinition],
+                           now: datetime) -> builtins.list[tuple[RecordedDefinition, RecordedDefinition]]:
+        """Record each (saga, version, fingerprint, shape) not recorded yet; returns (recorded, given)
+        for those recorded with another fingerprint."""
+        ...
+
+    def park_step(self, p: ParkedStep, event: HistoryEvent, *, by: str, now: datetime) -> None:
+        """Record a parked step and its history row, atomically (a second park of it changes nothing)."""
+        ...
+
+    def parked_steps(self, limit: int = 500) -> builtins.list[ParkedStep]:
+        """Parked steps, oldest first."""
+        ...
+
+    def unpark(self, saga_id: str, task_id: str) -> None:
+        """The parked step was dispatched again, or its run moved on."""
+        ...
+
+    def recorded_definitions(self) -> builtins.list[RecordedDefinition]:
+        """Every (saga, version) a worker has recorded, with its fingerprint and shape."""
+        ...
+
+    def version_counts(self, *, active_only: bool = False) -> builtins.list[VersionCount]:
+        """Orchestrated runs by saga type, version and state (`active_only`: the states not terminal)."""
         ...
 
     # -- choreography (workflows.store.events; records: SagaHead, OutboxRecord). `Sequence`: in this

@@ -56,6 +56,7 @@ class SagaRow(Base):
               postgresql_ops={"input": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
         Index("ix_sagas_state_deadline", "state", "deadline_at"),
         Index("ix_sagas_parent", "parent_id"),
+        Index("ix_sagas_type_version_state", "saga_type", "saga_version", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -63,6 +64,8 @@ class SagaRow(Base):
     style: Mapped[str] = mapped_column(String(20), default="orchestrated")
     state: Mapped[str] = mapped_column(String(20))
     version: Mapped[int] = mapped_column(Integer, default=0)
+    saga_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """The version of the saga's definition the run started with (not the lock counter `version`)."""
     input: Mapped[dict[str, Any]] = mapped_column(JSONType)
     input_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
@@ -185,6 +188,49 @@ class DeadLetterRow(Base):
     sent_at: Mapped[datetime | None]
     """When its copy reached the broker's `dead_letter` queue. NULL: still to send (after commit,
     or by the sweeper when the writer died first)."""
+
+
+class WorkerRow(Base):
+    """A worker's heartbeat: the saga versions it holds. Written when it starts, refreshed on a
+    timer, deleted when it stops; a row not refreshed for a while is a worker gone."""
+
+    __tablename__ = "saga_workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The Celery node name and its pid (`celery@host:1234`)."""
+    versions: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """{saga name: {version (as a string): fingerprint}}."""
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+
+
+class ParkedStepRow(Base):
+    """A step message no worker took (handed on `MAX_HANDOFFS` times): its worker dropped it and left
+    this row; the sweeper dispatches the step again once a live worker holds its saga version."""
+
+    __tablename__ = "saga_parked_steps"
+
+    saga_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The dispatch that was parked: a step dispatched since (another task id) makes the row stale."""
+    saga_type: Mapped[str] = mapped_column(String(100))
+    saga_version: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))
+    parked_at: Mapped[datetime]
+
+
+class DefinitionRow(Base):
+    """Each (saga, version) a worker has held, with its shape: a worker whose code has another
+    shape under a version recorded here refuses to start (`VersionConflict`)."""
+
+    __tablename__ = "saga_definitions"
+
+    saga_type: Mapped[str] = mapped_column(String(100), primary_key=True)
+    saga_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    shape: Mapped[list[Any]] = mapped_column(JSONType)
+    first_seen: Mapped[datetime]
 
 
 class ProcessedEventRow(Base):

@@ -96,7 +96,8 @@ def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, di
     before, after = t.before, t.after
     params: dict[str, Any] = {"t_id": after.saga_id, "t_version": before.version, "t_state": after.status.value,
                               "t_failure_reason": after.failure_reason, "t_deadline_at": after.deadline_at,
-                              "t_caused_by": by, "t_updated_at": now, "t_signals_pending": len(after.signals)}
+                              "t_caused_by": by, "t_updated_at": now, "t_signals_pending": len(after.signals),
+                              "t_saga_version": after.saga_version}
     shape = []
     for old, st in zip(before.steps, after.steps):
         if st != old:
@@ -116,7 +117,7 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
             .values(version=SAGAS.c.version + 1, state=bindparam("t_state"),
                     failure_reason=bindparam("t_failure_reason"), deadline_at=bindparam("t_deadline_at"),
                     caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"),
-                    signals_pending=bindparam("t_signals_pending"))
+                    signals_pending=bindparam("t_signals_pending"), saga_version=bindparam("t_saga_version"))
             .returning(SAGAS.c.id).cte("bump"))
     parts = [update(STEPS).where(STEPS.c.saga_id == bump.c.id, STEPS.c.index == index)
              .values({c: bindparam(f"s{index}_{c}") for c in columns})
@@ -126,9 +127,9 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
     return select(func.count()).select_from(bump).add_cte(*parts)
 
 
-_SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "input", "input_hash", "idempotency_key",
-                 "caused_by", "created_at", "updated_at", "deadline_at", "signals_pending", "parent_id",
-                 "parent_step")
+_SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "saga_version", "input", "input_hash",
+                 "idempotency_key", "caused_by", "created_at", "updated_at", "deadline_at", "signals_pending",
+                 "parent_id", "parent_step")
 _STEP_INSERT_COLUMNS = ("index", "name", *STEP_COLUMNS)
 
 

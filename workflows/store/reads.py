@@ -214,7 +214,7 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
                         compensation_redeliveries=r.compensation_redeliveries) for r in row.steps],
         events=[EventView(id=e.id, at=e.at, type=e.type, step=e.step, attempt=e.attempt, detail=e.detail)
                 for e in events],
-        dead_letters=[_dead_letter_view(d) for d in dls],
+        dead_letters=[_dead_letter_view(d) for d in dls], saga_version=row.saga_version,
         parent_id=row.parent_id, parent_step=row.parent_step, children=children or [],
     )
 

@@ -76,12 +76,14 @@ def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,
     """The run, step and history rows of a new run whose first transition (`Started`) is `t`."""
     run = t.after
     saga_row = {"id": run.saga_id, "saga_type": run.saga_type, "style": "orchestrated", "state": run.status.value,
-                "version": run.version, "input": run.input, "input_hash": input_hash(run.saga_type, run.input),
+                "version": run.version, "saga_version": run.saga_version, "input": run.input,
+                "input_hash": input_hash(run.saga_type, run.input),
                 "idempotency_key": idempotency_key, "caused_by": by, "created_at": now, "updated_at": now,
                 "deadline_at": run.deadline_at, "signals_pending": len(run.signals), "parent_id": run.parent_id,
                 "parent_step": run.parent_step}
     steps = [step_values(run.saga_id, st, None, now) for st in run.steps]
-    created: dict[str, Any] = {"saga_type": run.saga_type, "idempotency_key": idempotency_key}
+    created: dict[str, Any] = {"saga_type": run.saga_type, "saga_version": run.saga_version,
+                               "idempotency_key": idempotency_key}
     if run.parent_id is not None:
         created.update(parent_id=run.parent_id, parent_step=run.parent_step)
     events = [{"saga_id": run.saga_id, "at": now, "type": "SagaCreated", "step": None, "attempt": None,

@@ -28,12 +28,13 @@ from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, child_creations, creation_rows, dead_letter_values,
                                   event_values, redelivery_event, redelivery_update, signal_values, step_values)
+from workflows.store.workers import Workers
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
-_STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.input,
-                 SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by, SAGAS.c.signals_pending,
-                 SAGAS.c.parent_id, SAGAS.c.parent_step,
+_STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.saga_version,
+                 SAGAS.c.input, SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
+                 SAGAS.c.signals_pending, SAGAS.c.parent_id, SAGAS.c.parent_step,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
                  STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
                  STEPS.c.deadline_at.label("step_deadline_at"), STEPS.c.finished_at)
@@ -57,7 +58,7 @@ _KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIG
 """The signals kept for a run's waits not begun yet; read only when the run counts some."""
 
 
-class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
+class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
     """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
     starts written in a caller's transaction, `workflows.store.joined`)."""
 
@@ -132,7 +133,7 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
                                  who=k.who, received_at=k.received_at) for k in kept),
             saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
             deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
-            parent_id=r.parent_id, parent_step=r.parent_step,
+            parent_id=r.parent_id, parent_step=r.parent_step, saga_version=r.saga_version,
             steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
                                   compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
                                   task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
@@ -151,7 +152,8 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore):
         before, after = t.before, t.after
         bumped = s.execute(_BUMP, {"b_id": after.saga_id, "b_version": before.version, "state": after.status.value,
                                    "failure_reason": after.failure_reason, "deadline_at": after.deadline_at,
-                                   "caused_by": by, "updated_at": now, "signals_pending": len(after.signals)})
+                                   "caused_by": by, "updated_at": now, "signals_pending": len(after.signals),
+                                   "saga_version": after.saga_version})
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentTransition(f"saga {after.saga_id} changed under us")
         if t.signals:
