@@ -122,8 +122,9 @@ class Sim:
                 [kid] = [s for s in t.after.steps if s.task_id == o.saga_id]
                 assert kid.result is not None and self.runs[o.saga_id].status == RunStatus.COMPLETED, kid
         # (a cancel times a step out and dispatches its compensation in one transition: its events say so)
-        self.happened |= {(run_id, e.step) for e in t.events if e.type in ("StepSucceeded", "StepTimedOut")
-                          and e.step is not None}
+        self.happened |= {(run_id, e.step) for e in t.events if e.step is not None and (
+            e.type in ("StepSucceeded", "StepTimedOut")
+            or (e.type == "StepWorkerLost" and e.detail["kind"] == "action"))}  # its effect is unknown
         for old, new in zip(before.steps, t.after.steps):
             key = (run_id, new.name)
             if new.status == StepStatus.COMPENSATED and old.status != StepStatus.COMPENSATED:
