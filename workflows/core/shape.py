@@ -22,7 +22,8 @@ def _step(st: Any) -> dict[str, Any]:
 
 def shape_of(nodes: Sequence[Any]) -> Shape:
     """A saga's stages (`Saga.steps`: steps, `Parallel` groups, `ForEach` fan-outs, waits, child
-    sagas) as JSON values, what `fingerprint_of` hashes. Read by their attributes: this module imports no declaration."""
+    sagas) as JSON values, what `fingerprint_of` hashes. Read by their attributes: this module
+    imports no declaration."""
     out: Shape = []
     for node in nodes:
         if hasattr(node, "max_items"):  # ForEach

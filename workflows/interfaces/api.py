@@ -284,7 +284,7 @@ def status(saga_id: str) -> SagaStatus:
                   for c in v.children])
 
 
-@api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"])
+@api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"], responses=REFUSED)
 def signal(saga_id: Annotated[str, Path(max_length=64)], name: Annotated[str, Path(max_length=100)],
            payload: Annotated[dict[str, Any] | None, Body()] = None, key: IdempotencyKey = None,
            who: Operator = "api") -> Signalled:
@@ -315,7 +315,7 @@ def saga_versions(rt: AppRuntime) -> list[SagaVersion]:
             for v in versions.version_report(rt)]
 
 
-@api.post("/sagas/{saga_id}/move", tags=["operator"])
+@api.post("/sagas/{saga_id}/move", tags=["operator"], responses=REFUSED)
 def move(saga_id: str, body: MoveRequest, who: Operator = "api") -> SagaView:
     """Move a FAILED or stuck run to a newer, compatible version of its saga (409 with the reason if not)."""
     return versions.migrate(saga_id, body.to_version, reason=body.reason, who=who)

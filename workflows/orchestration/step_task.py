@@ -39,7 +39,7 @@ from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, ChildFinished, Command,
                                   CompensationFailed, CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo,
                                   HistoryEvent, MessageInfo, Order, Outcome, RunState, Transition, WorkerLost)
-from workflows.core.steps import StepContext, StepTask
+from workflows.core.steps import StepContext, StepTask, step_tasks
 from workflows.orchestration.inline import InlineBudget, budget_for, holding_pool_soft_limit, soft_limit
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
@@ -153,7 +153,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         applied = loop.ignore_stale(run, by=by, step=step, what=f"{kind} (not run)", own=run.caused_by == by,
                                     message_version=version, attempt=attempt)
         if applied.own_commit:
-            found_own_commit(rt, definition, applied.state, delivery, step)
+            found_own_commit(rt, definition, applied.state, delivery, step, st.queue)
         return None
 
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
@@ -177,7 +177,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     t = applied.transition
     if t is None:
         if applied.own_commit and state is None:
-            found_own_commit(rt, definition, applied.state, delivery, step)
+            found_own_commit(rt, definition, applied.state, delivery, step, st.queue)
         return None
     own = [c for c in t.commands if c.step == step and c.kind == kind and c.task_id == delivery.task_id
            and state is None]
@@ -306,7 +306,8 @@ def _run_function(saga: Saga, st: StepTask, ctx: StepContext,
     return CompensationSucceeded(ctx.step), None
 
 
-def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery, step: str | None) -> None:
+def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery, step: str | None,
+                     queue: str | None = None) -> None:
     """This message's transition already committed: re-publish the follow-up only if it may be missing.
 
     The copy that committed publishes before it is acked. So only a redelivery (that copy died)
@@ -321,6 +322,8 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
         mine = {(e.step, e.detail.get("task_id")) for e in history
                 if e.type in ("StepDispatched", "CompensationDispatched") and e.detail.get("by") == delivery.task_id}
         cmds = tuple(c for c in commands_for(saga, run, rt.timing) if (c.step, c.task_id) in mine)
+        if delivery.redelivered and queue is not None and rt.settings.inline_steps:
+            cmds = tuple(c for c in cmds if not _lost_inline(rt, saga, run, c, queue))
         for cmd in cmds:
             log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
             rt.dispatcher.send_step(run, cmd)
@@ -333,6 +336,20 @@ def found_own_commit(rt: Runtime, saga: Saga, run: RunState, delivery: Delivery,
         log.warning("duplicate of %s for step %s ignored", delivery.task_id, step, extra={"saga_id": run.saga_id})
         rt.store.record(run.saga_id, HistoryEvent("DuplicateIgnored", step, None, {"run_version": run.version}),
                         by=delivery.task_id, now=now)
+
+
+def _lost_inline(rt: Runtime, saga: Saga, run: RunState, cmd: Command, queue: str) -> bool:
+    """A step this redelivered message (taken from `queue`) dispatched and would have run inline:
+    its worker was most likely lost while running it, so that counts as a lost worker of the step,
+    as a redelivery of its own message would (`_may_run_again`). True: it was given up (`WorkerLost`),
+    not to be published again. (A crash between the commit and the inline run counts one loss too many.)"""
+    st = step_tasks.get(cmd.task)
+    if st is None or st.queue != queue or cmd.eta is not None:
+        return False
+    args, kwargs = message_for(run, cmd)
+    message = MessageInfo(task_name=cmd.task, queue=queue, args=args, kwargs=kwargs, headers={"task_id": cmd.task_id})
+    attempt = kwargs["attempt"]
+    return not _may_run_again(rt, saga, run, Dispatch(cmd.step, cmd.kind, cmd.task_id, attempt), message)
 
 
 def _recover_children(rt: Runtime, run: RunState, started: list[str]) -> None:
