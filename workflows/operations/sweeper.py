@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from workflows.choreography.operations import sweep_choreographies
-from workflows.core.definition import registry
+from workflows.core.definition import Saga, registry
 from workflows.core.errors import UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
                                   ErrorInfo, Order, Outcome, Redispatch, RunStatus, Started, StepStatus, WaitTimedOut)
@@ -71,10 +71,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     never_heard: set[str] = set()
     """Runs nothing reported on since their start: every step of their first stage may be unsent."""
     for saga_id, saga_type, step, _version in store.due_steps(now):
-        try:
-            saga = registry.get(saga_type)
-        except UnknownSaga:
-            log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
+        if (saga := _known(saga_type, saga_id)) is None:
             continue
         run = store.load(saga_id)
         if run.caused_by is not None and run.caused_by.startswith(FRESH_DISPATCHERS):
@@ -104,7 +101,9 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
     for saga_id in store.due_deadlines(now):
         run = store.load(saga_id)
-        applied = loop.apply(registry.get(run.saga_type), saga_id, Cancel("saga deadline passed", who="sweeper"),
+        if (saga := _known(run.saga_type, saga_id)) is None:
+            continue
+        applied = loop.apply(saga, saga_id, Cancel("saga deadline passed", who="sweeper"),
                              by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
             report.cancelled.append(saga_id)
@@ -113,16 +112,20 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     # deadline against it)
     at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
     for saga_id, saga_type, wait in store.due_waits(now):
+        if (saga := _known(saga_type, saga_id)) is None:
+            continue
         run = store.load(saga_id)
-        applied = at_now.apply(registry.get(saga_type), saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
+        applied = at_now.apply(saga, saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.waits_timed_out.append(f"{saga_id}:{wait}")
 
     for saga_id, saga_type in store.due_starts(now):
+        if (saga := _known(saga_type, saga_id)) is None:
+            continue
         run = store.load(saga_id)
         # by "start": nothing has reported on it yet, so a lost first message is sent again
-        applied = at_now.apply(registry.get(saga_type), saga_id, Started(), by=STARTED_BY,
+        applied = at_now.apply(saga, saga_id, Started(), by=STARTED_BY,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.started.append(saga_id)
@@ -141,6 +144,16 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())
     return report
+
+
+def _known(saga_type: str, saga_id: str) -> Saga | None:
+    """The saga declared as `saga_type`; None (logged) if this process does not know it: its runs
+    are left to a sweeper that does, and the others are swept all the same."""
+    try:
+        return registry.get(saga_type)
+    except UnknownSaga:
+        log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
+        return None
 
 
 def _child_order(rt: Runtime, link: ChildLink) -> Order | None:
