@@ -203,7 +203,8 @@ def main() -> int:
     ok = True
     try:
         results = run_orchestrated(console)
-        results += run_approvals(console, len(results) + 1)
+        # numbered on from the scenarios (the results also hold their child runs' rows)
+        results += run_approvals(console, len(SCENARIOS) + 1)
         extra = _run_choreography(console)
         summary_rows = [(t, e, v.state) for t, e, v in results] + extra
         from rich.table import Table

@@ -92,12 +92,16 @@ def test_cancelling_a_parent_cancels_its_running_child_and_waits_for_it(redis_cl
     assert get_saga(kid_id).state == "COMPENSATED" and get_saga(kid_id).step("k1").result is None
 
 
-@pytest.fixture
-def crash_worker(app) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
-    """A worker on the crash queue whose pool process dies right after committing step k_last."""
+@pytest.fixture(params=[False, True], ids=["published", "inline"])
+def crash_worker(app, request) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
+    """A worker on the crash queue whose pool process dies right after committing step k_last;
+    with inline steps off (each step a message of its own) or on (k_last runs in k1's delivery).
+    `.inline` says which."""
     w = WorkerProcess(f"crash-kid-{uuid.uuid4().hex[:6]}", "crash", 1,
                       env=worker_env(SAGA_EXTRA_MODULES="tests.support.sagas,tests.support.crash_sagas",
-                                     SAGA_REDIS_VISIBILITY_TIMEOUT="5", SAGA_TEST_CRASH_AFTER_COMMIT="k_last"))
+                                     SAGA_REDIS_VISIBILITY_TIMEOUT="5", SAGA_TEST_CRASH_AFTER_COMMIT="k_last",
+                                     SAGA_INLINE_STEPS=str(request.param).lower()))
+    w.inline = request.param  # type: ignore[attr-defined]
     try:
         w.wait_ready(app)
         yield w
@@ -113,9 +117,12 @@ def test_a_crash_right_after_the_childs_last_commit_still_finishes_the_parent(cr
     parent = wait_for(saga_id, timeout=60)
     kid = get_saga(kid_id)
 
-    # Then the redelivered message found its own commit and delivered the report; the parent went on
+    # Then the redelivered message found its own commit and delivered the report; the parent went on.
+    # The message redelivered is the one being handled when the process died: k_last's own, or,
+    # with inline steps, k1's (k1 and k_last share the crash queue: k_last ran in k1's delivery)
     assert kid.state == "COMPLETED" and parent.state == "COMPLETED", parent.failure_reason
-    assert [e.detail["by"] for e in kid.events if e.type == "FollowUpRepublished"] == [kid.step("k_last").task_id]
+    handled = "k1" if crash_worker.inline else "k_last"
+    assert [e.detail["by"] for e in kid.events if e.type == "FollowUpRepublished"] == [kid.step(handled).task_id]
     assert [e.detail["by"] for e in parent.events if e.type == "StepSucceeded" and e.step == "kid"] == [
         f"saga:{kid_id}"]
     # nothing ran twice

@@ -25,7 +25,8 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert f"sqlite:///{tmp_path / 'data'}" in out and "filesystem://" in out
-    assert out.count("✔") == 19 and "✘" not in out
+    # one ✔ per summary row: 8 orchestrated scenarios, the 2 child runs, 3 approvals, 6 choreographies
+    assert out.count("✔") == 8 + 2 + 3 + len(CHOREOGRAPHY_SCENARIOS) == 19 and "✘" not in out
     assert "StepAttemptFailed process_payment (attempt 1)" in out
     # the parallel order: out of stock while the card was charged, the charge refunded
     assert "✔ COMPENSATED" in next(line for line in out.splitlines() if "out of stock while the card" in line
@@ -42,13 +43,14 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     assert len(summary_rows) == 4 and all("✔" in row for row in summary_rows), summary_rows
     assert (tmp_path / "data" / "sagas.db").exists()
     # the order above the limit: approved once, rejected once, timed out once (the stock released)
-    approved = out[out.index("7. approval"):out.index("8. approval")]
+    # numbered on from the 8 orchestrated scenarios (7 and 8 are the child sagas)
+    approved = out[out.index("9. approval"):out.index("10. approval")]
     assert "WaitStarted manager_approval" in approved and "WaitApproved manager_approval" in approved
     assert "StepSucceeded send_confirmation" in approved
-    rejected = out[out.index("8. approval"):out.index("9. approval")]
+    rejected = out[out.index("10. approval"):out.index("11. approval")]
     assert "WaitRejected manager_approval" in rejected and "StepCompensated reserve_inventory" in rejected
     assert "StepSucceeded process_payment" not in rejected
-    timed_out = out[out.index("9. approval"):]
+    timed_out = out[out.index("11. approval"):]
     assert "WaitTimedOut manager_approval" in timed_out and "StepCompensated reserve_inventory" in timed_out
     for title in ("approves: completes", "rejects: the stock is released", "times out, the stock is released"):
         row = next(line for line in summary_of(out).splitlines() if title in line)

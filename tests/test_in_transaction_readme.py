@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import tasks.sagas  # noqa: F401  (registers order_fulfillment, the saga the README starts)
+from tests.support.databases import drop_pg_database, fresh_pg_database
 from workflows import start_saga
 from workflows.interfaces.cli import main as sagas_cli
 from workflows.runtime.container import Runtime, activate
@@ -66,21 +67,6 @@ def valid_order(**overrides: Any) -> dict[str, Any]:
              "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin", "country": "DE"}}
     order.update(overrides)
     return order
-
-
-def fresh_pg_database(suffix: str) -> str:
-    """A new, empty PostgreSQL database next to the test one; its URL."""
-    name = f"{make_url(PG_URL).database}_{suffix}"
-    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_pg_database(url: str) -> None:
-    name = make_url(url).database
-    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def recording_runtime(url: str, tmp_path: Path) -> Runtime:

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from workflows import (Parallel, PermanentError, RetryPolicy, Saga, Step, StepContext, register_saga, start_saga,
                        step_task)
+from workflows.choreography import Choreography
+from workflows.choreography.bus import NoPublisher
 from workflows.core.errors import InvalidOperation
 from workflows.core.steps import step_tasks
 from workflows.operations.actions import cancel, resume
@@ -691,3 +694,41 @@ def test_the_chaos_invariants_accept_a_step_given_up_after_its_workers_died(rt: 
             "dead_letters": view.dead_letters}
     assert _check_compensated_only_what_may_have_happened(view.events) == []
     assert _check_dead_letters(saga, DIES) == []
+
+
+# ------------------------------------------------------------------ a runtime with no Celery app sweeps
+
+
+INPROC_SHOP = Choreography("inproc_shop", completed={"OrderShipped"}, events={"OrderShipped"})
+INPROC_SHOP.service("warehouse").subscribe("OrderPlaced", lambda ctx, event: None)
+
+
+def test_a_runtime_without_a_celery_app_sweeps_what_it_can_and_leaves_events_and_unknown_runs_alone(
+        rt: Runtime, worker: Worker, clock: Clock) -> None:
+    # Given an event this runtime could not send (no Celery app: a clear error, its row kept unsent)
+    with pytest.raises(NoPublisher, match="no Celery app"):
+        INPROC_SHOP.start("OrderPlaced", {"order_id": "o-1"})
+    [unsent] = rt.store.unsent_outbox(created_up_to=clock.now + timedelta(days=1))
+    # and a choreographed saga whose first event was sent (by a process that could) and never handled
+    with pytest.raises(NoPublisher):
+        INPROC_SHOP.start("OrderPlaced", {"order_id": "o-2"})
+    [sent] = [r for r in rt.store.unsent_outbox(created_up_to=clock.now + timedelta(days=1)) if r.id != unsent.id]
+    rt.store.mark_outbox_sent([sent.id], clock.now)
+    # and a run whose step is due, of a saga type this process does not know
+    gone = start_saga("inproc.line", {})
+    rt.dispatcher.take()  # type: ignore[attr-defined]  (its message was lost)
+    later = start_saga("inproc.line", {}, countdown=60)  # and a scheduled one, due by then
+    with create_engine(rt.settings.resolved_database_url()).begin() as c:
+        c.execute(text("UPDATE sagas SET saga_type = 'inproc.gone' WHERE id IN (:a, :b)"), {"a": gone, "b": later})
+    # and a run it knows, its first message lost too
+    known = start_saga("inproc.line", {})
+    rt.dispatcher.take()  # type: ignore[attr-defined]
+
+    # When it sweeps far in the future, Then the run it knows is handled, the other left to a
+    # sweeper that knows it, and the event left to one that can send it; nothing raised
+    report = sweep(rt, now=clock.now + timedelta(days=30))
+    assert report.redispatched == [f"{known}:a"]
+    assert sent.saga_id in report.stuck  # reported stuck; its delivery is not sent again from here
+    assert report.started == [] and rt.store.get(later).state == "SCHEDULED"
+    assert rt.store.get(gone).step("a").status == "RUNNING"
+    assert [r.id for r in rt.store.unsent_outbox(created_up_to=clock.now + timedelta(days=60))] == [unsent.id]

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 import tests.support.wait_sagas  # noqa: F401  (registers the sagas)
+from tests.support.databases import own_pg_database
 from tests.support.inprocess import Clock, Worker
 from workflows import start_saga
 from workflows.core.errors import InvalidInput, NotWaiting, SagaError, SagaNotFound, SignalConflict
@@ -38,12 +39,18 @@ def rt(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'waits.db'}"
         migrate(url)
-    else:
-        url = request.getfixturevalue("database")
+    else:  # a database of its own: the sweeps at a far-future `now` would act on other modules' runs
+        url = request.getfixturevalue("waits_pg")
     runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
                       ids=lambda: uuid.uuid4().hex, _dispatcher=RecordingDispatcher())
     with activate(runtime):
         yield runtime
+
+
+@pytest.fixture(scope="module")
+def waits_pg() -> Iterator[str]:
+    with own_pg_database("waits") as url:
+        yield url
 
 
 @pytest.fixture

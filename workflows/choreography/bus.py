@@ -69,12 +69,29 @@ def consumer_queue(service: str, routes: Iterable[tuple[str, str]]) -> Queue:
 
 
 def publisher() -> Celery:
-    """The Celery app events are sent through: the runtime's, unless `use_publisher` says otherwise."""
+    """The Celery app events are sent through: the runtime's, unless `use_publisher` says otherwise.
+
+    Raises `NoPublisher` when there is neither (a runtime built with app=None)."""
     if _publisher is not None:
         return _publisher
     from workflows.runtime.container import get_runtime
 
-    return get_runtime().app
+    app = get_runtime().app
+    if app is None:
+        raise NoPublisher("this runtime has no Celery app to send events with: build it with one, "
+                          "or send through another inside `use_publisher(app)`")
+    return app
+
+
+def has_publisher() -> bool:
+    """Whether `publisher()` has an app to send events with."""
+    from workflows.runtime.container import get_runtime
+
+    return _publisher is not None or get_runtime().app is not None
+
+
+class NoPublisher(RuntimeError):
+    """No Celery app to send choreography events with."""
 
 
 @contextmanager

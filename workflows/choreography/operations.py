@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from workflows.choreography import history, outbox
+from workflows.choreography import bus, history, outbox
 from workflows.choreography.declaration import choreographies
 from workflows.choreography.envelope import MalformedEvent, parse_envelope
 from workflows.core.errors import InvalidOperation
@@ -63,17 +63,26 @@ def stuck_sagas(rt: Runtime | None = None, now: datetime | None = None, limit: i
 
 def sweep_choreographies(rt: Runtime, now: datetime) -> list[str]:
     """The sweeper's part for choreographies; returns the stuck sagas (reported, their lost
-    deliveries sent again)."""
+    deliveries sent again).
+
+    A runtime with no Celery app to send events with (app=None, the in-process tier) relays
+    nothing and sends nothing again: it reports the stuck sagas, and leaves the outbox to a sweeper
+    that can send."""
+    can_send = bus.has_publisher()
+    if not can_send:
+        log.info("sweep: choreography outbox not relayed, stuck deliveries not resent: "
+                 "this runtime has no Celery app to send events with")
+    sent = 0
     try:
-        sent = outbox.relay_pending(older_than=OUTBOX_GRACE, now=now)
+        if can_send:
+            sent = outbox.relay_pending(older_than=OUTBOX_GRACE, now=now)
     except Exception as e:  # the broker is down: the next sweep tries again
         log.warning("outbox relay failed: %s", e)
-        sent = 0
     if sent:
         log.warning("sweep: relayed %d event(s) their publisher left unsent", sent)
     _refresh_failed(rt, now)
     stuck = stuck_sagas(rt, now)
-    for saga_id in stuck:
+    for saga_id in stuck if can_send else ():
         resent = resend_pending(rt, saga_id, now)
         log.warning("choreographed saga is stuck: no event before its deadline; %d delivery(ies) sent again",
                     resent, extra={"saga_id": saga_id})

@@ -75,7 +75,9 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
                             start_at=when)
     t = started.transition
-    if t is None or not t.commands:  # an existing run, or a scheduled one (the sweeper starts it)
+    # an existing run, or a scheduled one (the sweeper starts it), publishes nothing; a run whose
+    # first stage is a child has no message of its own, only its child's first one (t.children)
+    if t is None or not (t.commands or t.children or t.orders or t.dead_letters):
         return started.saga_id
     if tx is None:
         _publish_first(rt, t)

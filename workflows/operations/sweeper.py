@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from workflows.choreography.operations import sweep_choreographies
-from workflows.core.definition import registry
+from workflows.core.definition import Saga, registry
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
                                   ErrorInfo, Order, Outcome, Redispatch, Resume, RunStatus, Started, StepStatus,
@@ -146,15 +146,19 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
     for saga_id, saga_type, wait in store.due_waits(now):
         run = store.load(saga_id)
-        applied = at_now.apply(registry.get(saga_type), saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
+        if (saga := _known(saga_type, saga_id, run.saga_version)) is None:
+            continue
+        applied = at_now.apply(saga, saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.waits_timed_out.append(f"{saga_id}:{wait}")
 
     for saga_id, saga_type in store.due_starts(now):
         run = store.load(saga_id)
+        if (saga := _known(saga_type, saga_id, run.saga_version)) is None:
+            continue
         # by "start": nothing has reported on it yet, so a lost first message is sent again
-        applied = at_now.apply(registry.get(saga_type), saga_id, Started(), by=STARTED_BY,
+        applied = at_now.apply(saga, saga_id, Started(), by=STARTED_BY,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.started.append(saga_id)
@@ -173,6 +177,16 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())
     return report
+
+
+def _known(saga_type: str, saga_id: str, version: int) -> Saga | None:
+    """Version `version` of the saga declared as `saga_type`; None (logged) if this process does not
+    hold it: its runs are left to a sweeper that does, and the others are swept all the same."""
+    try:
+        return registry.get(saga_type, version)
+    except UnknownSaga:
+        log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
+        return None
 
 
 def _child_order(rt: Runtime, link: ChildLink) -> Order | None:

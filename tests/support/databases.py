@@ -1,0 +1,43 @@
+"""PostgreSQL databases of a test's own, next to the shared test database (TEST_PG_URL).
+
+The shared database holds every module's runs; a test that sweeps it at a far-future `now`, or
+counts what a search returns, sees them too. Such a test takes a database of its own.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def fresh_pg_database(suffix: str) -> str:
+    """A new, empty PostgreSQL database next to the test one (`<test db>_<suffix>`); its URL."""
+    name = f"{make_url(PG_URL).database}_{suffix}"
+    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    name = make_url(url).database
+    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def own_pg_database(suffix: str) -> Iterator[str]:
+    """A fresh database with the saga tables (migrated to head), dropped afterwards; its URL."""
+    from workflows.store.db import migrate
+
+    url = fresh_pg_database(suffix)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(url)
