@@ -146,19 +146,19 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
     for saga_id, saga_type, wait in store.due_waits(now):
         run = store.load(saga_id)
-        if (saga := _known(saga_type, saga_id, run.saga_version)) is None:
+        if (known := _known(saga_type, saga_id, run.saga_version)) is None:
             continue
-        applied = at_now.apply(saga, saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
+        applied = at_now.apply(known, saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.waits_timed_out.append(f"{saga_id}:{wait}")
 
     for saga_id, saga_type in store.due_starts(now):
         run = store.load(saga_id)
-        if (saga := _known(saga_type, saga_id, run.saga_version)) is None:
+        if (known := _known(saga_type, saga_id, run.saga_version)) is None:
             continue
         # by "start": nothing has reported on it yet, so a lost first message is sent again
-        applied = at_now.apply(saga, saga_id, Started(), by=STARTED_BY,
+        applied = at_now.apply(known, saga_id, Started(), by=STARTED_BY,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.started.append(saga_id)
