@@ -99,7 +99,8 @@ def crash_worker(app, request) -> Iterator[WorkerProcess]:  # type: ignore[no-un
     `.inline` says which."""
     w = WorkerProcess(f"crash-kid-{uuid.uuid4().hex[:6]}", "crash", 1,
                       env=worker_env(SAGA_EXTRA_MODULES="tests.support.sagas,tests.support.crash_sagas",
-                                     SAGA_REDIS_VISIBILITY_TIMEOUT="5", SAGA_TEST_CRASH_AFTER_COMMIT="k_last",
+                                     SAGA_REDIS_VISIBILITY_TIMEOUT="5", SAGA_REDIS_VISIBILITY_CHECK="0",
+                                         SAGA_TEST_CRASH_AFTER_COMMIT="k_last",
                                      SAGA_INLINE_STEPS=str(request.param).lower()))
     w.inline = request.param  # type: ignore[attr-defined]
     try:
