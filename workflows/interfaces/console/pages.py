@@ -507,8 +507,3 @@ async def discard(dl_id: str, request: Request) -> Response:
         d = dead_letters.discard(dl_id, who=f["operator"], reason=f["reason"])
         return f"dead letter {d.id} {d.status.lower()}"
     return await _act(request, f"/console/dead-letters/{quote(dl_id)}", do, "discard")
-
-
-# Signals to a waiting saga (issue 18, "send a signal"): waits do not exist on this branch. When they
-# land, the action goes here, as the others: POST /console/sagas/{saga_id}/signal with the signal's
-# name and JSON payload, calling the operations layer's signal function; saga.html has its place.
