@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.inprocess import Clock
 
 from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, registry, start_saga, step_task
 from workflows.core.definition import SagaRegistry
@@ -94,17 +95,6 @@ def v3() -> Saga:
 
 for make in (v1, v2, v3):
     registry.register(make())
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -321,7 +311,7 @@ def test_the_sweeper_leaves_a_version_no_live_worker_holds_and_redispatches_a_pa
     assert rt.store.load(saga_id).step("reserve").status.value == "RUNNING"
     v = next(x for x in version_report(rt) if (x.saga_type, x.saga_version) == (NAME, 1))
     assert (v.active, v.workers, v.runs) == (1, [], {"RUNNING": 1})
-    metrics = saga_registry(lambda: rt.store)
+    metrics = saga_registry(lambda: rt.store, clock=clock)  # the heartbeats are on the test's clock
     labels = {"saga_type": NAME, "saga_version": "1"}
     assert metrics.get_sample_value("saga_version_unheld_runs", labels) == 1
     assert metrics.get_sample_value("saga_version_runs", {**labels, "state": "RUNNING"}) == 1

@@ -464,7 +464,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                   description="Start sagas, follow them, and operate them (retry, resume, cancel, dead letters).")
     app.state.settings = settings
     app.state.runtime = runtime
-    app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store)
+    app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store,
+                                      clock=lambda: (runtime or get_runtime()).clock())
     app.include_router(ops)
     app.include_router(api)
     app.include_router(console_router)

@@ -57,12 +57,15 @@ RECENT_STEPS_LIMIT = 50_000
 class SagaCollector(Collector):
     """Reads the store on every `collect()`; register it on a `CollectorRegistry`.
 
-    `store` is called on each scrape (the runtime's store is created lazily, once per process).
+    `store` is called on each scrape (the runtime's store is created lazily, once per process);
+    `clock` gives the scrape's time (windows, stuck runs, live workers).
     """
 
-    def __init__(self, store: Callable[[], SagaStore], *, window: float = 3600.0) -> None:
+    def __init__(self, store: Callable[[], SagaStore], *, window: float = 3600.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self._store = store
         self.window = window
+        self.clock = clock
 
     @property
     def store(self) -> SagaStore:
@@ -71,7 +74,7 @@ class SagaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("saga_store_up", "1 if the saga store answered this scrape")
         try:
-            families = list(self._families(datetime.now(timezone.utc)))
+            families = list(self._families(self.clock()))
         except SQLAlchemyError:
             log.exception("metrics: the saga store did not answer")
             up.add_metric([], 0)
@@ -187,8 +190,9 @@ class SagaCollector(Collector):
         return family
 
 
-def saga_registry(store: Callable[[], SagaStore], *, window: float = 3600.0) -> CollectorRegistry:
+def saga_registry(store: Callable[[], SagaStore], *, window: float = 3600.0,
+                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> CollectorRegistry:
     """A registry holding only the saga collector (what the API serves at /metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SagaCollector(store, window=window))
+    registry.register(SagaCollector(store, window=window, clock=clock))
     return registry
