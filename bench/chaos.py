@@ -52,6 +52,7 @@ class Pool:
     def __init__(self, name: str, queues: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> None:
         self.name, self.queues, self.env, self.concurrency = name, queues, env, concurrency
         self.log = log_dir / f"{name}.log"
+        self.node = f"{name}@{socket.gethostname()}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -258,11 +259,37 @@ class Chaos:
     # ------------------------------------------------------------ the chaos
 
     def killer(self) -> None:
+        import redis as redis_lib
+
+        from bench import chaos_probe
+
+        probe = redis_lib.Redis.from_url(os.environ["CHAOS_PROBE_URL"], socket_timeout=2)
         while not self.stop.wait(self.rng.uniform(*self.args.kill_every)):
-            pool = self.rng.choice(self.pools)
+            pool = self.aim(probe)
             pool.kill()
+            chaos_probe.forget_node(probe, self.run_id, pool.node)
             self.figures["kills"] += 1
             pool.start()
+
+    def aim(self, probe: Any, patience: float = 3.0) -> Pool:
+        """A pool with a message in hand (the probe's busy processes), so the kill hits work in flight;
+        after `patience` seconds with every pool idle, any pool."""
+        from bench import chaos_probe
+
+        deadline = time.monotonic() + patience
+        while not self.stop.is_set():
+            try:
+                busy = chaos_probe.busy_nodes(probe, self.run_id)
+            except Exception:  # noqa: BLE001 (the probe's Redis restarting: aim at random)
+                busy = set()
+            hits = [p for p in self.pools if p.node in busy]
+            if hits:
+                self.figures["kills_in_flight"] += 1
+                return self.rng.choice(hits)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return self.rng.choice(self.pools)
 
     def sweeper(self) -> None:
         from workflows.operations.sweeper import sweep
