@@ -52,8 +52,8 @@ class SagaRow(Base):
         Index("ix_sagas_created", "created_at", "id"),
         Index("ix_sagas_state_created", "state", "created_at"),
         Index("ix_sagas_type_created", "saga_type", "created_at"),
-        Index("ix_sagas_input", "input", postgresql_using="gin",
-              postgresql_ops={"input": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
+        Index("ix_sagas_input", "input", postgresql_using="gin", postgresql_ops={"input": "jsonb_path_ops"},
+              postgresql_with={"fastupdate": "off"}).ddl_if(dialect="postgresql"),  # revision 0009
         Index("ix_sagas_state_deadline", "state", "deadline_at"),
         Index("ix_sagas_parent", "parent_id"),
         Index("ix_sagas_type_version_state", "saga_type", "saga_version", "state"),
