@@ -2,7 +2,8 @@
 
 Every process that imports this module (the bench's workers, through SAGA_EXTRA_MODULES, and
 the bench driver) counts in memory:
-- `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`);
+- `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`) or on the driver's
+  cursor (the store's hot path, `workflows.store.driver.STATEMENT_LISTENERS`);
 - `checkouts`: pool checkouts (no round trip: the engines do not pre-ping; see workflows/db.py);
 - `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip (psycopg 3 and psycopg2
   send BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK),
@@ -23,6 +24,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+from workflows.store.driver import STATEMENT_LISTENERS
+
 KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:counters"
 FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 TRACE = os.environ.get("BENCH_TRACE_SQL") == "1"
@@ -38,11 +41,18 @@ def _bump(name: str) -> None:
 
 @event.listens_for(Engine, "before_cursor_execute")
 def _on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    _on_driver_statement(statement)
+
+
+def _on_driver_statement(statement: str) -> None:
     _counts["statements"] += 1
     if TRACE:
         import sys
 
         print(f"[sql {os.getpid()}] {statement.split(chr(10))[0][:160]}", file=sys.stderr)
+
+
+STATEMENT_LISTENERS.append(_on_driver_statement)
 
 
 def _sends(conn: Any) -> bool:

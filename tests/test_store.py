@@ -212,6 +212,9 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
     written, statements, created = [], [], []
     sent: list[str] = []
     listener = lambda conn, cursor, statement, *a: sent.append(statement)  # noqa: E731
+    from workflows.store.driver import STATEMENT_LISTENERS
+
+    STATEMENT_LISTENERS.append(sent.append)  # the hot path's statements, on the driver's cursor
     engines = {get_engine(database), statement_engine(database)}
     for engine in engines:
         event.listen(engine, "before_cursor_execute", listener)
@@ -233,6 +236,7 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", listener)
+        STATEMENT_LISTENERS.remove(sent.append)
 
     # Then both runs hold the same rows; the first was created by one statement and took one
     # read and one write per transition

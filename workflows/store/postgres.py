@@ -3,7 +3,9 @@
 A run's creation and a step's transition are each one data-modifying `WITH` statement on an
 autocommit connection: one round trip, atomic by itself, no BEGIN/COMMIT. With psycopg 3 a
 statement run 5 times on a connection is prepared there, so the few hot statements are planned
-once per connection (see README, benchmark). Transitions that also write or resolve dead letters
+once per connection (see README, benchmark). Those statements and the run's read (`load`) are
+compiled once and run on the driver's cursor (`store.driver`), without SQLAlchemy's
+per-execution overhead. Transitions that also write or resolve dead letters
 (rare: retries exhausted, operator redrives) or start a child saga use `SqlStore`'s transaction.
 """
 from __future__ import annotations
@@ -16,12 +18,12 @@ from sqlalchemy import Connection, bindparam, cast, func, insert, literal_column
 from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import ConcurrentTransition
-from workflows.core.state import Transition
+from workflows.core.state import RunState, Transition
 from workflows.store.base import Created
-from workflows.store.db import statement_engine
+from workflows.store.driver import compiled_for, driver_cursor
 from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
                                   redelivery_event, redelivery_update, step_values)
-from workflows.store.sql import SqlStore
+from workflows.store.sql import KEPT, STATE, SqlStore, run_state
 
 
 class PostgresStore(SqlStore):
@@ -33,8 +35,9 @@ class PostgresStore(SqlStore):
         saga_row, steps, events = creation_rows(t, idempotency_key=idempotency_key, by=t.after.caused_by or "",
                                                 now=now)
         try:
-            with statement_engine(self.url).connect() as c:
-                c.execute(*creation_statement(saga_row, steps, events))
+            statement, params = creation_statement(saga_row, steps, events)
+            with driver_cursor(self.url) as cur:
+                compiled_for(self.url)(statement).execute(cur, params)
         except IntegrityError as e:
             return self._taken(t, idempotency_key, e)
         return Created(t.after.saga_id, True)
@@ -48,9 +51,18 @@ class PostgresStore(SqlStore):
         if t.dead_letters or t.closures or t.signals or t.consumed or t.children:  # rare: a transaction of SqlStore's
             super().commit(t, by=by, now=now)
             return
-        with statement_engine(self.url).connect() as c:
-            if c.execute(*transition_statement(t, by, now)).scalar() != 1:
+        statement, params = transition_statement(t, by, now)
+        with driver_cursor(self.url) as cur:
+            if compiled_for(self.url)(statement).scalar(cur, params) != 1:
                 raise ConcurrentTransition(f"saga {t.after.saga_id} changed under us")
+
+    def load(self, saga_id: str) -> RunState:
+        """`SqlStore.load`'s statements on the driver's cursor."""
+        statement = compiled_for(self.url)
+        with driver_cursor(self.url) as cur:
+            rows = statement(STATE).rows(cur, {"saga_id": saga_id})
+            kept = statement(KEPT).rows(cur, {"saga_id": saga_id}) if rows and rows[0].signals_pending else []
+        return run_state(saga_id, rows, kept)
 
     def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
                          by: str, now: datetime) -> int | None:
@@ -61,8 +73,8 @@ class PostgresStore(SqlStore):
         row = redelivery_event(saga_id, step, kind, task_id, attempt, 0, by, now)
         params.update({f"h_{c}": row[c] for c in ("at", "type", "step", "attempt")})
         params["h_detail"] = {k: v for k, v in row["detail"].items() if k != "redeliveries"}
-        with statement_engine(self.url).connect() as c:
-            n = c.execute(_redelivery_statement(kind), params).scalar()
+        with driver_cursor(self.url) as cur:
+            n = compiled_for(self.url)(_redelivery_statement(kind)).scalar(cur, params)
         return None if n is None else int(n)
 
 

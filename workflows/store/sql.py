@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +33,7 @@ from workflows.store.workers import Workers
 
 # The hot path (`load`, `commit`) in Core statements: the ORM's unit of work cost ~2 ms of CPU per
 # transition, more than the round trips (see README, benchmark).
-_STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.saga_version,
+STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.saga_version,
                  SAGAS.c.input, SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
                  SAGAS.c.signals_pending, SAGAS.c.parent_id, SAGAS.c.parent_step,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
@@ -53,7 +54,7 @@ _STEP_UPDATE = update(STEPS).where(STEPS.c.saga_id == bindparam("b_saga_id"),
 _DEAD_LETTERS = DeadLetterRow.__table__
 _OUTBOX = OutboxRow.__table__
 _SIGNALS = SignalRow.__table__
-_KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIGNALS.c.consumed_by.is_(None))
+KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIGNALS.c.consumed_by.is_(None))
          .order_by(_SIGNALS.c.received_at, _SIGNALS.c.id))
 """The signals kept for a run's waits not begun yet; read only when the run counts some."""
 
@@ -121,23 +122,11 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
     def load(self, saga_id: str) -> RunState:
         """The run and its steps, as of one snapshot (one round trip on PostgreSQL)."""
         with statement_engine(self.url).connect() as c:
-            rows = c.execute(_STATE, {"saga_id": saga_id}).all()
+            rows = c.execute(STATE, {"saga_id": saga_id}).all()
             # kept signals change only under a new version, with the run: a second read of them is
             # consistent with the first as long as the version is unchanged (the write checks it)
-            kept = c.execute(_KEPT, {"saga_id": saga_id}).all() if rows and rows[0].signals_pending else []
-        if not rows:
-            raise SagaNotFound(f"no saga with id {saga_id!r}")
-        r = rows[0]
-        return RunState(
-            signals=tuple(Signal(id=k.id, name=k.name, payload=k.payload, idempotency_key=k.idempotency_key,
-                                 who=k.who, received_at=k.received_at) for k in kept),
-            saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
-            deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
-            parent_id=r.parent_id, parent_step=r.parent_step, saga_version=r.saga_version,
-            steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
-                                  compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
-                                  task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
-                                  finished_at=x.finished_at) for x in rows))
+            kept = c.execute(KEPT, {"saga_id": saga_id}).all() if rows and rows[0].signals_pending else []
+        return run_state(saga_id, rows, kept)
 
     def commit(self, t: Transition, *, by: str, now: datetime) -> None:
         try:
@@ -238,3 +227,20 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
         with self.sessions.begin() as s:
             s.execute(update(_DEAD_LETTERS).where(_DEAD_LETTERS.c.id.in_(list(ids)), _DEAD_LETTERS.c.sent_at.is_(None))
                       .values(sent_at=now))
+
+
+def run_state(saga_id: str, rows: Sequence[Any], kept: Sequence[Any]) -> RunState:
+    """The run read by `STATE` (its rows, one per step) with its kept signals (`KEPT`)."""
+    if not rows:
+        raise SagaNotFound(f"no saga with id {saga_id!r}")
+    r = rows[0]
+    return RunState(
+        signals=tuple(Signal(id=k.id, name=k.name, payload=k.payload, idempotency_key=k.idempotency_key,
+                             who=k.who, received_at=k.received_at) for k in kept),
+        saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
+        deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
+        parent_id=r.parent_id, parent_step=r.parent_step, saga_version=r.saga_version,
+        steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
+                              compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
+                              task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,
+                              finished_at=x.finished_at) for x in rows))
