@@ -72,9 +72,13 @@ def test_a_transition_sends_the_sql_and_parameters_sqlalchemy_would_send(url: st
         event.remove(engine, "before_cursor_execute", listener)
     driver = compiled_for(url)(statement)
 
-    # Then the SQL and every parameter value are the same
+    # Then the SQL and every parameter value are the same (on psycopg 3, in `$n` form: each name once)
     [(sql, sent)] = seen
     assert driver.sql == sql
+    if driver.native is not None:
+        native, order = driver.native
+        assert sorted(order) == sorted(sent) and "%(" not in native
+        assert native.count("$") >= len(order) and f"${len(order)}" in native
     mine = driver.parameters(params)
     assert set(mine) == set(sent)
     for name in sent:  # psycopg's JSON wrappers compare by their object

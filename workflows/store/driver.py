@@ -18,6 +18,7 @@ connection the server dropped is invalidated in the pool, as `Connection.execute
 from __future__ import annotations
 
 import functools
+import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +48,10 @@ class DriverStatement:
         if compiled.escaped_bind_names:  # never for our names: the SQL would not name the parameters given
             raise ValueError(f"parameter names need escaping: {sorted(compiled.escaped_bind_names)}")
         self.sql = compiled.string
+        self.native: tuple[str, tuple[str, ...]] | None = native_form(self.sql) if dialect.driver == "psycopg" else None
+        """psycopg 3: the SQL with PostgreSQL's own `$n` placeholders and the parameter names in their
+        order, run on a `RawCursor` (no conversion of `%(name)s` per execution: psycopg caches it
+        only for statements under 4 KB, and a creation's is longer)."""
         binds = {name: b for b, name in compiled.bind_names.items()}  # as named in the SQL
         self.defaults = {name: b.effective_value for name, b in binds.items() if not b.required}
         processors = {name: b.type.dialect_impl(dialect).bind_processor(dialect) for name, b in binds.items()}
@@ -71,7 +76,10 @@ class DriverStatement:
         for listener in STATEMENT_LISTENERS:
             listener(self.sql)
         try:
-            cur.cursor.execute(self.sql, sent)
+            if self.native is not None and cur.raw:
+                cur.cursor.execute(self.native[0], [sent[name] for name in self.native[1]])
+            else:
+                cur.cursor.execute(self.sql, sent)
         except self.dialect.loaded_dbapi.Error as e:
             raise cur.failed(self.dialect, self.sql, params, e) from e
         return cur.cursor
@@ -89,6 +97,24 @@ class DriverStatement:
         return None if r is None else r[0]
 
 
+_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")
+
+
+def native_form(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` in the pyformat style (`%(name)s`, `%%`) with `$1`, `$2`... instead, and the names in order."""
+    order: list[str] = []
+
+    def place(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            return "%"
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return _PLACEHOLDER.sub(place, sql), tuple(order)
+
+
 def compiled_for(url: str) -> Callable[[ClauseElement], DriverStatement]:
     """A per-process cache of statements compiled for `url`'s dialect, by statement object
     (the hot path's statements are built once: module constants, or `lru_cache`d by shape)."""
@@ -103,9 +129,12 @@ def _compiled(dialect: Dialect, statement: ClauseElement) -> DriverStatement:
 class DriverCursor:
     """A psycopg cursor and the pooled connection it is on."""
 
-    def __init__(self, fairy: Any) -> None:
+    def __init__(self, fairy: Any, dialect: Dialect) -> None:
         self.fairy = fairy
-        self.cursor = fairy.driver_connection.cursor()
+        self.raw = dialect.driver == "psycopg"
+        """A psycopg 3 `RawCursor`: statements with `$n` placeholders (`DriverStatement.native`)."""
+        conn = fairy.driver_connection
+        self.cursor = dialect.loaded_dbapi.RawCursor(conn) if self.raw else conn.cursor()
 
     def failed(self, dialect: Dialect, sql: str, params: Mapping[str, Any], e: Any) -> exc.StatementError:
         """`e` as SQLAlchemy raises it; a connection the server dropped is dropped from the pool."""
@@ -121,9 +150,10 @@ class DriverCursor:
 def driver_cursor(url: str) -> Iterator[DriverCursor]:
     """A cursor of a pooled autocommit connection (`statement_engine`): each statement is atomic by
     itself. The connection goes back to the pool afterwards (or was dropped, `DriverCursor.failed`)."""
-    fairy = statement_engine(url).raw_connection()
+    engine = statement_engine(url)
+    fairy = engine.raw_connection()
     try:
-        cur = DriverCursor(fairy)
+        cur = DriverCursor(fairy, engine.dialect)
         try:
             yield cur
         finally:
