@@ -10,7 +10,6 @@ clock the test moves). Each test reads both tables to see that they commit or va
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -33,9 +32,9 @@ from workflows.operations.sweeper import sweep
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
+from tests.support.databases import own_pg_database
 from workflows.store.db import migrate
 
-PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +66,11 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def pg_migrated() -> str:
-    migrate(PG_URL)
-    return PG_URL
+def pg_migrated() -> Iterator[str]:
+    """A database of this module's own: its sweeps (at the fixed clock's time, plus the dispatch
+    grace) must find this module's runs, not the shared database's (see tests/support/databases.py)."""
+    with own_pg_database("in_tx") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
