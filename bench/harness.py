@@ -108,11 +108,12 @@ def cpu_seconds(pids: list[int] | set[int]) -> dict[int, float]:
 
 
 class CpuMeter:
-    """CPU seconds spent by the worker tree and by the database backends serving the bench."""
+    """CPU seconds spent by the worker tree, by the database backends serving the bench and by the
+    Redis server (all of it: `INFO cpu`), and how busy the machine's cores were (`/proc/stat`)."""
 
-    def __init__(self, worker_pids: int | list[int], pg: Any) -> None:
+    def __init__(self, worker_pids: int | list[int], pg: Any, redis: Any = None) -> None:
         self.worker_pids = [worker_pids] if isinstance(worker_pids, int) else list(worker_pids)
-        self.pg = pg
+        self.pg, self.redis = pg, redis
         self.own_backend = pg.get_backend_pid()  # the driver's polling connection: not counted
 
     def backends(self) -> set[int]:
@@ -121,16 +122,52 @@ class CpuMeter:
                         (self.own_backend,))
             return {p for (p,) in cur.fetchall()}
 
-    def snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
+    def redis_seconds(self) -> float:
+        if self.redis is None:
+            return 0.0
+        info = self.redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def snapshot(self) -> CpuSnapshot:
         pids = {p for root in self.worker_pids for p in tree_rss(root)}
-        return cpu_seconds(pids), cpu_seconds(self.backends())
+        return CpuSnapshot(cpu_seconds(pids), cpu_seconds(self.backends()), self.redis_seconds(), machine_ticks())
 
     @staticmethod
-    def delta(before: tuple[dict[int, float], dict[int, float]],
-              after: tuple[dict[int, float], dict[int, float]]) -> tuple[float, float]:
-        """(worker seconds, database seconds) between two snapshots; new processes count in full."""
-        return tuple(sum(v - b.get(pid, 0.0) for pid, v in a.items())  # type: ignore[return-value]
-                     for b, a in zip(before, after))
+    def delta(before: CpuSnapshot, after: CpuSnapshot) -> CpuDelta:
+        """What was spent between two snapshots; new processes count in full."""
+        workers, db = (sum(v - b.get(pid, 0.0) for pid, v in a.items())
+                       for b, a in ((before.workers, after.workers), (before.db, after.db)))
+        busy, total = (a - b for a, b in zip(after.machine, before.machine))
+        return CpuDelta(workers, db, after.redis - before.redis, busy / total if total else 0.0)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    workers: dict[int, float]
+    db: dict[int, float]
+    redis: float
+    machine: tuple[int, int]
+    """(busy, total) jiffies of all cores since boot."""
+
+
+@dataclass(frozen=True)
+class CpuDelta:
+    workers: float
+    db: float
+    redis: float
+    busy: float
+    """The share of all cores' time that was busy (anything on the machine, not only the bench)."""
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores from /proc/stat (idle and iowait are not busy); (0, 0) elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
 
 
 class RssSampler(threading.Thread):
@@ -189,6 +226,10 @@ class Phase:
     """CPU seconds of the worker tree (main process and pool children) during the phase."""
     db_cpu: float = 0.0
     """CPU seconds of the PostgreSQL backends connected to the bench's database (not the driver's)."""
+    redis_cpu: float = 0.0
+    """CPU seconds of the Redis server (all of it) during the phase."""
+    busy: float = 0.0
+    """The share of the machine's cores busy during the phase (anything running, 1.0: all)."""
 
     @property
     def throughput(self) -> float:

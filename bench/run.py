@@ -232,7 +232,8 @@ def measure(cfg, n: int, *, window: int, tag: str, r, sampler, cpu):  # type: ig
     cpu0 = cpu.snapshot()
     phase = drive(cfg, n, window=window, tag=tag)
     after = settled_totals(r)
-    phase.worker_cpu, phase.db_cpu = cpu.delta(cpu0, cpu.snapshot())
+    spent = cpu.delta(cpu0, cpu.snapshot())
+    phase.worker_cpu, phase.db_cpu, phase.redis_cpu, phase.busy = spent.workers, spent.db, spent.redis, spent.busy
     phase.counts = {k: after[k] - before[k] for k in COUNT_FIELDS}
     phase.peak_rss = sampler.peak
     return phase
@@ -283,6 +284,8 @@ def summarize(phases: list, unloaded: list | None = None) -> dict[str, Any]:  # 
         "pool_checkouts_per_saga": per["checkouts"], "messages_per_saga": per["messages"],
         "worker_cpu_ms_per_saga": 1000 * sum(p.worker_cpu for p in phases) / runs,
         "db_cpu_ms_per_saga": 1000 * sum(p.db_cpu for p in phases) / runs,
+        "redis_cpu_ms_per_saga": 1000 * sum(p.redis_cpu for p in phases) / runs,
+        "machine_busy": statistics.median(busy) if (busy := [p.busy for p in phases if p.busy]) else None,
         "peak_rss_mb": max(p.peak_rss for p in phases) / 2**20,
         "errors": sum(p.errors for p in phases) + sum(p.errors for p in unloaded or []),
         "unloaded_latency_ms": ({"p50": 1000 * percentile(u, 50), "p99": 1000 * percentile(u, 99), "n": len(u)}
@@ -305,7 +308,8 @@ def unloaded_ratio(results: dict[str, Any], num: str, den: str) -> float | None:
 
 def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
     head = (f"{'configuration':<26}{'sagas/s median (min-max)':>26}{'p50 ms':>9}{'p99 ms':>9}{'1-p50':>7}"
-            f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'wCPU ms':>8}{'dbCPU ms':>9}{'RSS MB':>8}")
+            f"{'stmts':>7}{'DB trips':>9}{'msgs':>6}{'wCPU ms':>8}{'dbCPU ms':>9}{'rCPU ms':>8}{'busy':>6}"
+            f"{'RSS MB':>8}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for name in ORDER:
@@ -319,6 +323,8 @@ def print_table(results: dict[str, Any], out: Any = sys.stdout) -> None:
               f"{u['p50'] if u else float('nan'):>7.1f}"
               f"{c['statements_per_saga']:>7.1f}{c['db_round_trips_per_saga']:>9.1f}"
               f"{c['messages_per_saga']:>6.1f}{c['worker_cpu_ms_per_saga']:>8.1f}{c['db_cpu_ms_per_saga']:>9.1f}"
+              f"{c['redis_cpu_ms_per_saga']:>8.1f}"
+              f"{'' if c['machine_busy'] is None else format(c['machine_busy'], '.0%'):>6}"
               f"{c['peak_rss_mb']:>8.1f}", file=out)
 
 
@@ -355,7 +361,7 @@ class Session:
         self.worker = self.workers[0]
         self.sampler = RssSampler(self.worker.proc.pid)  # RSS: the first worker's tree
         self.sampler.start()
-        self.cpu = CpuMeter([w.proc.pid for w in self.workers], self.pg)
+        self.cpu = CpuMeter([w.proc.pid for w in self.workers], self.pg, self.r)
         return self
 
     def measure(self, name: str, n: int, tag: str, window: int | None = None):  # type: ignore[no-untyped-def]

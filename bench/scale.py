@@ -46,14 +46,16 @@ def main(argv: list[str] | None = None) -> int:
                             "--output", out.name, *rest], check=True, cwd=ROOT)
             doc = json.loads(Path(out.name).read_text())
         table[shape] = {name: {"per_s": c["throughput"]["median"], "worker_cpu_ms": c["worker_cpu_ms_per_saga"],
-                               "db_cpu_ms": c["db_cpu_ms_per_saga"], "p99_ms": c["latency_ms"]["p99"]}
+                               "db_cpu_ms": c["db_cpu_ms_per_saga"], "redis_cpu_ms": c["redis_cpu_ms_per_saga"],
+                               "busy": c["machine_busy"], "p99_ms": c["latency_ms"]["p99"]}
                         for name, c in doc["configs"].items()}
     args.output.write_text(json.dumps(table, indent=2) + "\n")
     names = args.configs.split(",")
-    print(f"\n{'shape':<8}" + "".join(f"{n + ' /s':>22}{'wCPU':>7}{'dbCPU':>7}" for n in names))
+    print(f"\n{'shape':<8}" + "".join(f"{n + ' /s':>22}{'wCPU':>7}{'dbCPU':>7}{'rCPU':>6}{'busy':>6}" for n in names))
     for shape, row in table.items():
         print(f"{shape:<8}" + "".join(f"{row[n]['per_s']:>22.1f}{row[n]['worker_cpu_ms']:>7.1f}"
-                                      f"{row[n]['db_cpu_ms']:>7.1f}" for n in names if n in row))
+                                      f"{row[n]['db_cpu_ms']:>7.1f}{row[n]['redis_cpu_ms']:>6.1f}"
+                                      f"{row[n]['busy'] or 0:>6.0%}" for n in names if n in row))
     print(f"\nwrote {args.output}")
     return 0
 
