@@ -130,6 +130,9 @@ def test_flower_finds_every_task_of_a_saga_by_its_id(flower, order_factory):  # 
         assert args[0] == saga_id
         assert args[1] in ("reserve_inventory", "process_payment", "create_shipment", "send_confirmation")
         assert other not in task["args"]
+        kwargs = ast.literal_eval(task["kwargs"])  # the dispatcher's own repr (short_repr), whole
+        assert kwargs["saga"] == "order_fulfillment" and kwargs["kind"] == "action"
+        assert kwargs["input"]["order_id"].startswith("order-")
     by_field = flower.get("/api/tasks", params={"search": f"args:{saga_id}", "taskname": "payment.charge"}).json()
     assert [t["name"] for t in by_field.values()] == ["payment.charge"]
     assert flower.get(f"/api/task/info/{next(iter(by_field))}").json()["args"].startswith(f"['{saga_id}'")
@@ -174,3 +177,13 @@ def test_flower_finds_a_child_sagas_tasks_by_the_childs_id(flower, order_factory
     parent_tasks = poll(lambda: found(saga_id, {"inventory.reserve", "payment.charge",
                                                 "notification.send_confirmation"}))
     assert all(ast.literal_eval(t["args"])[0] == saga_id for t in parent_tasks.values())
+
+
+def test_a_step_messages_kwargs_repr_is_cut_at_celerys_limit() -> None:
+    from workflows.runtime.dispatch import REPR_LIMIT, short_repr
+
+    small = {"saga": "s", "input": {"order_id": "o-1"}}
+    assert short_repr(small) == repr(small)
+    big = {"saga": "s", "input": {"blob": "x" * 5000}}
+    cut = short_repr(big)
+    assert len(cut) == REPR_LIMIT and cut.startswith("{'saga': 's', 'input': {'blob': 'xxx") and cut.endswith("...")

@@ -44,7 +44,7 @@ from workflows.orchestration.inline import InlineBudget, budget_for, holding_poo
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.orchestration.message import parse_step_message
-from workflows.runtime.dispatch import message_for
+from workflows.runtime.dispatch import message_for, short_repr
 from workflows.runtime.poison import dead_letter_message
 from workflows.store.base import ParkedStep
 
@@ -201,7 +201,7 @@ def _announced(rt: Runtime, st: StepTask, cmd: Command, saga_id: str, kwargs: di
     fields = {"uuid": cmd.task_id}  # the dispatcher adds its hostname and pid
     started = time.monotonic()
     _send_event(events, "task-received", name=cmd.task, args=repr([saga_id, cmd.step]),
-                kwargs=repr(kwargs)[:1024], retries=0, eta=None, expires=None, **fields)
+                kwargs=short_repr(kwargs), retries=0, eta=None, expires=None, **fields)
     _send_event(events, "task-started", **fields)
     outcome = "task-succeeded"
     try:
