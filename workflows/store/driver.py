@@ -4,12 +4,12 @@ A Core statement run through `Connection.execute` is looked up in the compiled c
 parameters are processed and typed, an execution context and a result proxy are built: about
 70 µs of CPU per statement on PostgreSQL with psycopg 3 beside the driver's own 150 µs (see
 README, benchmark). The few statements every step runs (`PostgresStore.load`, `.commit`,
-`.create_run`) are compiled here once per process, with their types' bind and result processors,
+`.create_run`, `.count_redelivery`) are compiled here once per process, with their types' bind and result processors,
 and run on the pooled connection's psycopg cursor:
 
-    LOAD = DriverStatement(select(...).where(SAGAS.c.id == bindparam("saga_id")))
+    LOAD = select(...).where(SAGAS.c.id == bindparam("saga_id"))  # built once: a module constant
     with driver_cursor(url) as cur:
-        rows = compiled_for(url)(LOAD).rows(cur, {"saga_id": saga_id})
+        rows = compiled_for(url)(LOAD).rows(cur, {"saga_id": saga_id})  # compiled on first use
 
 The SQL, the parameters sent and the values read are SQLAlchemy's own (a test compares them);
 a driver error is raised as SQLAlchemy's (`IntegrityError`, `OperationalError`...), and a
