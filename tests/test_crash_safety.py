@@ -174,7 +174,12 @@ def test_a_pool_process_dying_after_a_branch_commit_is_recovered_by_the_redelive
     assert sorted(calls(saga_id)) == ["action:a:1", "action:b1:1", "action:b2:1", "action:c:1"]
     republished = history(view, "FollowUpRepublished", "b2")
     if last == "b2":
-        assert [r.detail["steps"] for r in republished] == [["c"]]
+        # the first copy redelivered re-published c. kombu's Redis transport can hand out a second
+        # copy (the message requeued on the worker's loss, and its unacked entry restored after the
+        # visibility timeout): it finds its own commit too, and re-publishes at most c again (a
+        # duplicate of c that c's guard drops: every step ran once, above)
+        steps = [r.detail["steps"] for r in republished]
+        assert steps[0] == ["c"] and all(s in (["c"], []) for s in steps[1:]), steps
     else:
         # b2's transition dispatched nothing: redelivered before b1's commit it finds its own commit and
         # sends nothing (noted as republished or as a duplicate, by whether the broker marked it
