@@ -9,8 +9,8 @@ of a published step (the run's read, the transition, the next message's publish)
 Loaded through BENCH_EXTRA_MODULES (by the bench worker, and by the bench driver, whose
 `start_saga` publishes count among the publishes); each sample is one RPUSH to the broker's Redis
 db (`steptime:*`), so a body timed with its parts carries three more round trips (~0.3 ms) than
-one timed alone. The parts are timed by wrapping `CeleryDispatcher.send_step` and
-`PostgresStore.load`/`.commit`.
+one timed alone. The parts are timed by wrapping `CeleryDispatcher.send_step`, `Celery.send_task` (every
+publish, so a chain's next link too) and `PostgresStore.load`/`.commit`.
 """
 from __future__ import annotations
 
@@ -77,7 +77,10 @@ if os.environ.get("BENCH_RUN_ID"):  # in a bench worker, not when run to read th
     from workflows.runtime.dispatch import CeleryDispatcher
     from workflows.store.postgres import PostgresStore
 
+    from celery import Celery
+
     _timed(CeleryDispatcher, "send_step", "publish the next step")
+    _timed(Celery, "send_task", "Celery.send_task (any publish: a chain's next link too)")
     _timed(PostgresStore, "load", "read the run")
     _timed(PostgresStore, "commit", "commit the transition")
 
