@@ -732,3 +732,29 @@ def test_a_runtime_without_a_celery_app_sweeps_what_it_can_and_leaves_events_and
     assert report.started == [] and rt.store.get(later).state == "SCHEDULED"
     assert rt.store.get(gone).step("a").status == "RUNNING"
     assert [r.id for r in rt.store.unsent_outbox(created_up_to=clock.now + timedelta(days=60))] == [unsent.id]
+
+
+def test_copies_of_a_redelivered_message_count_its_inline_follow_up_lost_once(rt: Runtime, worker: Worker) -> None:
+    # Given a's message committed a and dispatched b on its own queue (to run inline), and its worker
+    # died there, before b ran: nothing was published
+    saga_id = start_saga("inproc.line", {})
+    [m] = worker.dispatcher.take()
+    worker.deliver(m)  # without a budget b is published; the crash is: that publish never happened
+    [b] = worker.dispatcher.take()
+    assert b.step == "b"
+
+    # When the broker hands out that message three times more (kombu's Redis transport can give
+    # both the message requeued on the worker's loss and its unacked entry restored later)
+    for _ in range(3):
+        worker.deliver(m, redelivered=True)
+
+    # Then b's loss (it would have run inline in that delivery) is counted once, not once a copy:
+    # b is re-published, never given up (3 attempts allowed), and runs once
+    view = rt.store.get(saga_id)
+    assert view.step("b").redeliveries == 1 and view.step("b").status == "RUNNING"
+    assert [e.detail["redeliveries"] for e in view.events if e.type == "StepRedelivered"] == [1]
+    sent = worker.dispatcher.take()
+    assert {s.step for s in sent} == {"b"} and {s.task_id for s in sent} == {b.task_id}
+    worker.deliver(sent[0])
+    worker.drain()
+    assert rt.store.get(saga_id).state == "COMPLETED" and calls.count("action:b:1") == 1

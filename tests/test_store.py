@@ -440,3 +440,20 @@ def test_a_redelivery_is_counted_with_its_history_row_only_while_its_message_is_
     after = store.get(saga_id)
     assert after.step("a").status == "SUCCEEDED" and after.step("a").redeliveries == 2
     assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by=task_id, now=now) is None
+
+
+def test_a_first_only_redelivery_count_is_written_once(store: SagaStore) -> None:
+    """`count_redelivery(first=True)`: counted only while the counter is 0 (the loss of an inline
+    follow-up, which every copy of one redelivered message would count again); None after, with
+    no history row."""
+    run = create_run(store, SAGA, {"n": 1})
+    assert run.command is not None
+    saga_id, task_id = run.saga_id, run.command.task_id
+    now = store.get(saga_id).created_at
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by="m", now=now, first=True) == 1
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by="m", now=now, first=True) is None
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by=task_id, now=now) == 2  # its own copies
+    assert store.count_redelivery(saga_id, "a", "action", task_id, 1, by="m", now=now, first=True) is None
+    view = store.get(saga_id)
+    assert view.step("a").redeliveries == 2
+    assert [e.detail["redeliveries"] for e in view.events if e.type == "StepRedelivered"] == [1, 2]

@@ -254,13 +254,18 @@ def _send_event(events: Any, type_: str, **fields: Any) -> None:
         log.warning("task event %s of an inline step not sent: %s", type_, e)
 
 
-def _may_run_again(rt: Runtime, saga: Saga, run: RunState, d: Dispatch, message: MessageInfo) -> bool:
+def _may_run_again(rt: Runtime, saga: Saga, run: RunState, d: Dispatch, message: MessageInfo, *,
+                   first: bool = False) -> bool:
     """A redelivered message: its worker died (or the broker restored it). Counted in the database
     before the function runs again, so a step that kills every worker it runs on is given up (the
-    engine's `WorkerLost`: dead-lettered, compensated as unknown), not looped. False: do not run."""
-    lost = rt.store.count_redelivery(run.saga_id, d.step, d.kind, d.task_id, d.attempt, by=d.task_id, now=rt.clock())
-    if lost is None:  # the step moved on since the read: this copy must not run
-        return False
+    engine's `WorkerLost`: dead-lettered, compensated as unknown), not looped. False: do not run.
+    `first`: count the loss only if none is counted yet (`_lost_inline`)."""
+    lost = rt.store.count_redelivery(run.saga_id, d.step, d.kind, d.task_id, d.attempt, by=d.task_id, now=rt.clock(),
+                                     first=first)
+    if lost is None:
+        # the step moved on since the read: this copy must not run; or (`first`) another copy of the
+        # message that dispatched it counted this loss: it may be sent again (its guard drops a duplicate)
+        return first
     log.warning("step %s (%s) delivered again: worker lost %d time(s)", d.step, d.kind, lost,
                 extra={"saga_id": run.saga_id})
     if not gives_up(saga, run, d.step, d.kind, lost):
@@ -342,14 +347,17 @@ def _lost_inline(rt: Runtime, saga: Saga, run: RunState, cmd: Command, queue: st
     """A step this redelivered message (taken from `queue`) dispatched and would have run inline:
     its worker was most likely lost while running it, so that counts as a lost worker of the step,
     as a redelivery of its own message would (`_may_run_again`). True: it was given up (`WorkerLost`),
-    not to be published again. (A crash between the commit and the inline run counts one loss too many.)"""
+    not to be published again. (A crash between the commit and the inline run counts one loss too many.)
+    Counted once however many copies of the message the broker hands out (`first`): the step ran
+    inline at most once before it was published; later losses are its own message's redeliveries.
+    (A retried step whose earlier attempt lost a worker is not counted here: one loss too few.)"""
     st = step_tasks.get(cmd.task)
     if st is None or st.queue != queue or cmd.eta is not None:
         return False
     args, kwargs = message_for(run, cmd)
     message = MessageInfo(task_name=cmd.task, queue=queue, args=args, kwargs=kwargs, headers={"task_id": cmd.task_id})
     attempt = kwargs["attempt"]
-    return not _may_run_again(rt, saga, run, Dispatch(cmd.step, cmd.kind, cmd.task_id, attempt), message)
+    return not _may_run_again(rt, saga, run, Dispatch(cmd.step, cmd.kind, cmd.task_id, attempt), message, first=True)
 
 
 def _recover_children(rt: Runtime, run: RunState, started: list[str]) -> None:

@@ -262,12 +262,14 @@ class SagaStore(Protocol):
         ...
 
     def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
-                         by: str, now: datetime) -> int | None:
+                         by: str, now: datetime, first: bool = False) -> int | None:
         """A step message came back (its worker died, or the broker restored it): add one to the
         step's redeliveries of `kind` and append its `StepRedelivered` history row, atomically, if the
         step still waits on that very message (`task_id`, attempt `attempt`, in flight). Returns the
-        new count, or None when the step moved on (nothing written). Not version-checked: a counter,
-        not a transition; no transition writes it."""
+        new count, or None when the step moved on (nothing written). `first`: only if none was
+        counted yet (None otherwise), for a loss that each copy of one redelivered message would
+        count again (an inline follow-up's). Not version-checked: a counter, not a transition; no
+        transition writes it."""
         ...
 
     # -- dead letters

@@ -65,22 +65,22 @@ class PostgresStore(SqlStore):
         return run_state(saga_id, rows, kept)
 
     def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
-                         by: str, now: datetime) -> int | None:
+                         by: str, now: datetime, first: bool = False) -> int | None:
         """One statement: `WITH counted AS (UPDATE saga_steps ... RETURNING n), history AS (INSERT
         INTO saga_events ... SELECT ... FROM counted) SELECT n FROM counted` (the same writes as
         `SqlStore.count_redelivery`'s transaction)."""
-        statement, params = redelivery_update(saga_id, step, kind, task_id, attempt)
+        _, params = redelivery_update(saga_id, step, kind, task_id, attempt, first)
         row = redelivery_event(saga_id, step, kind, task_id, attempt, 0, by, now)
         params.update({f"h_{c}": row[c] for c in ("at", "type", "step", "attempt")})
         params["h_detail"] = {k: v for k, v in row["detail"].items() if k != "redeliveries"}
         with driver_cursor(self.url) as cur:
-            n = compiled_for(self.url)(_redelivery_statement(kind)).scalar(cur, params)
+            n = compiled_for(self.url)(_redelivery_statement(kind, first)).scalar(cur, params)
         return None if n is None else int(n)
 
 
-@functools.lru_cache(maxsize=2)
-def _redelivery_statement(kind: str) -> Any:
-    statement, _ = redelivery_update("", "", kind, "", 1)
+@functools.lru_cache(maxsize=4)
+def _redelivery_statement(kind: str, first: bool) -> Any:
+    statement, _ = redelivery_update("", "", kind, "", 1, first)
     counted = statement.returning(STEPS.c.saga_id).cte("counted")
     n = counted.c[0]
     detail = func.jsonb_set(cast(bindparam("h_detail", type_=EVENTS.c.detail.type), EVENTS.c.detail.type),

@@ -36,25 +36,30 @@ STEP_COLUMNS = ("status", "attempts", "compensation_attempts", "result", "error"
 EVENT_COLUMNS = ("at", "type", "step", "attempt", "detail")
 
 
-def _redelivery_shape(kind: str) -> Any:
+def _redelivery_shape(kind: str, first: bool) -> Any:
     count = STEPS.c.redeliveries if kind == "action" else STEPS.c.compensation_redeliveries
     attempts = STEPS.c.attempts if kind == "action" else STEPS.c.compensation_attempts
     in_flight = StepStatus.RUNNING if kind == "action" else StepStatus.COMPENSATING
-    return (update(STEPS).where(STEPS.c.saga_id == bindparam("r_saga_id"), STEPS.c.name == bindparam("r_step"),
-                                STEPS.c.task_id == bindparam("r_task_id"), STEPS.c.status == in_flight.value,
-                                attempts == bindparam("r_done"))
-            .values({count.key: count + 1}).returning(count))
+    q = update(STEPS).where(STEPS.c.saga_id == bindparam("r_saga_id"), STEPS.c.name == bindparam("r_step"),
+                            STEPS.c.task_id == bindparam("r_task_id"), STEPS.c.status == in_flight.value,
+                            attempts == bindparam("r_done"))
+    if first:
+        q = q.where(count == 0)
+    return q.values({count.key: count + 1}).returning(count)
 
 
-_REDELIVERY = {kind: _redelivery_shape(kind) for kind in ("action", "compensation")}
+_REDELIVERY = {(kind, first): _redelivery_shape(kind, first) for kind in ("action", "compensation")
+               for first in (False, True)}
 
 
-def redelivery_update(saga_id: str, step: str, kind: str, task_id: str, attempt: int) -> tuple[Any, dict[str, Any]]:
+def redelivery_update(saga_id: str, step: str, kind: str, task_id: str, attempt: int,
+                      first: bool = False) -> tuple[Any, dict[str, Any]]:
     """`UPDATE saga_steps SET redeliveries = redeliveries + 1 WHERE <that message is the one in flight>
-    RETURNING redeliveries` (the compensation's counter for `kind` 'compensation') and its parameters."""
-    if kind not in _REDELIVERY:
+    RETURNING redeliveries` (the compensation's counter for `kind` 'compensation') and its parameters;
+    `first`: only while the counter is 0."""
+    if kind not in ("action", "compensation"):
         raise ValueError(f"kind must be 'action' or 'compensation', not {kind!r}")
-    return _REDELIVERY[kind], {"r_saga_id": saga_id, "r_step": step, "r_task_id": task_id, "r_done": attempt - 1}
+    return _REDELIVERY[kind, first], {"r_saga_id": saga_id, "r_step": step, "r_task_id": task_id, "r_done": attempt - 1}
 
 
 def redelivery_event(saga_id: str, step: str, kind: str, task_id: str, attempt: int, count: int, by: str,
@@ -67,8 +72,6 @@ def redelivery_event(saga_id: str, step: str, kind: str, task_id: str, attempt: 
 def event_values(saga_id: str, events: tuple[HistoryEvent, ...], by: str, now: datetime) -> list[dict[str, Any]]:
     return [{"saga_id": saga_id, "at": now, "type": e.type, "step": e.step, "attempt": e.attempt,
              "detail": {**e.detail, "by": by}} for e in events]
-
-
 
 
 def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,

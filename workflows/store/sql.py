@@ -191,9 +191,9 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
             c.commit()
 
     def count_redelivery(self, saga_id: str, step: str, kind: str, task_id: str, attempt: int, *,
-                         by: str, now: datetime) -> int | None:
+                         by: str, now: datetime, first: bool = False) -> int | None:
         with self.sessions.begin() as s:
-            n = s.execute(*redelivery_update(saga_id, step, kind, task_id, attempt)).scalar()
+            n = s.execute(*redelivery_update(saga_id, step, kind, task_id, attempt, first)).scalar()
             if n is not None:
                 s.execute(insert(EVENTS), redelivery_event(saga_id, step, kind, task_id, attempt, n, by, now))
         return None if n is None else int(n)
