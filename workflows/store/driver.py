@@ -58,10 +58,12 @@ class DriverStatement:
         self.processors: dict[str, Callable[[Any], Any]] = {n: p for n, p in processors.items() if p is not None}
         self.row: Any = None
         self.columns: list[Callable[[Any], Any] | None] = []
+        """The result processors of a SELECT's columns (None: the driver's value as is)."""
         if isinstance(statement, Select):
             self.row = namedtuple("Row", list(statement.selected_columns.keys()))  # type: ignore[misc]
             self.columns = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                             for c in statement.selected_columns]
+        self.processed = any(self.columns)
 
     def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """What SQLAlchemy would send for `params`."""
@@ -76,7 +78,7 @@ class DriverStatement:
         for listener in STATEMENT_LISTENERS:
             listener(self.sql)
         try:
-            if self.native is not None and cur.raw:
+            if self.native is not None:  # the cursor is a RawCursor (same dialect: `DriverCursor`)
                 cur.cursor.execute(self.native[0], [sent[name] for name in self.native[1]])
             else:
                 cur.cursor.execute(self.sql, sent)
@@ -87,7 +89,7 @@ class DriverStatement:
     def rows(self, cur: DriverCursor, params: Mapping[str, Any]) -> list[Any]:
         """The rows of a SELECT, each a named tuple with its columns' values as SQLAlchemy reads them."""
         found = self.execute(cur, params).fetchall()
-        if any(self.columns):
+        if self.processed:
             found = [tuple(v if p is None else p(v) for p, v in zip(self.columns, r)) for r in found]
         return [self.row._make(r) for r in found]
 
@@ -131,10 +133,9 @@ class DriverCursor:
 
     def __init__(self, fairy: Any, dialect: Dialect) -> None:
         self.fairy = fairy
-        self.raw = dialect.driver == "psycopg"
-        """A psycopg 3 `RawCursor`: statements with `$n` placeholders (`DriverStatement.native`)."""
         conn = fairy.driver_connection
-        self.cursor = dialect.loaded_dbapi.RawCursor(conn) if self.raw else conn.cursor()
+        # psycopg 3: a `RawCursor`, for statements with `$n` placeholders (`DriverStatement.native`)
+        self.cursor = dialect.loaded_dbapi.RawCursor(conn) if dialect.driver == "psycopg" else conn.cursor()
 
     def failed(self, dialect: Dialect, sql: str, params: Mapping[str, Any], e: Any) -> exc.StatementError:
         """`e` as SQLAlchemy raises it; a connection the server dropped is dropped from the pool."""
