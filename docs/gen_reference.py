@@ -59,16 +59,17 @@ def settings_page() -> str:
     lines = ["# Settings", "",
              "Generated from the settings class (`workflows/runtime/settings.py`) at every docs build. Every",
              f"setting is an environment variable (prefix `{prefix}`) with an embedded default: with none set, the",
-             "library runs on SQLite and kombu's filesystem broker in `.saga-data/`.", "",
-             "| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+             "library runs on SQLite and kombu's filesystem broker in `.saga-data/`.", ""]
     for name, field in Settings.model_fields.items():
         if name not in docs:
             raise SystemExit(f"Settings.{name} has no docstring: document it in workflows/runtime/settings.py")
         annotation = field.annotation
         type_ = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         default = field.get_default()
-        shown = "" if default in (None, "") else f"`{default}`"
-        lines.append(f"| `{prefix}{name.upper()}` | {_cell(type_)} | {shown} | {_cell(docs[name])} |")
+        value = str(default).lower() if isinstance(default, bool) else default
+        shown = "none" if default in (None, "") else f"`{value}`"
+        lines += [f"## `{prefix}{name.upper()}`", "", f"{type_.replace('|', 'or')}, default {shown}", "",
+                  docs[name], ""]
     lines += ["", "## Read elsewhere", "",
               "| variable | default | meaning | read by |", "| --- | --- | --- | --- |"]
     for param in main.params:
