@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint docs test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the exampl
 	$(BIN)/mypy workflows
 	$(BIN)/mypy tasks worker.py api.py celeryconfig.py
 
-test: $(STAMP) lint  ## lint, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
+docs: $(STAMP)  ## the docs site (mkdocs.yml, docs/): strict, so a broken link, a missing page or a stale reference fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
 
 $(VENV)/.bench-stamp: $(STAMP)
@@ -58,4 +61,4 @@ api: $(STAMP)
 	$(BIN)/uvicorn api:app --port 8000
 
 clean:
-	rm -rf $(VENV) .saga-data .demo-data
+	rm -rf $(VENV) .saga-data .demo-data site

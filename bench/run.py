@@ -8,7 +8,7 @@ SAGA_DATABASE_URL), by default Redis db 13 and the database `test_bench`. Each r
 Redis keys and deletes its own rows at the end, so two runs (or the smoke test in someone's
 `make test`) disturb each other's numbers, never their results. --fresh truncates the saga
 tables and flushes the Redis db first, for when the bench is alone on them.
-Writes bench/results.json; see the README's benchmark section for what each number means.
+Writes bench/results.json; see bench/README.md for what each number means.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Operating sagas over HTTP with a real worker: cancel, resume, retry, dead letters, metrics,
-and the README's curl calls against the API served by uvicorn.
+and the docs' curl calls (docs/guide/api-and-cli.md) against the API served by uvicorn.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_metrics_are_computed_from_the_database(client, redis_client):  # type: 
     assert value(scrape(client), "sagas_stuck") == value(stuck, "sagas_stuck") - 1
 
 
-# ------------------------------------------------------------------ the README, as written, against uvicorn
+# ------------------------------------------------------------------ the docs' curl block, as written, against uvicorn
 
 
 def free_port() -> int:
@@ -177,9 +177,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def readme_try_it_block() -> str:
-    """The runnable curl block of the README's interfaces section (the one that sets API=...)."""
-    text = (ROOT / "README.md").read_text()
+def docs_try_it_block() -> str:
+    """The runnable curl block of the docs' HTTP API section (the one that sets API=...)."""
+    text = (ROOT / "docs" / "guide" / "api-and-cli.md").read_text()
     section = text[text.index("<!-- section: interfaces -->"):text.index("<!-- /section: interfaces -->")]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     [block] = [b for b in blocks if b.startswith("API=http://127.0.0.1:8000\n")]
@@ -188,7 +188,7 @@ def readme_try_it_block() -> str:
 
 @pytest.fixture
 def uvicorn_api() -> Iterator[str]:
-    """`uvicorn api:app` (the README's command) in a subprocess on a free loopback port, token and test mode on."""
+    """`uvicorn api:app` (the docs' command) in a subprocess on a free loopback port, token and test mode on."""
     port = free_port()
     log = Path(f"/tmp/saga-test-uvicorn-{os.getpid()}-{port}.log")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_API_TOKEN": TOKEN, "SAGA_TEST_MODE": "true"}
@@ -211,10 +211,10 @@ def uvicorn_api() -> Iterator[str]:
         stop_process_group(proc)
 
 
-def test_readme_curl_calls_work_as_written_against_uvicorn(uvicorn_api):  # type: ignore[no-untyped-def]
+def test_docs_curl_calls_work_as_written_against_uvicorn(uvicorn_api):  # type: ignore[no-untyped-def]
     from tasks.inventory import available
 
-    script = readme_try_it_block().replace("http://127.0.0.1:8000", uvicorn_api)
+    script = docs_try_it_block().replace("http://127.0.0.1:8000", uvicorn_api)
     # Every curl must get a 2xx: --fail-with-body turns any other answer into a failed script.
     prelude = "set -euo pipefail\ncurl() { command curl --fail-with-body \"$@\"; }\n"
 

@@ -1,4 +1,4 @@
-"""The benchmark at a smoke size: it runs end to end and its JSON says what the README promises.
+"""The benchmark at a smoke size: it runs end to end and its JSON says what bench/README.md promises.
 
 Not a timing test: the numbers are only checked to be sane (positive, counts that follow from
 the definitions). Runs on its own database and Redis db (TEST_BENCH_PG_URL, TEST_BENCH_REDIS_URL),

@@ -1,9 +1,9 @@
-"""The README's "Start a saga in your web app's own transaction" section, as written.
+"""The docs' "Start a saga in your web app's own transaction" section (docs/guide/web-app.md), as written.
 
-- its FastAPI example (the code block, extracted from README.md and imported as a module) on SQLite
+- its FastAPI example (the code block, extracted from the page and imported as a module) on SQLite
   and PostgreSQL with a `RecordingDispatcher`, and on PostgreSQL with a real worker;
 - its Alembic recipe (the `alembic.ini` and `env.py` blocks) in a throwaway application with a
-  revision of its own, driven by the `alembic` commands the README gives;
+  revision of its own, driven by the `alembic` commands the page gives;
 - `sagas migrate --schema` and `--no-example-tables`.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-import tasks.sagas  # noqa: F401  (registers order_fulfillment, the saga the README starts)
+import tasks.sagas  # noqa: F401  (registers order_fulfillment, the saga the page starts)
 from tests.support.databases import drop_pg_database, fresh_pg_database
 from workflows import start_saga
 from workflows.interfaces.cli import main as sagas_cli
@@ -38,6 +38,7 @@ from workflows.runtime.settings import Settings
 from workflows.store.db import alembic_config, downgrade_all, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "guide" / "web-app.md"
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
                "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps"}
@@ -47,7 +48,7 @@ ALEMBIC = Path(sys.executable).parent / "alembic"
 
 
 def section() -> str:
-    text_ = (ROOT / "README.md").read_text()
+    text_ = PAGE.read_text()
     return text_.split("<!-- section: app-transaction -->", 1)[1].split("<!-- /section: app-transaction -->", 1)[0]
 
 
@@ -55,7 +56,7 @@ def block(after: str, lang: str) -> str:
     """The first ```lang block of the section after the text `after`."""
     rest = section().split(after, 1)[1]
     found = re.search(rf"```{lang}\n(.*?)```", rest, flags=re.S)
-    assert found, f"no {lang} block after {after!r} in the README"
+    assert found, f"no {lang} block after {after!r} in {PAGE.relative_to(ROOT)}"
     return found.group(1)
 
 
@@ -80,7 +81,7 @@ def recording_runtime(url: str, tmp_path: Path) -> Runtime:
 
 
 def load_checkout(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The README's FastAPI block as a module (`checkout.py`), on the database at `url`."""
+    """The page's FastAPI block as a module (`checkout.py`), on the database at `url`."""
     import worker  # noqa: F401  (imported before a test activates its runtime: the block imports it too)
 
     path = tmp_path / "checkout.py"
@@ -145,7 +146,7 @@ def test_the_readme_fastapi_example_leaves_nothing_when_the_request_fails_before
         checkout: tuple[ModuleType, Runtime]) -> None:
     module, rt = checkout
 
-    def crashing_db() -> Iterator[Session]:  # the README's session, whose commit never happens
+    def crashing_db() -> Iterator[Session]:  # the page's session, whose commit never happens
         with module.Sessions() as session:
             def crash() -> None:
                 raise RuntimeError("the app fails before its commit")
@@ -219,7 +220,7 @@ def downgrade() -> None:
 
 
 def build_app(root: Path, url: str) -> dict[str, str]:
-    """An application with Alembic migrations of its own, set up as the README says; its environment."""
+    """An application with Alembic migrations of its own, set up as the page says; its environment."""
     (root / "myapp").mkdir(parents=True)
     (root / "myapp" / "__init__.py").write_text("")
     (root / "myapp" / "models.py").write_text(APP_MODELS)
@@ -335,7 +336,7 @@ def test_sagas_migrate_schema_puts_the_saga_tables_in_their_own_schema(tmp_path:
         insp = inspect(engine)
         assert set(insp.get_table_names(schema="sagas")) == SAGA_TABLES | {"alembic_version"}
         assert insp.get_table_names(schema="public") == []
-        with engine.begin() as c:  # the README's server-side setting
+        with engine.begin() as c:  # the page's server-side setting
             c.execute(text(f'ALTER DATABASE "{make_url(url).database}" SET search_path = "$user", public, sagas'))
             c.execute(text("CREATE TABLE public.orders (id text PRIMARY KEY, saga_id text)"))
         engine.dispose()

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     sweep_interval: float = 10.0
     """Seconds between two runs of the periodic sweeper (celery beat)."""
     redis_visibility_timeout: int = 3600
-    """Must exceed the longest retry countdown and step time limit (see README): `install` refuses
+    """Must exceed the longest retry countdown and step time limit (docs: crash safety): `install` refuses
     a saga whose step's message may stay unacknowledged longer (`VisibilityTimeoutTooShort`)."""
     redis_visibility_check: bool = True
     """False only in a test rig that shortens the visibility timeout on purpose."""
