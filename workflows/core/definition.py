@@ -25,6 +25,16 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
+class RunOf(Protocol):
+    """A run, or a view of one: what names the definition that decides it."""
+
+    @property
+    def saga_type(self) -> str: ...
+
+    @property
+    def saga_version(self) -> int: ...
+
+
 class HasTaskName(Protocol):
     @property
     def name(self) -> str: ...  # read-only: a StepTask (frozen) has it
@@ -273,6 +283,9 @@ class Child:
     name: str
     saga: Saga | str
     input: ChildInput = field(default=lambda data, results: data, compare=False)
+    version: int | None = None
+    """The version of a saga named by its name the child starts on; None: the newest registered when
+    the child starts (a new run picks its version as `start_saga` does). A `Saga` value is its own."""
     input_name: str = field(default="", init=False)
     """The input function's qualified name: what equality compares (as `ForEach.items_name`)."""
 
@@ -283,6 +296,12 @@ class Child:
         if not isinstance(target, str) or not _NAME.match(target):
             raise DefinitionError(f"child step {self.name!r}: saga must be a Saga or the name of a registered "
                                   f"saga like 'shipping' (got {self.saga!r})")
+        if self.version is not None and (isinstance(self.version, bool) or not isinstance(self.version, int)
+                                         or self.version < 1):
+            raise DefinitionError(f"child step {self.name!r}: version must be an int >= 1 (got {self.version!r})")
+        if isinstance(self.saga, Saga) and self.version not in (None, self.saga.version):
+            raise DefinitionError(f"child step {self.name!r}: version {self.version} is not the version of the "
+                                  f"Saga given ({self.saga.version}): give one or the other")
         if not callable(self.input):
             raise DefinitionError(f"child step {self.name!r}: input must be a function (data, results) -> dict, "
                                   "like lambda data, results: {'order_id': data['order_id']}")
@@ -292,31 +311,46 @@ class Child:
     def saga_name(self) -> str:
         return self.saga.name if isinstance(self.saga, Saga) else self.saga
 
-    def definition(self) -> Saga:
-        """The child saga's declaration (looked up in the registry when named)."""
-        return self.saga if isinstance(self.saga, Saga) else registry.get(self.saga)
+    @property
+    def declared(self) -> Saga | None:
+        """The child saga when declared as a `Saga` value (None: named, the caller resolves it)."""
+        return self.saga if isinstance(self.saga, Saga) else None
 
-    def first_stage_cycle(self, parent: str, chain: tuple[str, ...] = ()) -> list[str] | None:
+    def first_stage_cycle(self, parent: str, children: ChildDefinitions,
+                          chain: tuple[str, ...] = ()) -> list[str] | None:
         """The saga names of a cycle of sagas that each start with a child step, back to a saga on
-        the way from `parent` (starting it would never end), or None."""
+        the way from `parent` (starting it would never end), or None. `children` resolves each
+        child step to its definition (the caller's)."""
         chain = (*chain, parent)
         if self.saga_name in chain:
             return [*chain, self.saga_name]
-        for kid in self.definition().first_children():
-            cycle = kid.first_stage_cycle(self.saga_name, chain)
+        for kid in children(self).first_children():
+            cycle = kid.first_stage_cycle(self.saga_name, children, chain)
             if cycle is not None:
                 return cycle
         return None
 
-    def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """The child's validated input, or `InvalidInput` saying what is wrong (nothing is started)."""
-        child = self.definition()
+    def child_input(self, data: dict[str, Any], results: dict[str, dict[str, Any]], child: Saga) -> dict[str, Any]:
+        """The input of `child` (this step's definition), validated, or `InvalidInput` saying what
+        is wrong (nothing is started)."""
         try:
             value = self.input(data, results)
         except Exception as e:  # the parent's input or results lack what the function reads
             raise InvalidInput(f"child step {self.name!r}: its input function failed "
                                f"({type(e).__name__}: {e})") from None
         return child.validate_input(value)
+
+
+ChildDefinitions = Callable[[Child], "Saga"]
+"""What a caller gives the core to resolve a `Child` step to the definition its child starts on
+(`SagaRegistry.child_definition`); the core looks nothing up itself."""
+
+
+def declared_child(node: Child) -> Saga:
+    """The child definitions of a caller with no registry: a child declared as a `Saga` value only."""
+    if node.declared is not None:
+        return node.declared
+    raise UnknownSaga(f"child step {node.name!r} names saga {node.saga_name!r}: no registry was given to look it up")
 
 
 def child_id(parent_id: str, step: str) -> str:
@@ -510,8 +544,9 @@ class Saga:
         """The stage of `step_name` (of a line of single steps: its position)."""
         return self.stage_of(step_name)
 
-    def validate_input(self, data: Any) -> dict[str, Any]:
-        """The input as a JSON-ready dict, or `InvalidInput` saying what is wrong."""
+    def validate_input(self, data: Any, children: ChildDefinitions = declared_child) -> dict[str, Any]:
+        """The input as a JSON-ready dict, or `InvalidInput` saying what is wrong. `children`
+        resolves the first stage's child steps, whose input is checked here too."""
         if self.input_model is not None:
             try:
                 model = self.input_model.model_validate(data)
@@ -530,8 +565,8 @@ class Saga:
             self.items_of(fan, clean)  # the fan-out's items are there, a list, within bounds
         for first in self.first_children():  # a first child's input is known at the door: refuse it there
             try:
-                if first.first_stage_cycle(self.name) is None:  # a cycle fails the step when it starts
-                    first.child_input(clean, {})
+                if first.first_stage_cycle(self.name, children) is None:  # a cycle fails the step when it starts
+                    first.child_input(clean, {}, children(first))
             except UnknownSaga:
                 pass  # not registered in this process: the step fails with that reason when it starts
         return clean
@@ -577,7 +612,28 @@ class SagaRegistry:
         versions[saga.version] = saga
         return saga
 
+    def definition_of(self, run: RunOf) -> Saga:
+        """The definition that decides `run`: its saga type at the version it started with (or was
+        moved to), never the newest. `UnknownSagaVersion` if this process does not hold it."""
+        return self.get(run.saga_type, run.saga_version)
+
+    def child_definition(self, node: Child) -> Saga:
+        """The definition the child of `node` starts on: the `Saga` it declares, else the version
+        of the named saga it declares, else the newest registered (a new run, as `start_saga`)."""
+        if node.declared is not None:
+            return node.declared
+        return self.get(node.saga_name, node.version) if node.version is not None else self.newest(node.saga_name)
+
+    def newest(self, name: str) -> Saga:
+        """The newest version of `name`: what a new run starts on when no version is asked for."""
+        return self.get(name)
+
+    def definitions(self) -> list[Saga]:
+        """Every registered version of every saga, by name then version."""
+        return [v[n] for _, v in sorted(self._sagas.items()) for n in sorted(v)]
+
     def get(self, name: str, version: int | None = None) -> Saga:
+        """Version `version` of `name` (None: the newest; the library says `newest` for that)."""
         versions = self._sagas.get(name)
         if not versions:
             known = ", ".join(sorted(self._sagas)) or "none"
@@ -623,3 +679,14 @@ registry = SagaRegistry()
 
 def register_saga(saga: Saga) -> Saga:
     return registry.register(saga)
+
+
+def definition_of(run: RunOf) -> Saga:
+    """The definition that decides `run` (its type and the version it recorded), from the process's
+    registry: what every caller outside the core uses to get it."""
+    return registry.definition_of(run)
+
+
+def child_definition(node: Child) -> Saga:
+    """The definition a `Child` step starts its child on, from the process's registry."""
+    return registry.child_definition(node)

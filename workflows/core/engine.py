@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from workflows.core.definition import Child, Saga, Wait, child_id
+from workflows.core.definition import Child, ChildDefinitions, Saga, Wait, child_id, declared_child
 from workflows.core.errors import InvalidInput, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, ChildFinished,
                                   Command, Compensate, CompensationFailed, CompensationSucceeded, DeadLetter,
@@ -21,14 +21,16 @@ from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, Act
 
 
 def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSource,
-           timing: Timing = Timing()) -> Transition:
+           timing: Timing = Timing(), children: ChildDefinitions = declared_child) -> Transition:
     """The transition `outcome` causes in `run` at time `now`, new ids drawn from `ids`. Raises
-    `Ignored` if it causes none."""
+    `Ignored` if it causes none. `saga` is the run's own definition (its type and version, the
+    caller's `definition_of`); `children` resolves a `Child` step to the definition its child
+    starts on (the caller's registry; by default only children declared as `Saga` values)."""
     if run.saga_type != saga.name:
         raise ValueError(f"run {run.saga_id} is a {run.saga_type!r}, not a {saga.name!r}")
     if run.saga_version != saga.version:
         raise ValueError(f"run {run.saga_id} is on version {run.saga_version} of {saga.name!r}, not {saga.version}")
-    d = _Decision(saga, run, now, ids, timing)
+    d = _Decision(saga, run, now, ids, timing, children)
     match outcome:
         case Started():
             d.start()
@@ -132,8 +134,10 @@ _MAY_HAVE_HAPPENED = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT)
 class _Decision:
     """Accumulates one transition. Private: `decide` is the interface."""
 
-    def __init__(self, saga: Saga, run: RunState, now: datetime, ids: IdSource, timing: Timing) -> None:
+    def __init__(self, saga: Saga, run: RunState, now: datetime, ids: IdSource, timing: Timing,
+                 children: ChildDefinitions = declared_child) -> None:
         self.saga, self.before, self.now, self.ids, self.timing = saga, run, now, ids, timing
+        self.children_of = children
         self.status = run.status
         self.steps = list(run.steps)
         self.events: list[HistoryEvent] = []
@@ -284,9 +288,9 @@ class _Decision:
         results = {x.name: x.result or {} for x in self.steps
                    if x.status == StepStatus.SUCCEEDED and self.stage[x.name] < self.stage[s.name]}
         try:
-            definition = child.definition()
-            data = child.child_input(self.before.input, results)
-            cycle = child.first_stage_cycle(self.saga.name)
+            definition = self.children_of(child)
+            data = child.child_input(self.before.input, results, definition)
+            cycle = child.first_stage_cycle(self.saga.name, self.children_of)
             if cycle is not None:
                 raise InvalidInput(f"child step {s.name!r}: these sagas start each other at once, without end: "
                                    f"{' -> '.join(cycle)}")
@@ -297,7 +301,7 @@ class _Decision:
             return
         cid = child_id(self.before.saga_id, s.name)
         run = new_run(definition, cid, data, STARTED_BY, parent=(self.before.saga_id, s.name))
-        self.children.append(decide(definition, run, Started(), self.now, self.ids, self.timing))
+        self.children.append(decide(definition, run, Started(), self.now, self.ids, self.timing, self.children_of))
         self._set(s, status=StepStatus.RUNNING, task_id=cid, eta=None, deadline_at=None)
         self._emit("ChildStarted", s.name, 1, child_id=cid, saga=definition.name)
 
