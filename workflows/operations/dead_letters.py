@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from workflows.choreography.operations import redrive_event
 from workflows.core.definition import definition_of
 from workflows.core.errors import InvalidOperation
-from workflows.core.state import DeadLetterClosure, HistoryEvent, Resume
+from workflows.core.state import DeadLetterClosure, HistoryEvent, Resume, Side
 from workflows.core.views import DeadLetterView
 from workflows.runtime.container import Runtime, get_runtime
 
@@ -34,11 +34,11 @@ def redrive(dl_id: str, *, who: str = "operator", reason: str = "") -> DeadLette
     try:
         if dl.status != "OPEN":
             raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
-        if dl.kind == "compensation":
+        if dl.kind == Side.COMPENSATION:
             _redrive_compensation(rt, dl, who, reason)
         elif dl.kind == "event":
             redrive_event(rt, dl, who, reason)
-        elif dl.kind == "action":
+        elif dl.kind == Side.ACTION:
             _refuse_action(rt, dl)
         else:
             raise InvalidOperation(f"dead letters of kind {dl.kind!r} cannot be redriven")
