@@ -262,11 +262,13 @@ def test_child_declarations_are_checked_when_made() -> None:
 
 
 def test_sagas_that_start_each_other_at_once_fail_the_step_instead_of_recursing() -> None:
-    from workflows import register_saga
+    from workflows import register_saga, registry
 
     loop_a = register_saga(Saga("cycle_a", steps=[Child("b", saga="cycle_b")]))
     register_saga(Saga("cycle_b", steps=[Child("a", saga="cycle_a")]))
-    t = start(loop_a, {})
+    # the caller resolves named children (the runtime passes its registry's `child_definition`)
+    t = decide(loop_a, new_run(loop_a, "parent-1", {}, "start"), Started(), NOW, ids,
+               children=registry.child_definition)
     assert t.children == () and t.after.status == RunStatus.COMPENSATED
     assert "cycle_a -> cycle_b -> cycle_a" in (t.after.step("b").error or "")
 

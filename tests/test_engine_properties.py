@@ -140,7 +140,8 @@ class Sim:
             child_saga = saga.child(child.after.parent_step or "")
             assert child_saga is not None and child.after.saga_id not in self.runs  # started once
             self.runs[child.after.saga_id] = child.before
-            self.record(child_saga.definition(), child)
+            assert child_saga.declared is not None
+            self.record(child_saga.declared, child)
         self.bag.extend(t.orders)
 
     def stuck(self) -> list[str]:

@@ -67,7 +67,7 @@ def _check_visibility_timeout(app: Celery, settings: Settings) -> None:
         return
     options = app.conf.broker_transport_options or {}
     timeout = float(options.get("visibility_timeout", KOMBU_DEFAULT_VISIBILITY_TIMEOUT))
-    check_visibility_timeout((registry.get(name) for name in registry.names()), timeout)
+    check_visibility_timeout(registry.definitions(), timeout)  # every version held: an older one's runs go on
 
 
 def _register_sweep(app: Celery) -> Task:

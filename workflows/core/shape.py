@@ -45,7 +45,8 @@ def shape_of(nodes: Sequence[Any]) -> Shape:
 
 def _child(node: Any) -> dict[str, Any]:
     """A child step: its name and the saga it starts (the child's own versions pin its shape)."""
-    return {"step": node.name, "child": node.saga_name}
+    pinned = getattr(node, "version", None)  # a named child pinned to a version (not fingerprinted otherwise)
+    return {"step": node.name, "child": node.saga_name, **({"version": pinned} if pinned is not None else {})}
 
 
 def fingerprint_of(shape: Shape) -> str:

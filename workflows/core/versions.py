@@ -6,9 +6,9 @@ from dataclasses import replace
 from datetime import datetime
 
 from workflows.core.definition import Saga
-from workflows.core.engine import _Decision  # the engine's dispatch rules, reused as they are
+from workflows.core.decision import Decision  # the engine's dispatch rules, reused as they are
 from workflows.core.errors import IncompatibleVersion
-from workflows.core.state import IdSource, RunState, RunStatus, StepStatus, Timing, Transition
+from workflows.core.state import IdSource, RunState, RunStatus, Side, StepStatus, Timing, Transition
 
 # ---------------------------------------------------------------- moving a run to another version
 
@@ -64,12 +64,12 @@ def migrate(run: RunState, old: Saga, new: Saga, now: datetime, ids: IdSource, w
     if why is not None:
         raise IncompatibleVersion(f"saga {run.saga_id} cannot move to version {new.version}: {why}")
     moved = replace(run, saga_version=new.version)
-    d = _Decision(new, moved, now, ids, timing)
+    d = Decision(new, moved, now, ids, timing)
     d._emit("SagaMigrated", None, None, from_version=old.version, to_version=new.version,
             from_fingerprint=old.fingerprint, to_fingerprint=new.fingerprint, who=who, reason=reason)
     for s in list(d.steps):
         if s.status == StepStatus.RUNNING and run.status == RunStatus.RUNNING:
-            d._dispatch(s, "action")
+            d._dispatch(s, Side.ACTION)
         elif s.status == StepStatus.COMPENSATING:
-            d._dispatch(s, "compensation")
+            d._dispatch(s, Side.COMPENSATION)
     return replace(d.transition(), before=run)

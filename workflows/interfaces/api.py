@@ -224,7 +224,7 @@ def status_path(request: Request, saga_id: str) -> str:
 @api.get("/saga-types", tags=["sagas"])
 def saga_types() -> list[SagaType]:
     """The saga types this deployment can start (their newest version's steps), with the JSON schema of their input."""
-    sagas = [registry.get(n) for n in registry.names()]
+    sagas = [registry.newest(n) for n in registry.names()]  # a type's description: its newest version
     return [SagaType(name=s.name, version=s.version, versions=registry.versions(s.name), description=s.description,
                      steps=[st.name for st in s.steps],
                      input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]

@@ -7,7 +7,7 @@ why it was asked for, why it was refused), so the audit trail has every attempt.
 """
 from __future__ import annotations
 
-from workflows.core.definition import registry
+from workflows.core.definition import definition_of
 from workflows.core.errors import InvalidOperation, SagaError, StepNotFound
 from workflows.core.state import Cancel, HistoryEvent, Resume, RunState, RunStatus
 from workflows.core.views import SagaView
@@ -53,7 +53,7 @@ def refused(saga_id: str, action: str, who: str, reason: str, step: str | None, 
 def _act(run: RunState, outcome: Cancel | Resume, who: str, action: str, reason: str, *,
          expected_version: int | None = None, step: str | None = None) -> SagaView:
     rt = get_runtime()
-    applied = rt.loop.apply(registry.get(run.saga_type, run.saga_version), run.saga_id, outcome, by=f"operator:{who}",
+    applied = rt.loop.apply(definition_of(run), run.saga_id, outcome, by=f"operator:{who}",
                             expected_version=expected_version, state=run)
     if applied.stale:
         raise refused(run.saga_id, action, who, reason, step,

@@ -60,7 +60,8 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise SagaError(f"version must be an int (got {version!r})")
     if isinstance(saga, str):
-        definition = registry.get(saga, version)
+        # the one place that picks a version for a new run: the one asked for, else the newest
+        definition = registry.get(saga, version) if version is not None else registry.newest(saga)
     else:
         if version is not None and version != saga.version:
             raise SagaError(f"saga {saga.name!r} version {saga.version} was given with version={version}: give one")
@@ -68,7 +69,7 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
         if saga.fingerprint != definition.fingerprint:
             raise SagaError(f"saga {saga.name!r} version {saga.version} is not the registered definition of "
                             "that name and version")
-    clean = definition.validate_input(data)
+    clean = definition.validate_input(data, registry.child_definition)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
     when = _start_time(rt, start_at, countdown)

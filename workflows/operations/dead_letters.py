@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workflows.choreography.operations import redrive_event
-from workflows.core.definition import registry
+from workflows.core.definition import definition_of
 from workflows.core.errors import InvalidOperation
-from workflows.core.state import DeadLetterClosure, HistoryEvent, Resume
+from workflows.core.state import DeadLetterClosure, HistoryEvent, Resume, Side
 from workflows.core.views import DeadLetterView
 from workflows.runtime.container import Runtime, get_runtime
 
@@ -34,11 +34,11 @@ def redrive(dl_id: str, *, who: str = "operator", reason: str = "") -> DeadLette
     try:
         if dl.status != "OPEN":
             raise InvalidOperation(f"dead letter {dl_id} is {dl.status}, not OPEN: it was handled already")
-        if dl.kind == "compensation":
+        if dl.kind == Side.COMPENSATION:
             _redrive_compensation(rt, dl, who, reason)
         elif dl.kind == "event":
             redrive_event(rt, dl, who, reason)
-        elif dl.kind == "action":
+        elif dl.kind == Side.ACTION:
             _refuse_action(rt, dl)
         else:
             raise InvalidOperation(f"dead letters of kind {dl.kind!r} cannot be redriven")
@@ -103,7 +103,7 @@ def _redrive_compensation(rt: Runtime, dl: DeadLetterView, who: str, reason: str
     assert dl.saga_id and dl.step
     run = rt.store.load(dl.saga_id)
     claim = DeadLetterClosure("REDRIVEN", f"redriven by {who}: {reason}".strip(": "), dead_letter_id=dl.id)
-    applied = rt.loop.apply(registry.get(run.saga_type, run.saga_version), dl.saga_id,
+    applied = rt.loop.apply(definition_of(run), dl.saga_id,
                             Resume(dl.step, reason or f"redrive of dead letter {dl.id}", who),
                             by=f"operator:{who}", state=run, closures=(claim,))
     if applied.transition is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import kombu.exceptions
 
-from workflows.core.definition import Saga, Wait, registry
+from workflows.core.definition import Saga, Wait, definition_of
 from workflows.core.errors import NotWaiting, SagaError, SignalConflict
 from workflows.core.state import HistoryEvent, RunState, Signal, StepStatus
 from workflows.core.views import Signalled, SignalView
@@ -38,7 +38,7 @@ def signal(saga_id: str, name: str, payload: Any = None, *, idempotency_key: str
     if not isinstance(who, str) or not 0 < len(who) <= 200:
         raise SagaError("who must be a non-empty string of at most 200 characters")
     run = rt.store.load(saga_id)
-    saga = registry.get(run.saga_type)
+    saga = definition_of(run)  # the run's own version decides, not the newest
     wait = _wait_for(saga, run, name)
     if wait is None:
         why = f"saga {run.saga_type!r} has no wait for signal {name!r}"

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from workflows.choreography.operations import sweep_choreographies
-from workflows.core.definition import Saga, registry
+from workflows.core.definition import Saga, definition_of, registry
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
-                                  ErrorInfo, Order, Outcome, Redispatch, Resume, RunStatus, Started, StepStatus,
-                                  WaitTimedOut)
+                                  ErrorInfo, Order, Outcome, Redispatch, Resume, RunState, RunStatus, Started,
+                                  StepStatus, WaitTimedOut)
 from workflows.operations import versions
 from workflows.runtime.container import Runtime
 from workflows.runtime.loop import DecisionLoop
@@ -99,7 +99,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         if (run.saga_type, run.saga_version) in unheld_keys:
             continue  # no worker could run what a decision would send: wait for one (reported above)
         try:
-            saga = registry.get(run.saga_type, run.saga_version)
+            saga = definition_of(run)
         except UnknownSaga:  # another worker's sweep, one that holds the version, decides it
             log.warning("not sweeping %s: this process does not hold version %d of %s", saga_id, run.saga_version,
                         run.saga_type, extra={"saga_id": saga_id})
@@ -135,7 +135,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         run = store.load(saga_id)
         if not registry.has(run.saga_type, run.saga_version):
             continue  # a sweep on a worker that holds its version cancels it
-        applied = loop.apply(registry.get(run.saga_type, run.saga_version), saga_id,
+        applied = loop.apply(definition_of(run), saga_id,
                              Cancel("saga deadline passed", who="sweeper"),
                              by="sweeper", expected_version=run.version, state=run)
         if applied.transition is not None:
@@ -144,18 +144,18 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     # decided at `now`, the time the waits and starts were found due at (the engine checks a wait's
     # deadline against it)
     at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
-    for saga_id, saga_type, wait in store.due_waits(now):
+    for saga_id, _type, wait in store.due_waits(now):
         run = store.load(saga_id)
-        if (known := _known(saga_type, saga_id, run.saga_version)) is None:
+        if (known := _known(run)) is None:
             continue
         applied = at_now.apply(known, saga_id, WaitTimedOut(wait), by=WAIT_SWEEPER,
                              expected_version=run.version, state=run)
         if applied.transition is not None:
             report.waits_timed_out.append(f"{saga_id}:{wait}")
 
-    for saga_id, saga_type in store.due_starts(now):
+    for saga_id, _type in store.due_starts(now):
         run = store.load(saga_id)
-        if (known := _known(saga_type, saga_id, run.saga_version)) is None:
+        if (known := _known(run)) is None:
             continue
         # by "start": nothing has reported on it yet, so a lost first message is sent again
         applied = at_now.apply(known, saga_id, Started(), by=STARTED_BY,
@@ -179,13 +179,13 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     return report
 
 
-def _known(saga_type: str, saga_id: str, version: int) -> Saga | None:
-    """Version `version` of the saga declared as `saga_type`; None (logged) if this process does not
+def _known(run: RunState) -> Saga | None:
+    """The definition that decides `run` (`definition_of`); None (logged) if this process does not
     hold it: its runs are left to a sweeper that does, and the others are swept all the same."""
     try:
-        return registry.get(saga_type, version)
+        return definition_of(run)
     except UnknownSaga:
-        log.error("cannot sweep saga of unknown type %s", saga_type, extra={"saga_id": saga_id})
+        log.error("cannot sweep saga of unknown type %s", run.saga_type, extra={"saga_id": run.saga_id})
         return None
 
 
@@ -227,7 +227,7 @@ def _redispatch_parked(rt: Runtime, held: set[tuple[str, int]], report: SweepRep
         if (p.saga_type, p.saga_version) not in held or not registry.has(p.saga_type, p.saga_version):
             still.add((p.saga_id, p.task_id))
             continue
-        applied = loop.apply(registry.get(p.saga_type, p.saga_version), p.saga_id,
+        applied = loop.apply(definition_of(run), p.saga_id,
                              Resume(p.step, "its message was parked: no worker held the run's version, one does now",
                                     who="sweeper"), by="sweeper", state=run, expected_version=run.version)
         if applied.transition is not None:

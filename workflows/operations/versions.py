@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from workflows.core.definition import registry
+from workflows.core.definition import definition_of, registry
 from workflows.core.errors import ConcurrentTransition, IncompatibleVersion, VersionConflict
 from workflows.core.state import RunStatus
 from workflows.core.shape import conflict_message
@@ -156,7 +156,7 @@ def migrate(saga_id: str, to_version: int, *, reason: str, who: str = "operator"
     rt = get_runtime()
     run = rt.store.load(saga_id)
     try:
-        old = registry.get(run.saga_type, run.saga_version)
+        old = definition_of(run)
         new = registry.get(run.saga_type, to_version)
         t = migrate_transition(run, old, new, rt.clock(), rt.ids, who, reason, rt.timing)
     except (IncompatibleVersion, LookupError) as e:

@@ -33,7 +33,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from workflows.core.definition import Saga, registry
+from workflows.core.definition import Saga, definition_of, registry
 from workflows.core.engine import commands_for, is_current
 from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, ChildFinished, Command,
@@ -144,7 +144,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return None
     if not registry.has(saga, run.saga_version):  # the run's own version decides, not the message's
         return _hand_on(rt, run, step, kind, delivery, handoffs)
-    definition = registry.get(saga, run.saga_version)
+    definition = definition_of(run)
     loop = rt.loop
     dispatch = Dispatch(step, kind, delivery.task_id, attempt)
     if not is_current(run, step, kind, delivery.task_id, attempt):
@@ -366,8 +366,9 @@ def _recover_children(rt: Runtime, run: RunState, started: list[str]) -> None:
     report to its parent. Duplicates are harmless: each message and report meets its step's guard."""
     for cid in started:
         child = rt.store.load(cid)
-        if child.caused_by == STARTED_BY:
-            for cmd in commands_for(registry.get(child.saga_type), child, rt.timing):
+        if child.caused_by == STARTED_BY and registry.has(child.saga_type, child.saga_version):
+            # its own version decides; one this worker does not hold is the sweeper's (its first step's deadline)
+            for cmd in commands_for(definition_of(child), child, rt.timing):
                 rt.dispatcher.send_step(child, cmd)
     if run.parent_id is not None and run.parent_step is not None and run.status.terminal:
         rt.loop.deliver(Order(run.parent_id, ChildFinished(run.parent_step, run.saga_id, run.status, run.results(),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from workflows.core.definition import Saga, registry
+from workflows.core.definition import Saga, SagaRegistry, registry
 from workflows.core.engine import commands_for, decide, is_current, new_run
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
@@ -67,8 +67,10 @@ class Start:
 
 class DecisionLoop:
     def __init__(self, store: SagaStore, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
-                 timing: Timing = Timing()) -> None:
+                 timing: Timing = Timing(), definitions: SagaRegistry = registry) -> None:
         self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
+        self.definitions = definitions
+        """Where the definitions come from: a run's own (`definition_of`), a child step's (`child_definition`)."""
 
     # ------------------------------------------------------------ the loop
 
@@ -94,7 +96,7 @@ class DecisionLoop:
                 return self.ignore_stale(run, by=by, step=dispatch.step, what=type(outcome).__name__,
                                          own=run.caused_by == by, attempt=dispatch.attempt)
             try:
-                t = decide(saga, run, outcome, now, self.ids, self.timing)
+                t = decide(saga, run, outcome, now, self.ids, self.timing, self.definitions.child_definition)
             except Ignored as ig:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
@@ -126,7 +128,7 @@ class DecisionLoop:
         (`child_links`: a child to cancel or compensate, a parent to report to)."""
         try:
             run = self.store.load(order.saga_id)
-            return self.apply(registry.get(run.saga_type), order.saga_id, order.outcome, by=by, state=run)
+            return self.apply(self.definitions.definition_of(run), order.saga_id, order.outcome, by=by, state=run)
         except Exception as e:  # the database or the broker: the sweeper's recovery of children
             log.warning("%s for run %s not applied (%s): the sweeper applies it", type(order.outcome).__name__,
                         order.saga_id, e, extra={"saga_id": order.saga_id})
@@ -172,7 +174,8 @@ class DecisionLoop:
                     self.republish(saga, run)
                 return Applied(None, run, ignored="duplicate")
             try:
-                t = decide(saga, run, SignalReceived(signal), now, self.ids, self.timing)
+                t = decide(saga, run, SignalReceived(signal), now, self.ids, self.timing,
+                           self.definitions.child_definition)
             except Ignored as ig:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
@@ -204,7 +207,8 @@ class DecisionLoop:
         run_id = saga_id or _uuid(self.ids())
         # `start_at`: recorded SCHEDULED (nothing to publish); the sweeper starts it when due
         first = Schedule(start_at) if start_at is not None else Started()
-        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids, self.timing)
+        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids, self.timing,
+                   self.definitions.child_definition)
         if tx is None:
             created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
         else:

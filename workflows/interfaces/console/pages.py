@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from workflows.core.definition import ForEach, Parallel, registry
+from workflows.core.definition import ForEach, Parallel, definition_of
 from workflows.core.errors import SagaError, UnknownSaga
 from workflows.core.state import RunStatus
 from workflows.core.views import SagaView
@@ -285,7 +285,7 @@ def sagas_fragment(request: Request) -> Response:
 
 def _stages(view: SagaView) -> dict[str, str]:
     try:
-        saga = registry.get(view.saga_type)
+        saga = definition_of(view)  # the run's own version: an older run is drawn with its own groups
     except UnknownSaga:  # not deployed in this API process: drawn without its groups
         return {}
     out: dict[str, str] = {}
@@ -322,7 +322,7 @@ def _signals_of(view: SagaView) -> list[str]:
     if view.state not in (RunStatus.WAITING.value, RunStatus.RUNNING.value, RunStatus.SCHEDULED.value):
         return []
     try:
-        saga = registry.get(view.saga_type)
+        saga = definition_of(view)
     except UnknownSaga:
         return []
     names = {s.name for s in view.steps if s.status in ("PENDING", "WAITING")}

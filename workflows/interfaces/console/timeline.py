@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from workflows.core.state import Side
 from workflows.core.views import EventView, SagaView
 
 WIDTH = 960
@@ -102,7 +103,7 @@ def build(view: SagaView, now: datetime, stages: dict[str, str] | None = None) -
             continue
         row = rows[e.step]
         if e.type in ("StepDispatched", "CompensationDispatched"):
-            kind = "action" if e.type == "StepDispatched" else "compensation"
+            kind = Side.ACTION if e.type == "StepDispatched" else Side.COMPENSATION
             if (e.step, kind) in open_:
                 # dispatched again while in flight (an operator's retry, a redispatch): the old message is stale
                 prior = open_.pop((e.step, kind))
@@ -118,8 +119,8 @@ def build(view: SagaView, now: datetime, stages: dict[str, str] | None = None) -
             row.bars.append(attempt)
             open_[(e.step, kind)] = attempt
         elif e.type in _ACTION_END or e.type in _COMP_END:
-            kind = "action" if e.type in _ACTION_END else "compensation"
-            status = (_ACTION_END if kind == "action" else _COMP_END)[e.type]
+            kind = Side.ACTION if e.type in _ACTION_END else Side.COMPENSATION
+            status = (_ACTION_END if kind is Side.ACTION else _COMP_END)[e.type]
             if (e.step, kind) in open_:
                 bar = open_.pop((e.step, kind))
             else:  # a cancel times out a step at once, with no attempt open in the history
