@@ -212,7 +212,7 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
     written, statements, created = [], [], []
     sent: list[str] = []
     listener = lambda conn, cursor, statement, *a: sent.append(statement)  # noqa: E731
-    from workflows.store.driver import STATEMENT_LISTENERS
+    from workflows.store._driver import STATEMENT_LISTENERS
 
     STATEMENT_LISTENERS.append(sent.append)  # the hot path's statements, on the driver's cursor
     engines = {get_engine(database), statement_engine(database)}
