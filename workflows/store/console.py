@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.views import DeadLetterView
-from workflows.store.base import (ActivityBucket, DeadLetterGroup, DeadLetterPage, DeadLetterQuery, SagaQuery,
-                                  SagaSummary, SagaSummaryPage)
+from workflows.store.records import (ActivityBucket, DeadLetterGroup, DeadLetterPage, DeadLetterQuery, SagaQuery,
+                                     SagaSummary, SagaSummaryPage)
 from workflows.store.models import DeadLetterRow, SagaRow, StepRow
 from workflows.store.reads import _dead_letter_view
 

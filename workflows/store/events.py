@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workflows.core.state import DeadLetter, RunStatus
 from workflows.core.views import DeadLetterView, EventView
-from workflows.store.base import input_hash
+from workflows.store.records import input_hash
 from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, ProcessedEventRow, SagaRow
 from workflows.store.reads import _dead_letter_view
 from workflows.store.rows import dead_letter_values

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from workflows.core.errors import IdempotencyConflict, SagaError, SagaIdTaken
 from workflows.core.state import Transition
-from workflows.store.base import CallerTx, Created, input_hash
+from workflows.store.records import CallerTx, Created, input_hash
 from workflows.store.rows import EVENTS, SAGAS, STEPS, child_creations, creation_rows
 
 if TYPE_CHECKING:

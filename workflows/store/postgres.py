@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import RunState, Transition
 from workflows.store._driver import compiled_for, driver_cursor
-from workflows.store.base import Created
+from workflows.store.records import Created
 from workflows.store.db import statement_engine
 from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
                                   redelivery_event, redelivery_update, step_values)

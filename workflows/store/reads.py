@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from workflows.core.errors import DeadLetterNotFound, IdempotencyConflict, SagaNotFound
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.views import ChildView, DeadLetterView, EventView, SagaView, SignalView, StepView
-from workflows.store.base import ChildLink, RunCounts, StepDuration, StepRetries, input_hash
+from workflows.store.records import ChildLink, RunCounts, StepDuration, StepRetries, input_hash
 from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, SagaRow, SignalRow, StepRow
 
 
