@@ -3,7 +3,7 @@
 Every process that imports this module (the bench's workers, through SAGA_EXTRA_MODULES, and
 the bench driver) counts in memory:
 - `statements`: SQL statements sent through SQLAlchemy (`before_cursor_execute`) or on the driver's
-  cursor (the store's hot path, `workflows.store.driver.STATEMENT_LISTENERS`);
+  cursor (the store's hot path, `workflows.store._driver.STATEMENT_LISTENERS`);
 - `checkouts`: pool checkouts (no round trip: the engines do not pre-ping; see workflows/db.py);
 - `begins`, `commits`, `rollbacks`: transaction boundaries, each a round trip (psycopg 3 and psycopg2
   send BEGIN before a transaction's first statement; a read-only session ends with ROLLBACK),
@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-from workflows.store.driver import STATEMENT_LISTENERS
+from workflows.store._driver import STATEMENT_LISTENERS
 
 KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:counters"
 FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")

@@ -1,4 +1,4 @@
-"""The hot path's statements on the driver's cursor (`workflows.store.driver`) send what SQLAlchemy
+"""The hot path's statements on the driver's cursor (`workflows.store._driver`) send what SQLAlchemy
 sends, read what it reads, and fail as it fails: against the real PostgreSQL, through psycopg 3
 and psycopg2."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.support.runs import apply, create_run
 from workflows import Saga, Step
 from workflows.core.state import ActionFailed, ActionSucceeded, ErrorInfo
 from workflows.store.db import dispose_engines, get_engine
-from workflows.store.driver import compiled_for, driver_cursor
+from workflows.store._driver import compiled_for, driver_cursor
 from workflows.store.postgres import PostgresStore, transition_statement
 from workflows.store.sql import SqlStore
 

@@ -1,4 +1,5 @@
-"""The store contract: one suite every implementation passes, against each real backend.
+"""The store contract: one suite every implementation passes, against each real backend (the
+recorder's here, the other store interfaces' in tests/test_store_interfaces.py).
 
 `open_store(url)` picks the implementation: `SQLiteStore`, and `PostgresStore` through psycopg 3 (the
 recommended driver) and psycopg2. Transitions are decided by the runtime's decision loop with a
@@ -15,33 +16,22 @@ from sqlalchemy import func, select
 
 from tests.support.interfaces import saga_count
 from tests.support.runs import apply, create_run
+from tests.support.stores import BACKENDS, open_backend
 from workflows import IdempotencyConflict, InvalidInput, RetryPolicy, Saga, SagaNotFound, Step, UnknownSaga
 from workflows.core.definition import Child, child_id
-from workflows.store.db import migrate
 from workflows.core.state import ActionSucceeded, Started
 from workflows.store.models import EventRow, SagaRow, StepRow
-from workflows.store import PostgresStore, SagaStore, SQLiteStore, open_store
+from workflows.store import PostgresStore, SagaStore
 from workflows.store.sql import SqlStore
 
 SAGA = Saga("store_suite", steps=[Step("a", action="x.a", compensation="x.undo_a"),
                                   Step("b", action="x.b", compensation=None)])
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "psycopg2"])
+@pytest.fixture(params=BACKENDS)
 def store(request, tmp_path: Path) -> SagaStore:  # type: ignore[no-untyped-def]
     """SQLite, and PostgreSQL through psycopg 3 (the recommended driver) and psycopg2 (also supported)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-        migrate(url)
-    else:
-        from sqlalchemy.engine import make_url
-
-        url = request.getfixturevalue("database")
-        if request.param == "psycopg2":
-            url = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    store = open_store(url)
-    assert isinstance(store, SQLiteStore if request.param == "sqlite" else PostgresStore)
-    return store
+    return open_backend(request, tmp_path)
 
 
 def counts(store: SagaStore, saga_id: str) -> tuple[int, int, int]:
@@ -212,7 +202,7 @@ def test_the_one_statement_creation_and_transition_write_what_the_transactional_
     written, statements, created = [], [], []
     sent: list[str] = []
     listener = lambda conn, cursor, statement, *a: sent.append(statement)  # noqa: E731
-    from workflows.store.driver import STATEMENT_LISTENERS
+    from workflows.store._driver import STATEMENT_LISTENERS
 
     STATEMENT_LISTENERS.append(sent.append)  # the hot path's statements, on the driver's cursor
     engines = {get_engine(database), statement_engine(database)}

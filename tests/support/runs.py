@@ -13,7 +13,7 @@ from workflows.core.state import Command, Outcome, RunState, Timing, Transition
 from workflows.runtime.container import Runtime, new_id, utcnow
 from workflows.runtime.dispatch import Dispatcher, RecordingDispatcher
 from workflows.runtime.loop import Applied, DecisionLoop
-from workflows.store import SagaStore
+from workflows.store.base import Recorder
 
 
 class Created:
@@ -25,21 +25,21 @@ class Created:
         self.command: Command | None = transition.command if transition is not None else None
 
 
-def loop(store: SagaStore, dispatcher: Dispatcher | None = None, *, now: datetime | None = None,
+def loop(store: Recorder, dispatcher: Dispatcher | None = None, *, now: datetime | None = None,
          timing: Timing | None = None) -> DecisionLoop:
     """A decision loop over `store`; with `now`, its clock stands still there."""
     clock = (lambda: now) if now is not None else utcnow
     return DecisionLoop(store, dispatcher or RecordingDispatcher(), clock=clock, ids=new_id, timing=timing or Timing())
 
 
-def create_run(store: SagaStore, saga: Saga, data: dict[str, Any], *, now: datetime | None = None,
+def create_run(store: Recorder, saga: Saga, data: dict[str, Any], *, now: datetime | None = None,
                timing: Timing | None = None, **kwargs: Any) -> Created:
     """Record a started run without publishing its first step (as if that message were lost)."""
     started = loop(store, now=now, timing=timing).start(saga, data, **kwargs)
     return Created(started.saga_id, started.transition)
 
 
-def apply(store: SagaStore, saga: Saga, saga_id: str, outcome: Outcome, *, now: datetime | None = None,
+def apply(store: Recorder, saga: Saga, saga_id: str, outcome: Outcome, *, now: datetime | None = None,
           **kwargs: Any) -> Applied:
     """Decide and commit `outcome` (at `now`), publishing nothing."""
     return loop(store, now=now).commit(saga, saga_id, outcome, **kwargs)

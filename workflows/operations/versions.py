@@ -26,7 +26,7 @@ from workflows.core.shape import conflict_message
 from workflows.core.versions import migrate as migrate_transition
 from workflows.core.views import SagaView, VersionView
 from workflows.runtime.container import Runtime, get_runtime
-from workflows.store.base import RecordedDefinition, SagaStore
+from workflows.store.base import RecordedDefinition, WorkerVersions
 
 log = logging.getLogger("workflows.versions")
 
@@ -110,7 +110,7 @@ def version_report(rt: Runtime, now: datetime | None = None, *, active_only: boo
     return versions_in(rt.store, now or rt.clock(), active_only=active_only)
 
 
-def versions_in(store: SagaStore, now: datetime, *, active_only: bool = False) -> list[VersionView]:
+def versions_in(store: WorkerVersions, now: datetime, *, active_only: bool = False) -> list[VersionView]:
     """`version_report` read from `store` at `now`."""
     workers = store.live_workers(now - timedelta(seconds=LIVE_FOR))
     recorded = {(d.saga_type, d.saga_version): d.fingerprint for d in store.recorded_definitions()}
@@ -134,7 +134,7 @@ def unheld(rt: Runtime, now: datetime | None = None) -> list[VersionView]:
     return unheld_in(rt.store, now or rt.clock())
 
 
-def unheld_in(store: SagaStore, now: datetime) -> list[VersionView]:
+def unheld_in(store: WorkerVersions, now: datetime) -> list[VersionView]:
     """Only saga types some live worker announces (in another version): of a type no worker
     announces at all, the heartbeats say nothing (its workers may predate them)."""
     return unheld_of(versions_in(store, now))

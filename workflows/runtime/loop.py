@@ -32,7 +32,7 @@ from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClo
                                   Started, Timing, Transition)
 from workflows.core.views import DeadLetterView
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
-from workflows.store.base import SagaStore
+from workflows.store.base import Recorder
 
 if TYPE_CHECKING:
     from workflows.store.base import CallerTx
@@ -66,7 +66,7 @@ class Start:
 
 
 class DecisionLoop:
-    def __init__(self, store: SagaStore, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
+    def __init__(self, store: Recorder, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
                  timing: Timing = Timing(), definitions: SagaRegistry = registry) -> None:
         self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
         self.definitions = definitions

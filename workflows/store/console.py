@@ -1,5 +1,6 @@
-"""The console's reads: the saga list with its filters and counts, the activity chart, dead letters
-by saga type and step. Mixed into every store (`SqlStore`); queries only, one session each.
+"""The console's and the metrics' reads: the saga list with its filters and counts, the activity
+chart, dead letters by saga type and step, the collector's aggregates. Mixed into every store
+(`SqlStore`); queries only, one session each. The filters are the read model's (`store.reads`).
 
 Each query is shaped for an index of revision 0008 (or older): the list is newest first on
 `ix_sagas_created` (`ix_sagas_state_created`, `ix_sagas_type_created` with a state or type),
@@ -16,23 +17,19 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, type_coerce, union
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from workflows.core.state import RunStatus, StepStatus
 from workflows.core.views import DeadLetterView
-from workflows.store.base import (ActivityBucket, DeadLetterGroup, DeadLetterPage, DeadLetterQuery, SagaQuery,
-                                  SagaSummary, SagaSummaryPage)
-from workflows.store.models import DeadLetterRow, SagaRow, StepRow
-from workflows.store.reads import _dead_letter_view
-
-_IN_FLIGHT = (StepStatus.RUNNING.value, StepStatus.COMPENSATING.value)
-_TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
+from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, StepRow
+from workflows.store.reads import (NEWEST_FIRST, TERMINAL, _dead_letter_view, dead_letter_filters, dead_letter_order,
+                                   list_query, saga_filters)
+from workflows.store.records import (ActivityBucket, DeadLetterGroup, DeadLetterPage, DeadLetterQuery, RunCounts,
+                                     SagaQuery, SagaSummary, SagaSummaryPage, StepDuration, StepRetries)
 
 
 class ConsoleReads:
-    """The console's queries (see the module docstring for the index each one uses)."""
+    """The console's queries (see the module docstring for the index each one uses) and the metrics'."""
 
     url: str
     sessions: sessionmaker[Session]
@@ -47,10 +44,9 @@ class ConsoleReads:
                     .correlate(SagaRow).scalar_subquery())
         page = (select(SagaRow.id, SagaRow.saga_type, SagaRow.style, SagaRow.state, SagaRow.idempotency_key,
                        SagaRow.failure_reason, SagaRow.created_at, SagaRow.updated_at, open_dls.label("open_dls"))
-                .where(*self._filters(q))
-                .order_by(SagaRow.created_at.desc(), SagaRow.id.desc()).limit(q.limit).offset(q.offset))
+                .where(*saga_filters(q, self.url)).order_by(*NEWEST_FIRST).limit(q.limit).offset(q.offset))
         without_state = replace(q, state=None)
-        counts = (select(SagaRow.state, func.count()).where(*self._filters(without_state))
+        counts = (select(SagaRow.state, func.count()).where(*saga_filters(without_state, self.url))
                   .group_by(SagaRow.state))
         with self.sessions() as s:
             rows = s.execute(page).all()
@@ -64,40 +60,7 @@ class ConsoleReads:
 
     def list_query(self, q: SagaQuery) -> Select[Any]:
         """The list's page statement (for EXPLAIN in the scale test)."""
-        return (select(SagaRow.id).where(*self._filters(q))
-                .order_by(SagaRow.created_at.desc(), SagaRow.id.desc()).limit(q.limit).offset(q.offset))
-
-    def _filters(self, q: SagaQuery) -> builtins.list[ColumnElement[bool]]:
-        where: builtins.list[ColumnElement[bool]] = []
-        if q.state:
-            where.append(SagaRow.state == q.state)
-        if q.saga_type:
-            where.append(SagaRow.saga_type == q.saga_type)
-        if q.created_after is not None:
-            where.append(SagaRow.created_at >= q.created_after)
-        if q.created_before is not None:
-            where.append(SagaRow.created_at < q.created_before)
-        if q.stuck_at is not None:  # the few late runs, found on the deadline indexes, then joined by id
-            late_steps = select(StepRow.saga_id).where(StepRow.status.in_(_IN_FLIGHT), StepRow.deadline_at < q.stuck_at)
-            late_runs = select(SagaRow.id).where(SagaRow.deadline_at < q.stuck_at,
-                                                 SagaRow.state == RunStatus.RUNNING.value)
-            where.append(and_(SagaRow.state.not_in(_TERMINAL), SagaRow.id.in_(union(late_steps, late_runs))))
-        if q.open_dead_letters:
-            where.append(SagaRow.id.in_(select(DeadLetterRow.saga_id).where(DeadLetterRow.status == "OPEN")))
-        if q.search:
-            term = q.search.strip()
-            matches: builtins.list[ColumnElement[bool]] = [SagaRow.id == term, SagaRow.idempotency_key == term]
-            for key in q.search_keys:
-                matches.append(self._input_has(key, term))
-            where.append(or_(*matches))
-        return where
-
-    def _input_has(self, key: str, value: str) -> ColumnElement[bool]:
-        """`input[key] == value` for a top-level key: containment on PostgreSQL (the GIN index)."""
-        if self.url.startswith("postgresql"):
-            return type_coerce(SagaRow.input, JSONB).contains({key: value})
-        path = '$."' + key.replace('"', "") + '"'
-        return func.json_extract(SagaRow.input, path) == value
+        return list_query(q, self.url)
 
     def activity(self, until: datetime, *, minutes: int = 60, bucket_minutes: int = 5) -> builtins.list[ActivityBucket]:
         """Runs started, completed, compensated and failed in each `bucket_minutes` of the last `minutes`
@@ -123,7 +86,7 @@ class ConsoleReads:
             i = slot(created)
             if i is not None:
                 buckets[i].started += 1
-            j = slot(updated) if state in _TERMINAL else None
+            j = slot(updated) if state in TERMINAL else None
             if j is not None:
                 b = buckets[j]
                 if state == "COMPLETED":
@@ -144,12 +107,10 @@ class ConsoleReads:
     def search_dead_letters(self, q: DeadLetterQuery) -> DeadLetterPage:
         """Dead letters matching `q`, newest first, with the saga type of each one's run."""
         stmt = (select(DeadLetterRow, SagaRow.saga_type).outerjoin(SagaRow, SagaRow.id == DeadLetterRow.saga_id)
-                .where(*_dl_filters(q))
-                .order_by(DeadLetterRow.created_at if q.oldest_first else DeadLetterRow.created_at.desc(),
-                          DeadLetterRow.id)
+                .where(*dead_letter_filters(q)).order_by(*dead_letter_order(q))
                 .limit(q.limit).offset(q.offset))
         count = (select(func.count()).select_from(DeadLetterRow)
-                 .outerjoin(SagaRow, SagaRow.id == DeadLetterRow.saga_id).where(*_dl_filters(q)))
+                 .outerjoin(SagaRow, SagaRow.id == DeadLetterRow.saga_id).where(*dead_letter_filters(q)))
         with self.sessions() as s:
             rows = s.execute(stmt).all()
             total = int(s.scalar(count) or 0)
@@ -172,17 +133,48 @@ class ConsoleReads:
                                                         limit=limit, oldest_first=True))
         return page.items
 
+    # ------------------------------------------------------------ metrics
 
-def _dl_filters(q: DeadLetterQuery) -> builtins.list[ColumnElement[bool]]:
-    where: builtins.list[ColumnElement[bool]] = []
-    if q.status:
-        where.append(DeadLetterRow.status == q.status)
-    if q.saga_type:
-        where.append(SagaRow.saga_type == q.saga_type)
-    if q.step:
-        where.append(DeadLetterRow.step == q.step)
-    if q.kind:
-        where.append(DeadLetterRow.kind == q.kind)
-    if q.saga_id:
-        where.append(DeadLetterRow.saga_id == q.saga_id)
-    return where
+    def run_counts(self) -> builtins.list[RunCounts]:
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, SagaRow.state, func.count())
+                             .group_by(SagaRow.saga_type, SagaRow.state)).all()
+        return [RunCounts(t, st, int(n)) for t, st, n in rows]
+
+    def step_retries(self) -> builtins.list[StepRetries]:
+        extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
+        extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1), else_=0))
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps,
+                                    func.sum(StepRow.redeliveries), func.sum(StepRow.compensation_redeliveries))
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .group_by(SagaRow.saga_type, StepRow.name)).all()
+        return [StepRetries(t, n, int(a or 0), int(c or 0), int(r or 0), int(rc or 0)) for t, n, a, c, r, rc in rows]
+
+    def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]:
+        """Actions that finished since `since`, newest first, at most `limit`."""
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, StepRow.name, StepRow.started_at, StepRow.finished_at)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .where(StepRow.finished_at >= since, StepRow.started_at.is_not(None))
+                             .order_by(StepRow.finished_at.desc()).limit(limit)).all()
+        return [StepDuration(t, n, max(0.0, (f - st).total_seconds())) for t, n, st, f in rows
+                if st is not None and f is not None]  # the query excludes NULLs; the types do not know
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self.sessions() as s:
+            return {k: int(v) for k, v in s.execute(select(DeadLetterRow.status, func.count())
+                                                    .group_by(DeadLetterRow.status)).all()}
+
+    def waits_timed_out(self) -> dict[str, int]:
+        """Waits whose deadline passed with no signal, by saga type (the wait rows, `task_id` 'wait:...')."""
+        with self.sessions() as s:
+            rows = s.execute(select(SagaRow.saga_type, func.count()).select_from(StepRow)
+                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
+                             .where(StepRow.task_id.like("wait:%"), StepRow.error.like("wait % timed out%"))
+                             .group_by(SagaRow.saga_type)).all()
+        return {t: int(n) for t, n in rows}
+
+    def outbox_unsent(self) -> int:
+        with self.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))) or 0)

@@ -31,16 +31,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workflows.core.state import DeadLetter, RunStatus
 from workflows.core.views import DeadLetterView, EventView
-from workflows.store.base import input_hash
 from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, ProcessedEventRow, SagaRow
-from workflows.store.reads import _dead_letter_view
+from workflows.store.reads import _dead_letter_view, dead_letter_rows, history
+from workflows.store.records import DeadLetterQuery, input_hash
 from workflows.store.rows import dead_letter_values
 
 _SAGAS = SagaRow.__table__
 _OUTBOX = OutboxRow.__table__
 _DEAD_LETTERS = DeadLetterRow.__table__
 _PROCESSED = ProcessedEventRow.__table__
-_HISTORY_COLUMNS = (EventRow.id, EventRow.at, EventRow.type, EventRow.step, EventRow.attempt, EventRow.detail)
 
 
 @dataclass(frozen=True)
@@ -91,18 +90,9 @@ def _outbox_record(r: OutboxRow) -> OutboxRecord:
                         sent_at=r.sent_at, attempts=r.attempts, last_error=r.last_error)
 
 
-def _history(s: Session, saga_id: str, types: Sequence[str] | None) -> list[EventView]:
-    q = select(*_HISTORY_COLUMNS).where(EventRow.saga_id == saga_id)
-    if types is not None:
-        q = q.where(EventRow.type.in_(list(types)))
-    return [EventView(id=i, at=at, type=t, step=st, attempt=a, detail=d or {})
-            for i, at, t, st, a, d in s.execute(q.order_by(EventRow.id)).all()]
-
-
 def _event_dead_letters(s: Session, saga_id: str) -> list[DeadLetterView]:
-    rows = s.scalars(select(DeadLetterRow).where(DeadLetterRow.saga_id == saga_id, DeadLetterRow.kind == "event")
-                     .order_by(DeadLetterRow.created_at, DeadLetterRow.id)).all()
-    return [_dead_letter_view(r) for r in rows]
+    q = DeadLetterQuery(status=None, kind="event", saga_id=saga_id, oldest_first=True)
+    return [_dead_letter_view(r) for r in dead_letter_rows(s, q, None)]
 
 
 def _outbox_of(s: Session, saga_id: str, limit: int | None) -> list[OutboxRecord]:
@@ -177,7 +167,7 @@ class EventUnit:
     def history(self, saga_id: str, types: Sequence[str] | None = None) -> list[EventView]:
         """The saga's history rows (of `types`, if given), oldest first, this unit's included."""
         self._s.flush()
-        return _history(self._s, saga_id, types)
+        return history(self._s, saga_id, types)
 
     def write_outbox(self, *, event_id: str, saga_id: str, saga_type: str, event_type: str,
                      causation_id: str | None, source: str, envelope: dict[str, Any], targets: Sequence[str],
@@ -229,7 +219,8 @@ class EventUnit:
 
 
 class EventStore:
-    """Mixed into `SqlStore`: what choreography reads and writes of the saga tables."""
+    """Mixed into `SqlStore`: what choreography reads and writes of the saga tables (a run's type
+    and history are the read model's, `store.reads`)."""
 
     url: str
     sessions: sessionmaker[Session]
@@ -239,17 +230,9 @@ class EventStore:
         with self.sessions.begin() as s:
             yield EventUnit(s)
 
-    def saga_type(self, saga_id: str) -> str | None:
-        with self.sessions() as s:
-            return s.scalar(select(SagaRow.saga_type).where(SagaRow.id == saga_id))
-
     def event_processed(self, consumer: str, event_id: str) -> bool:
         with self.sessions() as s:
             return s.get(ProcessedEventRow, (consumer, event_id)) is not None
-
-    def history(self, saga_id: str) -> list[EventView]:
-        with self.sessions() as s:
-            return _history(s, saga_id, None)
 
     def event_dead_letters(self, saga_id: str) -> list[DeadLetterView]:
         with self.sessions() as s:

@@ -45,9 +45,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from workflows.core.errors import IdempotencyConflict, SagaError, SagaIdTaken
+from workflows.core.errors import SagaError, SagaIdTaken
 from workflows.core.state import Transition
-from workflows.store.base import CallerTx, Created, input_hash
+from workflows.store.reads import run_for_key, saga_type_of
+from workflows.store.records import CallerTx, Created
 from workflows.store.rows import EVENTS, SAGAS, STEPS, child_creations, creation_rows
 
 if TYPE_CHECKING:
@@ -222,18 +223,12 @@ class JoinedStore:
 
     def run_for_key_in(self, tx: CallerTx, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
         """`run_for_key` as the caller's transaction sees it (its own uncommitted runs included)."""
-        row = self.join(tx).execute(select(SAGAS.c.id, SAGAS.c.input_hash)
-                                    .where(SAGAS.c.idempotency_key == idempotency_key)).first()
-        if row is None:
-            return None
-        if row.input_hash != input_hash(saga_type, data):
-            raise IdempotencyConflict(idempotency_key, row.id)
-        return str(row.id)
+        return run_for_key(self.join(tx), idempotency_key, saga_type, data)
 
     def saga_type_in(self, tx: CallerTx, saga_id: str) -> str | None:
         """`saga_type` as the caller's transaction sees it (on SQLite the store's own connection
         would queue behind the caller's write lock)."""
-        return self.join(tx).scalar(select(SAGAS.c.saga_type).where(SAGAS.c.id == saga_id))
+        return saga_type_of(self.join(tx), saga_id)
 
     @contextmanager
     def event_unit_in(self, tx: CallerTx) -> Iterator[EventUnit]:

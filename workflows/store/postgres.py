@@ -3,10 +3,12 @@
 A run's creation and a step's transition are each one data-modifying `WITH` statement on an
 autocommit connection: one round trip, atomic by itself, no BEGIN/COMMIT. With psycopg 3 a
 statement run 5 times on a connection is prepared there, so the few hot statements are planned
-once per connection (see README, benchmark). Those statements and the run's read (`load`) are
-compiled once and run on the driver's cursor (`store.driver`), without SQLAlchemy's
-per-execution overhead. Transitions that also write or resolve dead letters
-(rare: retries exhausted, operator redrives) or start a child saga use `SqlStore`'s transaction.
+once per connection (see README, benchmark). Those two statements and the run's read (`load`),
+run for every step, are compiled once and run on the driver's cursor (`store._driver`), without
+SQLAlchemy's per-execution overhead: about a third of the store's CPU per step
+(`bench/driver_timing.py`). The rarer statements go through SQLAlchemy; transitions that also
+write or resolve dead letters (retries exhausted, operator redrives) or start a child saga use
+`SqlStore`'s transaction.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import RunState, Transition
-from workflows.store.base import Created
-from workflows.store.driver import compiled_for, driver_cursor
+from workflows.store._driver import compiled_for, driver_cursor
+from workflows.store.records import Created
+from workflows.store.db import statement_engine
 from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
                                   redelivery_event, redelivery_update, step_values)
 from workflows.store.sql import KEPT, STATE, SqlStore, run_state
@@ -73,8 +76,8 @@ class PostgresStore(SqlStore):
         row = redelivery_event(saga_id, step, kind, task_id, attempt, 0, by, now)
         params.update({f"h_{c}": row[c] for c in ("at", "type", "step", "attempt")})
         params["h_detail"] = {k: v for k, v in row["detail"].items() if k != "redeliveries"}
-        with driver_cursor(self.url) as cur:
-            n = compiled_for(self.url)(_redelivery_statement(kind, first)).scalar(cur, params)
+        with statement_engine(self.url).connect() as c:  # rare (a lost worker): SQLAlchemy's own execution
+            n = c.execute(_redelivery_statement(kind, first), params).scalar()
         return None if n is None else int(n)
 
 

@@ -1,20 +1,31 @@
-"""The store's reads: read models for the API, the CLI, the sweeper and the metrics."""
+"""The store's read model: one query per question, shared by every caller that asks it.
+
+`Reads` (mixed into every store) answers the API, the CLI, the operators and the sweeper; the
+console and the metrics (`store.console`), the caller's transaction (`store.joined`) and the
+choreography (`store.events`) ask the same questions through the functions below, on their own
+session or connection: a run by idempotency key, a run's type, its history, its dead letters,
+the saga list's filters. Queries only.
+"""
 from __future__ import annotations
 
 import builtins
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, text, type_coerce, union
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from workflows.core.errors import DeadLetterNotFound, IdempotencyConflict, SagaNotFound
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.views import ChildView, DeadLetterView, EventView, SagaView, SignalView, StepView
-from workflows.store.base import ChildLink, RunCounts, StepDuration, StepRetries, input_hash
-from workflows.store.models import DeadLetterRow, EventRow, OutboxRow, SagaRow, SignalRow, StepRow
+from workflows.store.models import DeadLetterRow, EventRow, SagaRow, SignalRow, StepRow
+from workflows.store.records import ChildLink, DeadLetterQuery, SagaQuery, input_hash
+
+_IN_FLIGHT = (StepStatus.RUNNING.value, StepStatus.COMPENSATING.value)
+TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
 
 
 class Reads:
@@ -27,13 +38,15 @@ class Reads:
         """The id of the run `idempotency_key` already names, or None if it names none. Raises
         `IdempotencyConflict` if the key was used for another saga type or other input."""
         with self.sessions() as s:
-            row = s.execute(select(SagaRow.id, SagaRow.input_hash)
-                            .where(SagaRow.idempotency_key == idempotency_key)).first()
-        if row is None:
-            return None
-        if row.input_hash != input_hash(saga_type, data):  # the hash covers the saga type
-            raise IdempotencyConflict(idempotency_key, row.id)
-        return str(row.id)
+            return run_for_key(s, idempotency_key, saga_type, data)
+
+    def saga_type(self, saga_id: str) -> str | None:
+        with self.sessions() as s:
+            return saga_type_of(s, saga_id)
+
+    def history(self, saga_id: str) -> builtins.list[EventView]:
+        with self.sessions() as s:
+            return history(s, saga_id)
 
     def get(self, saga_id: str) -> SagaView:
         with self.sessions() as s:
@@ -41,9 +54,8 @@ class Reads:
                             .options(selectinload(SagaRow.steps))).first()
             if row is None:
                 raise SagaNotFound(f"no saga with id {saga_id!r}")
-            events = s.scalars(select(EventRow).where(EventRow.saga_id == saga_id).order_by(EventRow.id)).all()
-            dls = s.scalars(select(DeadLetterRow).where(DeadLetterRow.saga_id == saga_id)
-                            .order_by(DeadLetterRow.created_at)).all()
+            events = history(s, saga_id)
+            dls = dead_letter_rows(s, DeadLetterQuery(status=None, saga_id=saga_id, oldest_first=True), None)
             sigs = s.scalars(select(SignalRow).where(SignalRow.saga_id == saga_id)
                              .order_by(SignalRow.received_at, SignalRow.id)).all()
             kids = s.execute(select(SagaRow.id, SagaRow.saga_type, SagaRow.state, SagaRow.parent_step,
@@ -55,16 +67,12 @@ class Reads:
     def list(self, *, state: str | None = None, saga_type: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[SagaView], int]:
         """A page of runs (newest first) without their history, and the total count."""
+        where = saga_filters(SagaQuery(state=state, saga_type=saga_type), self.url)
         with self.sessions() as s:
-            q = select(SagaRow)
-            c = select(func.count()).select_from(SagaRow)
-            if state:
-                q, c = q.where(SagaRow.state == state), c.where(SagaRow.state == state)
-            if saga_type:
-                q, c = q.where(SagaRow.saga_type == saga_type), c.where(SagaRow.saga_type == saga_type)
-            rows = s.scalars(q.order_by(SagaRow.created_at.desc(), SagaRow.id).limit(limit).offset(offset)
+            rows = s.scalars(select(SagaRow).where(*where).order_by(*NEWEST_FIRST).limit(limit).offset(offset)
                              .options(selectinload(SagaRow.steps))).all()
-            return [_saga_view(r, [], []) for r in rows], int(s.scalar(c) or 0)
+            total = s.scalar(select(func.count()).select_from(SagaRow).where(*where))
+            return [_saga_view(r, [], []) for r in rows], int(total or 0)
 
     def due_deadlines(self, now: datetime, limit: int = 500) -> builtins.list[str]:
         """Running or waiting orchestrated runs past their saga-level deadline."""
@@ -129,12 +137,8 @@ class Reads:
     def dead_letters(self, *, status: str | None = "OPEN", saga_id: str | None = None,
                      limit: int = 100) -> builtins.list[DeadLetterView]:
         with self.sessions() as s:
-            q = select(DeadLetterRow).order_by(DeadLetterRow.created_at.desc()).limit(limit)
-            if status:
-                q = q.where(DeadLetterRow.status == status)
-            if saga_id:
-                q = q.where(DeadLetterRow.saga_id == saga_id)
-            return [_dead_letter_view(r) for r in s.scalars(q)]
+            rows = dead_letter_rows(s, DeadLetterQuery(status=status, saga_id=saga_id), limit)
+            return [_dead_letter_view(r) for r in rows]
 
     def dead_letter(self, dl_id: str) -> DeadLetterView:
         with self.sessions() as s:
@@ -154,54 +158,8 @@ class Reads:
         with self.sessions() as s:
             s.execute(text("SELECT 1"))
 
-    # ------------------------------------------------------------ metrics
 
-    def run_counts(self) -> builtins.list[RunCounts]:
-        with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, SagaRow.state, func.count())
-                             .group_by(SagaRow.saga_type, SagaRow.state)).all()
-        return [RunCounts(t, st, int(n)) for t, st, n in rows]
-
-    def step_retries(self) -> builtins.list[StepRetries]:
-        extra_actions = func.sum(case((StepRow.attempts > 1, StepRow.attempts - 1), else_=0))
-        extra_comps = func.sum(case((StepRow.compensation_attempts > 1, StepRow.compensation_attempts - 1), else_=0))
-        with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, extra_actions, extra_comps,
-                                    func.sum(StepRow.redeliveries), func.sum(StepRow.compensation_redeliveries))
-                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
-                             .group_by(SagaRow.saga_type, StepRow.name)).all()
-        return [StepRetries(t, n, int(a or 0), int(c or 0), int(r or 0), int(rc or 0)) for t, n, a, c, r, rc in rows]
-
-    def step_durations(self, since: datetime, limit: int) -> builtins.list[StepDuration]:
-        """Actions that finished since `since`, newest first, at most `limit`."""
-        with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, StepRow.name, StepRow.started_at, StepRow.finished_at)
-                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
-                             .where(StepRow.finished_at >= since, StepRow.started_at.is_not(None))
-                             .order_by(StepRow.finished_at.desc()).limit(limit)).all()
-        return [StepDuration(t, n, max(0.0, (f - st).total_seconds())) for t, n, st, f in rows
-                if st is not None and f is not None]  # the query excludes NULLs; the types do not know
-
-    def dead_letter_counts(self) -> dict[str, int]:
-        with self.sessions() as s:
-            return {k: int(v) for k, v in s.execute(select(DeadLetterRow.status, func.count())
-                                                    .group_by(DeadLetterRow.status)).all()}
-
-    def waits_timed_out(self) -> dict[str, int]:
-        """Waits whose deadline passed with no signal, by saga type (the wait rows, `task_id` 'wait:...')."""
-        with self.sessions() as s:
-            rows = s.execute(select(SagaRow.saga_type, func.count()).select_from(StepRow)
-                             .join(SagaRow, SagaRow.id == StepRow.saga_id)
-                             .where(StepRow.task_id.like("wait:%"), StepRow.error.like("wait % timed out%"))
-                             .group_by(SagaRow.saga_type)).all()
-        return {t: int(n) for t, n in rows}
-
-    def outbox_unsent(self) -> int:
-        with self.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))) or 0)
-
-
-def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLetterRow],
+def _saga_view(row: SagaRow, events: Sequence[EventView], dls: Sequence[DeadLetterRow],
                children: builtins.list[ChildView] | None = None) -> SagaView:
     return SagaView(
         id=row.id, saga_type=row.saga_type, style=row.style, state=row.state, version=row.version,
@@ -212,8 +170,7 @@ def _saga_view(row: SagaRow, events: Sequence[EventRow], dls: Sequence[DeadLette
                         task_id=r.task_id, started_at=r.started_at, finished_at=r.finished_at,
                         compensated_at=r.compensated_at, deadline_at=r.deadline_at, redeliveries=r.redeliveries,
                         compensation_redeliveries=r.compensation_redeliveries) for r in row.steps],
-        events=[EventView(id=e.id, at=e.at, type=e.type, step=e.step, attempt=e.attempt, detail=e.detail)
-                for e in events],
+        events=list(events),
         dead_letters=[_dead_letter_view(d) for d in dls], saga_version=row.saga_version,
         parent_id=row.parent_id, parent_step=row.parent_step, children=children or [],
     )
@@ -229,3 +186,104 @@ def _dead_letter_view(r: DeadLetterRow) -> DeadLetterView:
                           queue=r.queue, args=r.args, kwargs=r.kwargs, headers=r.headers, attempts=r.attempts,
                           exception=r.exception, traceback=r.traceback, status=r.status,
                           resolution=r.resolution, created_at=r.created_at, resolved_at=r.resolved_at)
+
+
+# ------------------------------------------------------------------ the shared questions
+
+def run_for_key(s: Session | Connection, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
+    """The id of the run `idempotency_key` names as `s` sees it, or None. Raises
+    `IdempotencyConflict` if the key was used for another saga type or other input."""
+    row = s.execute(select(SagaRow.id, SagaRow.input_hash).where(SagaRow.idempotency_key == idempotency_key)).first()
+    if row is None:
+        return None
+    if row.input_hash != input_hash(saga_type, data):  # the hash covers the saga type
+        raise IdempotencyConflict(idempotency_key, row.id)
+    return str(row.id)
+
+
+def saga_type_of(s: Session | Connection, saga_id: str) -> str | None:
+    """The saga type of run `saga_id` as `s` sees it, or None if there is no such run."""
+    return s.scalar(select(SagaRow.saga_type).where(SagaRow.id == saga_id))
+
+
+_HISTORY_COLUMNS = (EventRow.id, EventRow.at, EventRow.type, EventRow.step, EventRow.attempt, EventRow.detail)
+
+
+def history(s: Session, saga_id: str, types: Sequence[str] | None = None) -> builtins.list[EventView]:
+    """The run's history rows (of `types`, if given), oldest first."""
+    q = select(*_HISTORY_COLUMNS).where(EventRow.saga_id == saga_id)
+    if types is not None:
+        q = q.where(EventRow.type.in_(list(types)))
+    return [EventView(id=i, at=at, type=t, step=st, attempt=a, detail=d or {})
+            for i, at, t, st, a, d in s.execute(q.order_by(EventRow.id)).all()]
+
+
+def dead_letter_rows(s: Session, q: DeadLetterQuery, limit: int | None) -> Sequence[DeadLetterRow]:
+    """The dead letters matching every filter of `q` (its own limit and offset aside), newest or oldest first."""
+    stmt = select(DeadLetterRow).where(*dead_letter_filters(q)).order_by(*dead_letter_order(q))
+    if q.saga_type:
+        stmt = stmt.join(SagaRow, SagaRow.id == DeadLetterRow.saga_id)
+    return s.scalars(stmt if limit is None else stmt.limit(limit)).all()
+
+
+def dead_letter_filters(q: DeadLetterQuery) -> builtins.list[ColumnElement[bool]]:
+    """`q`'s filters (its saga type one reads `SagaRow`: join it)."""
+    where: builtins.list[ColumnElement[bool]] = []
+    if q.status:
+        where.append(DeadLetterRow.status == q.status)
+    if q.saga_type:
+        where.append(SagaRow.saga_type == q.saga_type)
+    if q.step:
+        where.append(DeadLetterRow.step == q.step)
+    if q.kind:
+        where.append(DeadLetterRow.kind == q.kind)
+    if q.saga_id:
+        where.append(DeadLetterRow.saga_id == q.saga_id)
+    return where
+
+
+def dead_letter_order(q: DeadLetterQuery) -> tuple[Any, ...]:
+    return (DeadLetterRow.created_at, DeadLetterRow.id) if q.oldest_first else (DeadLetterRow.created_at.desc(),
+                                                                                 DeadLetterRow.id)
+
+
+NEWEST_FIRST = (SagaRow.created_at.desc(), SagaRow.id.desc())
+"""The saga list's order (on `ix_sagas_created`)."""
+
+
+def saga_filters(q: SagaQuery, url: str) -> builtins.list[ColumnElement[bool]]:
+    """The saga list's filters: every one `q` gives must hold (`store.console` names the index each uses)."""
+    where: builtins.list[ColumnElement[bool]] = []
+    if q.state:
+        where.append(SagaRow.state == q.state)
+    if q.saga_type:
+        where.append(SagaRow.saga_type == q.saga_type)
+    if q.created_after is not None:
+        where.append(SagaRow.created_at >= q.created_after)
+    if q.created_before is not None:
+        where.append(SagaRow.created_at < q.created_before)
+    if q.stuck_at is not None:  # the few late runs, found on the deadline indexes, then joined by id
+        late_steps = select(StepRow.saga_id).where(StepRow.status.in_(_IN_FLIGHT), StepRow.deadline_at < q.stuck_at)
+        late_runs = select(SagaRow.id).where(SagaRow.deadline_at < q.stuck_at, SagaRow.state == RunStatus.RUNNING.value)
+        where.append(and_(SagaRow.state.not_in(TERMINAL), SagaRow.id.in_(union(late_steps, late_runs))))
+    if q.open_dead_letters:
+        where.append(SagaRow.id.in_(select(DeadLetterRow.saga_id).where(DeadLetterRow.status == "OPEN")))
+    if q.search:
+        term = q.search.strip()
+        matches: builtins.list[ColumnElement[bool]] = [SagaRow.id == term, SagaRow.idempotency_key == term]
+        matches += [_input_has(key, term, url) for key in q.search_keys]
+        where.append(or_(*matches))
+    return where
+
+
+def _input_has(key: str, value: str, url: str) -> ColumnElement[bool]:
+    """`input[key] == value` for a top-level key: containment on PostgreSQL (the GIN index)."""
+    if url.startswith("postgresql"):
+        return type_coerce(SagaRow.input, JSONB).contains({key: value})
+    path = '$."' + key.replace('"', "") + '"'
+    return func.json_extract(SagaRow.input, path) == value
+
+
+def list_query(q: SagaQuery, url: str) -> Select[Any]:
+    """The saga list's page statement (EXPLAIN in the scale test)."""
+    return select(SagaRow.id).where(*saga_filters(q, url)).order_by(*NEWEST_FIRST).limit(q.limit).offset(q.offset)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import bindparam, update
 
 from workflows.core.state import DeadLetter, HistoryEvent, Signal, StepState, StepStatus, Transition
-from workflows.store.base import input_hash
+from workflows.store.records import input_hash
 from workflows.store.models import EventRow, SagaRow, StepRow
 
 SAGAS, STEPS, EVENTS = SagaRow.__table__, StepRow.__table__, EventRow.__table__

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from workflows.core.errors import ConcurrentTransition, DeadLetterHandled, SagaIdTaken, SagaNotFound
 from workflows.core.state import (DeadLetter, DeadLetterClosure, HistoryEvent, RunState, RunStatus, Signal,
                                   StepState, StepStatus, Transition)
-from workflows.store.base import Created
+from workflows.store.records import Created
 from workflows.store.console import ConsoleReads
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workflows.core.state import HistoryEvent, RunStatus
 from workflows.core.views import WorkerView
-from workflows.store.base import ParkedStep, RecordedDefinition, VersionCount
+from workflows.store.records import ParkedStep, RecordedDefinition, VersionCount
 from workflows.store.models import DefinitionRow, EventRow, ParkedStepRow, SagaRow, WorkerRow
 
 

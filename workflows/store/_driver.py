@@ -1,11 +1,17 @@
-"""The hot path's statements on the driver's cursor: SQLAlchemy's per-execution work done once.
+"""Private: the hot path's statements on the driver's cursor, SQLAlchemy's per-execution work done once.
 
 A Core statement run through `Connection.execute` is looked up in the compiled cache, its
 parameters are processed and typed, an execution context and a result proxy are built: about
-70 µs of CPU per statement on PostgreSQL with psycopg 3 beside the driver's own 150 µs (see
-README, benchmark). The few statements every step runs (`PostgresStore.load`, `.commit`,
-`.create_run`, `.count_redelivery`) are compiled here once per process, with their types' bind and result processors,
-and run on the pooled connection's psycopg cursor:
+100 to 400 µs per call on PostgreSQL with psycopg 3 (`bench/driver_timing.py`: the run's read
+432 µs through `Connection.execute`, 296 µs here; CPU per step 1044 against 694 µs). The three
+statements every step runs (`PostgresStore.load`, `.commit`, `.create_run`) are compiled here
+once per process, with their types' bind and result processors, and run on the pooled
+connection's psycopg cursor; nothing else uses this module.
+
+It reads SQLAlchemy's compiler and pool internals (`SQLCompiler.bind_names`, `escaped_bind_names`,
+`BindParameter.effective_value`, bind/result processors, the pool's connection fairy,
+`Dialect.is_disconnect`, `DBAPIError.instance`): pyproject.toml pins SQLAlchemy and psycopg to
+the minor versions `tests/test_driver.py` runs against.
 
     LOAD = select(...).where(SAGAS.c.id == bindparam("saga_id"))  # built once: a module constant
     with driver_cursor(url) as cur:
