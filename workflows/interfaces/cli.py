@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import importlib
 import json
+import os
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,6 +68,8 @@ def _runtime() -> Any:
     from workflows.runtime.container import get_runtime
 
     name = click.get_current_context().find_root().obj["app"]
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `celery -A`: the app is in the current folder
+        sys.path.insert(0, os.getcwd())
     try:
         importlib.import_module(name)
     except ImportError as e:
