@@ -6,15 +6,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # The working directory is the app (celery -A worker, uvicorn); the package, its Alembic
-    # migrations (workflows/store/migrations) included, is installed by pip below.
+    # The working directory is the app: the example shop (tasks/), worker.py, api.py and
+    # celeryconfig.py are imported from here (celery -A worker, uvicorn api:app). The library,
+    # its Alembic migrations (workflows/store/migrations) included, is the wheel pip installs below.
     PYTHONPATH=/app \
     SAGA_DATA_DIR=/tmp/saga-data
 
 WORKDIR /app
 COPY . .
-# `pip install .` brings the dependencies and the `sagas` console script.
-RUN pip install . \
+# `pip install .` brings the library (`workflows`), the `sagas` console script and, by extra, what
+# this deployment uses: psycopg 3, the HTTP API and console, Flower.
+RUN pip install ".[postgres,api,flower]" \
     && useradd --create-home --uid 10001 sagas
 USER sagas
 

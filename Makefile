@@ -7,15 +7,25 @@ BENCH_N ?= 300
 
 .PHONY: install demo lint docs test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
+DEMO_STAMP := $(VENV)/.demo-stamp
+
+# The developer toolchain (`make lint`, `make test`): every extra, with mypy, ruff, Playwright, schemathesis.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## run real sagas end to end on the embedded default (no server needed)
+# What the demo needs and nothing more: the library and a PostgreSQL driver (for SAGA_DATABASE_URL).
+# A venv that has the toolchain already has it.
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[postgres]"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)  ## run real sagas end to end on the embedded default (no server needed)
 	$(BIN)/python -m tasks.demo
 
 lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the example services and the deployment
@@ -45,8 +55,8 @@ bench-store: $(STAMP)  ## the store at a million history rows: status, list, swe
 bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows
 	$(BIN)/python bench/run.py --rss-check --rss-n 500,5000
 
-migrate: $(STAMP)
-	$(BIN)/sagas migrate
+migrate: $(DEMO_STAMP)  ## the saga tables (`sagas migrate`) and the example shop's
+	$(BIN)/python -m tasks.schema
 
 worker: $(STAMP)
 	$(BIN)/celery -A worker worker --loglevel=INFO

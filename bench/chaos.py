@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     redis = PrivateRedis() if args.broker is None else None
     env = configure(args, args.broker or redis.url)  # type: ignore[union-attr]
-    from workflows.store.db import migrate
+    from tasks.schema import migrate  # the saga tables and the example shop's
 
     migrate(args.database)
     try:

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                        "SAGA_REDIS_VISIBILITY_CHECK": "0",  # short on purpose: a dead host's messages come back
                        "SAGA_DISPATCH_GRACE": "10", "SAGA_LOG_LEVEL": "WARNING"})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    from workflows.store.db import migrate
+    from tasks.schema import migrate  # the saga tables and the example shop's
 
     migrate(args.database)
     import worker

@@ -191,7 +191,7 @@ def main() -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     import worker  # noqa: F401  (installs the runtime with the settings above)
 
-    from workflows.store.db import migrate
+    from tasks.schema import migrate  # the saga tables and the shop's
     from workflows.runtime.container import get_runtime
 
     rt = get_runtime()

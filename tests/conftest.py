@@ -73,10 +73,12 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def database() -> str:
-    from workflows.store.db import downgrade_all, migrate
+    from tasks.schema import drop_shop_tables, migrate
+    from workflows.store.db import downgrade_all
 
     downgrade_all(PG_URL)
-    migrate(PG_URL)
+    drop_shop_tables(PG_URL)
+    migrate(PG_URL)  # the saga tables and the example shop's
     return PG_URL
 
 

@@ -49,11 +49,14 @@ def test_every_saga_service_runs_the_image_built_here_against_the_same_servers(c
             assert service["depends_on"]["redis"] == {"condition": "service_healthy"}, name
 
 
-def test_migrate_is_a_one_shot_sagas_migrate(compose):  # type: ignore[no-untyped-def]
+def test_migrate_is_a_one_shot_of_the_saga_tables_and_the_shops(compose):  # type: ignore[no-untyped-def]
     migrate = compose["services"]["migrate"]
 
-    assert migrate["command"] == ["sagas", "migrate"]
+    # tasks/schema.py: `sagas migrate`'s migrations (workflows.store.db.migrate), then the shop's tables
+    assert migrate["command"] == ["python", "-m", "tasks.schema"]
     assert migrate["restart"] == "no"
+    schema = (ROOT / "tasks" / "schema.py").read_text()
+    assert "from workflows.store.db import migrate as migrate_saga_tables" in schema
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["sagas"] == "workflows.interfaces.cli:main"
 
@@ -107,11 +110,12 @@ def test_dockerfile_installs_the_project_on_python_3_11_slim():  # type: ignore[
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
 
     assert "FROM python:3.11-slim" in lines
-    assert any(line.startswith("RUN pip install .") for line in lines)
+    # the wheel is the library: the deployment's driver, API and Flower come as extras
+    assert any(line.startswith('RUN pip install ".[postgres,api,flower]"') for line in lines)
     assert "PYTHONPATH=/app \\" in lines
 
 
-def test_the_wheel_ships_the_migrations_so_sagas_migrate_works_after_pip_install(tmp_path):  # type: ignore[no-untyped-def]
+def test_the_wheel_is_the_library_with_its_migrations_and_not_the_example(tmp_path):  # type: ignore[no-untyped-def]
     import subprocess
     import sys
     import zipfile
@@ -121,8 +125,13 @@ def test_the_wheel_ships_the_migrations_so_sagas_migrate_works_after_pip_install
     [wheel] = tmp_path.glob("celery_sagas-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"workflows/store/migrations/env.py", "workflows/store/migrations/script.py.mako",
-            "workflows/store/migrations/versions/0001_initial_schema.py", "worker.py", "celeryconfig.py",
-            "api.py"} <= names
+            "workflows/store/migrations/versions/0001_initial_schema.py", "workflows/py.typed",
+            "workflows/interfaces/console/templates/_macros.html",
+            "workflows/interfaces/console/static/console.js"} <= names
+    # `sagas migrate` after `pip install`: the migrations import nothing but the library
+    assert "tasks" not in zipfile.ZipFile(wheel).read("workflows/store/migrations/env.py").decode()
+    top = {name.split("/")[0] for name in names if not name.startswith("celery_sagas-")}
+    assert top == {"workflows"}, top  # no tasks/, worker.py, api.py, celeryconfig.py
 
 
 def compose_command() -> list[str] | None:

@@ -4,7 +4,7 @@
   and PostgreSQL with a `RecordingDispatcher`, and on PostgreSQL with a real worker;
 - its Alembic recipe (the `alembic.ini` and `env.py` blocks) in a throwaway application with a
   revision of its own, driven by the `alembic` commands the page gives;
-- `sagas migrate --schema` and `--no-example-tables`.
+- `sagas migrate --schema`, and that `sagas migrate` makes the saga tables only.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import tasks.sagas  # noqa: F401  (registers order_fulfillment, the saga the page starts)
+from tasks.schema import migrate as migrate_example
 from tests.support.databases import drop_pg_database, fresh_pg_database
 from workflows import start_saga
 from workflows.interfaces.cli import main as sagas_cli
@@ -301,26 +302,36 @@ def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migr
     engine.dispose()
 
 
-# ------------------------------------------------------------------ sagas migrate: --schema, --no-example-tables
+# ------------------------------------------------------------------ sagas migrate: --schema, only the saga tables
 
 
-def test_sagas_migrate_without_example_tables_and_downgrade_leave_the_apps_own_tables(tmp_path: Path) -> None:
+def test_sagas_migrate_makes_only_the_saga_tables_and_downgrade_leaves_the_apps_own(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_engine(url)
     with engine.begin() as c:
         c.execute(text("CREATE TABLE payments (id INTEGER PRIMARY KEY, note TEXT)"))  # the app's own
 
-    done = CliRunner().invoke(sagas_cli, ["migrate", "--url", url, "--no-example-tables"])
+    done = CliRunner().invoke(sagas_cli, ["migrate", "--url", url])
     assert done.exit_code == 0, done.output
     tables = set(inspect(engine).get_table_names())
     assert SAGA_TABLES <= tables and tables & EXAMPLE_TABLES == {"payments"}
+    # the flag of 0.1.0 is still accepted, and changes nothing
+    done = CliRunner().invoke(sagas_cli, ["migrate", "--url", url, "--no-example-tables"])
+    assert done.exit_code == 0, done.output
+    assert set(inspect(engine).get_table_names()) == tables
 
-    downgrade_all(url, example_tables=False)
+    downgrade_all(url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version", "payments"}
     engine.dispose()
 
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert CliRunner().invoke(sagas_cli, ["migrate", "--url", fresh]).exit_code == 0
+    assert set(inspect(create_engine(fresh)).get_table_names()) == SAGA_TABLES | {"alembic_version"}
+    refused = CliRunner().invoke(sagas_cli, ["migrate", "--url", fresh, "--example-tables"])
+    assert refused.exit_code == 2 and "python -m tasks.schema" in refused.output
+
     default = f"sqlite:///{tmp_path / 'example.db'}"
-    migrate(default)  # this repository's deployment: the example shop's tables too
+    migrate_example(default)  # this repository's deployment: the example shop's tables too
     assert EXAMPLE_TABLES <= set(inspect(create_engine(default)).get_table_names())
 
 
@@ -328,8 +339,7 @@ def test_sagas_migrate_schema_puts_the_saga_tables_in_their_own_schema(tmp_path:
     url = fresh_pg_database("schema")
     try:
         for _ in range(2):  # safe to repeat
-            done = CliRunner().invoke(sagas_cli, ["migrate", "--url", url, "--schema", "sagas",
-                                                  "--no-example-tables"])
+            done = CliRunner().invoke(sagas_cli, ["migrate", "--url", url, "--schema", "sagas"])
             assert done.exit_code == 0, done.output
             assert "(schema sagas): schema is at the newest revision" in done.output
         engine = create_engine(url)

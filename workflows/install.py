@@ -1,6 +1,6 @@
 """Wiring a Celery app: the one place every task, consumer and queue is registered.
 
-    app = Celery("sagas"); app.config_from_object("celeryconfig")
+    app = Celery("sagas"); app.config_from_object("workflows.celeryconfig")  # or your own, from it
     runtime = workflows.install(app, modules=["tasks", "tasks.sagas"])     # in worker.py
 
 Explicit, in one call: nothing is registered by importing `workflows`. `install` imports the

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import kombu.exceptions
 import sqlalchemy.exc
+import workflows.interfaces._api_extra  # noqa: F401  (without the `api` extra: an error that names it)
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError

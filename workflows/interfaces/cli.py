@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import importlib
 import json
+import os
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,6 +68,8 @@ def _runtime() -> Any:
     from workflows.runtime.container import get_runtime
 
     name = click.get_current_context().find_root().obj["app"]
+    if "" not in sys.path and os.getcwd() not in sys.path:  # as `celery -A`: the app is in the current folder
+        sys.path.insert(0, os.getcwd())
     try:
         importlib.import_module(name)
     except ImportError as e:
@@ -466,18 +469,23 @@ def _duration(raw: str) -> timedelta:
 @click.option("--url", help="SQLAlchemy URL (default: SAGA_DATABASE_URL, or the embedded SQLite file).")
 @click.option("--schema", help="PostgreSQL schema for the saga tables (created if missing; pass it on every "
                                "migrate). The store and the app find the tables through their search_path.")
-@click.option("--example-tables/--no-example-tables", default=True, show_default=True,
-              help="Also the example shop's tables (tasks/); --no-example-tables in an application's database.")
+@click.option("--example-tables/--no-example-tables", default=False, hidden=True,
+              help="Up to 0.1.0: whether to create the example shop's tables too. Only the saga tables now; "
+                   "--no-example-tables is accepted and changes nothing.")
 def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
-    """Bring the database schema to the newest revision (safe to repeat)."""
+    """Bring the saga tables to the newest revision (safe to repeat). Only the saga tables: your
+    application's own come from its own migrations."""
     from sqlalchemy.engine import make_url
 
     from workflows.store.db import migrate as run_migrations
     from workflows.runtime.settings import get_settings
 
+    if example_tables:
+        raise click.UsageError("the example shop's tables are the example's own now: in the repository, "
+                               "`python -m tasks.schema` (or `make migrate`) creates them")
     url = url or get_settings().resolved_database_url()
     try:
-        run_migrations(url, example_tables=example_tables, schema=schema)
+        run_migrations(url, schema=schema)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     where = f" (schema {schema})" if schema else ""

@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 
+import workflows.interfaces._api_extra  # noqa: F401  (without the `api` extra: an error that names it)
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily,
                                     Metric)

@@ -100,25 +100,37 @@ def _create(url: str, **options: str) -> Engine:
     # No pre-ping (a round trip per checkout, two per step): a connection that died with the
     # server raises OperationalError, the pool is invalidated, and the task is retried by Celery's
     # autoretry (orchestrator.DELIVERY_OPTIONS); callers outside a task retry or fail loudly.
-    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, **options)
+    try:
+        return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, **options)
+    except ModuleNotFoundError as e:  # the driver is an extra of the wheel: say which
+        raise _missing_driver(url, e) from e
+
+
+def _missing_driver(url: str, e: ModuleNotFoundError) -> ModuleNotFoundError:
+    from workflows._extras import DRIVER_EXTRAS, missing_extra
+
+    top = (e.name or "").split(".")[0]
+    if top not in DRIVER_EXTRAS:
+        return e
+    scheme = url.split("://", 1)[0]
+    return missing_extra(DRIVER_EXTRAS[top], top, f"the database URL {scheme}://…")
 
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def alembic_config(url: str, *, example_tables: bool = True):  # type: ignore[no-untyped-def]
-    """The Alembic config of the shipped migrations. `example_tables`: also the example shop's
-    tables (`tasks/`, in revision 0001); an application's database wants them off."""
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    """The Alembic config of the shipped migrations: the saga tables, nothing else (an application's
+    own tables, the example shop's included, come from its own migrations)."""
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["saga_example_tables"] = example_tables
     return cfg
 
 
-def migrate(url: str, *, example_tables: bool = True, schema: str | None = None) -> None:
+def migrate(url: str, *, schema: str | None = None) -> None:
     """Bring the schema at `url` to the newest revision (idempotent).
 
     `schema` (PostgreSQL): create that schema if missing and put the saga tables, and their own
@@ -129,16 +141,16 @@ def migrate(url: str, *, example_tables: bool = True, schema: str | None = None)
 
     if schema is not None:
         url = _in_schema(url, schema)
-    command.upgrade(alembic_config(url, example_tables=example_tables), "head")
+    command.upgrade(alembic_config(url), "head")
 
 
-def downgrade_all(url: str, *, example_tables: bool = True, schema: str | None = None) -> None:
+def downgrade_all(url: str, *, schema: str | None = None) -> None:
     """Drop every table the migrations made (tests)."""
     from alembic import command
 
     if schema is not None:
         url = _in_schema(url, schema)
-    command.downgrade(alembic_config(url, example_tables=example_tables), "base")
+    command.downgrade(alembic_config(url), "base")
 
 
 def _in_schema(url: str, schema: str) -> str:

@@ -15,6 +15,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+import workflows.interfaces._api_extra  # noqa: F401  (without the `api` extra: an error that names it)
 from fastapi import Request
 
 from workflows.runtime.settings import Settings

@@ -1,12 +1,11 @@
-"""Alembic environment: the saga store's tables and the example services' tables."""
+"""Alembic environment: the saga store's tables, and only those."""
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from tasks.models import ServiceBase
 from workflows.store.models import Base
 
 config = context.config
-target_metadata = [Base.metadata, ServiceBase.metadata]
+target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:

@@ -1,0 +1,60 @@
+"""The example shop's database: the saga tables (the library's migrations) and the shop's own tables.
+
+    python -m tasks.schema [URL]     # `make migrate`, docker-compose's `migrate`, the demo, the tests
+
+`sagas migrate` creates the saga tables only. The shop's tables (`tasks/models.py`) are the
+example's own, created here with `create_all`: it creates the tables that are missing and never
+touches one that exists, so a database migrated when revision 0001 still made them keeps them
+with every row (tests/test_migrations_split.py).
+"""
+from __future__ import annotations
+
+import sys
+
+from sqlalchemy import create_engine
+
+from tasks.models import ServiceBase
+from workflows.store.db import migrate as migrate_saga_tables
+
+SHOP_TABLES = frozenset(ServiceBase.metadata.tables)
+
+
+def create_shop_tables(url: str) -> None:
+    """Create the shop's tables that are missing (safe to repeat)."""
+    engine = create_engine(url)
+    try:
+        ServiceBase.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def drop_shop_tables(url: str) -> None:
+    """Drop the shop's tables (tests that start from an empty database)."""
+    engine = create_engine(url)
+    try:
+        ServiceBase.metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+def migrate(url: str) -> None:
+    """This deployment's whole schema: the saga tables to the newest revision, then the shop's."""
+    migrate_saga_tables(url)
+    create_shop_tables(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.engine import make_url
+
+    from workflows.runtime.settings import get_settings
+
+    args = sys.argv[1:] if argv is None else argv
+    url = args[0] if args else get_settings().resolved_database_url()
+    migrate(url)
+    print(f"{make_url(url).render_as_string(hide_password=True)}: the saga tables at the newest revision, "
+          f"the shop's tables created where missing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
