@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.wheel import build_wheel
+
 from tests.support.databases import drop_pg_database, fresh_pg_database
 
 pytestmark = pytest.mark.user_project
@@ -143,8 +145,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
     """The team's folder with its virtualenv (the wheel and its extras), its files and its database."""
     home = tmp_path_factory.mktemp("team")
     dist = home / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], ROOT, dict(os.environ))
-    [wheel] = dist.glob("celery_sagas-*.whl")
+    dist.mkdir()
+    wheel = build_wheel(dist)
     venv = home / "venv"
     run([sys.executable, "-m", "venv", str(venv)], home, dict(os.environ))
     run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"{wheel}[postgres,api,testing]"],
