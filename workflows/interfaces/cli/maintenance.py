@@ -1,0 +1,71 @@
+"""`sagas sweep|prune|migrate`: what beat does on a schedule, retention, and the schema."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+
+from workflows.interfaces.cli.output import echo_json, runtime
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sweep(as_json: bool) -> None:
+    """Act now on every run past a deadline (what celery beat does every SAGA_SWEEP_INTERVAL)."""
+    from workflows.operations.sweeper import sweep as run_sweep
+
+    report = run_sweep(runtime())
+    if as_json:
+        echo_json({**report.__dict__, "counts": report.counts()})
+        return
+    for what, ids in report.__dict__.items():
+        click.echo(f"{what.replace('_', ' ')}: {len(ids)}" + (f"  {' '.join(ids)}" if ids else ""))
+
+
+def _duration(raw: str) -> timedelta:
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        if raw[-1:] in units and float(raw[:-1]) >= 0:
+            return timedelta(seconds=float(raw[:-1]) * units[raw[-1]])
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{raw!r} is not a duration like 30d, 12h, 90m or 3600s")
+
+
+@click.command()
+@click.option("--older-than", "older_than", required=True, callback=lambda c, p, v: _duration(v),
+              help="Delete runs that ended longer ago than this: 30d, 12h, 90m, 3600s.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Runs deleted per transaction.")
+def prune(older_than: timedelta, batch: int) -> None:
+    """Delete the runs that ended (COMPLETED, COMPENSATED) long ago, with their history.
+
+    Never a run with an open dead letter, a FAILED run or a run in flight."""
+    from workflows.operations.retention import prune as run_prune
+
+    click.echo(f"pruned {run_prune(runtime(), older_than, batch=batch)} run(s) that ended over {older_than} ago")
+
+
+@click.command()
+@click.option("--url", help="SQLAlchemy URL (default: SAGA_DATABASE_URL, or the embedded SQLite file).")
+@click.option("--schema", help="PostgreSQL schema for the saga tables (created if missing; pass it on every "
+                               "migrate). The store and the app find the tables through their search_path.")
+@click.option("--example-tables/--no-example-tables", default=True, show_default=True,
+              help="Also the example shop's tables (tasks/); --no-example-tables in an application's database.")
+def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
+    """Bring the database schema to the newest revision (safe to repeat)."""
+    from sqlalchemy.engine import make_url
+
+    from workflows.store.db import migrate as run_migrations
+    from workflows.runtime.settings import get_settings
+
+    url = url or get_settings().resolved_database_url()
+    try:
+        run_migrations(url, example_tables=example_tables, schema=schema)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    where = f" (schema {schema})" if schema else ""
+    click.echo(f"{make_url(url).render_as_string(hide_password=True)}{where}: schema is at the newest revision")
+
+
+COMMANDS = (sweep, prune, migrate)
