@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import logging
+import os
 from typing import Any
 
 import click
@@ -59,6 +61,7 @@ def _runtime() -> Any:
     name = click.get_current_context().find_root().obj["app"]
     try:
         importlib.import_module(name)
+        _quiet_logs()
     except ImportError as e:
         raise click.ClickException(
             f"cannot import the Celery app module {name!r} (--app, env SAGA_APP): {e}. Run from the folder "
@@ -68,6 +71,15 @@ def _runtime() -> Any:
     except RuntimeError:
         raise click.ClickException(f"the module {name!r} (--app, env SAGA_APP) installed no saga runtime: "
                                    "it must call workflows.install(app)") from None
+
+
+def _quiet_logs() -> None:
+    """A command's output is what it prints: the runtime's INFO lines (a worker's JSON log, set up
+    by the app module) are not, so below WARNING they are off unless SAGA_LOG_LEVEL asks for them.
+    Logs go to stderr in any case; stdout is only the command's output."""
+    if not os.environ.get("SAGA_LOG_LEVEL"):
+        logger = logging.getLogger("workflows")
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
 
 
 @click.group(cls=SagaGroup, context_settings={"help_option_names": ["-h", "--help"]})

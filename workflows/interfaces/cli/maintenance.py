@@ -60,12 +60,55 @@ def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
     from workflows.runtime.settings import get_settings
 
     url = url or get_settings().resolved_database_url()
+    where = make_url(url).render_as_string(hide_password=True) + (f" (schema {schema})" if schema else "")
+    before = _schema_state(url, schema)
     try:
         run_migrations(url, example_tables=example_tables, schema=schema)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    where = f" (schema {schema})" if schema else ""
-    click.echo(f"{make_url(url).render_as_string(hide_password=True)}{where}: schema is at the newest revision")
+    after = _schema_state(url, schema)
+    click.echo(f"{where}: {_what_changed(url, example_tables, before, after)}; schema is at the newest revision")
+
+
+def _schema_state(url: str, schema: str | None) -> tuple[tuple[str, ...], int] | None:
+    """The revisions recorded in the database (its alembic_version rows) and its number of tables;
+    None where there is nothing to read (a schema on SQLite, refused by the migration itself)."""
+    from sqlalchemy import column, create_engine, inspect, select, table
+    from sqlalchemy.engine import make_url
+
+    if schema is not None and make_url(url).get_backend_name() != "postgresql":
+        return None
+    engine = create_engine(url)
+    try:
+        names = inspect(engine).get_table_names(schema=schema)
+        tables = len(names) - ("alembic_version" in names)
+        if "alembic_version" not in names:
+            return (), tables
+        versions = table("alembic_version", column("version_num"), schema=schema)
+        with engine.connect() as c:
+            return tuple(sorted(c.execute(select(versions.c.version_num)).scalars())), tables
+    finally:
+        engine.dispose()
+
+
+def _what_changed(url: str, example_tables: bool, before: tuple[tuple[str, ...], int] | None,
+                  after: tuple[tuple[str, ...], int] | None) -> str:
+    """What `migrate` did: from which revision to which, how many applied, tables created."""
+    from alembic.script import ScriptDirectory
+
+    from workflows.store.db import alembic_config
+
+    if before is None or after is None:
+        return "migrated"
+    (old, old_tables), (new, new_tables) = before, after
+    if old == new:
+        return f"nothing to apply, already at {', '.join(new) or 'no revision'}"
+    scripts = ScriptDirectory.from_config(alembic_config(url, example_tables=example_tables))
+    applied = len(list(scripts.iterate_revisions(new, old or "base")))
+    origin = ", ".join(old) if old else "an empty database"
+    created = new_tables - old_tables
+    return (f"migrated from {origin} to {', '.join(new)}: {applied} migration(s) applied"
+            + (f", {created} table(s) created" if created > 0 else ""))
 
 
 COMMANDS = (sweep, prune, migrate)

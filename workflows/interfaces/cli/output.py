@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,8 @@ def runtime() -> Any:
 
 
 def console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    """The terminal's width; piped, 160 columns unless COLUMNS says otherwise."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def echo_json(value: Any) -> None:
@@ -36,6 +38,25 @@ def styled(value: str | None) -> Text:
 
 def time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value else ""
+
+
+def span(seconds: float) -> str:
+    """A duration in a few characters: 12ms, 3.4s, 4m03s, 2h05m, 3d04h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def since(value: datetime | None, origin: datetime) -> str:
+    """`value` as an offset from `origin` (the run's start): +3.4s."""
+    return "+" + span(max((value - origin).total_seconds(), 0.0)) if value else ""
 
 
 def short(value: Any, width: int = 70) -> str:
