@@ -53,6 +53,25 @@ def test_start_prints_the_id_and_status_shows_the_timeline():  # type: ignore[no
     assert [(s["name"], s["attempts"]) for s in as_json["steps"]] == [("a", 2), ("b", 1), ("c", 1)]
 
 
+def test_start_wait_prints_only_its_own_output_on_stdout():  # type: ignore[no-untyped-def]
+    """The worker module's JSON logs (INFO, as a worker runs it) stay out of a command's output."""
+    quiet = {k: v for k, v in env().items() if k != "SAGA_LOG_LEVEL"}
+
+    as_json = subprocess.run([str(SAGAS), "start", "tests.three", "--data", "{}", "--wait", "--json"], cwd=ROOT,
+                             env=quiet, capture_output=True, text=True, timeout=120)
+    shown = subprocess.run([str(SAGAS), "start", "tests.three", "--data", "{}", "--wait"], cwd=ROOT, env=quiet,
+                           capture_output=True, text=True, timeout=120)
+    asked = subprocess.run([str(SAGAS), "start", "tests.three", "--data", "{}"], cwd=ROOT,
+                           env={**quiet, "SAGA_LOG_LEVEL": "INFO"}, capture_output=True, text=True, timeout=120)
+
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["state"] == "COMPLETED"  # stdout is the JSON document and nothing else
+    assert shown.returncode == 0 and shown.stdout.startswith("saga ") and '"level"' not in shown.stdout
+    assert '"level": "INFO"' not in as_json.stderr + shown.stderr
+    # who asks for the logs gets them, on stderr
+    assert asked.returncode == 0 and '"level": "INFO"' in asked.stderr and '"level"' not in asked.stdout
+
+
 def test_start_reads_a_file_waits_and_honours_the_idempotency_key(tmp_path, order_factory):  # type: ignore[no-untyped-def]
     order = tmp_path / "order.json"
     order.write_text(json.dumps(order_factory()))
@@ -199,12 +218,17 @@ def test_sagas_console_script_migrates_a_fresh_database():  # type: ignore[no-un
                               capture_output=True, text=True, timeout=120)
 
         assert done.returncode == 0, done.stderr
-        assert f"{name}: schema is at the newest revision" in done.stdout
+        assert f"{name}: migrated from an empty database to " in done.stdout, done.stdout
+        assert "schema is at the newest revision" in done.stdout
         engine = create_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"sagas", "saga_steps", "saga_events", "dead_letters"} <= tables
         assert not tables & {"payments", "shipments", "inventory_stock"}  # the example shop's are its own
         engine.dispose()
+        assert f"{len(tables) - 1} table(s) created" in done.stdout  # what it did, alembic_version aside
+        again = subprocess.run([str(SAGAS), "migrate"], cwd=ROOT, env=env(SAGA_DATABASE_URL=url),
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and f"{name}: nothing to apply, already at " in again.stdout, again.stdout
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

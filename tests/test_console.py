@@ -187,6 +187,9 @@ def test_a_saga_page_shows_input_as_text_steps_timeline_and_flower_links(client)
     task = get_saga(sid).step("a").task_id
     assert f'href="http://flower.example:5555/task/{task}"' in page
     assert 'id="signal-action"' not in page  # it waits for no signal: none offered
+    view = get_saga(sid)  # the definition's version, and the run's lock counter under a label of its own
+    assert f'<span id="saga-version">saga version {view.saga_version}</span>' in page
+    assert f"{view.version} transitions</span>" in page and f"· version {view.version} ·" not in page
     [failed] = [e for e in get_saga(sid).events if e.type == "StepFailed"]  # a permanent error: no dead letter
     assert failed.detail["traceback"].startswith("Traceback (most recent call last)")
     assert "PermanentError: c refuses" in failed.detail["traceback"]
@@ -370,6 +373,52 @@ def test_a_step_in_flight_runs_to_now() -> None:
     t = timeline.build(view, now=view.updated_at + timedelta(seconds=10))
     [bar] = t.rows[0].bars
     assert bar.status == "running" and (bar.end - bar.start).total_seconds() == 10
+
+
+def test_minutes_of_compensation_retries_are_drawn_as_breaks_and_the_steps_stay_readable() -> None:
+    # Given a run whose steps took milliseconds, then a compensation retried for five minutes
+    t0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    events: list[tuple[float, str, str | None, int | None, dict[str, object]]] = [
+        (0, "SagaStarted", None, None, {}),
+        (0, "StepDispatched", "a", 1, {}), (0.05, "StepSucceeded", "a", 1, {}),
+        (0.05, "StepDispatched", "b", 1, {}), (0.13, "StepFailed", "b", 1, {"error": "Declined"}),
+        (0.13, "CompensationStarted", None, None, {}),
+        (0.13, "CompensationDispatched", "a", 1, {}), (0.2, "CompensationAttemptFailed", "a", 1, {"error": "503"})]
+    for attempt in range(2, 7):  # each retry waits a minute (its eta), then fails in 70 ms
+        begin = 0.2 + (attempt - 2) * 60.07
+        eta = (t0 + timedelta(seconds=begin + 60)).isoformat()
+        events += [(begin, "CompensationDispatched", "a", attempt, {"eta": eta}),
+                   (begin + 60.07, "CompensationAttemptFailed" if attempt < 6 else "CompensationFailed", "a",
+                    attempt, {"error": "503"})]
+    events.append((events[-1][0], "SagaFailed", None, None, {}))
+    view = _view(events, "FAILED")
+
+    # When it is drawn
+    t = timeline.build(view, now=view.updated_at)
+
+    # Then each minute of waiting is a marked break, and the real steps keep readable widths
+    assert len(t.breaks) == 5 and all(b.w == timeline.BREAK and b.label == "60.0 s" for b in t.breaks)
+    a, b = t.rows
+    assert a.bars[0].w >= 40 and b.bars[0].w >= 60, (a.bars[0].w, b.bars[0].w)  # 50 ms and 80 ms of 300 s
+    # in time order along the axis, every bar and label inside the SVG
+    xs = [bar.x for bar in sorted(a.bars + b.bars, key=lambda bar: bar.start)]
+    assert xs == sorted(xs)
+    assert all(t.label_width <= bar.x and bar.x + bar.w <= t.width for row in t.rows for bar in row.bars)
+    first, *_, last = t.ticks
+    assert (first.anchor, first.label) == ("start", "+0 ms")
+    assert last.anchor == "end" and last.x <= t.width and last.label == "+5.0 min"  # anchored at its end: not clipped
+    assert all(later.x - earlier.x >= timeline.TICK_SPACING for earlier, later in zip(t.ticks, t.ticks[1:]))
+    assert len({tick.label for tick in t.ticks}) == len(t.ticks)
+
+
+def test_a_run_without_idle_time_is_drawn_on_a_linear_axis() -> None:
+    view = _view([(0, "SagaStarted", None, None, {}), (0, "StepDispatched", "a", 1, {}),
+                  (2, "StepSucceeded", "a", 1, {}), (2, "StepDispatched", "b", 1, {}),
+                  (4, "StepSucceeded", "b", 1, {}), (4, "SagaCompleted", None, None, {})], "COMPLETED")
+    t = timeline.build(view, now=view.updated_at)
+    a, b = t.rows
+    assert t.breaks == [] and a.bars[0].w == b.bars[0].w and b.bars[0].x + b.bars[0].w == t.ticks[-1].x
+    assert [tick.label for tick in t.ticks][::len(t.ticks) - 1] == ["+0 ms", "+4.0 s"]
 
 
 def test_a_signal_is_sent_to_a_waiting_saga_from_its_page(client):  # type: ignore[no-untyped-def]

@@ -6,11 +6,20 @@ the template draws as SVG). Each step row gets a bar per action attempt (from it
 `CompensationDispatched`), a `wait` bar before an attempt that was dispatched with a countdown
 (a retry's backoff), and marks for what happened at an instant: a retry, a dead letter, an
 operator's redispatch or resume. Failures are `failed`; an attempt still in flight runs to `now`.
+
+The axis is not linear over the whole run. Time when no attempt runs (a retry's backoff, a run
+parked, minutes between compensation retries) that lasts longer than `BREAK_SECONDS` and a
+`BREAK_SHARE` of the time attempts ran is drawn as a break of `BREAK` pixels, marked and labelled
+with its length; the rest of the axis is linear over what remains, so the attempts keep their
+proportions and a 50 ms step is not a 1 px sliver after minutes of retries. A bar is at least
+3 px wide. The axis labels sit at the run's start, after each break and at the end, the last one
+anchored at its end so that it stays inside the SVG.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from workflows.core.state import Side
@@ -20,6 +29,13 @@ WIDTH = 960
 LABEL = 200
 ROW = 26
 TOP = 24
+RIGHT = 16
+BREAK = 36
+"""Pixels of an idle gap drawn as a break."""
+BREAK_SECONDS = 1.0
+BREAK_SHARE = 0.2
+"""An idle gap is a break when longer than BREAK_SECONDS and than this share of the busy time."""
+TICK_SPACING = 70
 
 _ACTION_END = {"StepSucceeded": "ok", "StepAttemptFailed": "failed", "StepFailed": "failed", "StepTimedOut": "failed"}
 _COMP_END = {"StepCompensated": "ok", "CompensationAttemptFailed": "failed", "CompensationFailed": "failed"}
@@ -63,12 +79,32 @@ class Row:
 
 
 @dataclass
+class Break:
+    """Idle time drawn compressed."""
+
+    start: datetime
+    end: datetime
+    x: float = 0.0
+    w: float = 0.0
+    label: str = ""
+
+
+@dataclass
+class Tick:
+    x: float
+    label: str
+    anchor: str = "middle"
+    """SVG text-anchor: start for the first label, end for the last, so that none is clipped."""
+
+
+@dataclass
 class Timeline:
     start: datetime
     end: datetime
     rows: list[Row]
     marks: list[Mark]
-    ticks: list[tuple[float, str]]
+    ticks: list[Tick]
+    breaks: list[Break] = field(default_factory=list)
     width: int = WIDTH
     height: int = 0
     label_width: int = LABEL
@@ -142,24 +178,86 @@ def build(view: SagaView, now: datetime, stages: dict[str, str] | None = None) -
     return timeline
 
 
+def _busy(t: Timeline) -> list[tuple[datetime, datetime]]:
+    """When some attempt ran (merged intervals of the action and compensation bars)."""
+    spans = sorted((max(b.start, t.start), min(b.end, t.end)) for row in t.rows for b in row.bars
+                   if b.kind != "wait")
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _breaks(t: Timeline) -> list[Break]:
+    busy = _busy(t)
+    if not busy:
+        return []
+    threshold = max(BREAK_SECONDS, BREAK_SHARE * sum((b - a).total_seconds() for a, b in busy))
+    idle = [(t.start, busy[0][0])] + [(a[1], b[0]) for a, b in zip(busy, busy[1:])] + [(busy[-1][1], t.end)]
+    return [Break(a, b) for a, b in idle if (b - a).total_seconds() > threshold]
+
+
 def _layout(t: Timeline) -> None:
-    span = max((t.end - t.start).total_seconds(), 0.001)
-    plot = t.width - t.label_width - 16
+    plot = t.width - t.label_width - RIGHT
+    t.breaks = _breaks(t)
+    linear = (t.end - t.start).total_seconds() - sum((b.end - b.start).total_seconds() for b in t.breaks)
+    if linear <= 0:  # nothing but idle time: a plain linear axis
+        t.breaks, linear = [], (t.end - t.start).total_seconds()
+    gap = min(BREAK, 0.4 * plot / len(t.breaks)) if t.breaks else 0.0
+    per_second = (plot - gap * len(t.breaks)) / max(linear, 0.001)
+    # the axis as pieces: (start time, start x, pixels per second), a break's own scale inside it
+    pieces: list[tuple[datetime, float, float]] = []
+    cursor, x0 = t.start, float(t.label_width)
+    for b in t.breaks:
+        pieces.append((cursor, x0, per_second))
+        x0 += (b.start - cursor).total_seconds() * per_second
+        b.x, b.w, b.label = round(x0, 1), round(gap, 1), _span(b.end - b.start)
+        pieces.append((b.start, x0, gap / max((b.end - b.start).total_seconds(), 0.001)))
+        cursor, x0 = b.end, x0 + gap
+    pieces.append((cursor, x0, per_second))
+    starts = [p[0] for p in pieces]
 
     def x(at: datetime) -> float:
-        return round(t.label_width + (at - t.start).total_seconds() / span * plot, 1)
+        start, left, scale = pieces[max(bisect.bisect_right(starts, at) - 1, 0)]
+        return round(min(left + max((at - start).total_seconds(), 0.0) * scale, t.width - RIGHT), 1)
 
     for i, row in enumerate(t.rows):
         row.y = TOP + i * t.row_height
-        for b in row.bars:
-            b.x = x(b.start)
-            b.w = max(3.0, round(x(b.end) - b.x, 1))
+        for bar in row.bars:
+            bar.x = x(bar.start)
+            bar.w = max(3.0, round(x(bar.end) - bar.x, 1))
         for m in row.marks:
             m.x = x(m.at)
     for m in t.marks:
         m.x = x(m.at)
-    t.height = TOP + len(t.rows) * t.row_height + 8
-    t.ticks = [(round(t.label_width + plot * i / 4, 1), _duration(span * i / 4)) for i in range(5)]
+    t.height = TOP + len(t.rows) * t.row_height + (22 if t.breaks else 8)
+    t.ticks = _ticks(t, x)
+
+
+def _ticks(t: Timeline, x: Any) -> list[Tick]:
+    """Labels at the start, after each break and at the end, and evenly inside long linear stretches;
+    none closer than TICK_SPACING to the one before (the end's label wins over a near or equal neighbour)."""
+    stretches = list(zip([t.start, *(b.end for b in t.breaks)], [*(b.start for b in t.breaks), t.end]))
+    times: list[datetime] = []
+    for a, b in stretches:
+        n = int((x(b) - x(a)) // (2 * TICK_SPACING))
+        times += [a + (b - a) * k / (n + 1) for k in range(n + 1)]
+    ticks: list[Tick] = []
+    for at in times:
+        if not ticks or x(at) - ticks[-1].x >= TICK_SPACING:
+            ticks.append(Tick(x(at), _duration((at - t.start).total_seconds())))
+    end = Tick(x(t.end), _duration((t.end - t.start).total_seconds()), "end")
+    while len(ticks) > 1 and (end.x - ticks[-1].x < TICK_SPACING or ticks[-1].label == end.label):
+        ticks.pop()
+    ticks[0].anchor = "start"
+    return ticks + [end] if end.x - ticks[0].x >= TICK_SPACING else ticks
+
+
+def _span(d: timedelta) -> str:
+    return _duration(d.total_seconds()).removeprefix("+")
 
 
 def _duration(seconds: float) -> str:
