@@ -85,15 +85,15 @@ def test_durations_are_a_few_characters() -> None:
 def test_migrate_says_from_which_revision_to_which_and_how_many_it_applied(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Given a database one revision behind the newest (SQLite, the saga tables only)
     url = f"sqlite:///{tmp_path / 'sagas.db'}"
-    scripts = ScriptDirectory.from_config(alembic_config(url, example_tables=False))
+    scripts = ScriptDirectory.from_config(alembic_config(url))
     head = scripts.get_current_head()
     assert head is not None
     previous = scripts.get_revision(head).down_revision
-    command.upgrade(alembic_config(url, example_tables=False), str(previous))
+    command.upgrade(alembic_config(url), str(previous))
 
     # When `sagas migrate` runs, then again
-    done = CliRunner().invoke(main, ["migrate", "--url", url, "--no-example-tables"])
-    again = CliRunner().invoke(main, ["migrate", "--url", url, "--no-example-tables"])
+    done = CliRunner().invoke(main, ["migrate", "--url", url])
+    again = CliRunner().invoke(main, ["migrate", "--url", url])
 
     # Then it says what it did, and then that there was nothing to do
     assert done.exit_code == 0, done.output
