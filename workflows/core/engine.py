@@ -13,6 +13,7 @@ from typing import Any
 
 from workflows.core.definition import Child, Saga, Wait, child_id
 from workflows.core.errors import InvalidInput, UnknownSaga
+from workflows.core.retry import RetryVerdict, retry_verdict
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, Cancel, ChildFinished,
                                   Command, Compensate, CompensationFailed, CompensationSucceeded, DeadLetter,
                                   DeadLetterClosure, ErrorInfo, HistoryEvent, IdSource, Ignored, Order, Outcome,
@@ -391,15 +392,15 @@ class _Decision:
         s = self._get(o.step)
         self._require((RunStatus.RUNNING, RunStatus.COMPENSATING), s, StepStatus.RUNNING, "ActionFailed")
         attempt = s.attempts + 1
-        policy = self.saga.step(s.name).retry
+        verdict = retry_verdict(self.saga.step(s.name).retry, attempt, retryable=o.retryable)
         # No new work once compensation began: a branch failing then is not retried.
-        if o.retryable and attempt < policy.max_attempts and self.status == RunStatus.RUNNING:
+        if verdict is RetryVerdict.RETRY and self.status == RunStatus.RUNNING:
             s = self._set(s, attempts=attempt, error=str(o.error))
             self._emit("StepAttemptFailed", s.name, attempt, **_error_detail(o.error),
                        retry_in=round(o.countdown, 3))
             self._dispatch(s, "action", o.countdown, retry=True)
             return
-        exhausted = o.retryable and attempt >= policy.max_attempts
+        exhausted = verdict is RetryVerdict.EXHAUSTED
         s = self._set(s, status=StepStatus.FAILED, attempts=attempt, error=str(o.error),
                       eta=None, deadline_at=None, finished_at=self.now)
         self._emit("StepFailed", s.name, attempt, **_error_detail(o.error),
@@ -432,8 +433,8 @@ class _Decision:
         s = self._get(o.step)
         self._require((RunStatus.COMPENSATING, RunStatus.FAILED), s, StepStatus.COMPENSATING, "CompensationFailed")
         attempt = s.compensation_attempts + 1
-        policy = self.saga.step(s.name).compensation_retry
-        if o.retryable and attempt < policy.max_attempts:
+        if retry_verdict(self.saga.step(s.name).compensation_retry, attempt,
+                         retryable=o.retryable) is RetryVerdict.RETRY:
             s = self._set(s, compensation_attempts=attempt, error=str(o.error))
             self._emit("CompensationAttemptFailed", s.name, attempt, **_error_detail(o.error),
                        retry_in=round(o.countdown, 3))
