@@ -53,3 +53,17 @@ def test_defaults_are_sane_and_compensations_are_more_patient() -> None:
     assert DEFAULT_ACTION_POLICY.max_attempts == 3
     assert DEFAULT_COMPENSATION_POLICY.max_attempts > DEFAULT_ACTION_POLICY.max_attempts
     assert DEFAULT_COMPENSATION_POLICY.max_interval > DEFAULT_ACTION_POLICY.max_interval
+
+
+def test_the_retry_verdict_is_one_answer_for_every_caller() -> None:
+    from workflows.core.retry import RetryVerdict, retry_verdict
+
+    # Given a policy of 3 tries
+    p = RetryPolicy(max_attempts=3)
+    # Then failed attempts 1 and 2 are retried, the 3rd (and any beyond, e.g. counting lost workers) is the last
+    assert [retry_verdict(p, n) for n in (1, 2, 3, 4)] == [RetryVerdict.RETRY, RetryVerdict.RETRY,
+                                                           RetryVerdict.EXHAUSTED, RetryVerdict.EXHAUSTED]
+    # and an error the policy does not retry gives up at once, whatever the attempt
+    assert retry_verdict(p, 1, retryable=False) is RetryVerdict.PERMANENT
+    # and a policy of one try never retries
+    assert retry_verdict(RetryPolicy(max_attempts=1), 1) is RetryVerdict.EXHAUSTED

@@ -33,6 +33,7 @@ from workflows.choreography.context import EventContext, _current
 from workflows.choreography.declaration import Choreography, Subscription, choreographies
 from workflows.choreography.envelope import Envelope, InvalidEvent, MalformedEvent, parse_envelope, salvage
 from workflows.core.errors import UnknownSaga
+from workflows.core.retry import RetryVerdict, retry_verdict
 from workflows.core.state import DeadLetter, ErrorInfo, MessageInfo
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import INFRASTRUCTURE_ERRORS
@@ -72,7 +73,7 @@ def consume(task: Task, service: str, args: tuple[Any, ...], kwargs: dict[str, A
     except Exception as exc:  # the handler's own error: its RetryPolicy decides
         retryable = sub.retry.is_retryable(exc) and not isinstance(exc, InvalidEvent)
         error = ErrorInfo(type(exc).__name__, str(exc))
-        if retryable and attempt < sub.retry.max_attempts:
+        if retry_verdict(sub.retry, attempt, retryable=retryable) is RetryVerdict.RETRY:
             countdown = sub.retry.countdown(attempt)
             _note(rt, event, "EventAttemptFailed", attempt, consumer=service, error=str(error),
                   retry_in=round(countdown, 3), waiting=(ch, countdown))

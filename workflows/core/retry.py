@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from enum import Enum
 
 from workflows.core.errors import DefinitionError, PermanentError, RetryableError
 
@@ -82,6 +83,27 @@ class RetryPolicy:
         if not self.jitter:
             return cap
         return (rng or random).uniform(0.0, cap)
+
+
+class RetryVerdict(Enum):
+    """What follows a failed attempt."""
+
+    RETRY = "retry"
+    """Try again (after the policy's countdown)."""
+    EXHAUSTED = "exhausted"
+    """Retryable, but that was the policy's last attempt."""
+    PERMANENT = "permanent"
+    """Not retryable: trying again would fail the same way."""
+
+
+def retry_verdict(policy: RetryPolicy, attempt: int, *, retryable: bool = True) -> RetryVerdict:
+    """The one answer to "retry or give up" after failed attempt number `attempt` (1-based, the
+    first included), for every caller: a step's failure (the engine), a lost worker (each loss
+    counts as a failed attempt), an event handler's failure, the longest countdown a message may
+    wait for. `retryable`: what the policy said of the error (`RetryPolicy.is_retryable`)."""
+    if not retryable:
+        return RetryVerdict.PERMANENT
+    return RetryVerdict.RETRY if attempt < policy.max_attempts else RetryVerdict.EXHAUSTED
 
 
 DEFAULT_ACTION_POLICY = RetryPolicy()

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflows.core.decision import Decision, error_detail
+from workflows.core.retry import RetryVerdict, retry_verdict
 from workflows.core.run import RunStatus, Side, StepStatus
 from workflows.core.state import (ActionFailed, CompensationFailed, DeadLetterClosure, ErrorInfo, Ignored,
                                   WorkerLost)
@@ -42,15 +43,15 @@ class StepOutcomes(Decision):
         s = self._get(o.step)
         self._require((RunStatus.RUNNING, RunStatus.COMPENSATING), s, StepStatus.RUNNING, "ActionFailed")
         attempt = s.attempts + 1
-        policy = self.plan.node(s.name).policies[Side.ACTION].retry
+        verdict = retry_verdict(self.plan.node(s.name).policies[Side.ACTION].retry, attempt, retryable=o.retryable)
         # No new work once compensation began: a branch failing then is not retried.
-        if o.retryable and attempt < policy.max_attempts and self.status == RunStatus.RUNNING:
+        if verdict is RetryVerdict.RETRY and self.status == RunStatus.RUNNING:
             s = self._set(s, attempts=attempt, error=str(o.error))
             self._emit("StepAttemptFailed", s.name, attempt, **error_detail(o.error),
                        retry_in=round(o.countdown, 3))
             self._dispatch(s, Side.ACTION, o.countdown, retry=True)
             return
-        exhausted = o.retryable and attempt >= policy.max_attempts
+        exhausted = verdict is RetryVerdict.EXHAUSTED
         s = self._set(s, status=StepStatus.FAILED, attempts=attempt, error=str(o.error),
                       eta=None, deadline_at=None, finished_at=self.now)
         self._emit("StepFailed", s.name, attempt, **error_detail(o.error),
@@ -83,8 +84,8 @@ class StepOutcomes(Decision):
         s = self._get(o.step)
         self._require((RunStatus.COMPENSATING, RunStatus.FAILED), s, StepStatus.COMPENSATING, "CompensationFailed")
         attempt = s.compensation_attempts + 1
-        policy = self.plan.node(s.name).policies[Side.COMPENSATION].retry
-        if o.retryable and attempt < policy.max_attempts:
+        if retry_verdict(self.plan.node(s.name).policies[Side.COMPENSATION].retry, attempt,
+                         retryable=o.retryable) is RetryVerdict.RETRY:
             s = self._set(s, compensation_attempts=attempt, error=str(o.error))
             self._emit("CompensationAttemptFailed", s.name, attempt, **error_detail(o.error),
                        retry_in=round(o.countdown, 3))

@@ -15,16 +15,18 @@ broker it gets here:
 * **crash safety**: every transition made while handling one message is recorded as that
   message's own (`by` its task id). A worker killed between two inline steps redelivers the
   message; it finds the run ahead and made by itself, and re-publishes the step in flight, as a
-  redelivery after any commit does (`found_own_commit`): nothing committed is redone;
+  redelivery after any commit does (`runtime.recovery`): nothing committed is redone;
 * **Flower visibility**: with task events on, `task-received`, `task-started` and
   `task-succeeded` (or `task-failed`) are sent for each inline step under its own task id, its
   saga id first in its arguments, as for a published step; a log line says it ran inline.
 
 A step elsewhere (another queue, a countdown, a group of several messages) is published as
-before. `SAGA_INLINE_STEPS=false` turns it off.
+before. `SAGA_INLINE_STEPS=false` turns it off. `follow` is the loop over a delivery's inline
+steps; their task events are `orchestration.inline_events`'.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -32,11 +34,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from workflows.core.state import Command, Transition
+from workflows.core.state import Command, RunState, Transition
 from workflows.core.steps import StepTask, step_tasks
+from workflows.orchestration.inline_events import announced, flushing
+from workflows.runtime.container import Runtime
+from workflows.runtime.dispatch import message_for
+
+log = logging.getLogger("workflows.orchestration")
 
 MARGIN = 1.0
 """Seconds an inline step's soft limit must end before the handled message's hard limit."""
@@ -105,3 +113,30 @@ def holding_pool_soft_limit() -> Iterator[None]:
         yield
     finally:
         signal.signal(usr1, previous)
+
+
+RunOne = Callable[[StepTask, Command, dict[str, Any], RunState], Transition | None]
+"""Runs one inline step (its task, its command, its message's keyword arguments, the run as just
+committed) through the decision loop: its committed transition, or None when there is nothing to
+follow up."""
+
+
+def follow(rt: Runtime, t: Transition, budget: InlineBudget, run_one: RunOne) -> Transition | None:
+    """Run `t`'s follow-up steps here while `budget` allows, each committed on its own, publishing
+    all the rest of each transition (dead letters, children, orders). The last transition, still
+    to publish, or None when an inline step came to nothing to follow up (stale: a cancel, a
+    timeout came in between)."""
+    saga_id = t.after.saga_id
+    with holding_pool_soft_limit(), flushing():
+        while (next_step := budget.next_step(t)) is not None:
+            cmd, next_task = next_step
+            rt.loop.publish(t, inline=cmd)  # all but the step run here: dead letters, children, orders
+            _, kwargs = message_for(t.after, cmd)
+            log.info("running %s %s inline", cmd.task, cmd.step,
+                     extra={"saga_id": saga_id, "step": cmd.step, "task_id": cmd.task_id})
+            with announced(rt, cmd, saga_id, kwargs):
+                nxt = run_one(next_task, cmd, kwargs, t.after)
+            if nxt is None:
+                return None
+            t = nxt
+    return t

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kombu.entity import Queue
 
+from workflows.core.run import Side
 from workflows.core.state import Command, DeadLetter, RunState
 from workflows.core.steps import step_tasks
 from workflows.core.views import DeadLetterView
@@ -30,7 +31,7 @@ def message_for(run: RunState, cmd: Command) -> tuple[list[Any], dict[str, Any]]
     s = run.step(cmd.step)
     kwargs: dict[str, Any] = {"saga": run.saga_type, "kind": cmd.kind, "version": cmd.version,
                               "saga_version": run.saga_version, "input": run.input}
-    if cmd.kind == "action":
+    if cmd.kind == Side.ACTION:
         kwargs["results"] = {k: v for k, v in run.results().items() if run.step(k).index < cmd.results_before}
         kwargs["attempt"] = s.attempts + 1
     else:

@@ -6,6 +6,8 @@
 2. **decide** with the pure engine, the time and ids from this loop (`clock`, `ids`);
 3. **commit** the `Transition` through the store: all its rows or none, on the version decided
    on; a `ConcurrentTransition` means another writer got there first: back to 1;
+   (a step message's own pass, `step`, runs the step function between 1 and 2: guarded by the
+   load, it runs only if the run still waits on that very message;)
 4. **publish** what the committed transition says: its step messages, then the broker copies of
    its dead letters, each marked sent once out (the sweeper sends what a crash left unsent), then
    the first messages of the child runs it started, then its orders for other runs (cancel or
@@ -26,18 +28,23 @@ from typing import TYPE_CHECKING, Any
 
 from workflows.core.definition import Saga, SagaRegistry, registry
 from workflows.core.engine import commands_for, decide, is_current, new_run
-from workflows.core.errors import ConcurrentTransition
-from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClosure, Dispatch, HistoryEvent, IdSource,
-                                  Ignored, MessageInfo, Order, Outcome, RunState, Schedule, Signal, SignalReceived,
-                                  Started, Timing, Transition)
+from workflows.core.errors import ConcurrentTransition, SagaNotFound, UnknownSaga
+from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClosure, Dispatch, ErrorInfo,
+                                  HistoryEvent, IdSource, Ignored, MessageInfo, Order, Outcome, RunState, Schedule,
+                                  Signal, SignalReceived, Started, Timing, Transition)
 from workflows.core.views import DeadLetterView
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
+from workflows.runtime.hand_on import hand_on
+from workflows.runtime.recovery import found_own_commit
+from workflows.runtime.redelivery import may_run_again
+from workflows.runtime.step_report import StepPass, StepReport
 from workflows.store.base import Recorder
 
 if TYPE_CHECKING:
     from workflows.store.base import CallerTx
 
 log = logging.getLogger("workflows.loop")
+step_log = logging.getLogger("workflows.orchestration")
 
 DEAD_LETTER_GRACE = 10.0
 """Seconds a committed dead letter's copy is left to its writer before the sweeper sends it."""
@@ -135,12 +142,13 @@ class DecisionLoop:
             return None
 
     def apply(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
-              state: RunState | None = None, message: MessageInfo | None = None,
+              dispatch: Dispatch | None = None, state: RunState | None = None, message: MessageInfo | None = None,
               closures: tuple[DeadLetterClosure, ...] = ()) -> Applied:
-        """The whole loop, for the sweeper and operators (a step's own report goes through
-        `orchestration.step_task`, which has a crash point and Celery's retry between 3 and 4)."""
-        applied = self.commit(saga, saga_id, outcome, by=by, expected_version=expected_version, state=state,
-                              message=message, closures=closures)
+        """The whole loop, for the sweeper, operators and a lost worker given up (a step's own
+        report goes through `step`, then its caller publishes: it may run the follow-up inline,
+        or retry its own message instead)."""
+        applied = self.commit(saga, saga_id, outcome, by=by, expected_version=expected_version, dispatch=dispatch,
+                              state=state, message=message, closures=closures)
         if applied.transition is not None:
             self.publish(applied.transition)
         return applied
@@ -187,10 +195,71 @@ class DecisionLoop:
             self.publish(t)
             return Applied(t, t.after)
 
-    def republish(self, saga: Saga, run: RunState) -> None:
-        """The messages `run` waits on, derived from its state (a follow-up a crash may have lost)."""
-        for cmd in commands_for(saga, run, self.timing):
+    def republish(self, saga: Saga, run: RunState, *,
+                  select: Callable[[Sequence[Command]], Sequence[Command]] | None = None) -> Sequence[Command]:
+        """The messages `run` waits on, derived from its state (a follow-up a crash may have lost),
+        or those of them `select` picks; returns what was sent."""
+        cmds: Sequence[Command] = commands_for(saga, run, self.timing)
+        if select is not None:
+            cmds = select(cmds)
+        for cmd in cmds:
             self.dispatcher.send_step(run, cmd)
+        return cmds
+
+    # ------------------------------------------------------------ a step message's own pass
+
+    def step(self, report: StepReport, work: Callable[[Saga, RunState], tuple[Outcome, BaseException | None]], *,
+             state: RunState | None = None, after_commit: Callable[[], None] | None = None) -> StepPass:
+        """A step message: guard (load the run; a stale or duplicate message does not run), `work`
+        (run the step function: its outcome, and its error if it raised), decide, commit. The
+        caller publishes the committed transition. `state`: the run as just committed (an inline
+        step: no load); `after_commit`: called right after the commit (the tests' crash points).
+
+        Around the guard: a message no run can take is dead-lettered; a run on a saga version
+        this worker does not hold is handed on (`runtime.hand_on`); a redelivered message counts
+        its lost worker first (`runtime.redelivery`); a message whose own transition committed
+        publishes again what may be missing (`runtime.recovery`)."""
+        if report.saga not in self.definitions:  # a worker deployed without this saga: keep the message, never drop it
+            known = ', '.join(self.definitions.names()) or 'none'
+            unknown = UnknownSaga(f"unknown saga {report.saga!r} (registered: {known})")
+            self._dead_letter_report(report, ErrorInfo("UnknownSaga", str(unknown)))
+            return StepPass()
+        try:
+            run = state or self.store.load(report.saga_id)  # the snapshot the outcome is decided on, if still current
+        except SagaNotFound as e:  # a worker on another database, or a run deleted: keep the message too
+            self._dead_letter_report(report, ErrorInfo("SagaNotFound", str(e)))
+            return StepPass()
+        # the run's own version decides, not the message's
+        if not self.definitions.has(run.saga_type, run.saga_version):
+            return StepPass(hand_on=hand_on(self, run, report))
+        saga, d, by = self.definitions.definition_of(run), report.dispatch, report.by
+        if not is_current(run, d.step, d.kind, d.task_id, d.attempt):
+            # Stale (a duplicate, or overtaken by a timeout/cancel/retry) or our own commit redelivered:
+            # the step must not run again.
+            applied = self.ignore_stale(run, by=by, step=d.step, what=f"{d.kind} (not run)", own=run.caused_by == by,
+                                        message_version=report.version, attempt=d.attempt)
+            if applied.own_commit:
+                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queue)
+            return StepPass()
+        message = report.message(run)
+        if report.delivery.redelivered and not may_run_again(self, saga, run, d, message):
+            return StepPass()
+        outcome, error = work(saga, run)
+        applied = self.commit(saga, report.saga_id, outcome, by=by, dispatch=d, state=run, message=message)
+        if after_commit is not None:
+            after_commit()
+        if applied.transition is None:
+            if applied.own_commit and state is None:
+                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queue)
+            return StepPass()
+        return StepPass(applied.transition, error)
+
+    def _dead_letter_report(self, report: StepReport, error: ErrorInfo) -> None:
+        """Keep a step message no run can take (`error` says why) as a dead letter, in the table and
+        on the broker's `dead_letter` queue, instead of dropping it."""
+        self.dead_letter(DeadLetter(self.ids(), report.kind, report.step, report.task, 0, error,
+                                    report.raw_message()), saga_id=report.saga_id)
+        step_log.error("step message dead-lettered: %s", error, extra={"saga_id": report.saga_id, "step": report.step})
 
     # ------------------------------------------------------------ starts and dead letters
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from workflows.core.definition import ForEach, Parallel, Saga, Step
 from workflows.core.errors import VisibilityTimeoutTooShort
-from workflows.core.retry import RetryPolicy
+from workflows.core.retry import RetryPolicy, RetryVerdict, retry_verdict
 from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import HARD_LIMIT_GRACE
 
@@ -49,8 +49,10 @@ class Unacked:
 
 
 def longest_countdown(policy: RetryPolicy) -> float:
-    """The longest wait the policy can ask for before an attempt (jitter only shortens it)."""
-    return max((policy.interval(a) for a in range(1, policy.max_attempts)), default=0.0)
+    """The longest wait the policy can ask for before an attempt (jitter only shortens it): the
+    longest interval after a failed attempt the policy retries."""
+    return max((policy.interval(a) for a in range(1, policy.max_attempts + 1)
+                if retry_verdict(policy, a) is RetryVerdict.RETRY), default=0.0)
 
 
 def declared_steps(saga: Saga) -> Iterable[Step]:

@@ -85,6 +85,15 @@ class Recorder(Protocol):
         """Their copies reached the broker."""
         ...
 
+    def history(self, saga_id: str) -> Sequence[EventView]:
+        """The run's history rows, oldest first (a redelivered step looks for its own commit in it)."""
+        ...
+
+    def park_step(self, p: ParkedStep, event: HistoryEvent, *, by: str, now: datetime) -> None:
+        """Record a parked step and its history row, atomically (a step of a version this worker does
+        not hold, handed on until one that does takes it)."""
+        ...
+
 
 class CallerTransactions(Protocol):
     """Writing and reading in the caller's own transaction (`workflows.store.joined`): `tx` is the

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, update
 
+from workflows.core.run import Side
 from workflows.core.state import DeadLetter, HistoryEvent, Signal, StepState, StepStatus, Transition
 from workflows.store.records import input_hash
 from workflows.store.models import EventRow, SagaRow, StepRow
@@ -37,9 +38,10 @@ EVENT_COLUMNS = ("at", "type", "step", "attempt", "detail")
 
 
 def _redelivery_shape(kind: str, first: bool) -> Any:
-    count = STEPS.c.redeliveries if kind == "action" else STEPS.c.compensation_redeliveries
-    attempts = STEPS.c.attempts if kind == "action" else STEPS.c.compensation_attempts
-    in_flight = StepStatus.RUNNING if kind == "action" else StepStatus.COMPENSATING
+    action = Side(kind) is Side.ACTION
+    count = STEPS.c.redeliveries if action else STEPS.c.compensation_redeliveries
+    attempts = STEPS.c.attempts if action else STEPS.c.compensation_attempts
+    in_flight = StepStatus.RUNNING if action else StepStatus.COMPENSATING
     q = update(STEPS).where(STEPS.c.saga_id == bindparam("r_saga_id"), STEPS.c.name == bindparam("r_step"),
                             STEPS.c.task_id == bindparam("r_task_id"), STEPS.c.status == in_flight.value,
                             attempts == bindparam("r_done"))
