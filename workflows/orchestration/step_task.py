@@ -39,7 +39,7 @@ from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionFailed, ActionSucceeded, ActionTimedOut, ChildFinished, Command,
                                   CompensationFailed, CompensationSucceeded, DeadLetter, Dispatch, ErrorInfo,
                                   HistoryEvent, MessageInfo, Order, Outcome, RunState, Transition, WorkerLost)
-from workflows.core.steps import StepContext, StepTask, step_tasks
+from workflows.core.steps import StepContext, StepError, StepTask, step_tasks
 from workflows.orchestration.inline import InlineBudget, budget_for, holding_pool_soft_limit, soft_limit
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import DELIVERY_OPTIONS
@@ -127,6 +127,7 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, by: str, saga: str,
                 kind: str, version: int, input: dict[str, Any], attempt: int = 1,
                 results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
+                error: dict[str, str] | None = None,
                 saga_version: int | None = None, handoffs: int = 0, state: RunState | None = None,
                 limit: float | None = None) -> RetrySelf | HandOn | Transition | None:
     """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
@@ -159,19 +160,21 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     message = MessageInfo(task_name=st.name, queue=st.queue, args=[saga_id, step],
                           kwargs={"saga": saga, "kind": kind, "version": version,
                                   "saga_version": run.saga_version, "input": input,
-                                  "attempt": attempt, "results": results, "result": result},
+                                  "attempt": attempt, "results": results, "result": result,
+                                  **({"error": error} if error is not None else {})},
                           headers={"task_id": delivery.task_id, "retries": delivery.retries})
     if delivery.redelivered and not _may_run_again(rt, definition, run, dispatch, message):
         return None
 
     ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
                       task_id=delivery.task_id, input=input, results=results or {}, result=result,
+                      error=StepError.from_message(error),
                       item=definition.item(step, input), saga_version=run.saga_version)
     if limit is None:
-        outcome, error = _run_function(definition, st, ctx, input)
+        outcome, raised = _run_function(definition, st, ctx, input)
     else:
         with soft_limit(limit):
-            outcome, error = _run_function(definition, st, ctx, input)
+            outcome, raised = _run_function(definition, st, ctx, input)
     applied = loop.commit(definition, saga_id, outcome, by=by, dispatch=dispatch, state=run, message=message)
     _test_crash_point(step)
     t = applied.transition
@@ -181,12 +184,12 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         return None
     own = [c for c in t.commands if c.step == step and c.kind == kind and c.task_id == delivery.task_id
            and state is None]
-    if own and error is not None and len(t.commands) == 1:
+    if own and raised is not None and len(t.commands) == 1:
         # A retry of this very task: Celery's own retry (same task id, countdown, retries + 1).
         cmd = own[0]
         args, kwargs = message_for(t.after, cmd)
         countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
-        return RetrySelf(args, kwargs, countdown, error)
+        return RetrySelf(args, kwargs, countdown, raised)
     return t
 
 
