@@ -22,6 +22,7 @@ from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
 from workflows.install import install
 from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
 from workflows.operations.signals import signal
+from workflows.operations.upgrade import UpgradeReport, check_upgrade
 from workflows.runtime.container import get_runtime
 
 __all__ = [
@@ -33,5 +34,5 @@ __all__ = [
     "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
     "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
-    "Wait", "signal",
+    "Wait", "signal", "UpgradeReport", "check_upgrade",
 ]

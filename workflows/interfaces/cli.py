@@ -563,5 +563,7 @@ def _show_saga(v: Any) -> None:
         console.print(dls)
 
 
+main.add_command(importlib.import_module("workflows.interfaces.upgrade_command").check_upgrade)
+
 if __name__ == "__main__":
     main()
