@@ -45,16 +45,23 @@ def already_done(model: Any, idempotency_key: str) -> Any:
         return s.scalars(select(model).where(model.idempotency_key == idempotency_key)).first()
 
 
+OPERATIONS = ("action", "compensation", "any", "after_action")
+"""Where an armed fault strikes: before an action's effect, before a compensation's, before either,
+or after an action's effect committed (a gateway that errors having taken the money)."""
+
+
 def check_fault(service: str, operation: str) -> None:
     """Raise the armed failure of `service`, if any, consuming one of its remaining calls.
 
     Consumed in its own committed statement so a failure is counted even though the caller's
-    transaction rolls back.
+    transaction rolls back. "after_action" is checked once the action's effect committed, and only
+    a fault armed for it strikes there ("any" strikes before the effect).
     """
+    strikes = [operation] if operation == "after_action" else [operation, "any"]
     factory = session_factory(get_runtime().settings.resolved_database_url())
     with factory.begin() as fs:
         row = fs.execute(update(Fault).where(Fault.service == service, Fault.remaining > 0,
-                                             Fault.operation.in_([operation, "any"]))
+                                             Fault.operation.in_(strikes))
                          .values(remaining=Fault.remaining - 1)
                          .returning(Fault.permanent, Fault.message, Fault.rate)).first()
     if row is None:
@@ -69,13 +76,14 @@ def check_fault(service: str, operation: str) -> None:
 
 def arm_fault(service: str, times: int = 1, *, permanent: bool = True, message: str = "injected failure",
               operation: str = "action", rate: float = 1.0) -> None:
-    """Make the next `times` calls of `service` fail. `operation`: action, compensation or any.
+    """Make the next `times` calls of `service` fail. `operation`: action, compensation or any
+    (before the effect), or after_action (the action's effect is done, then it fails).
 
     With `rate` < 1 each of those calls fails only with that probability (chaos testing)."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    if operation not in ("action", "compensation", "any"):
-        raise ValueError("operation must be 'action', 'compensation' or 'any'")
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {', '.join(map(repr, OPERATIONS))} (got {operation!r})")
     if times < 0:
         raise ValueError("times must be >= 0")
     if not 0.0 < rate <= 1.0:

@@ -15,18 +15,23 @@ __all__ = ["DECLINED_CARDS", "LIMIT", "CardDeclined", "charge_payment", "order_t
 
 @step_task("payment.charge", queue="payment")
 def charge_payment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
-    """Charge the order total to the customer's card, once per idempotency key."""
+    """Charge the order total to the customer's card, once per idempotency key. The gateway may
+    fail after taking the money (fault "after_action"): a step declaring `compensate_failure`
+    refunds it."""
     done = already_done(Payment, ctx.idempotency_key)
     if done is None:
         check_fault("payment", "action")
         with transaction() as s:
             done = effects.charge(s, ctx.idempotency_key, ctx.saga_id, order)
+        check_fault("payment", "after_action")
     return {"payment_id": done.id, "amount": effects.money(done.amount), "status": done.status}
 
 
 @step_task("payment.refund", queue="payment")
 def refund_payment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
-    """Refund the step's charge, once. A charge that never happened is voided."""
+    """Refund the step's charge, once. A charge that never happened is voided (a late one then finds
+    the tombstone); one already refunded or voided is left alone. Compensating a charge that failed
+    (`ctx.error` set) is the same: whatever the gateway did before failing is undone, or nothing is."""
     done = already_done(Payment, ctx.idempotency_key)
     if done is not None and done.status != "CHARGED":
         return {"outcome": "nothing"}

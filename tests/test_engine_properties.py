@@ -1,17 +1,18 @@
 """Property tests of the pure engine over random shapes and random orders of delivery.
 
 A saga of random stages (single steps, parallel groups, fan-outs, child sagas; each step with or
-without a compensation; each child a random saga of its own) is run by a simulated broker that
-delivers the messages in flight in a random order, with random outcomes, duplicates and late
-copies of messages already handled, and sometimes an operator's cancel; a delivery's worker may
-also be lost once too often (`WorkerLost`). The orders a transition
+without a compensation, some declaring `compensate_failure`; each child a random saga of its own)
+is run by a simulated broker that delivers the messages in flight in a random order, with random
+outcomes, duplicates and late copies of messages already handled, and sometimes an operator's
+cancel; a delivery's worker may also be lost once too often (`WorkerLost`). The orders a transition
 gives other runs (start, cancel or compensate a child, report to the parent) are in flight too,
 delivered in any order, and sometimes twice (the sweeper's recovery repeating one). A child whose
 own compensation got stuck (FAILED) is resumed by an operator once nothing else is in flight. A
 delivery is checked against its step's dispatch (`is_current`) exactly as the step task does.
 Whatever the order, these hold, for the parent and for every child:
 
-- each compensation runs at most once per step, and only for a step that succeeded or timed out;
+- each compensation runs at most once per step, and only for a step that succeeded or timed out,
+  or failed for good while declaring `compensate_failure` (it may have acted before failing);
 - no action is dispatched once compensation began;
 - every run ends terminal once every message was delivered;
 - the history replays to the stored state of every step and of the run;
@@ -46,8 +47,9 @@ def shapes(draw: st.DrawFn, children: bool = True) -> tuple[Saga, dict[str, list
         nonlocal n
         n += 1
         undo = draw(st.booleans())
+        undo_failure = undo and draw(st.booleans())
         return Step(f"s{n}", action="t.act", compensation="t.undo" if undo else None, retry=POLICY,
-                    compensation_retry=POLICY)
+                    compensation_retry=POLICY, compensate_failure=undo_failure)
 
     def new_child() -> Child:
         nonlocal n
@@ -86,7 +88,8 @@ class Sim:
     done: list[Message]
     compensations: dict[tuple[str, str], int]
     happened: set[tuple[str, str]] = field(default_factory=set)
-    """(run, step) of every step that succeeded or timed out (its effect may have happened)."""
+    """(run, step) of every step that succeeded or timed out, or failed for good while declaring
+    `compensate_failure` (its effect may have happened)."""
     fixed: bool = False
     """An operator fixed the cause of stuck compensations: from now on they succeed."""
     counter: int = 0
@@ -114,7 +117,8 @@ class Sim:
             else:
                 old = before.step(c.step)
                 assert old.status in (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.COMPENSATING,
-                                      StepStatus.COMPENSATION_FAILED, StepStatus.RUNNING), (c, old)
+                                      StepStatus.COMPENSATION_FAILED, StepStatus.RUNNING) or (
+                    old.status == StepStatus.FAILED and undoes_failure(saga, c.step)), (c, old)
         # starting a child is new work too
         assert not (t.children and compensating_before), t.events
         for o in t.orders:
@@ -124,12 +128,13 @@ class Sim:
         # (a cancel times a step out and dispatches its compensation in one transition: its events say so)
         self.happened |= {(run_id, e.step) for e in t.events if e.step is not None and (
             e.type in ("StepSucceeded", "StepTimedOut")
+            or (e.type == "StepFailed" and undoes_failure(saga, e.step))  # it may have acted before failing
             or (e.type == "StepWorkerLost" and e.detail["kind"] == "action"))}  # its effect is unknown
         for old, new in zip(before.steps, t.after.steps):
             key = (run_id, new.name)
             if new.status == StepStatus.COMPENSATED and old.status != StepStatus.COMPENSATED:
                 self.compensations[key] = self.compensations.get(key, 0) + 1
-                assert key in self.happened, key  # it had succeeded or timed out
+                assert key in self.happened, key  # it had succeeded or timed out (or failed, declaring it)
         self.runs[run_id] = t.after
         self.sagas[run_id] = saga
         self.events.setdefault(run_id, []).extend(t.events)
@@ -149,6 +154,11 @@ class Sim:
         return [rid for rid, r in self.runs.items() if r.status == RunStatus.FAILED and r.parent_id is not None
                 and self.runs[r.parent_id].step(r.parent_step or "").status in (StepStatus.RUNNING,
                                                                                 StepStatus.COMPENSATING)]
+
+
+def undoes_failure(saga: Saga, name: str) -> bool:
+    """Row `name` is a task step declaring `compensate_failure`."""
+    return saga.child(name) is None and saga.step(name).compensate_failure
 
 
 def replay(run: RunState, events: list[HistoryEvent]) -> tuple[str, dict[str, str]]:
@@ -221,6 +231,10 @@ def test_any_shape_any_order_compensates_exactly_what_may_have_happened(shape, d
             deliver(sim, m, data)
     if any(isinstance(node, Parallel) and any(isinstance(b, Child) for b in node.steps) for node in saga.steps):
         event("a group with a child branch")
+    if any(e.type == "StepCompensated" and undoes_failure(sim.sagas[rid], e.step or "")
+           and (rid, e.step) in sim.happened and any(f.type == "StepFailed" and f.step == e.step for f in evs)
+           for rid, evs in sim.events.items() for e in evs):
+        event("a step that failed for good compensated (compensate_failure)")
     for rid, run in sim.runs.items():  # what the examples cover (pytest --hypothesis-show-statistics)
         if run.parent_id is not None:
             event(f"child {run.status.value}" + (" after its parent's order" if any(
@@ -234,6 +248,7 @@ def test_any_shape_any_order_compensates_exactly_what_may_have_happened(shape, d
     for rid, run in sim.runs.items():
         definition = sim.sagas[rid]
         # a step that never started was never compensated; one compensated had succeeded or timed out
+        # (or failed, declaring `compensate_failure`)
         for s in run.steps:
             if s.status == StepStatus.COMPENSATED:
                 assert (rid, s.name) in sim.compensations
@@ -245,6 +260,9 @@ def test_any_shape_any_order_compensates_exactly_what_may_have_happened(shape, d
             assert not any(s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.SUCCEEDED)
                            and (definition.child(s.name) is not None
                                 or definition.step(s.name).compensation_name is not None) for s in run.steps)
+            # ... nor a step that failed for good while declaring `compensate_failure`
+            assert not any(s.status == StepStatus.FAILED and undoes_failure(definition, s.name)
+                           for s in run.steps), [(s.name, s.status) for s in run.steps]
             # every child it started is undone
             for s in run.steps:
                 if definition.child(s.name) is not None and s.task_id is not None:

@@ -17,20 +17,22 @@ from workflows.core.errors import (DeadLetterNotFound, DefinitionError, Idempote
                                    SagaNotFound, StepNotFound, UnknownSaga, UnknownSagaVersion, VersionConflict)
 from workflows.core.retry import RetryPolicy
 from workflows.core.state import RunStatus, StepStatus
-from workflows.core.steps import StepContext, step_task
+from workflows.core.steps import StepContext, StepError, step_task
 from workflows.core.views import DeadLetterView, EventView, SagaView, StepView
 from workflows.install import install
 from workflows.operations.client import get_saga, list_sagas, start_saga, wait_for
 from workflows.operations.signals import signal
+from workflows.operations.upgrade import UpgradeReport, check_upgrade
 from workflows.runtime.container import get_runtime
 
 __all__ = [
     "Choreography", "EventContext", "publish", "Child", "child_id",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
-    "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
+    "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepError", "StepNotFound", "StepStatus",
+    "StepView",
     "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
     "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
-    "Wait", "signal",
+    "Wait", "signal", "UpgradeReport", "check_upgrade",
 ]

@@ -132,3 +132,17 @@ ship_first = register_saga(Saga("tests.ship_first", steps=[
     _step("after"),
 ]))
 """A parent whose first stage is a child with an input model: bad input is refused at its door."""
+
+
+def _charge_refund() -> Saga:
+    """The shop's charge and refund, the charge declaring that its refund also runs when it fails for
+    good (the gateway may error after taking the money)."""
+    from tasks.payment import charge_payment, refund_payment
+
+    return Saga("tests.charge_refund", steps=[
+        Step("process_payment", action=charge_payment, compensation=refund_payment, compensate_failure=True,
+             timeout=30),
+    ])
+
+
+charge_refund = register_saga(_charge_refund())

@@ -204,14 +204,14 @@ class Decision:
         Stage by stage, newest first (stage order is completion order, immune to clock skew): a
         stage with a step still in flight (an action whose outcome is not in yet, a compensation
         running) is waited for; one whose compensation is stuck keeps the run FAILED; otherwise
-        every step of it that succeeded or timed out is compensated, concurrently."""
+        every step of it that may have had an effect is compensated, concurrently (`_may_have_happened`)."""
         for stage in reversed(range(self.n_stages)):
             rows = self._in_stage(stage)
             if any(s.status in _IN_FLIGHT for s in rows):
                 return
             if any(s.status == StepStatus.COMPENSATION_FAILED for s in rows):
                 return
-            todo = [s for s in rows if s.status in _MAY_HAVE_HAPPENED and self._node(s).undoable]
+            todo = [s for s in rows if self._may_have_happened(s) and self._node(s).undoable]
             if todo:
                 for s in todo:
                     match self._node(s).kind:
@@ -220,11 +220,16 @@ class Decision:
                         case Kind.STEP:
                             self._dispatch(self._set(s, status=StepStatus.COMPENSATING), Side.COMPENSATION)
                 return
-        skipped = [s.name for s in self.steps if s.status in _MAY_HAVE_HAPPENED and self._node(s).kind is not Kind.WAIT]
+        skipped = [s.name for s in self.steps if self._may_have_happened(s) and self._node(s).kind is not Kind.WAIT]
         if skipped:
             self._emit("CompensationSkipped", steps=skipped, reason="no compensation declared")
         self.status = RunStatus.COMPENSATED
         self._emit("SagaCompensated", reason=self.failure_reason)
+
+    def _may_have_happened(self, s: StepState) -> bool:
+        """Its action succeeded or timed out, or failed for good on a step declaring
+        `compensate_failure` (it may have acted before failing)."""
+        return s.status in _MAY_HAVE_HAPPENED or (s.status == StepStatus.FAILED and self._node(s).undoes_failure)
 
     def _settled(self, reason: str) -> None:
         """A step ended without success: compensate (the run's first failure), or go on compensating."""

@@ -25,6 +25,12 @@ class Step:
     """Seconds one attempt of the action may run: a soft limit raises in the task, a hard one kills it."""
     compensation_timeout: float | None = None
     """Seconds one attempt of the compensation may run; defaults to `timeout`."""
+    compensate_failure: bool = False
+    """Also compensate this step when its action fails for good (a permanent error, retries
+    exhausted): it may have acted before failing (a charge taken before the gateway errored). Its
+    compensation then gets `ctx.result` None and `ctx.error` (the action's error), and must do
+    nothing when there is nothing to undo. False (the default): only an action that succeeded or
+    timed out is compensated."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -42,6 +48,12 @@ class Step:
             object.__setattr__(
                 self, "compensation", task_name(self.compensation, f"step {self.name!r}: compensation")
             )
+        if not isinstance(self.compensate_failure, bool):
+            raise DefinitionError(f"step {self.name!r}: compensate_failure must be True or False "
+                                  f"(got {self.compensate_failure!r})")
+        if self.compensate_failure and self.compensation is None:
+            raise DefinitionError(f"step {self.name!r}: compensate_failure=True needs a compensation to run "
+                                  "when the action fails: pass compensation=<task>")
         for attr in ("retry", "compensation_retry"):
             if not isinstance(getattr(self, attr), RetryPolicy):
                 raise DefinitionError(f"step {self.name!r}: {attr} must be a RetryPolicy")

@@ -51,6 +51,9 @@ class PlanNode:
     policies: Mapping[Side, SidePolicy] = field(default_factory=dict)
     fan_out: ForEach | None = None
     """The fan-out a step's branches come from (its rows are `<name>-<i>`)."""
+    undoes_failure: bool = False
+    """A task step declaring `compensate_failure`: its action failing for good may have acted, so
+    it is compensated too (the compensation walker reads it)."""
 
     def policy(self, side: Side) -> SidePolicy | None:
         """The policy of `side`, or None when that side sends no message."""
@@ -67,7 +70,7 @@ def _step_node(st: Step, stage: int, fan_out: ForEach | None = None) -> PlanNode
     if st.compensation_name is not None:
         policies[Side.COMPENSATION] = SidePolicy(st.compensation_name, st.compensation_retry,
                                                  st.effective_compensation_timeout)
-    return PlanNode(st.name, stage, Kind.STEP, st, policies, fan_out)
+    return PlanNode(st.name, stage, Kind.STEP, st, policies, fan_out, undoes_failure=st.compensate_failure)
 
 
 class Plan:

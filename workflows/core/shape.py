@@ -2,9 +2,10 @@
 
 A run is driven to its end by the version it started with (`RunState.saga_version`). The shape of
 a version is what such a run depends on: its stages in order, each step's name, action and
-compensation, the groups and fan-outs. Retry policies, timeouts and the input model are not part
-of it: they may be tuned in place. Registering another shape under a version already registered
-(in the process, or recorded by a worker in the database) is a `VersionConflict`. Pure.
+compensation (and `compensate_failure`, when set), the groups and fan-outs. Retry policies,
+timeouts and the input model are not part of it: they may be tuned in place. Registering another
+shape under a version already registered (in the process, or recorded by a worker in the
+database) is a `VersionConflict`. Pure.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ Shape = list[dict[str, Any]]
 
 
 def _step(st: Any) -> dict[str, Any]:
-    return {"step": st.name, "action": st.action_name, "compensation": st.compensation_name}
+    out = {"step": st.name, "action": st.action_name, "compensation": st.compensation_name}
+    if getattr(st, "compensate_failure", False):  # only when set: the shapes declared before it keep their fingerprint
+        out["compensate_failure"] = True
+    return out
 
 
 def shape_of(nodes: Sequence[Any]) -> Shape:
@@ -87,7 +91,7 @@ def describe_changes(old: Shape, new: Shape) -> list[str]:
         changes.append(f"steps reordered: {common_old} became {common_new}")
     for name in common_old:
         (_, va, ga), (_, vb, gb) = a[name], b[name]
-        for attr in ("action", "compensation"):
+        for attr in ("action", "compensation", "compensate_failure"):
             if va.get(attr) != vb.get(attr):
                 changes.append(f"step {name!r}: {attr} {va.get(attr)!r} became {vb.get(attr)!r}")
         if ga != gb:

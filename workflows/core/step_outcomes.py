@@ -7,9 +7,17 @@ from typing import Any
 
 from workflows.core.decision import Decision, error_detail
 from workflows.core.retry import RetryVerdict, retry_verdict
-from workflows.core.run import RunStatus, Side, StepStatus
+from workflows.core.run import RunStatus, Side, StepState, StepStatus
 from workflows.core.state import (ActionFailed, CompensationFailed, DeadLetterClosure, ErrorInfo, Ignored,
                                   WorkerLost)
+
+
+def _row_error(s: StepState, compensation_error: str | None) -> str | None:
+    """A step row's error once its compensation failed or is resumed: the action's, when the action
+    did not succeed (no result: it failed or timed out), so that every attempt of the compensation
+    receives it (`ctx.error`); otherwise the compensation's. The compensation's own errors are in
+    the history, its dead letter and the run's failure reason either way."""
+    return s.error if s.result is None and s.error is not None else compensation_error
 
 
 class StepOutcomes(Decision):
@@ -86,13 +94,13 @@ class StepOutcomes(Decision):
         attempt = s.compensation_attempts + 1
         if retry_verdict(self.plan.node(s.name).policies[Side.COMPENSATION].retry, attempt,
                          retryable=o.retryable) is RetryVerdict.RETRY:
-            s = self._set(s, compensation_attempts=attempt, error=str(o.error))
+            s = self._set(s, compensation_attempts=attempt, error=_row_error(s, str(o.error)))
             self._emit("CompensationAttemptFailed", s.name, attempt, **error_detail(o.error),
                        retry_in=round(o.countdown, 3))
             self._dispatch(s, Side.COMPENSATION, o.countdown, retry=True)
             return
         s = self._set(s, status=StepStatus.COMPENSATION_FAILED, compensation_attempts=attempt,
-                      error=str(o.error), eta=None, deadline_at=None)
+                      error=_row_error(s, str(o.error)), eta=None, deadline_at=None)
         self._emit("CompensationFailed", s.name, attempt, **error_detail(o.error),
                    reason="retries exhausted" if o.retryable else "permanent error")
         self._dead_letter(Side.COMPENSATION, s, attempt, o.error)
@@ -115,7 +123,7 @@ class StepOutcomes(Decision):
             return
         self._require((RunStatus.COMPENSATING, RunStatus.FAILED), s, StepStatus.COMPENSATING, "WorkerLost")
         s = self._set(s, status=StepStatus.COMPENSATION_FAILED, compensation_attempts=s.compensation_attempts + 1,
-                      error=str(error), eta=None, deadline_at=None)
+                      error=_row_error(s, str(error)), eta=None, deadline_at=None)
         self._emit("StepWorkerLost", s.name, s.compensation_attempts, kind=o.kind, losses=o.losses)
         self._dead_letter(Side.COMPENSATION, s, s.compensation_attempts, error)
         self._fail_run(f"compensation of step {s.name!r}: {error.message}; an operator must fix the cause and "
@@ -158,7 +166,7 @@ class StepOutcomes(Decision):
             raise Ignored(f"no compensation of step {name!r} is stuck")
         self.status = RunStatus.COMPENSATING
         for s in stuck:
-            s = self._set(s, status=StepStatus.COMPENSATING, compensation_attempts=0, error=None)
+            s = self._set(s, status=StepStatus.COMPENSATING, compensation_attempts=0, error=_row_error(s, None))
             self._emit("CompensationResumed", s.name, reason=reason, who=who)
             # the dead letters of the stuck compensation are answered by this resume
             self.closures.append(DeadLetterClosure("REDRIVEN", f"resumed by {who}", step=s.name,

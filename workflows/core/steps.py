@@ -22,6 +22,35 @@ _QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
 
 @dataclass(frozen=True)
+class StepError:
+    """What a compensation knows of its action's failure (`ctx.error`). Immutable."""
+
+    type: str
+    """The exception's class name, like 'GatewayError'; '' when the action raised nothing (it timed
+    out, its worker was lost, the saga was cancelled while it ran)."""
+    message: str
+
+    @classmethod
+    def from_row(cls, text: str) -> StepError:
+        """From a step row's error: a failure's is recorded as '<exception type>: <message>'."""
+        found = _ERROR.match(text)
+        return cls(found[1], found[2]) if found else cls("", text)
+
+    @classmethod
+    def from_message(cls, value: dict[str, str] | None) -> StepError | None:
+        return None if value is None else cls(value["type"], value["message"])
+
+    def as_message(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.type else self.message
+
+
+_ERROR = re.compile(r"^([A-Z][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*): (.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What a step knows about the saga it runs in. Immutable."""
 
@@ -37,7 +66,10 @@ class StepContext:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Results of the steps before this one, by step name (actions)."""
     result: dict[str, Any] | None = None
-    """The recorded result of this step's action (compensations; None if it timed out)."""
+    """The recorded result of this step's action (compensations; None if it timed out or failed)."""
+    error: StepError | None = None
+    """A compensation of an action that did not succeed: its error (a step declaring
+    `compensate_failure` is compensated after its action failed for good). None otherwise."""
     item: Any = None
     """A fan-out branch's item (`ForEach`): its element of `items(input)`; None for other steps."""
     saga_version: int = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import Protocol
 
 from workflows.core.definition import Saga
 from workflows.core.decision import Decision  # the engine's dispatch rules, reused as they are
@@ -17,7 +18,23 @@ _STARTED = (StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, Step
 """Steps whose compensation a run may still run or has run (a FAILED action had no effect)."""
 
 
-def incompatibility(run: RunState, old: Saga, new: Saga) -> str | None:
+class StepSides(Protocol):
+    """What moving reads of a step of the old version: its tasks (a `Step`)."""
+
+    @property
+    def action_name(self) -> str: ...
+
+    @property
+    def compensation_name(self) -> str | None: ...
+
+
+class Declarations(Protocol):
+    """The old version as moving reads it: a `Saga`, or its shape as recorded in the database."""
+
+    def step(self, name: str) -> StepSides: ...
+
+
+def incompatibility(run: RunState, old: Declarations, new: Saga) -> str | None:
     """Why `run` (on `old`) cannot continue on `new`, or None when it can: the new version has the
     same step rows for the run's input, in the same order, and every step that has started keeps
     its compensation (and, while in flight, its action)."""

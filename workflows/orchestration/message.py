@@ -1,7 +1,8 @@
 """The step message's schema: what a step task accepts as its arguments.
 
 `runtime.dispatch.message_for` writes them: `[saga id, step]` and `saga`, `kind`, `version`,
-`saga_version`, `input`, `attempt`, with `results` (an action) or `result` (a compensation). A message of a step
+`saga_version`, `input`, `attempt`, with `results` (an action) or `result` (a compensation), and
+`error` (a compensation of an action that did not succeed). A message of a step
 task's name that does not fit (a producer's bug, a hand-made message, an older format) is kept as a
 dead letter of kind "message" with the reason, and acknowledged: it would only fail again.
 """
@@ -24,6 +25,9 @@ class StepMessage(BaseModel):
     attempt: int = Field(1, ge=1)
     results: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    """A compensation of an action that failed or timed out: its error, `{"type", "message"}`
+    (absent otherwise, and in a message of an older release)."""
     saga_version: int | None = Field(None, ge=1)
     """The version of the saga the run started on (absent in a message of an older release)."""
     handoffs: int = Field(0, ge=0, le=1000)
@@ -31,7 +35,8 @@ class StepMessage(BaseModel):
 
     def handle_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `handle_step` (all but the saga id and step)."""
-        return self.model_dump(exclude={"saga_id", "step"})
+        absent = {"error"} if self.error is None else set()  # as the message carries it: only when known
+        return self.model_dump(exclude={"saga_id", "step", *absent})
 
 
 def parse_step_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepMessage | str:

@@ -29,7 +29,7 @@ from celery import Celery, Task
 
 from workflows.core.definition import Saga
 from workflows.core.state import Command, Outcome, RunState, Transition
-from workflows.core.steps import StepContext, StepTask
+from workflows.core.steps import StepContext, StepError, StepTask
 from workflows.orchestration import crash_points
 from workflows.orchestration.inline import InlineBudget, budget_for, follow, soft_limit
 from workflows.orchestration.message import parse_step_message
@@ -79,7 +79,8 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *, by: str, saga: str,
                 kind: str, version: int, input: dict[str, Any], attempt: int = 1,
                 results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
-                saga_version: int | None = None, handoffs: int = 0, state: RunState | None = None,
+                error: dict[str, str] | None = None, saga_version: int | None = None, handoffs: int = 0,
+                state: RunState | None = None,
                 limit: float | None = None) -> RetrySelf | HandOn | Transition | None:
     """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
     a `HandOn`, or None when there is nothing to publish. `by`: the message being handled, whose
@@ -87,12 +88,13 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     step); `limit`: the soft time limit to arm here (an inline step: the broker's does not apply).
     `saga_version` (the message's) is not read: the run's own version decides."""
     report = StepReport(st.name, st.queue, saga_id, step, saga, kind, version, input, delivery, by, attempt,
-                        results, result, handoffs, st.queue if rt.settings.inline_steps else None)
+                        results, result, handoffs, st.queue if rt.settings.inline_steps else None, error)
 
     def work(definition: Saga, run: RunState) -> tuple[Outcome, BaseException | None]:
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
                           task_id=delivery.task_id, input=input, results=results or {}, result=result,
-                          item=definition.item(step, input), saga_version=run.saga_version)
+                          error=StepError.from_message(error), item=definition.item(step, input),
+                          saga_version=run.saga_version)
         if limit is None:
             return run_function(definition, st, ctx, input)
         with soft_limit(limit):

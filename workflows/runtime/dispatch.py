@@ -16,7 +16,7 @@ from kombu.entity import Queue
 
 from workflows.core.run import Side
 from workflows.core.state import Command, DeadLetter, RunState
-from workflows.core.steps import step_tasks
+from workflows.core.steps import StepError, step_tasks
 from workflows.core.views import DeadLetterView
 
 log = logging.getLogger("workflows.dispatch")
@@ -36,6 +36,8 @@ def message_for(run: RunState, cmd: Command) -> tuple[list[Any], dict[str, Any]]
         kwargs["attempt"] = s.attempts + 1
     else:
         kwargs["result"] = s.result
+        if s.result is None and s.error is not None:  # its action failed or timed out: what is known of it
+            kwargs["error"] = StepError.from_row(s.error).as_message()
         kwargs["attempt"] = s.compensation_attempts + 1
     return [run.saga_id, cmd.step], kwargs
 

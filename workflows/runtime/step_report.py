@@ -62,6 +62,8 @@ class StepReport:
     inline_queue: str | None = None
     """Set when steps run inline: a redelivery that finds its own commit counts a lost worker of
     a follow-up on this queue it would have run inline (`runtime.redelivery.lost_inline`)."""
+    error: dict[str, str] | None = None
+    """A compensation of an action that did not succeed: the action's error (`{"type", "message"}`)."""
 
     @property
     def dispatch(self) -> Dispatch:
@@ -72,7 +74,8 @@ class StepReport:
         return MessageInfo(task_name=self.task, queue=self.queue, args=[self.saga_id, self.step],
                            kwargs={"saga": self.saga, "kind": self.kind, "version": self.version,
                                    "saga_version": run.saga_version, "input": self.input,
-                                   "attempt": self.attempt, "results": self.results, "result": self.result},
+                                   "attempt": self.attempt, "results": self.results, "result": self.result,
+                                   **({"error": self.error} if self.error is not None else {})},
                            headers={"task_id": self.delivery.task_id, "retries": self.delivery.retries})
 
     def raw_message(self) -> MessageInfo:

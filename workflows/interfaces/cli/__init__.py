@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from workflows.core.errors import SagaError
-from workflows.interfaces.cli import dead_letters, maintenance, operate, runs
+from workflows.interfaces.cli import dead_letters, maintenance, operate, runs, upgrade
 
 __all__ = ["main"]
 
@@ -99,6 +99,6 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
     ctx.obj = {"who": who, "app": app_module, "runtime": lambda: _runtime()}
 
 
-for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS):
+for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS, *upgrade.COMMANDS):
     main.add_command(command)
 
