@@ -159,12 +159,31 @@ def run(cmd: Command, api: str = "", **values: str) -> str:
         out = done.stdout
     else:
         argv = [sys.executable, "-m", *shlex.split(text, comments=True)]
+        assert not is_server(text), f"{cmd}: a server that runs until stopped: start it with start()"
         done = subprocess.run(argv, cwd=ROOT, env=worker_env(SAGA_EXTRA_MODULES=MODULES), capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, f"{cmd}\n  ran as: {text}\n  exit {done.returncode}: {done.stdout}{done.stderr}"
         out = done.stdout
     RAN.add(cmd)
     return out
+
+
+def is_server(text: str) -> bool:
+    """`celery -A <app> worker|beat ...`: runs until stopped."""
+    tokens = shlex.split(text, comments=True)
+    return tokens[:2] == ["celery", "-A"] and tokens[3:4] in (["worker"], ["beat"])
+
+
+def start(cmd: Command, log: Path, **values: str) -> subprocess.Popen[bytes]:
+    """Start the page's command for a server (`celery -A <your app> worker ...`) in a subprocess of
+    its own session; the caller stops it (tests.support.interfaces.stop_process_group)."""
+    text = substitute(cmd, {k.replace("_", " "): v for k, v in values.items()})
+    assert is_server(text), f"{cmd}: not a server: run it with run()"
+    argv = [sys.executable, "-m", *shlex.split(text, comments=True), "--loglevel=WARNING"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=worker_env(SAGA_EXTRA_MODULES=MODULES), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    RAN.add(cmd)
+    return proc
 
 
 # ------------------------------------------------------------------ the servers and the stuck sagas
@@ -262,8 +281,15 @@ def retrying(redis_client: Any) -> str:
     return saga_id
 
 
+def unheld() -> str:
+    """A runbook.versioned run on version 1, which no worker holds: RUNNING, its step handed on."""
+    saga_id = start_saga(VERSIONED, {}, saga_id=new_id("v1"), version=1)
+    wait_until(lambda: "StepHandedOn" in get_saga(saga_id).event_types(), 30, f"{saga_id}: its v1 step handed on")
+    return saga_id
+
+
 def waiting() -> str:
-    saga_id = start_saga("runbook.approval", {}, saga_id=new_id("waiting"))
+    saga_id = start_saga("runbook.sign_off", {}, saga_id=new_id("waiting"))
     wait_until(lambda: get_saga(saga_id).state == "WAITING", 30, f"{saga_id} WAITING")
     return saga_id
 
@@ -275,6 +301,16 @@ def check(saga_id: str, state: str) -> None:
     assert saga_id in shown and state in shown
     assert get_runtime().store.dead_letters(saga_id=saga_id) == []
     run(command("Check", "sagas dlq list --saga <saga id>"), saga_id=saga_id)
+
+
+def timeline(saga_id: str) -> dict[str, Any]:
+    """The page's `sagas status <saga id> --json`: the run, whole."""
+    return dict(json.loads(run(command("Read its timeline", "sagas status <saga id> --json"), saga_id=saga_id)))
+
+
+def step_of(whole: dict[str, Any], name: str) -> dict[str, Any]:
+    [step] = [s for s in whole["steps"] if s["name"] == name]
+    return dict(step)
 
 
 def acted(saga_id: str, reason: str) -> list[dict[str, Any]]:
@@ -294,9 +330,11 @@ def test_failed_found_read_and_redriven_from_the_command_line(redis_client: Any,
     assert saga_id in [s["id"] for s in page["items"]]
     # 2. read its timeline
     shown = run(command("Read its timeline", "sagas status <saga id> #"), saga_id=saga_id)
-    assert saga_id in shown and "FAILED" in shown and dl_id in shown
-    whole = json.loads(run(command("Read its timeline", "sagas status <saga id> --json"), saga_id=saga_id))
+    assert saga_id in shown and "FAILED" in shown
+    whole = timeline(saga_id)
     assert whole["state"] == "FAILED" and whole["failure_reason"]
+    assert step_of(whole, "reserve")["status"] == "COMPENSATION_FAILED"
+    assert [d["id"] for d in whole["dead_letters"]] == [dl_id]
     status = json.loads(run(command("Read its timeline", "curl -s $API/api/sagas/<saga id>/status"), api,
                             saga_id=saga_id))
     assert status["state"] == "FAILED" and status["open_dead_letters"] == [dl_id]
@@ -343,15 +381,16 @@ def test_failed_undone_by_hand_discarded_then_resumed(redis_client: Any) -> None
 
 
 def test_failed_on_the_same_step_redriven_all_at_once(redis_client: Any) -> None:
-    (first, _), (second, _) = failed(redis_client), failed(redis_client)
+    (first, first_dl), (second, second_dl) = failed(redis_client), failed(redis_client)
     for saga_id in (first, second):
         fix(redis_client, saga_id, "reserve")
 
     out = run(command("FAILED", "sagas dlq redrive --type <saga type>"), saga_type="runbook.order", step="reserve")
 
+    assert "redriven" in out and "refused" not in out
+    assert {get_runtime().store.dead_letter(d).status for d in (first_dl, second_dl)} == {"REDRIVEN"}
     for saga_id in (first, second):
         check(saga_id, "COMPENSATED")
-    assert out
 
 
 # ------------------------------------------------------------------ COMPENSATING for long
@@ -361,6 +400,11 @@ def test_compensating_for_long_retried_now_from_the_command_line(redis_client: A
     saga_id = compensating(redis_client)
 
     assert saga_id in run(command("Find it", "sagas list --state COMPENSATING"))
+    assert "COMPENSATING" in run(command("Read its timeline", "sagas status <saga id> #"), saga_id=saga_id)
+    whole = timeline(saga_id)  # its attempts, the history's CompensationAttemptFailed with each error
+    assert whole["state"] == "COMPENSATING" and step_of(whole, "charge")["compensation_attempts"] == 1
+    assert [e["detail"]["error"] for e in whole["events"] if e["type"] == "CompensationAttemptFailed"] == [
+        "Transient: charge is switched off"]
     fix(redis_client, saga_id, "charge")
     run(command("COMPENSATING", "sagas retry <saga id>"), saga_id=saga_id)
 
@@ -400,10 +444,30 @@ def test_running_with_no_worker_on_its_queue_is_found_and_swept(runbook_worker: 
     assert "StepTimedOut" in view.event_types() and view.step("lost").status == "COMPENSATED"
 
 
+def test_running_with_no_worker_on_its_queue_goes_on_once_a_worker_consumes_it() -> None:
+    saga_id = start_saga("runbook.orphaned", {}, saga_id=new_id("orphaned"))
+    wait_until(lambda: get_saga(saga_id).step("lost").status == "RUNNING", 30, "the lost step dispatched")
+
+    log = Path(f"/tmp/saga-test-runbook-queue-worker-{os.getpid()}.log")
+    worker = start(command("RUNNING", "celery -A <your app> worker -Q <its queue>"), log, its_queue="runbook_nobody")
+    try:
+        view = wait_for(saga_id, timeout=60)
+    finally:
+        stop_process_group(worker)
+
+    assert view.state == "COMPLETED", log.read_text()[-2000:]
+    assert view.step("lost").attempts == 1  # the message that waited in the broker, taken once
+    check(saga_id, "COMPLETED")
+
+
 def test_running_and_retrying_is_found_and_retried_now(redis_client: Any) -> None:
     saga_id = retrying(redis_client)
 
     assert saga_id in run(command("Find it", "sagas list --state RUNNING"), saga_type="runbook.order")
+    assert "RUNNING" in run(command("Read its timeline", "sagas status <saga id> #"), saga_id=saga_id)
+    whole = timeline(saga_id)  # 2. is it retrying? StepAttemptFailed in the history, the next try far away
+    assert step_of(whole, "ship")["status"] == "RUNNING"
+    assert [e["detail"]["retry_in"] for e in whole["events"] if e["type"] == "StepAttemptFailed"] == [600]
     fix(redis_client, saga_id, "ship")
     run(command("RUNNING", "sagas retry <saga id>"), saga_id=saga_id)
 
@@ -412,8 +476,7 @@ def test_running_and_retrying_is_found_and_retried_now(redis_client: Any) -> Non
 
 
 def test_running_on_a_version_no_worker_holds_is_moved(runbook_worker: WorkerProcess) -> None:
-    saga_id = start_saga(VERSIONED, {}, saga_id=new_id("v1"), version=1)
-    wait_until(lambda: "StepHandedOn" in get_saga(saga_id).event_types(), 30, "the v1 step handed on")
+    saga_id = unheld()
 
     run(command("RUNNING", "sagas versions"))
     held = {v.saga_version: v for v in version_report(get_runtime()) if v.saga_type == VERSIONED}
@@ -443,6 +506,10 @@ def test_waiting_is_found_then_signalled_or_cancelled() -> None:
 
     listed = run(command("Find it", "sagas list --state WAITING"))
     assert signalled in listed and cancelled in listed
+    shown = run(command("Read its timeline", "sagas status <saga id> #"), saga_id=signalled)
+    assert "WAITING" in shown and "approval" in shown  # it names the signal ...
+    wait = step_of(timeline(signalled), "sign_off")
+    assert wait["status"] == "WAITING" and wait["deadline_at"]  # ... and the deadline
     run(command("WAITING", "sagas signal <saga id> approval"), saga_id=signalled)
     run(command("WAITING", "sagas cancel <saga id>"), saga_id=cancelled)
 
@@ -472,11 +539,23 @@ def test_an_action_dead_letter_is_read_and_discarded() -> None:
 
 STUCK_BY_SECTION = {
     "Find it": "failed", "Read its timeline": "failed", "FAILED": "failed", "no saga to move": "failed",
-    "Check": "failed", "COMPENSATING": "compensating", "RUNNING": "retrying", "WAITING": "waiting",
+    "Check": "failed", "COMPENSATING": "compensating", "RUNNING": "unheld", "WAITING": "waiting",
 }
 
 
-def test_every_command_on_the_page_runs(redis_client: Any, api: str) -> None:
+def answers(app: Any, cmd: Command, **values: str) -> None:
+    """Start the page's worker command and wait until a new worker answers a ping; then stop it."""
+    before = {node for reply in app.control.ping(timeout=1) for node in reply}
+    log = Path(f"/tmp/saga-test-runbook-server-{os.getpid()}.log")
+    proc = start(cmd, log, **values)
+    try:
+        wait_until(lambda: {n for r in app.control.ping(timeout=0.5) for n in r} - before, 60,
+                   f"{cmd} answering")
+    finally:
+        stop_process_group(proc)
+
+
+def test_every_command_on_the_page_runs(redis_client: Any, api: str, app: Any) -> None:
     """Last: a command of the page no test above ran (one added since) runs here on a fresh stuck
     saga of its section, and must work; the illustrative ones are the whitelisted ones only."""
     assert COMMANDS, f"no command found in {PAGE}"
@@ -488,7 +567,13 @@ def test_every_command_on_the_page_runs(redis_client: Any, api: str) -> None:
         if kind == "failed":
             values["saga_id"], values["dead_letter_id"] = failed(redis_client)
         else:
-            values["saga_id"] = {"compensating": lambda: compensating(redis_client),
-                                 "retrying": lambda: retrying(redis_client), "waiting": waiting}[kind]()
-        run(cmd, api, **values)
+            values["saga_id"] = {"compensating": lambda: compensating(redis_client), "unheld": unheld,
+                                 "waiting": waiting}[kind]()
+        values["its_queue"] = "runbook_nobody"
+        if is_server(substitute(cmd, {k.replace("_", " "): v for k, v in values.items()})):
+            answers(app, cmd, **values)
+        else:
+            run(cmd, api, **values)
     assert {c for c in COMMANDS if c.text not in ILLUSTRATIVE} <= RAN
+    for named in ("sagas dlq show", "sagas status"):  # a command named in prose ran in its runnable form
+        assert any(c.text.startswith(f"{named} <") for c in RAN), named

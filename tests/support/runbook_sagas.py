@@ -60,12 +60,12 @@ def approved(payload: dict[str, Any]) -> bool:
     return bool(payload["approved"])
 
 
-approval = register_saga(Saga("runbook.approval", steps=[
+sign_off = register_saga(Saga("runbook.sign_off", steps=[
     Step("reserve", action=act, compensation=undo, retry=QUICK, compensation_retry=QUICK, timeout=10),
-    Wait("manager_approval", signal="approval", timeout=timedelta(hours=1), model=Approval, approve=approved),
+    Wait("sign_off", signal="approval", timeout=timedelta(hours=1), model=Approval, approve=approved),
     Step("ship", action=act, compensation=None, retry=QUICK, timeout=10),
 ]))
-"""WAITING: parked on the signal `approval` for an hour."""
+"""WAITING: parked on the signal `approval` for an hour (no other name of it says "approval")."""
 
 VERSIONED = "runbook.versioned"
 
