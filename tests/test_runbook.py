@@ -38,7 +38,9 @@ from tests.conftest import WorkerProcess, worker_env
 from tests.support.interfaces import stop_process_group, wait_until
 from tests.support.runbook_sagas import VERSIONED
 from workflows import get_runtime, get_saga, start_saga, wait_for
+from workflows.core.errors import InvalidOperation
 from workflows.interfaces.cli import main
+from workflows.operations.dead_letters import redrive
 from workflows.operations.versions import version_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +81,12 @@ def read_page() -> list[Command]:
     in_block, block_lang, prose = False, "", ""
 
     def inline(paragraph: str) -> None:
-        for span in re.findall(r"`([^`]+)`", paragraph):
-            span = " ".join(span.split())
+        paragraph = " ".join(paragraph.split())
+        for span, body in re.findall(r"`([^`]+)`(?: with `(\{[^`]*\})`)?", paragraph):
             if span.split()[0] in ("sagas", "celery", "curl"):
                 found.append(Command(section, span))
+            elif re.match(r"(GET|POST) /", span):  # an HTTP call in prose, with its body if the page gives one
+                found.append(Command(section, f"{span} {body}".strip()))
 
     for line in lines:
         if line.startswith("```"):
@@ -150,6 +154,12 @@ def run(cmd: Command, api: str = "", **values: str) -> str:
         result = CliRunner().invoke(main, shlex.split(text, comments=True)[1:])
         assert result.exit_code == 0, f"{cmd}\n  ran as: {text}\n  exit {result.exit_code}: {result.output}"
         out = result.stdout
+    elif cmd.program in ("GET", "POST"):
+        method, path, *body = text.split(" ", 2)
+        answer = httpx.request(method, api + path, json=json.loads(body[0]) if body else None, timeout=30,
+                               headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.is_success, f"{cmd}\n  ran as: {text}\n  answered {answer.status_code}: {answer.text}"
+        out = answer.text
     elif cmd.program == "curl":
         # --fail-with-body: an answer other than 2xx fails the line, and the script
         script = "set -euo pipefail\ncurl() { command curl --fail-with-body \"$@\"; }\n" + text
@@ -488,14 +498,17 @@ def test_running_on_a_version_no_worker_holds_is_moved(runbook_worker: WorkerPro
     assert get_saga(saga_id).saga_version == 2
 
 
-def test_running_given_up_is_cancelled(redis_client: Any) -> None:
-    saga_id = retrying(redis_client)
+def test_running_given_up_is_cancelled_from_the_command_line_or_over_http(redis_client: Any, api: str) -> None:
+    by_cli, by_http = retrying(redis_client), retrying(redis_client)
 
-    run(command("RUNNING", "sagas cancel <saga id>"), saga_id=saga_id)
+    run(command("RUNNING", "sagas cancel <saga id>"), saga_id=by_cli)
+    answer = json.loads(run(command("RUNNING", "POST /api/sagas/<saga id>/cancel"), api, saga_id=by_http))
 
-    check(saga_id, "COMPENSATED")
-    assert [get_saga(saga_id).step(s).status for s in ("reserve", "charge")] == ["COMPENSATED", "COMPENSATED"]
-    assert acted(saga_id, "customer asked")
+    assert answer["state"] in ("COMPENSATING", "COMPENSATED")
+    for saga_id in (by_cli, by_http):
+        check(saga_id, "COMPENSATED")
+        assert [get_saga(saga_id).step(s).status for s in ("reserve", "charge")] == ["COMPENSATED", "COMPENSATED"]
+    assert acted(by_cli, "customer asked") and acted(by_http, "runbook test")
 
 
 # ------------------------------------------------------------------ WAITING
@@ -527,11 +540,32 @@ def test_an_action_dead_letter_is_read_and_discarded() -> None:
     assert view.state == "COMPENSATED"  # the run compensated by itself
     [dl] = get_runtime().store.dead_letters(saga_id=view.id)
     assert dl.kind == "action"
+    with pytest.raises(InvalidOperation):
+        redrive(dl.id)  # nothing to redrive
 
+    assert "reserve flaked" in run(command("FAILED", "sagas dlq show <dead letter id>"), dead_letter_id=dl.id)
     run(command("no saga to move", "sagas dlq discard <dead letter id>"), dead_letter_id=dl.id)
 
     assert get_runtime().store.dead_letter(dl.id).status == "DISCARDED"
     check(view.id, "COMPENSATED")
+
+
+def test_a_message_dead_letter_is_read_and_discarded(redis_client: Any) -> None:
+    raw = f"not json {{{{{uuid.uuid4().hex}"
+    redis_client.lpush("runbook", raw.encode())  # a producer that does not speak the protocol
+
+    def kept() -> list[Any]:
+        return [d for d in get_runtime().store.dead_letters(limit=1000) if d.kwargs.get("raw") == raw]
+
+    [dl] = wait_until(kept, 30, "the message dead-lettered")
+    assert (dl.kind, dl.saga_id) == ("message", None)
+    with pytest.raises(InvalidOperation):
+        redrive(dl.id)  # nothing to redrive
+
+    assert "not JSON" in run(command("FAILED", "sagas dlq show <dead letter id>"), dead_letter_id=dl.id)
+    run(command("no saga to move", "sagas dlq discard <dead letter id>"), dead_letter_id=dl.id)
+
+    assert get_runtime().store.dead_letter(dl.id).status == "DISCARDED"
 
 
 # ------------------------------------------------------------------ every command on the page
