@@ -15,8 +15,9 @@ from workflows.choreography import Choreography, EventContext, publish
 from workflows.core.definition import (Child, ForEach, Parallel, Saga, Step, Wait, child_id, register_saga,
                                        registry)
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, IncompatibleVersion,
-                                   InvalidInput, InvalidOperation, PermanentError, RetryableError, SagaError,
-                                   SagaNotFound, StepNotFound, UnknownSaga, UnknownSagaVersion, VersionConflict)
+                                   InvalidInput, InvalidOperation, NotWaiting, PermanentError, RetryableError,
+                                   SagaError, SagaNotFound, StepNotFound, UnknownSaga, UnknownSagaVersion,
+                                   VersionConflict)
 from workflows.core.retry import RetryPolicy
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.steps import StepContext, step_task
@@ -29,7 +30,8 @@ from workflows.runtime.container import get_runtime
 __all__ = [
     "aio", "Choreography", "EventContext", "publish", "Child", "child_id",
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
-    "InvalidInput", "InvalidOperation", "Parallel", "PermanentError", "RetryPolicy", "RetryableError", "RunStatus",
+    "InvalidInput", "InvalidOperation", "NotWaiting", "Parallel", "PermanentError", "RetryPolicy", "RetryableError",
+    "RunStatus",
     "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepNotFound", "StepStatus", "StepView",
     "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
     "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
