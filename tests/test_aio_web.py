@@ -38,8 +38,6 @@ LAG_P99_BOUND_MS = 500.0
 here): a client that blocked the loop on each of 200 calls would be late by seconds, as the blocking
 reads show."""
 
-pytestmark = pytest.mark.slow
-
 
 def docs_block() -> str:
     page = PAGE.read_text()
