@@ -34,7 +34,7 @@ PAGE = ROOT / "docs" / "guide" / "async.md"
 PG_URL = os.environ["SAGA_DATABASE_URL"]
 STARTS = 200
 LAG_P99_BOUND_MS = 500.0
-"""Generous on purpose (a 2-core machine shared with other jobs; measured p99s are printed, 15 to 180 ms
+"""Generous on purpose (a 2-core machine shared with other jobs; measured p99s are printed, 15 to 182 ms
 here): a client that blocked the loop on each of 200 calls would be late by seconds, as the blocking
 reads show."""
 
