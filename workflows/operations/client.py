@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,22 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     if session is not None and connection is not None:
         raise SagaError("give session= or connection=, not both")
     tx = session if session is not None else connection
+    saga_id, t = record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
+                              start_at=start_at, countdown=countdown, version=version)
+    if t is None:
+        return saga_id
+    if tx is None:
+        _publish_first(rt, t)
+    else:
+        rt.store.after_commit(tx, first_step_publisher(rt, t), check=run_survived(rt, t))
+    return saga_id
+
+
+def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: str | None, saga_id: str | None,
+                 tx: Session | Connection | None, start_at: datetime | None, countdown: float | None,
+                 version: int | None) -> tuple[str, Transition | None]:
+    """`start_saga` up to its publish: validate, write the run (on `tx` when given). Returns the
+    saga id and the transition to publish (None: an existing run, or a scheduled one)."""
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise SagaError(f"version must be an int (got {version!r})")
     if isinstance(saga, str):
@@ -79,14 +96,20 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     # an existing run, or a scheduled one (the sweeper starts it), publishes nothing; a run whose
     # first stage is a child has no message of its own, only its child's first one (t.children)
     if t is None or not (t.commands or t.children or t.orders or t.dead_letters):
-        return started.saga_id
-    if tx is None:
-        _publish_first(rt, t)
-    else:
-        store = rt.store
-        store.after_commit(tx, lambda: _publish_first(rt, t),
-                           check=lambda: store.saga_type(t.after.saga_id) is not None)
-    return started.saga_id
+        return started.saga_id, None
+    return started.saga_id, t
+
+
+def first_step_publisher(rt: Runtime, t: Transition) -> Callable[[], None]:
+    """What runs after the caller's commit: publish the run's first message(s)."""
+    return lambda: _publish_first(rt, t)
+
+
+def run_survived(rt: Runtime, t: Transition) -> Callable[[], bool]:
+    """After the caller's commit, when the start was inside a savepoint of the caller's: is the run
+    there (or was it rolled back with that savepoint)?"""
+    store = rt.store
+    return lambda: store.saga_type(t.after.saga_id) is not None
 
 
 def _start_time(rt: Runtime, start_at: datetime | None, countdown: float | None) -> datetime | None:

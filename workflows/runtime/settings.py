@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     instead of publishing it (`workflows.orchestration.inline`)."""
     inline_max_steps: int = 16
     """At most this many steps run inline in one delivery."""
+    async_threads: int = 10
+    """Threads the asyncio client (`workflows.aio`) runs its store and broker calls on: at most this many
+    at once in a process, the rest queue without holding the event loop. Default: the store's connection
+    pool (5 + 5 overflow), so a burst waits for a thread rather than timing out on the pool."""
     test_mode: bool = False
     """Enables the failure-injection endpoints of the HTTP API."""
     console_open: bool = False
