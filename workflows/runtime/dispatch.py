@@ -29,7 +29,7 @@ HARD_LIMIT_GRACE = 5.0
 def message_for(run: RunState, cmd: Command) -> tuple[list[Any], dict[str, Any]]:
     """The arguments of a step message: saga id first (Flower shows and searches it)."""
     s = run.step(cmd.step)
-    kwargs: dict[str, Any] = {"saga": run.saga_type, "kind": cmd.kind, "version": cmd.version,
+    kwargs: dict[str, Any] = {"saga": run.saga_type, "kind": str(cmd.kind), "version": cmd.version,
                               "saga_version": run.saga_version, "input": run.input}
     if cmd.kind == Side.ACTION:
         kwargs["results"] = {k: v for k, v in run.results().items() if run.step(k).index < cmd.results_before}
