@@ -1,5 +1,6 @@
 """Servers a test starts for itself, in a folder of its own, on free ports: PgBouncer in transaction
-mode in front of the test PostgreSQL, and a Redis master with a replica and three sentinels.
+mode in front of the test PostgreSQL, a Redis master with a replica and three sentinels, and a
+RabbitMQ node of its own (restarting it disturbs no other test).
 
     with pgbouncer("postgresql+psycopg://postgres@127.0.0.1:5432/test_x") as url:   # the URL through it
         ...
@@ -107,6 +108,17 @@ def pgbouncer(pg_url: str, pool_size: int = 20) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def session_pgbouncer(pg_url: str) -> str:
+    """PgBouncer in front of `pg_url` until this process exits (TEST_PGBOUNCER=1, in conftest): the
+    URL through it. Its databases are PostgreSQL's (`* = host=...`), so `fresh_pg_database` works."""
+    import atexit
+
+    running = pgbouncer(pg_url)
+    url = running.__enter__()
+    atexit.register(running.__exit__, None, None, None)
+    return url
+
+
 # ------------------------------------------------------------------ Redis with Sentinel
 
 
@@ -211,6 +223,81 @@ def sentinel_group() -> Iterator[SentinelGroup]:
         yield group
     finally:
         group.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ RabbitMQ
+
+
+RABBITMQ = "/usr/lib/rabbitmq/bin"
+
+
+class RabbitNode:
+    """A RabbitMQ node of this test's own (its own name, ports, data and no plugins), so stopping
+    and starting it disturbs no one else's queues. `url` is its AMQP URL (vhost /)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port, dist = free_port(), free_port()
+        self.node = f"sagas-{os.getpid()}-{self.port}@localhost"
+        (folder / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (folder / "env.conf").write_text("")
+        (folder / "plugins").write_text("[].\n")
+        self.env = {**os.environ, "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
+                    "RABBITMQ_CONF_ENV_FILE": str(folder / "env.conf"), "RABBITMQ_NODENAME": self.node,
+                    "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"), "RABBITMQ_LOG_BASE": str(folder / "log"),
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "plugins"), "RABBITMQ_DIST_PORT": str(dist),
+                    "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        log = self.folder / "server.log"
+        self.proc = subprocess.Popen([f"{RABBITMQ}/rabbitmq-server"], env=self.env, stdout=log.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(self.port, self.proc, log, timeout=90)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        done = subprocess.run([f"{RABBITMQ}/rabbitmqctl", "-n", self.node, *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def queue_types(self) -> dict[str, str]:
+        out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "type")
+        return dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
+
+    def restart(self) -> float:
+        """`stop_app`, then `start_app` (every connection closed, every queue's messages kept); seconds."""
+        t0 = time.monotonic()
+        self.ctl("stop_app")
+        self.ctl("start_app")
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.ctl("shutdown", timeout=60)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@contextmanager
+def rabbitmq_node() -> Iterator[RabbitNode]:
+    folder = Path(tempfile.mkdtemp(prefix="saga-rabbitmq-"))
+    node = RabbitNode(folder)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 

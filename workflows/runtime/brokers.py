@@ -14,12 +14,28 @@ exchanges, which the worker declares and binds its queues to at start): the mess
 RabbitMQ, not in a worker's memory. Native delayed delivery needs a topic (or fanout) exchange; with
 a direct one Celery would fall back to holding the message in the worker. A quorum queue refuses a
 global QoS, which Celery detects and turns off itself.
+
+Two gaps of Celery 5.7 closed here:
+* its delayed delivery takes whole seconds, and refuses a countdown (or an eta) under one second
+  (kombu's `calculate_routing_key`: "countdown must be a positive number"), which fails a retry
+  after 0.2 s. `use_quorum_queues` rounds every countdown and eta of the app up to the next whole
+  second (`_whole_seconds`): a retry may wait up to a second longer than its policy asks, never less.
+* at start the worker binds every queue of the app to the delayed-delivery exchange, and a queue no
+  one declared yet (a step queue this worker does not consume, a choreography service's) fails the
+  binding, which turns delayed delivery off for the whole worker. `DelayedDelivery` declares each
+  queue (with its exchange and bindings) before binding it; `runtime.poison.Consumer` uses it.
 """
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
+from celery.worker.consumer.delayed_delivery import DelayedDelivery as CeleryDelayedDelivery
 from kombu import Exchange, Queue
+from kombu.common import Broadcast
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -65,7 +81,40 @@ def use_quorum_queues(app: Any, queues: list[Queue]) -> list[Queue]:
     app.conf.task_default_exchange_type = "topic"
     app.conf.task_create_missing_queue_exchange_type = "topic"
     app.conf.worker_detect_quorum_queues = True
+    if not getattr(app.send_task, "whole_seconds", False):
+        app.send_task = _whole_seconds(app.send_task)
     return [quorum(q) for q in queues]
+
+
+def _whole_seconds(send_task: Callable[..., Any]) -> Callable[..., Any]:
+    """`send_task` with a countdown or eta rounded up to a whole number of seconds from now (an eta
+    becomes a countdown; one already due, none)."""
+
+    @functools.wraps(send_task)
+    def send(name: str, args: Any = None, kwargs: Any = None, countdown: float | None = None,
+             eta: datetime | str | None = None, **options: Any) -> Any:
+        if eta is not None:
+            when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            countdown, eta = (when - datetime.now(timezone.utc)).total_seconds(), None
+        if countdown is not None:
+            countdown = math.ceil(countdown) if countdown > 0 else None
+        return send_task(name, args, kwargs, countdown=countdown, eta=eta, **options)
+
+    send.whole_seconds = True  # type: ignore[attr-defined]
+    return send
+
+
+class DelayedDelivery(CeleryDelayedDelivery):  # type: ignore[misc]  # celery is untyped
+    """Celery's native delayed delivery, declaring each queue before binding it to the delayed exchange."""
+
+    def _bind_queues(self, app: Any, connection: Any) -> None:
+        channel = connection.default_channel
+        for queue in app.amqp.queues.values():
+            if not isinstance(queue, Broadcast):
+                queue.bind(channel).declare()
+        super()._bind_queues(app, connection)
 
 
 def uses_quorum_queues(app: Any) -> bool:
