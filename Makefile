@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint docs test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ docs: $(STAMP)  ## the docs site (mkdocs.yml, docs/): strict, so a broken link, 
 
 test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
+
+test-ha: $(STAMP)  ## the highly available setups at the issue's size: Sentinel failover and RabbitMQ restart under 500 sagas, PgBouncer
+	HA_N=500 $(BIN)/python -m pytest -q -s tests/test_ha_sentinel.py tests/test_ha_rabbitmq.py tests/test_pgbouncer.py
 
 $(VENV)/.bench-stamp: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"

@@ -17,6 +17,13 @@ from workflows.store.db import driver_arguments
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def plain_engine(url: str, **options: object) -> Engine:
+    """`create_engine(url)` as an app would make it, with the driver options the URL carries
+    (`?prepare_threshold=none` behind PgBouncer, `workflows.store.db.driver_arguments`)."""
+    bare, connect_args = driver_arguments(url)
+    return create_engine(bare, connect_args=connect_args, **options)  # type: ignore[arg-type]
+
+
 def server_engine() -> Engine:
     """An engine on the server's `postgres` database (through PgBouncer when TEST_PG_URL is)."""
     url, connect_args = driver_arguments(PG_URL)
