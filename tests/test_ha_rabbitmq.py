@@ -100,6 +100,8 @@ def test_every_queue_is_a_quorum_queue_and_a_retry_countdown_waits_in_rabbitmq( 
     for name in QUEUES.split(","):
         assert types.get(name) == "quorum", (name, types)
     assert types.get("celery_delayed_0") == "quorum", types  # native delayed delivery is set up
+    events = [name for name in types if name.startswith("events.")]
+    assert events and all(types[name] == "quorum" for name in events), types  # the choreography's queues
 
 
 def test_sagas_survive_a_rabbitmq_restart_under_load(node: RabbitNode, quorum_worker, tmp_path) -> None:  # type: ignore[no-untyped-def]
