@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint docs test bench bench-scale bench-store bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss migrate worker beat flower api clean
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 
@@ -39,6 +39,9 @@ docs: $(STAMP)  ## the docs site (mkdocs.yml, docs/): strict, so a broken link, 
 test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q
 
+test-ha: $(STAMP)  ## the highly available setups at the issue's size: Sentinel failover and RabbitMQ restart under 500 sagas, PgBouncer
+	HA_N=500 $(BIN)/python -m pytest -q -s tests/test_ha_sentinel.py tests/test_ha_rabbitmq.py tests/test_pgbouncer.py
+
 $(VENV)/.bench-stamp: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $(VENV)/.bench-stamp
@@ -46,8 +49,8 @@ $(VENV)/.bench-stamp: $(STAMP)
 bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
 
-bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2
-	$(BIN)/python bench/scale.py --n $(BENCH_N)
+bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2 (and each through PgBouncer, when installed)
+	$(BIN)/python bench/scale.py --n $(BENCH_N) $(if $(wildcard /usr/sbin/pgbouncer),--pgbouncer)
 
 bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
 	$(BIN)/python bench/store_scale.py

@@ -5,7 +5,8 @@
 Each "host" is a network namespace (`ip netns`) joined to this machine by a veth pair; socat on
 this side forwards its PostgreSQL and Redis ports to the servers on 127.0.0.1, so each host's
 workers reach the database and the broker only through their own link. Both hosts run a worker
-(prefork, every queue of `order_fulfillment`). While sagas are started at a steady rate, host A's
+(prefork, every queue of `order_fulfillment`), or with `--pools per-queue` a pool per queue (the
+orchestrator's and each service's, as the seeds deploy them). While sagas are started at a steady rate, host A's
 link is cut (`ip link set ... down`) for `--cut` seconds and healed, and host B is killed outright
 (SIGKILL of its whole worker) while A is cut off: for a while no worker reaches anything. The
 driver (this process, on the host's loopback) runs the sweeper every 2 s. Then every saga must be
@@ -49,7 +50,7 @@ class Host:
         self.gateway, self.address = f"10.77.{index}.1", f"10.77.{index}.2"
         self.log = log_dir / f"host-{name}.log"
         self.forwarders: list[subprocess.Popen[bytes]] = []
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     def up(self) -> None:
         sh("ip", "netns", "add", self.ns)
@@ -64,15 +65,23 @@ class Host:
                 ["socat", f"TCP-LISTEN:{port},bind={self.gateway},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
-    def start_worker(self, env: dict[str, str]) -> None:
+    def start_workers(self, env: dict[str, str], pools: str) -> set[str]:
+        """One worker consuming every queue (`all`), or one per queue, as the seeds deploy them
+        (`per-queue`, one process each); their node names."""
+        if pools == "all":
+            return {self.start_worker(env, QUEUES, f"{self.name}-{os.getpid()}", 2)}
+        return {self.start_worker(env, q, f"{self.name}-{q}-{os.getpid()}", 1) for q in QUEUES.split(",")}
+
+    def start_worker(self, env: dict[str, str], queues: str, node: str, concurrency: int) -> str:
         env = {**env, "SAGA_DATABASE_URL": env["SAGA_DATABASE_URL"].replace("127.0.0.1", self.gateway),
                "SAGA_BROKER_URL": env["SAGA_BROKER_URL"].replace("127.0.0.1", self.gateway),
                "TEST_REDIS_URL": env["SAGA_BROKER_URL"].replace("127.0.0.1", self.gateway)}
         cmd = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "celery", "-A", "worker", "worker", "-P",
-               "prefork", "-c", "2", "-Q", QUEUES, "-n", f"{self.name}-{os.getpid()}@%h", "--loglevel=WARNING",
+               "prefork", "-c", str(concurrency), "-Q", queues, "-n", f"{node}@%h", "--loglevel=WARNING",
                "--without-gossip", "--without-mingle"]
-        self.worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"),
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers[node] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"),
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+        return f"{node}@{socket.gethostname()}"
 
     def cut(self) -> None:
         sh("ip", "link", "set", self.link, "down")
@@ -81,9 +90,10 @@ class Host:
         sh("ip", "link", "set", self.link, "up")
 
     def kill(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGKILL)
-            self.worker.wait()
+        for worker in self.workers.values():
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
 
     def down(self) -> None:
         self.kill()
@@ -103,6 +113,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/test_partition")
     p.add_argument("--broker", default="redis://127.0.0.1:6379/11")
     p.add_argument("--visibility-timeout", type=int, default=10)
+    p.add_argument("--pools", choices=("all", "per-queue"), default="all",
+                   help="per host: one worker on every queue, or one per queue (as the seeds deploy them)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -128,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     skus = {f"PART-{run_id}-{k}": 100_000 for k in range(3)}
     restock(skus)
     hosts = [Host("a", 1, log_dir), Host("b", 2, log_dir)]
-    figures: dict[str, Any] = {"run_id": run_id, "logs": str(log_dir), "n": args.n, "cut_s": args.cut}
+    figures: dict[str, Any] = {"run_id": run_id, "logs": str(log_dir), "n": args.n, "cut_s": args.cut,
+                               "pools": args.pools}
     stop = threading.Event()
 
     def say(msg: str) -> None:
@@ -142,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"sweep failed: {e}")
 
     try:
+        names: set[str] = set()
         for h in hosts:
             h.up()
-            h.start_worker(env)
-        names = {f"{h.name}-{os.getpid()}@{socket.gethostname()}" for h in hosts}
+            names |= h.start_workers(env, args.pools)
         deadline = time.monotonic() + 90
         while {k for r in worker.app.control.ping(destination=list(names), timeout=1.0) for k in r} < names:
             if time.monotonic() > deadline:

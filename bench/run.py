@@ -91,7 +91,9 @@ def pg_dsn(url: str) -> str:
     u = make_url(url)
     if not u.drivername.startswith("postgresql"):
         raise SystemExit(f"the bench needs PostgreSQL, not {u.drivername}")
-    return u.set(drivername="postgresql").render_as_string(hide_password=False)
+    # ?prepare_threshold= (PgBouncer) is an option of psycopg 3's, not a libpq parameter
+    return u.set(drivername="postgresql").difference_update_query(["prepare_threshold"]).render_as_string(
+        hide_password=False)
 
 
 def check_wipe_allowed(database_url: str, broker_url: str) -> None:

@@ -20,6 +20,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.setdefault("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.setdefault("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+if os.environ.get("TEST_PGBOUNCER") == "1":  # the whole session through PgBouncer in transaction mode
+    sys.path.insert(0, str(ROOT))
+    from tests.support.servers import session_pgbouncer
+
+    PG_URL = os.environ["TEST_PG_URL"] = session_pgbouncer(PG_URL)
 AMQP_URL = os.environ.setdefault("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 # This process is a client of the same system the workers run.

@@ -15,9 +15,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
+from tests.support.databases import plain_engine
 from tests.support.interfaces import failed_saga, new_id, saga_count, wait_until
 from workflows import get_saga, start_saga, wait_for
 from workflows.interfaces.cli import main
@@ -220,7 +221,7 @@ def test_sagas_console_script_migrates_a_fresh_database():  # type: ignore[no-un
         assert done.returncode == 0, done.stderr
         assert f"{name}: migrated from an empty database to " in done.stdout, done.stdout
         assert "schema is at the newest revision" in done.stdout
-        engine = create_engine(url)
+        engine = plain_engine(url)
         tables = set(inspect(engine).get_table_names())
         assert {"sagas", "saga_steps", "saga_events", "dead_letters"} <= tables
         assert not tables & {"payments", "shipments", "inventory_stock"}  # the example shop's are its own

@@ -7,10 +7,10 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, event, exc, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
 
-from tests.support.databases import PG_URL, own_pg_database
+from tests.support.databases import own_pg_database, server_engine
 from tests.support.runs import apply, create_run
 from workflows import Saga, Step
 from workflows.core.state import ActionFailed, ActionSucceeded, ErrorInfo
@@ -26,7 +26,10 @@ SAGA = Saga("driver_suite", steps=[Step("a", action="x.a", compensation="x.undo_
 
 @pytest.fixture(params=["psycopg", "psycopg2"])
 def url(request, database: str) -> str:  # type: ignore[no-untyped-def]
-    return make_url(database).set(drivername=f"postgresql+{request.param}").render_as_string(hide_password=False)
+    u = make_url(database).set(drivername=f"postgresql+{request.param}")
+    if request.param == "psycopg2":  # psycopg2 never prepares: ?prepare_threshold= (PgBouncer) is psycopg 3's
+        u = u.difference_update_query(["prepare_threshold"])
+    return u.render_as_string(hide_password=False)
 
 
 def test_the_run_read_on_the_driver_is_the_run_sqlalchemy_reads(url: str) -> None:
@@ -124,7 +127,7 @@ def test_a_connection_the_server_dropped_is_sqlalchemys_operational_error_and_le
         run = create_run(store, SAGA, {"n": 4})
         store.load(run.saga_id)  # a pooled connection, on the driver
         # When the server ends every session of the database
-        admin = create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        admin = server_engine()
         with admin.connect() as c:
             ended = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                    "WHERE datname = :d AND pid <> pg_backend_pid()"),

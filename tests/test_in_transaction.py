@@ -32,7 +32,7 @@ from workflows.operations.sweeper import sweep
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
-from tests.support.databases import own_pg_database
+from tests.support.databases import own_pg_database, plain_engine
 from workflows.store.db import migrate
 
 
@@ -106,8 +106,9 @@ def dispatcher(rt: Runtime) -> RecordingDispatcher:
 
 @pytest.fixture
 def app_engine(url: str) -> Iterator[Engine]:
-    """The app's own engine: plain `create_engine`, none of the store's settings."""
-    engine = create_engine(url)
+    """The app's own engine: plain `create_engine`, none of the store's settings (the driver's options
+    the URL carries only: `?prepare_threshold=none` behind PgBouncer)."""
+    engine = plain_engine(url)
     app_metadata.create_all(engine)
     yield engine
     engine.dispose()
@@ -135,7 +136,7 @@ def order_row(engine: Engine, order_id: str) -> Any:
 def run_exists(rt: Runtime, saga_id: str) -> bool:
     """Is the run committed? Read on a plain connection of its own (the store's would take SQLite's
     write lock, which an open app transaction holds)."""
-    engine = create_engine(rt.settings.database_url)
+    engine = plain_engine(rt.settings.database_url)
     try:
         with engine.connect() as c:
             return c.scalar(text("SELECT count(*) FROM sagas WHERE id = :id"), {"id": saga_id}) == 1

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 import tests.support.wait_sagas  # noqa: F401  (registers the sagas)
-from tests.support.databases import own_pg_database
+from tests.support.databases import own_pg_database, plain_engine
 from tests.support.inprocess import Clock, Worker
 from workflows import start_saga
 from workflows.core.errors import InvalidInput, NotWaiting, SagaError, SagaNotFound, SignalConflict
@@ -274,7 +274,7 @@ def test_a_scheduled_start_can_be_cancelled_before_it_runs(rt: Runtime, worker: 
 def test_signals_are_rows_with_who_key_and_consumer_and_the_run_counts_kept_ones(rt: Runtime, worker: Worker) -> None:
     saga_id = start_saga("tests.approval", {})
     signal(saga_id, "approval", OK, idempotency_key="row", who="carol")
-    engine = create_engine(rt.settings.resolved_database_url())
+    engine = plain_engine(rt.settings.resolved_database_url())
     with engine.connect() as c:
         pending = c.execute(text("SELECT signals_pending FROM sagas WHERE id = :id"), {"id": saga_id}).scalar()
         row = c.execute(select(SignalRow.name, SignalRow.who, SignalRow.idempotency_key, SignalRow.consumed_by)

@@ -17,6 +17,7 @@ from workflows.runtime.settings import get_settings
 # dead-lettered instead of stopping the worker (workflows/runtime/redis_broker.py). By URL scheme,
 # not `broker_transport`: an app configured from this module with an amqp:// URL stays on AMQP.
 TRANSPORT_ALIASES["redis"] = TRANSPORT_ALIASES["rediss"] = "workflows.runtime.redis_broker:Transport"
+TRANSPORT_ALIASES["sentinel"] = "workflows.runtime.redis_broker:SentinelTransport"
 
 _settings = get_settings()
 
@@ -30,7 +31,7 @@ if broker_url.startswith("filesystem"):
         "control_folder": str(_folder / "control"),
         "polling_interval": 0.05,
     }
-elif broker_url.startswith("redis"):
+elif broker_url.startswith(("redis", "sentinel")):
     # Unacked messages (late acks, retries waiting for their countdown) come back after this:
     # it must exceed the longest retry countdown and step time limit. Every consumer scans for
     # them every `unacked_restore_interval` seconds; kombu's default throttle (a real scan every
@@ -40,6 +41,10 @@ elif broker_url.startswith("redis"):
         "unacked_restore_interval": max(1, min(10, _settings.redis_visibility_timeout // 5)),
         "unacked_restore_throttle": 1,
     }
+    if broker_url.startswith("sentinel"):
+        # kombu asks the sentinels (every one in the URL, `;`-separated) for this master, and again
+        # after a failover; workflows.install refuses a sentinel URL without it.
+        broker_transport_options["master_name"] = _settings.broker_master_name
 
 broker_connection_retry_on_startup = True
 

@@ -8,6 +8,7 @@ modules that declare sagas, step tasks and choreographies, builds the process's 
 registers on `app` a task per declared step (`orchestration.step_task`), the sweeper's periodic
 task `saga.sweep` (`operations.sweeper`), a consumer task and queue per choreography service, and
 the worker step that checks and announces the saga versions a worker holds (`operations.versions`).
+On RabbitMQ with `SAGA_BROKER_QUORUM_QUEUES` every queue is declared a quorum queue (`runtime.brokers`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from workflows.core.steps import step_tasks
 from workflows.operations.sweeper import sweep
 from workflows.operations.versions import VersionHeartbeat
 from workflows.orchestration.step_task import make_step_task
+from workflows.runtime.brokers import check_sentinel, is_amqp, use_quorum_queues
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
 from workflows.runtime.timer_heap import CompactTimerHeap
@@ -38,6 +40,8 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     extra = [m.strip() for m in settings.extra_modules.split(",") if m.strip()]
     for name in [*modules, *extra]:
         importlib.import_module(name)
+    broker = str(app.conf.broker_url or settings.resolved_broker_url())
+    check_sentinel(broker, app.conf.broker_transport_options or {})
     _check_visibility_timeout(app, settings)
 
     runtime = Runtime(app=app, settings=settings)
@@ -55,6 +59,8 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     app.conf.worker_consumer = "workflows.runtime.poison:Consumer"
     app.steps["worker"].add(VersionHeartbeat)  # checks and announces the saga versions this worker holds
     install_consumers(app)
+    if settings.broker_quorum_queues and is_amqp(broker):  # every queue, the choreography's included
+        app.conf.task_queues = use_quorum_queues(app, list(app.conf.task_queues))
     return runtime
 
 

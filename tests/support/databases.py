@@ -9,16 +9,32 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from workflows.store.db import driver_arguments
+
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def plain_engine(url: str, **options: object) -> Engine:
+    """`create_engine(url)` as an app would make it, with the driver options the URL carries
+    (`?prepare_threshold=none` behind PgBouncer, `workflows.store.db.driver_arguments`)."""
+    bare, connect_args = driver_arguments(url)
+    return create_engine(bare, connect_args=connect_args, **options)  # type: ignore[arg-type]
+
+
+def server_engine() -> Engine:
+    """An engine on the server's `postgres` database (through PgBouncer when TEST_PG_URL is)."""
+    url, connect_args = driver_arguments(PG_URL)
+    return create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT",
+                         connect_args=connect_args)
 
 
 def fresh_pg_database(suffix: str) -> str:
     """A new, empty PostgreSQL database next to the test one (`<test db>_<suffix>`); its URL."""
     name = f"{make_url(PG_URL).database}_{suffix}"
-    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
+    with server_engine().connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         c.execute(text(f'CREATE DATABASE "{name}"'))
     return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
@@ -26,7 +42,7 @@ def fresh_pg_database(suffix: str) -> str:
 
 def drop_pg_database(url: str) -> None:
     name = make_url(url).database
-    with create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as c:
+    with server_engine().connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

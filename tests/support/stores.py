@@ -26,7 +26,8 @@ def open_backend(request: Any, tmp_path: Path, pg_url: str | None = None) -> Sag
 
         url = pg_url or request.getfixturevalue("database")
         if request.param == "psycopg2":
-            url = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+            url = make_url(url).set(drivername="postgresql+psycopg2").difference_update_query(
+                ["prepare_threshold"]).render_as_string(hide_password=False)  # psycopg2 never prepares
     store = open_store(url)
     assert isinstance(store, SQLiteStore if request.param == "sqlite" else PostgresStore)
     return store

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from celery import Celery
 from kombu import Exchange, Queue, binding
 
+from workflows.runtime.brokers import queue_arguments
+
 _publisher: Celery | None = None
 
 
@@ -53,10 +55,11 @@ def routing_key(choreography: str, event_type: str, service: str) -> str:
     return f"{choreography}.{event_type}.{service}"
 
 
-def delivery_queue(service: str, key: str) -> Queue:
-    """The queue a delivery goes to, with the binding it needs (declared by the publisher)."""
+def delivery_queue(service: str, key: str, app: Any = None) -> Queue:
+    """The queue a delivery goes to, with the binding it needs (declared by the publisher, of the type
+    `app`'s workers declare it: a quorum queue with `SAGA_BROKER_QUORUM_QUEUES`)."""
     ex = exchange()
-    return Queue(queue_name(service), ex, routing_key=key, durable=True)
+    return Queue(queue_name(service), ex, routing_key=key, durable=True, queue_arguments=queue_arguments(app))
 
 
 def consumer_queue(service: str, routes: Iterable[tuple[str, str]]) -> Queue:
@@ -110,4 +113,4 @@ def send(app: Celery, envelope: dict[str, Any], service: str, *, producer: Any =
     key = routing_key(envelope["sagaType"], envelope["eventType"], service)
     app.send_task(task_name(service), args=[envelope["sagaId"], envelope["eventType"]],
                   kwargs={"event": envelope}, task_id=f"{envelope['eventId']}.{service}",
-                  queue=delivery_queue(service, key), routing_key=key, producer=producer)
+                  queue=delivery_queue(service, key, app), routing_key=key, producer=producer)

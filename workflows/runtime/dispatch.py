@@ -18,6 +18,7 @@ from workflows.core.run import Side
 from workflows.core.state import Command, DeadLetter, RunState
 from workflows.core.steps import StepError, step_tasks
 from workflows.core.views import DeadLetterView
+from workflows.runtime.brokers import queue_arguments
 
 log = logging.getLogger("workflows.dispatch")
 
@@ -97,7 +98,7 @@ class CeleryDispatcher:
         log.info("dispatched %s %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id, "step": cmd.step})
 
     def send_dead_letter(self, body: dict[str, Any]) -> None:
-        queue = Queue(DEAD_LETTER_QUEUE, durable=True)
+        queue = Queue(DEAD_LETTER_QUEUE, durable=True, queue_arguments=queue_arguments(self.app))
         with self.app.producer_or_acquire() as producer:
             producer.publish(body, exchange="", routing_key=DEAD_LETTER_QUEUE, declare=[queue],
                              serializer="json", delivery_mode=2, retry=True)

@@ -71,6 +71,12 @@ def _where(message: Any) -> tuple[str | None, dict[str, Any]]:
 class Consumer(CeleryConsumer):  # type: ignore[misc]  # celery is untyped
     """Celery's consumer, keeping every message it would drop as a dead letter first."""
 
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        # on quorum queues: declare every queue before binding it to the delayed exchange (runtime.brokers)
+        default_steps = [s.replace("celery.worker.consumer.delayed_delivery:DelayedDelivery",
+                                   "workflows.runtime.brokers:DelayedDelivery")
+                         for s in CeleryConsumer.Blueprint.default_steps]
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         queue, props = _where(message)
         dead_letter_message(_raw(message), f"the message body cannot be decoded as {props['content_type']!r} "

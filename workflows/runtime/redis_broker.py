@@ -6,7 +6,9 @@ worker's event loop and ends the worker's main process ("Unrecoverable error: JS
 one bad message takes a whole pool down, and is lost with it. Here the decoding error is caught
 where it happens: the raw text is kept as a dead letter (kind "message", in the table and on the
 `dead_letter` queue) with the reason, and the worker goes on with its next message. Chosen for
-redis:// and rediss:// URLs in `celeryconfig.py` (kombu's transport aliases).
+redis:// and rediss:// URLs in `celeryconfig.py` (kombu's transport aliases), and for sentinel://
+URLs (`SentinelTransport`: kombu's Sentinel transport, which asks the sentinels for the master and
+follows a failover, with the same dead-lettering).
 """
 from __future__ import annotations
 
@@ -54,3 +56,12 @@ class Transport(redis.Transport):
                                     f"the message on queue {queue!r} is not a kombu message envelope")
             return
         super()._deliver(message, queue)  # type: ignore[no-untyped-call]  # kombu is untyped
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """kombu's Sentinel channel (connections to whichever server the sentinels name master) with the
+    dead-lettering of `Channel`."""
+
+
+class SentinelTransport(Transport, redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -18,9 +18,22 @@ class Settings(BaseSettings):
     """Folder for the embedded defaults (SQLite file, filesystem broker)."""
     database_url: str | None = None
     """SQLAlchemy URL; default sqlite in data_dir.
-    Production: postgresql+psycopg://... (psycopg 3; psycopg2 works too)"""
+    Production: postgresql+psycopg://... (psycopg 3; psycopg2 works too). Through PgBouncer in
+    transaction mode (before 1.21, or without `max_prepared_statements`) add `?prepare_threshold=none`:
+    psycopg then prepares no statement (docs: deploy, PgBouncer)."""
     broker_url: str | None = None
-    """Celery broker URL; default kombu's filesystem transport in data_dir. redis://... or amqp://..."""
+    """Celery broker URL; default kombu's filesystem transport in data_dir. redis://..., amqp://..., or
+    Redis with Sentinel: sentinel://host1:26379;sentinel://host2:26379;sentinel://host3:26379 (every
+    sentinel, separated by `;`; the master's database as a path, sentinel://host1:26379/2), with
+    `broker_master_name`."""
+    broker_master_name: str | None = None
+    """With a sentinel:// broker URL: the name the sentinels monitor the master under (`sentinel monitor
+    <name> ...`). Required there; the worker refuses to start without it."""
+    broker_quorum_queues: bool = False
+    """With an amqp:// broker URL: declare the step, compensation, orchestrator, event and dead-letter
+    queues as RabbitMQ quorum queues (replicated; RabbitMQ 3.8 or newer) on topic exchanges, so countdowns
+    (retries, hand-offs) wait in RabbitMQ's native delayed delivery, not in a worker. Queues already
+    declared as classic must be deleted (drained) first: RabbitMQ does not change a queue's type."""
     dispatch_grace: float = 60.0
     """Seconds a dispatched message may wait in its queue, beyond the step's time limit,
     before the sweeper declares it lost: it times the step out (or, for the first step of a run

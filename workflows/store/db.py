@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,8 +101,10 @@ def _create(url: str, **options: str) -> Engine:
     # No pre-ping (a round trip per checkout, two per step): a connection that died with the
     # server raises OperationalError, the pool is invalidated, and the task is retried by Celery's
     # autoretry (orchestrator.DELIVERY_OPTIONS); callers outside a task retry or fail loudly.
+    url, connect_args = driver_arguments(url)
     try:
-        return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, **options)
+        return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, connect_args=connect_args,
+                             **options)
     except ModuleNotFoundError as e:  # the driver is an extra of the wheel: say which
         raise _missing_driver(url, e) from e
 
@@ -116,6 +119,39 @@ def _missing_driver(url: str, e: ModuleNotFoundError) -> ModuleNotFoundError:
     return missing_extra(DRIVER_EXTRAS[top], top, f"the database URL {scheme}://…")
 
 
+PREPARE_THRESHOLD = "prepare_threshold"
+"""The URL query parameter (`?prepare_threshold=none`) that sets psycopg 3's `prepare_threshold`."""
+
+
+def driver_arguments(url: str) -> tuple[str, dict[str, Any]]:
+    """`url` without the query parameters that are the driver's connection options rather than the
+    server's, and those options: `prepare_threshold` (psycopg 3) is `none` (never prepare a statement:
+    PgBouncer in transaction mode before 1.21, whose next transaction may run on another server
+    connection, where the statement was never prepared) or a number of executions of a statement on a
+    connection before it is prepared (psycopg's default: 5)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if PREPARE_THRESHOLD not in u.query:
+        return url, {}
+    raw = u.query[PREPARE_THRESHOLD]
+    value = raw if isinstance(raw, str) else raw[-1]
+    if u.get_driver_name() != "psycopg":
+        raise ValueError(f"?{PREPARE_THRESHOLD}= is an option of psycopg 3 (postgresql+psycopg://), not of "
+                         f"{u.drivername}: remove it (psycopg2 never prepares statements)")
+    threshold: int | None
+    if value.strip().lower() in ("none", "never", ""):
+        threshold = None
+    else:
+        try:
+            threshold = int(value)
+        except ValueError:
+            raise ValueError(f"?{PREPARE_THRESHOLD}={value}: give `none` (never prepare, for PgBouncer in "
+                             "transaction mode) or a whole number of executions") from None
+    rest = u.difference_update_query([PREPARE_THRESHOLD])
+    return rest.render_as_string(hide_password=False), {PREPARE_THRESHOLD: threshold}
+
+
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -125,8 +161,10 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     cfg = Config()
+    url, connect_args = driver_arguments(url)
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["saga_connect_args"] = connect_args
     return cfg
 
 
@@ -158,12 +196,13 @@ def _in_schema(url: str, schema: str) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
+    url, connect_args = driver_arguments(url)
     u = make_url(url)
     if u.get_backend_name() != "postgresql":
         raise ValueError(f"a schema for the saga tables needs PostgreSQL, not {u.get_backend_name()}")
     if not SCHEMA_NAME.match(schema):
         raise ValueError(f"schema name {schema!r}: lower case letters, digits and _, starting with a letter or _")
-    engine = create_engine(u)
+    engine = create_engine(u, connect_args=connect_args)
     try:
         with engine.begin() as c:
             c.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
@@ -172,4 +211,7 @@ def _in_schema(url: str, schema: str) -> str:
     options = u.query.get("options")
     path = f"-csearch_path={schema}"
     joined = f"{options} {path}" if isinstance(options, str) and options else path
-    return u.update_query_dict({"options": joined}).render_as_string(hide_password=False)
+    u = u.update_query_dict({"options": joined})
+    if connect_args:
+        u = u.update_query_dict({PREPARE_THRESHOLD: str(connect_args[PREPARE_THRESHOLD]).lower()})
+    return u.render_as_string(hide_password=False)

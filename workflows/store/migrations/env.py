@@ -19,7 +19,8 @@ def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
         connectable = engine_from_config(config.get_section(config.config_ini_section, {}),
-                                         prefix="sqlalchemy.", poolclass=pool.NullPool)
+                                         prefix="sqlalchemy.", poolclass=pool.NullPool,
+                                         connect_args=config.attributes.get("saga_connect_args", {}))
         with connectable.connect() as connection:
             _run(connection)
     else:
