@@ -254,3 +254,15 @@ def test_models_are_not_part_of_the_shape() -> None:
     assert by_function.plan.task_steps[0].input_model is typed.Order
     assert by_name.plan.task_steps[0].input_model is None
     assert by_function.fingerprint == by_name.fingerprint
+
+
+def test_typing_the_example_payment_step_kept_every_shop_fingerprint() -> None:
+    # The example shop's charge returns a `Charged` model: its sagas keep the fingerprints they had before
+    # (recorded by deployed workers; a changed one would refuse to start beside them)
+    from tasks.payment import Charged
+    from tasks.sagas import order_fulfillment, order_fulfillment_parallel, order_with_approval
+
+    assert order_fulfillment.step("process_payment").result_model is Charged
+    assert order_fulfillment_parallel.step("process_payment").result_model is Charged
+    assert (order_fulfillment.fingerprint, order_fulfillment_parallel.fingerprint, order_with_approval.fingerprint) == (
+        "4c84dd2262ee4792", "b7980f4942b27805", "95c88b553c86fd84")
