@@ -1,7 +1,10 @@
 """Payment service: charges and refunds (step tasks over `tasks.effects`)."""
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from workflows import StepContext, step_task
 
@@ -10,11 +13,20 @@ from .common import already_done, check_fault, transaction
 from .effects import DECLINED_CARDS, LIMIT, CardDeclined, order_total
 from .models import Payment
 
-__all__ = ["DECLINED_CARDS", "LIMIT", "CardDeclined", "charge_payment", "order_total", "refund_payment"]
+__all__ = ["DECLINED_CARDS", "LIMIT", "CardDeclined", "Charged", "charge_payment", "order_total", "refund_payment"]
+
+
+class Charged(BaseModel):
+    """The payment step's result (a typed step: checked when the step reports, its JSON schema served
+    by `GET /api/saga-types`)."""
+
+    payment_id: int = Field(gt=0)
+    amount: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    status: str = Field(description="CHARGED; VOIDED when a refund got there first")
 
 
 @step_task("payment.charge", queue="payment")
-def charge_payment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
+def charge_payment(ctx: StepContext, order: dict[str, Any]) -> Charged:
     """Charge the order total to the customer's card, once per idempotency key. The gateway may
     fail after taking the money (fault "after_action"): a step declaring `compensate_failure`
     refunds it."""
@@ -24,7 +36,7 @@ def charge_payment(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
         with transaction() as s:
             done = effects.charge(s, ctx.idempotency_key, ctx.saga_id, order)
         check_fault("payment", "after_action")
-    return {"payment_id": done.id, "amount": effects.money(done.amount), "status": done.status}
+    return Charged(payment_id=done.id, amount=Decimal(effects.money(done.amount)), status=done.status)
 
 
 @step_task("payment.refund", queue="payment")

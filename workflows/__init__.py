@@ -16,8 +16,8 @@ from workflows.core.definition import (Child, ForEach, Parallel, Saga, Step, Wai
                                        registry)
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, IncompatibleVersion,
                                    InvalidInput, InvalidOperation, NotWaiting, PermanentError, RetryableError,
-                                   SagaError, SagaNotFound, StepNotFound, UnknownSaga, UnknownSagaVersion,
-                                   VersionConflict)
+                                   SagaError, SagaNotFound, StepNotFound, StepTypeError, UnknownSaga,
+                                   UnknownSagaVersion, VersionConflict)
 from workflows.core.retry import RetryPolicy
 from workflows.core.state import RunStatus, StepStatus
 from workflows.core.steps import StepContext, StepError, step_task
@@ -33,7 +33,7 @@ __all__ = [
     "DeadLetterNotFound", "DeadLetterView", "DefinitionError", "EventView", "ForEach", "IdempotencyConflict",
     "InvalidInput", "InvalidOperation", "NotWaiting", "Parallel", "PermanentError", "RetryPolicy", "RetryableError",
     "RunStatus", "Saga", "SagaError", "SagaNotFound", "SagaView", "Step", "StepContext", "StepError", "StepNotFound",
-    "StepStatus", "StepView",
+    "StepStatus", "StepTypeError", "StepView",
     "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
     "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",

@@ -88,6 +88,16 @@ class PermanentError(Exception):
     """Raise from a step to fail it at once: the error will not go away by retrying."""
 
 
+class StepTypeError(PermanentError):
+    """A typed step's value does not fit its model: the input it was to receive, or the result it
+    returned. Permanent, never retried: the same input gives the same shape again. `errors` name
+    the fields (`loc`), as a 422 does."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
 class RetryableError(Exception):
     """Raise from a step to ask for a retry even if the policy would not retry the cause."""
 

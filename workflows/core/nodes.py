@@ -6,10 +6,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from workflows.core.child import Child
 from workflows.core.errors import DefinitionError
 from workflows.core.names import NAME, REQUIRED, HasTaskName, task_name
 from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
+from workflows.core.steps import StepTask
+from workflows.core.typed import declared_model
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class Step:
     compensation then gets `ctx.result` None and `ctx.error` (the action's error), and must do
     nothing when there is nothing to undo. False (the default): only an action that succeeded or
     timed out is compensated."""
+    input_model: type[BaseModel] | None = None
+    """A pydantic model the saga's input must satisfy for this step (the fields it reads), checked
+    at the start: a run this step could not read is refused at the door. Default: the annotation of
+    the action's input parameter, when `action` is a typed `@step_task` function."""
+    result_model: type[BaseModel] | None = None
+    """A pydantic model the action's result must satisfy, checked when the action reports: a result
+    that does not fit fails the step for good (`StepTypeError`, not retried). Default: the action's
+    return annotation. Neither model is part of the saga's shape (`core.shape`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -38,6 +50,7 @@ class Step:
                 f"step name {self.name!r} must start with a letter or '_' and use only "
                 "letters, digits, '_', '.', '-' (at most 100 characters)"
             )
+        self._adopt_models()
         object.__setattr__(self, "action", task_name(self.action, f"step {self.name!r}: action"))
         if self.compensation is REQUIRED:
             raise DefinitionError(
@@ -63,6 +76,24 @@ class Step:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise DefinitionError(f"step {self.name!r}: {attr} must be a number of seconds > 0 (got {value!r})")
+
+    def _adopt_models(self) -> None:
+        """The models declared here, else those of the action's annotations; both and different: refused."""
+        for attr in ("input_model", "result_model"):
+            declared_model(getattr(self, attr), f"step {self.name!r}: {attr}")
+        if not isinstance(self.action, StepTask):
+            return
+        sig, task = self.action.signature, self.action.name
+        if sig.takes_result:
+            raise DefinitionError(f"step {self.name!r}: action {task!r} takes a third parameter (its "
+                                  "own result): only a compensation receives its action's result; drop it")
+        for attr, annotated in (("input_model", sig.input), ("result_model", sig.result)):
+            declared = getattr(self, attr)
+            if declared is not None and annotated is not None and declared is not annotated:
+                raise DefinitionError(f"step {self.name!r}: {attr}={declared.__name__} but action "
+                                      f"{task!r} is annotated {annotated.__name__}: declare one")
+            if declared is None:
+                object.__setattr__(self, attr, annotated)
 
     @property
     def action_name(self) -> str:

@@ -143,6 +143,12 @@ class Plan:
         return [n.fan_out for n in self._fan_outs.values() if n.fan_out is not None]
 
     @property
+    def task_steps(self) -> list[Step]:
+        """Every task step (a fan-out's step once), in stage order."""
+        nodes = sorted([*self._named.values(), *self._fan_outs.values()], key=lambda n: n.stage)
+        return [n.declared for n in nodes if isinstance(n.declared, Step)]
+
+    @property
     def waits(self) -> list[Wait]:
         """Every wait, in stage order."""
         return [n.declared for n in self._named.values() if isinstance(n.declared, Wait)]

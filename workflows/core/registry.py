@@ -43,7 +43,7 @@ class SagaRegistry:
             if existing != saga:
                 raise DefinitionError(
                     f"saga {saga.name!r} version {saga.version} is already registered in this process with the "
-                    "same shape but other retry policies, timeouts, deadline or input model: a process holds one "
+                    "same shape but other retry policies, timeouts, deadline or models: a process holds one "
                     "definition per version, declare it once")
             return existing
         for node in saga.steps:  # a child declared as a Saga value is registered with its parent

@@ -13,6 +13,7 @@ from workflows.core.names import NAME
 from workflows.core.nodes import ForEach, Parallel, Step
 from workflows.core.plan import Node, Plan
 from workflows.core.shape import fingerprint_of, shape_of
+from workflows.core.typed import field_errors, summary
 from workflows.core.wait import Wait
 
 
@@ -140,16 +141,15 @@ class Saga:
             try:
                 model = self.input_model.model_validate(data)
             except ValidationError as e:
-                errors = [
-                    {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()
-                ]
-                summary = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'input'}: {x['msg']}" for x in errors)
-                raise InvalidInput(f"invalid input for saga {self.name!r}: {summary}", errors) from None
+                errors = field_errors(e)
+                raise InvalidInput(f"invalid input for saga {self.name!r}: {summary(errors, 'input')}",
+                                   errors) from None
             clean: dict[str, Any] = model.model_dump(mode="json")
         elif not isinstance(data, dict):
             raise InvalidInput(f"input for saga {self.name!r} must be a JSON object, got {type(data).__name__}")
         else:
             clean = data
+        self.check_step_inputs(clean)
         for fan in self.plan.fan_outs:
             self.items_of(fan, clean)  # the fan-out's items are there, a list, within bounds
         for first in self.first_children():  # a first child's input is known at the door: refuse it there
@@ -159,6 +159,22 @@ class Saga:
             except UnknownSaga:
                 pass  # not registered in this process: the step fails with that reason when it starts
         return clean
+
+    def check_step_inputs(self, data: dict[str, Any]) -> None:
+        """`InvalidInput` naming each step whose `input_model` the input does not satisfy, and its fields."""
+        errors: list[dict[str, Any]] = []
+        parts: list[str] = []
+        for st in self.plan.task_steps:
+            if st.input_model is None:
+                continue
+            try:
+                st.input_model.model_validate(data)
+            except ValidationError as e:
+                mine = field_errors(e)
+                errors += [{**x, "step": st.name} for x in mine]
+                parts.append(f"step {st.name!r} ({st.input_model.__name__}) reads {summary(mine, 'input')}")
+        if errors:
+            raise InvalidInput(f"invalid input for saga {self.name!r}: {'; '.join(parts)}", errors)
 
     def first_children(self) -> list[Child]:
         """The child steps of the first stage (started with the run itself)."""

@@ -4,6 +4,9 @@
     def charge_payment(ctx: StepContext, order: dict) -> dict:
         return gateway.charge(order["total"], idempotency_key=ctx.idempotency_key)
 
+A function may type its input and result with pydantic models instead (`def charge(ctx, order:
+Order) -> Charged`): `core.typed` reads its annotations when it is declared.
+
 The decorator only records the function; `workflows.install(app)` (in `worker.py`) turns every
 recorded step into a Celery task named as declared, with late acks, routed to its queue. The
 decorated function stays a plain function: tests can call it directly.
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workflows.core.errors import DefinitionError
+from workflows.core.typed import Signature, signature_of
 
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
@@ -82,19 +86,24 @@ class StepContext:
         return f"{self.saga_id}-{self.step}"
 
 
-StepFunction = Callable[[StepContext, dict[str, Any]], "dict[str, Any] | None"]
+StepFunction = Callable[..., Any]
+"""`fn(ctx, data) -> dict | None`, or typed: `fn(ctx, order: Order) -> Charged`; a compensation
+may take its action's result as a third parameter (`core.typed`)."""
 
 
 @dataclass(frozen=True)
 class StepTask:
-    """A function declared as a step: its task name, queue and the function itself."""
+    """A function declared as a step: its task name, queue, the function itself and the models its
+    annotations declare."""
 
     name: str
     queue: str
     fn: StepFunction
+    signature: Signature = field(default_factory=Signature, compare=False)
 
-    def __call__(self, ctx: StepContext, data: dict[str, Any]) -> dict[str, Any] | None:
-        return self.fn(ctx, data)
+    def __call__(self, ctx: StepContext, data: dict[str, Any]) -> Any:
+        """Call the function as its annotations ask (model instances for typed parameters)."""
+        return self.signature.call(self.fn, ctx, data)
 
 
 class StepTaskRegistry:
@@ -122,7 +131,9 @@ step_tasks = StepTaskRegistry()
 
 
 def step_task(name: str, *, queue: str) -> Callable[[StepFunction], StepTask]:
-    """Declare `fn(ctx, data) -> dict | None` as the step task `name`, consumed from `queue`."""
+    """Declare `fn(ctx, data) -> dict | None` as the step task `name`, consumed from `queue`. Its
+    annotations may type it with pydantic models (`core.typed`); one that is neither a model nor a
+    dict is a `DefinitionError` here."""
     if not isinstance(name, str) or not _TASK_NAME.match(name):
         raise DefinitionError(f"step task name {name!r} must be dotted, like 'payment.charge'")
     if name.startswith("saga."):
@@ -133,6 +144,6 @@ def step_task(name: str, *, queue: str) -> Callable[[StepFunction], StepTask]:
     def wrap(fn: StepFunction) -> StepTask:
         if not callable(fn):
             raise DefinitionError(f"step task {name!r} must decorate a function")
-        return step_tasks.add(StepTask(name=name, queue=queue, fn=fn))
+        return step_tasks.add(StepTask(name=name, queue=queue, fn=fn, signature=signature_of(fn, name)))
 
     return wrap

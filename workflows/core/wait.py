@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from workflows.core.errors import DefinitionError, InvalidInput
 from workflows.core.names import NAME
+from workflows.core.typed import field_errors, summary
 
 TIMEOUT_ACTIONS = ("compensate", "fail")
 
@@ -85,10 +86,9 @@ class Wait:
             try:
                 return self.model.model_validate(payload).model_dump(mode="json")
             except ValidationError as e:
-                errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
-                summary = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'payload'}: {x['msg']}" for x in errors)
-                raise InvalidInput(f"invalid payload for signal {self.signal!r} of wait {self.name!r}: {summary}",
-                                   errors) from None
+                errors = field_errors(e)
+                raise InvalidInput(f"invalid payload for signal {self.signal!r} of wait {self.name!r}: "
+                                   f"{summary(errors, 'payload')}", errors) from None
         if payload is None:
             return {}
         if not isinstance(payload, dict):

@@ -4,14 +4,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
+from pydantic import BaseModel
 
-from workflows.core.definition import registry
+from workflows.core.definition import Saga, registry
 from workflows.core.state import RunStatus
 from workflows.core.views import DeadLetterView, SagaView, Signalled
 from workflows.interfaces.api.deps import MAX_OFFSET, AppRuntime, Authorized, IdempotencyKey, Operator
 from workflows.interfaces.api.models import (NOT_FOUND, REFUSED, ChildSummary, HistoryItem, MoveRequest,
                                              ReasonRequest, RequiredReason, RetryRequest, SagaPage, SagaStatus,
-                                             SagaType, SagaVersion, Started, StepSummary, WaitSummary, answers)
+                                             SagaType, SagaVersion, SignalSchema, Started, StepSchema, StepSummary,
+                                             WaitSummary, answers)
 from workflows.operations import actions as operations
 from workflows.operations import dead_letters, versions
 from workflows.operations.client import get_saga, list_sagas, start_saga
@@ -29,11 +31,31 @@ def status_path(request: Request, saga_id: str) -> str:
 
 @api.get("/saga-types", tags=["sagas"])
 def saga_types() -> list[SagaType]:
-    """The saga types this deployment can start (their newest version's steps), with the JSON schema of their input."""
-    sagas = [registry.newest(n) for n in registry.names()]  # a type's description: its newest version
-    return [SagaType(name=s.name, version=s.version, versions=registry.versions(s.name), description=s.description,
-                     steps=[st.name for st in s.steps],
-                     input_schema=s.input_model.model_json_schema() if s.input_model else None) for s in sagas]
+    """The saga types this deployment can start (their newest version's steps), with the JSON schema of their
+    input, of each step's input and result, and of each wait's signal payload."""
+    return [saga_type_of(registry.newest(n)) for n in registry.names()]  # a type's description: its newest version
+
+
+@api.get("/saga-types/{saga_type}", tags=["sagas"], responses=NOT_FOUND)
+def saga_type(saga_type: Annotated[str, Path(max_length=100)],
+              version: Annotated[int | None, Query(ge=1, le=1_000_000,
+                                                   description="The saga's version (default: the newest)")] = None,
+              ) -> SagaType:
+    """One saga type (a version of it): its steps and the JSON schemas a start form and a signal form need."""
+    return saga_type_of(registry.get(saga_type, version))
+
+
+def saga_type_of(s: Saga) -> SagaType:
+    return SagaType(name=s.name, version=s.version, versions=registry.versions(s.name), description=s.description,
+                    steps=[st.name for st in s.steps], input_schema=schema_of(s.input_model),
+                    step_schemas=[StepSchema(name=st.name, input_schema=schema_of(st.input_model),
+                                             result_schema=schema_of(st.result_model)) for st in s.plan.task_steps],
+                    signal_schemas=[SignalSchema(wait=w.name, signal=w.signal, payload_schema=schema_of(w.model))
+                                    for w in s.plan.waits])
+
+
+def schema_of(model: type[BaseModel] | None) -> dict[str, Any] | None:
+    return model.model_json_schema() if model is not None else None
 
 
 @api.post("/sagas/{saga_type}", status_code=202, tags=["sagas"], responses=REFUSED)

@@ -73,13 +73,29 @@ class SagaPage(BaseModel):
     next: str | None = Field(description="The next page, if any")
 
 
+class StepSchema(BaseModel):
+    name: str = Field(description="The step (a fan-out's step: its branches' name without the index)")
+    input_schema: dict[str, Any] | None = Field(
+        description="The JSON schema of the part of the saga's input the step reads (null: untyped)")
+    result_schema: dict[str, Any] | None = Field(description="The JSON schema of its action's result (null: untyped)")
+
+
+class SignalSchema(BaseModel):
+    wait: str
+    signal: str
+    payload_schema: dict[str, Any] | None = Field(description="The JSON schema of the signal's payload (null: "
+                                                  "any JSON object)")
+
+
 class SagaType(BaseModel):
     name: str
-    version: int = Field(description="The newest version: what a start without ?version= runs")
+    version: int = Field(description="The version described: the newest, unless ?version= asked for another")
     versions: list[int] = Field(description="Every version registered here")
     description: str
     steps: list[str]
     input_schema: dict[str, Any] | None
+    step_schemas: list[StepSchema] = Field(description="Every task step, in stage order, with its models' schemas")
+    signal_schemas: list[SignalSchema] = Field(description="Every wait, with the schema of its signal's payload")
 
 
 class SagaVersion(BaseModel):

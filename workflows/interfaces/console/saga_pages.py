@@ -124,7 +124,7 @@ def _saga_context(saga_id: str) -> dict[str, Any]:
         if e.step and e.type in FAILURES and isinstance(e.detail.get("traceback"), str):
             tracebacks[e.step] = e.detail["traceback"]
     return {"saga": view, "timeline": timeline.build(view, now, _stages(view)), "tracebacks": tracebacks,
-            "signals": _signals_of(view),
+            "signals": _signals_of(view), "signal_fields": _signal_fields(view),
             "steps_in_flight": [s.name for s in view.steps if s.status in ("RUNNING", "COMPENSATING",
                                                                            "COMPENSATION_FAILED")]}
 
@@ -139,6 +139,29 @@ def _signals_of(view: SagaView) -> list[str]:
         return []
     names = {s.name for s in view.steps if s.status in ("PENDING", "WAITING")}
     return sorted({w.signal for name in names if (w := saga.wait(name)) is not None})
+
+
+def _signal_fields(view: SagaView) -> dict[str, str]:
+    """Each signal's payload fields, from its wait's model ('approved: boolean (required), ...'): the
+    form says what to send. A signal whose wait declares no model takes any JSON object."""
+    try:
+        saga = definition_of(view)
+    except UnknownSaga:
+        return {}
+    out: dict[str, str] = {}
+    for w in saga.plan.waits:
+        if w.model is not None:
+            schema = w.model.model_json_schema()
+            required = set(schema.get("required", ()))
+            out[w.signal] = ", ".join(f"{name}: {_type_of(spec)}{' (required)' if name in required else ''}"
+                                      for name, spec in schema.get("properties", {}).items())
+    return out
+
+
+def _type_of(spec: dict[str, Any]) -> str:
+    if "type" in spec:
+        return str(spec["type"])
+    return " or ".join(str(x.get("type", "object")) for x in spec.get("anyOf", ())) or "any"
 
 
 @router.get("/sagas/{saga_id}", response_class=HTMLResponse)
