@@ -91,6 +91,9 @@ def test_each_role_does_what_it_grants_and_a_refusal_is_403_recorded_with_its_na
     assert [(a, o) for a, o, _ in audit(viewer[0])] == [
         ("cancel", "refused"), ("retry", "refused"), ("resume", "refused"), ("move", "refused"),
         ("start", "refused"), ("signal", "refused")]
+    audited = sagas_cli("audit", "--who", viewer[0], "--outcome", "refused", "--json")
+    assert audited.count('"outcome": "refused"') == 6 and '"note": "eve"' in audited and viewer[1] not in audited
+    assert viewer[0] in sagas_cli("list") and viewer[1] not in sagas_cli("list", "--json")
     refused = [e for e in get_saga(saga_id).events if e.type == "AccessRefused"]
     assert [(e.detail["action"], e.detail["who"], e.detail["role"]) for e in refused] == [
         (verb, viewer[0], "viewer") for verb in ("cancel", "retry", "resume", "move", "signal")]

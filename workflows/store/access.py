@@ -118,7 +118,7 @@ class AccessStore:
     # ------------------------------------------------------------ the audit
 
     def audit(self, record: AuditRecord) -> None:
-        values = {k: (v[:200] if isinstance(v, str) else v) for k, v in record.__dict__.items()}
+        values = {k: (v.replace("\x00", "")[:200] if isinstance(v, str) else v) for k, v in record.__dict__.items()}
         values["who"] = values["who"][:100]
         with self.engine.begin() as c:
             c.execute(insert(AUDIT), values)

@@ -7,6 +7,7 @@ access audit, and the saga's history when the request names a run). `X-Operator`
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
@@ -92,16 +93,17 @@ AUDITED = (Permission.ACT, Permission.SIGNAL, Permission.SIGNAL_OWN, Permission.
 
 
 def Allowed(*permissions: Permission) -> Any:  # noqa: N802  (a dependency, named like `Depends`)
-    """A dependency: the caller, if its role grants one of `permissions`; 403, recorded, otherwise."""
+    """A dependency: the caller, if its role grants one of `permissions`; 403, recorded, otherwise.
+    An action (act, signal, manage) that was carried out is written to the access audit afterwards."""
 
-    async def check(request: Request, caller: AuthCaller, note: Note = None) -> Caller:
+    async def check(request: Request, caller: AuthCaller, note: Note = None) -> AsyncIterator[Caller]:
         granted = [p for p in permissions if caller.may(p)]
         if not granted:
             await run_in_threadpool(refusals.refuse, request, caller, note,
                                     f"the role {caller.role.value!r} may not do this")
-        elif any(p in AUDITED for p in granted) and caller is not ANONYMOUS:
+        yield caller  # an error of the request (invalid, refused by the operations layer) skips the audit
+        if any(p in AUDITED for p in granted) and caller is not ANONYMOUS:
             await run_in_threadpool(refusals.allowed, request, caller, note)
-        return caller
 
     return Depends(check)
 

@@ -46,7 +46,7 @@ async def login(request: Request) -> Response:
         raise HTTPException(404, "the console is off")
     form = await request.form()
     token, target = str(form.get("token", "")), _safe_next(str(form.get("next", "")))
-    name = str(form.get("name", "")).strip()[:100]
+    name = "".join(ch for ch in str(form.get("name", "")) if ch.isprintable()).strip()[:100]
     address = request.client.host if request.client else None
     return await run_in_threadpool(_login, request, settings, name, token, target, address)
 
