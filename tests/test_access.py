@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import pytest
 from click.testing import CliRunner
+from pydantic import SecretStr
 from fastapi.testclient import TestClient
 
 from tests.support.inprocess import Clock
@@ -280,6 +281,25 @@ def test_no_token_is_ever_logged(people, caplog) -> None:  # type: ignore[no-unt
         login(client, t + "-wrong", "someone")
     client.post(f"/api/sagas/{saga_id}/cancel", json={"reason": "end"}, headers=bearer(tokens[-1]))
     assert caplog.records, "nothing was logged: the capture does not work"
+    settings = get_settings().model_copy(update={"api_token": tokens[-1]})
+    assert tokens[-1] not in repr(settings) and tokens[-1] not in str(settings)  # a logged settings object
+    assert "k3y" not in repr(get_settings().model_copy(update={"token_key": SecretStr("k3y")}))
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for t in tokens:
         assert t not in text and t[4:] not in text
+
+
+def test_the_shops_order_endpoint_takes_a_service_credential_and_records_the_run_as_its_own(
+        people, order_factory) -> None:  # type: ignore[no-untyped-def]
+    from tasks.shop_api import orders
+
+    name, token = people["service"]
+    client = TestClient(create_app(get_settings().model_copy(update={"api_token": None, "auth_credentials": True}),
+                                   routers=[orders]))
+    order = order_factory()
+    assert client.post("/api/orders", json=order, headers=bearer(people["viewer"][1])).status_code == 403
+    r = client.post("/api/orders", json=order, headers=bearer(token, **{"Idempotency-Key": order["order_id"]}))
+    assert r.status_code == 202, r.text
+    saga_id = r.json()["saga_id"]
+    assert creds.owner_of(saga_id) == name
+    assert client.get(f"/api/sagas/{saga_id}/status", headers=bearer(token)).status_code == 200

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     """False only in a test rig that shortens the visibility timeout on purpose."""
     extra_modules: str = ""
     """Comma-separated modules the worker imports besides the examples (your sagas and steps)."""
-    api_token: str | None = None
+    api_token: str | None = Field(default=None, repr=False)
     """Single-token mode (a laptop, a demo): this one bearer token opens the HTTP API and the console
     as an admin named `api_token_name`. Everyone who knows it is the same person to the audit; a team
     uses per-person credentials instead (`auth_credentials`, docs: operations/security)."""
