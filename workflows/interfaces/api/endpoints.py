@@ -33,10 +33,10 @@ Actor = Annotated[Caller, Allowed(Permission.ACT)]
 
 def _own(request: Request, caller: Caller, saga_id: str, note: str | None = None) -> None:
     """A caller that may touch only its own runs (a service): 403, recorded, for another's."""
-    if caller.may(Permission.READ) and caller.may(Permission.SIGNAL):
-        return
-    owner = owner_of(saga_id) if len(saga_id) <= 64 else None
     signalling = request.method == "POST"
+    if caller.may(Permission.SIGNAL if signalling else Permission.READ):
+        return  # any run: no need to look up whose it is
+    owner = owner_of(saga_id) if len(saga_id) <= 64 else None
     if (caller.may_signal(owner) if signalling else caller.may_read(owner)):
         return
     refusals.refuse(request, caller, note, "a service credential reaches only the runs it started")
