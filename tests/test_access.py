@@ -303,3 +303,17 @@ def test_the_shops_order_endpoint_takes_a_service_credential_and_records_the_run
     saga_id = r.json()["saga_id"]
     assert creds.owner_of(saga_id) == name
     assert client.get(f"/api/sagas/{saga_id}/status", headers=bearer(token)).status_code == 200
+
+
+def test_the_credential_commands_refuse_bad_input_naming_the_problem(people) -> None:  # type: ignore[no-untyped-def]
+    name, _ = people["viewer"]
+    taken = CliRunner().invoke(cli.main, ["credentials", "create", name, "--role", "viewer"])
+    assert taken.exit_code == 1 and "an active credential named" in taken.output and "revoke it first" in taken.output
+    role = CliRunner().invoke(cli.main, ["credentials", "create", "x-" + name, "--role", "root"])
+    assert role.exit_code == 2 and "'root' is not one of" in role.output
+    when = CliRunner().invoke(cli.main, ["credentials", "create", "x-" + name, "--role", "viewer",
+                                         "--expires-in", "soon"])
+    assert when.exit_code == 2 and "not a duration" in when.output
+    unknown = CliRunner().invoke(cli.main, ["credentials", "revoke", "nobody-" + name])
+    assert unknown.exit_code == 1 and "no active credential named" in unknown.output
+    assert creds.access_store().active_by_name("x-" + name) is None  # nothing half-made
