@@ -16,8 +16,8 @@ from tasks.common import arm_fault
 from tasks.inventory import restock
 from tasks.sagas import Order
 
-from workflows.interfaces.api import Authorized, IdempotencyKey, Started, status_path
-from workflows.operations.client import start_saga
+from workflows.interfaces.api import Allowed, Authorized, Caller, IdempotencyKey, Permission, Started, status_path
+from workflows.operations.credentials import start_owned
 from workflows.runtime.settings import Settings
 
 # ------------------------------------------------------------------ orders
@@ -30,9 +30,12 @@ class OrderStarted(Started):
 
 
 @orders.post("/orders", status_code=202)
-def start_order(order: Order, request: Request, response: Response, key: IdempotencyKey = None) -> OrderStarted:
-    """Start the example order fulfillment saga (what a shop's checkout would call)."""
-    saga_id = start_saga("order_fulfillment", order.model_dump(mode="json"), idempotency_key=key)
+def start_order(order: Order, request: Request, response: Response,
+                caller: Annotated[Caller, Allowed(Permission.START)], key: IdempotencyKey = None) -> OrderStarted:
+    """Start the example order fulfillment saga (what a shop's checkout would call); the run is
+    recorded as the caller's (a service credential reads it back)."""
+    saga_id = start_owned(caller, "order_fulfillment", order.model_dump(mode="json"), idempotency_key=key,
+                          version=None)
     response.headers["Location"] = status_path(request, saga_id)
     return OrderStarted(saga_id=saga_id, saga_type="order_fulfillment", order_id=order.order_id,
                         status_url=status_path(request, saga_id))
@@ -51,7 +54,7 @@ class FailNextRequest(BaseModel):
     message: str = Field("injected by POST /api/test/fail-next-request", max_length=500)
 
 
-test_mode = APIRouter(prefix="/api/test", dependencies=[Authorized], tags=["test mode"])
+test_mode = APIRouter(prefix="/api/test", dependencies=[Authorized, Allowed(Permission.MANAGE)], tags=["test mode"])
 
 
 @test_mode.post("/fail-next-request")

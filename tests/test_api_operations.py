@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from tests.support.interfaces import failed_saga, stop_process_group, wait_until
 from workflows import get_runtime, get_saga, start_saga, wait_for
 from workflows.interfaces.api import create_app
+from workflows.operations.credentials import access_store
 from workflows.runtime.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("running_worker")
@@ -32,6 +33,12 @@ def client() -> Iterator[TestClient]:
     app = create_app(get_settings().model_copy(update={"api_token": TOKEN, "test_mode": True}))
     with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         yield c
+
+
+def note_on(target: str) -> str | None:
+    """The X-Operator note of the first allowed action on `target`, in the access audit."""
+    return next(r.note for r in reversed(access_store().audit_rows(limit=1000))
+                if r.target == target and r.outcome == "allowed")
 
 
 # ------------------------------------------------------------------ operator actions and dead letters
@@ -48,7 +55,9 @@ def test_cancel_compensates_a_running_saga_and_a_second_cancel_is_409(client):  
     view = wait_for(saga_id, timeout=30)
     assert view.state == "COMPENSATED"
     cancelled = next(e for e in view.events if e.type == "SagaCancelled")
-    assert cancelled.detail["who"] == "dana" and cancelled.detail["reason"] == "customer asked"
+    # who acted is the authenticated caller (the single token's admin, "token"), X-Operator a note (issue 31)
+    assert cancelled.detail["who"] == "token" and cancelled.detail["reason"] == "customer asked"
+    assert note_on(f"saga:{saga_id}") == "dana"
     again = client.post(f"/api/sagas/{saga_id}/cancel", json={"reason": "twice"})
     assert again.status_code == 409
     assert again.json()["error"] == "invalid_operation" and "RUNNING" in again.json()["message"]
@@ -69,6 +78,7 @@ def test_exhausted_compensation_is_listed_shown_and_redriven_once(client, redis_
     r = client.post(f"/api/dead-letters/{dl['id']}/redrive", json={"reason": "fixed"}, headers={"X-Operator": "eve"})
 
     assert r.status_code == 200 and r.json()["status"] == "REDRIVEN"
+    assert note_on(f"dl:{dl['id']}") == "eve"
     assert wait_for(saga_id, timeout=30).state == "COMPENSATED"
     again = client.post(f"/api/dead-letters/{dl['id']}/redrive")
     assert again.status_code == 409 and "REDRIVEN" in again.json()["message"]
@@ -88,7 +98,8 @@ def test_resume_compensates_a_failed_saga_and_resolves_its_dead_letter(client, r
     assert client.post(f"/api/sagas/{saga_id}/resume").status_code == 409
     assert client.get("/api/dead-letters", params={"saga_id": saga_id}).json() == []
     [dl] = client.get("/api/dead-letters", params={"saga_id": saga_id, "status": "ALL"}).json()
-    assert (dl["status"], dl["resolution"]) == ("REDRIVEN", "resumed by hana")
+    assert (dl["status"], dl["resolution"]) == ("REDRIVEN", "resumed by token")
+    assert note_on(f"saga:{saga_id}") == "hana"
     assert client.post(f"/api/dead-letters/{dl['id']}/discard", json={"reason": "again"}).status_code == 409
 
 

@@ -9,7 +9,10 @@ with this pytest (9).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +21,9 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
                                  response_schema_conformance, status_code_conformance)
 from schemathesis.generation import GenerationMode
 
+from workflows.core.access import Role
 from workflows.interfaces.api import create_app
+from workflows.operations import credentials as creds
 from workflows.runtime.settings import get_settings
 
 TOKEN = "schema-token"
@@ -29,21 +34,35 @@ EXAMPLES = 40
 """Generated requests per operation and mode (about 15 operations, valid and invalid)."""
 
 
-def fuzz(op, mode: GenerationMode, calls: list[int]) -> Callable[[], None]:  # type: ignore[no-untyped-def]
+def fuzz(op, mode: GenerationMode, calls: list[int], auth: dict[str, str] = AUTH) -> Callable[[], None]:  # type: ignore[no-untyped-def]
     """A Hypothesis test sending `op` its generated requests and checking every answer."""
 
     @given(case=op.as_strategy(mode))
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case) -> None:  # type: ignore[no-untyped-def]
         calls.append(1)
-        case.call_and_validate(headers=AUTH, checks=CHECKS)
+        case.call_and_validate(headers=auth, checks=CHECKS)
 
     return run  # type: ignore[no-any-return]
 
 
-def test_no_request_gets_a_server_error_and_every_answer_conforms_to_the_spec(app) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["single token", "viewer credential"])
+def caller(request, app) -> Iterator[tuple[dict[str, object], dict[str, str]]]:  # type: ignore[no-untyped-def]
+    """(settings, headers): the single token (an admin), or a viewer's credential (every action a
+    recorded 403: issue 31)."""
+    if request.param == "single token":
+        yield {"api_token": TOKEN}, AUTH
+        return
+    name = f"schema-viewer-{uuid.uuid4().hex[:8]}"
+    _, token = creds.create(name, Role.VIEWER, by="tests", expires_at=None)
+    yield {"api_token": None, "auth_credentials": True}, {"Authorization": f"Bearer {token}", "X-Operator": "fuzz"}
+    creds.revoke(name, by="tests")
+
+
+def test_no_request_gets_a_server_error_and_every_answer_conforms_to_the_spec(caller) -> None:  # type: ignore[no-untyped-def]
     # Given the library's API on the test database (the `app` fixture migrated it, installed the runtime)
-    api = create_app(get_settings().model_copy(update={"api_token": TOKEN}))
+    settings, auth = caller
+    api = create_app(get_settings().model_copy(update=settings))
     schema = schemathesis.openapi.from_asgi("/openapi.json", api)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 14, [op.label for op in operations]
@@ -57,7 +76,7 @@ def test_no_request_gets_a_server_error_and_every_answer_conforms_to_the_spec(ap
             label = f"{op.label} ({mode.value})"
             calls[label] = []
             try:
-                fuzz(op, mode, calls[label])()
+                fuzz(op, mode, calls[label], auth)()
             except Unsatisfiable:  # no invalid request exists: the operation takes no input (GET /healthz)
                 assert mode == GenerationMode.NEGATIVE and not list(op.iter_parameters()), label
                 nothing_to_break.append(label)

@@ -1,7 +1,7 @@
 """The console's pages over HTTP (the app object, real PostgreSQL; a real worker where sagas run).
 
 Given an operator with the API token, when they log in, filter, search and act, then the pages
-show what the store holds, every action needs the session's CSRF token, a reason, a name and a
+show what the store holds, every action needs the session's CSRF token, a reason and a
 confirmation, and a request the console refuses is an HTML page naming the problem, never a 5xx.
 The browser itself is in tests/test_console_browser.py.
 """
@@ -25,6 +25,7 @@ from workflows.core.views import EventView, SagaView, StepView
 from workflows.interfaces.api import create_app
 from workflows.interfaces.cli import main
 from workflows.interfaces.console import timeline
+from workflows.operations.credentials import access_store
 from workflows.runtime.settings import get_settings
 from workflows.store.base import SagaQuery
 
@@ -56,6 +57,12 @@ def csrf_of(page: str) -> str:
     match = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page)
     assert match, "no CSRF token in the page"
     return match.group(1)
+
+
+def notes_on(target: str) -> list[str | None]:
+    """The notes (the form's operator field) of the allowed actions on `target`, in the access audit."""
+    return [r.note for r in reversed(access_store().audit_rows(limit=1000))
+            if r.target == target and r.outcome == "allowed"]
 
 
 def saga_ids(page: str) -> list[str]:
@@ -200,14 +207,13 @@ def test_a_saga_page_shows_input_as_text_steps_timeline_and_flower_links(client)
     assert "PermanentError: c refuses" in row and '<pre class="traceback">Traceback (most recent call last)' in row
 
 
-def test_an_action_without_the_csrf_token_a_reason_a_name_or_a_confirmation_is_refused(client):  # type: ignore[no-untyped-def]
+def test_an_action_without_the_csrf_token_a_reason_or_a_confirmation_is_refused(client):  # type: ignore[no-untyped-def]
     sid = start_saga("tests.three", {"behaviour": {"a": {"sleep": 3}}})
     page = client.get(f"/console/sagas/{sid}").text
     good = {"csrf_token": csrf_of(page), "operator": "olga", "reason": "customer asked", "confirm": "yes"}
     history = len(get_saga(sid).events)
     for missing, status, words in (("csrf_token", 403, "CSRF token is missing or wrong"),
                                    ("confirm", 400, "tick the confirmation box"),
-                                   ("operator", 400, "say who you are"),
                                    ("reason", 400, "give a reason")):
         form = {k: v for k, v in good.items() if k != missing}
         r = client.post(f"/console/sagas/{sid}/cancel", data=form)
@@ -224,8 +230,10 @@ def test_an_action_without_the_csrf_token_a_reason_a_name_or_a_confirmation_is_r
     done = client.post(f"/console/sagas/{sid}/cancel", data=good, follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == f"/console/sagas/{sid}"
     assert 'name="operator" value="olga"' in client.get(f"/console/sagas/{sid}").text  # remembered for the next form
+    # who acted is the session's caller (the single token's admin, "token"); the typed name is a note (issue 31)
     cancelled = [e for e in get_saga(sid).events if e.type == "SagaCancelled"]
-    assert [(e.detail["who"], e.detail["reason"]) for e in cancelled] == [("olga", "customer asked")]
+    assert [(e.detail["who"], e.detail["reason"]) for e in cancelled] == [("token", "customer asked")]
+    assert notes_on(f"saga:{sid}") == ["olga"]
     again = client.post(f"/console/sagas/{sid}/cancel", data=good)  # follows the redirect: the flash says why
     assert again.status_code == 200 and "cancel refused" in again.text
 
@@ -243,7 +251,8 @@ def test_a_dead_letter_is_shown_and_redriven_from_its_page(client, redis_client)
                     data={"csrf_token": csrf_of(page), "operator": "pia", "reason": "switch back on", "confirm": "yes"})
     assert r.status_code == 200 and "redriven" in r.text
     assert wait_until(lambda: get_saga(sid).state == "COMPENSATED", 30, "compensated after the redrive")
-    assert get_runtime().store.dead_letter(dl.id).resolution == "redriven by pia: switch back on"
+    assert get_runtime().store.dead_letter(dl.id).resolution == "redriven by token: switch back on"
+    assert notes_on(f"dl:{dl.id}") == ["pia"]
 
 
 @pytest.mark.usefixtures("running_worker")
@@ -444,6 +453,7 @@ def test_a_signal_is_sent_to_a_waiting_saga_from_its_page(client):  # type: igno
     view = get_saga(sid)
     assert view.state == "RUNNING" and view.step("confirm").status == "SUCCEEDED"
     assert view.step("confirm").result == {"reason": "the warehouse called"}
-    assert [e.detail["who"] for e in view.events if e.type == "SignalReceived"] == ["olga"]
+    assert [e.detail["who"] for e in view.events if e.type == "SignalReceived"] == ["token"]
+    assert notes_on(f"saga:{sid}") == ["olga"]
     # and the page offers no signal once nothing waits for one any more
     assert 'action="/console/sagas/' + sid + '/signal"' not in client.get(f"/console/sagas/{sid}").text

@@ -4,7 +4,9 @@ against the API served by uvicorn, a real worker, PostgreSQL and Redis.
 Given an order that fails at shipping and whose stock release then fails too (dead-lettered),
 when an operator logs in, finds it by its order id, reads its timeline and redrives the dead
 letter, then the saga page they left open turns COMPENSATED by itself. An XSS probe in an input
-renders as text; a POST without the CSRF token is refused. The screenshots in docs/ come from here
+renders as text; a POST without the CSRF token is refused. The operator logs in with their own
+credential (`olga`, role operator); a viewer who logs in and tries to cancel is refused, recorded
+with their name (issue 31). The screenshots in docs/ come from here
 (`SAGA_SCREENSHOTS_DIR=docs`).
 """
 from __future__ import annotations
@@ -42,7 +44,8 @@ def console_url(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = get_settings().model_copy(update={"api_token": TOKEN, "flower_url": "http://127.0.0.1:5555"})
+    settings = get_settings().model_copy(update={"api_token": TOKEN, "auth_credentials": True,
+                                                 "flower_url": "http://127.0.0.1:5555"})
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -65,20 +68,44 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-@pytest.fixture
-def page(browser, console_url):  # type: ignore[no-untyped-def]
-    """A fresh browser context, logged in through the form."""
+def credential(name: str, role: str) -> Iterator[str]:
+    """A credential `name` with `role` (any active one of that name revoked first); its token."""
+    from workflows import get_runtime
+    from workflows.core.access import Role
+    from workflows.operations import credentials as creds
+
+    creds.access_store().revoke(name, get_runtime().clock())
+    _, token = creds.create(name, Role(role), by="tests", expires_at=None)
+    yield token
+    creds.access_store().revoke(name, get_runtime().clock())
+
+
+@pytest.fixture(scope="module")
+def olga(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    yield from credential("olga", "operator")
+
+
+def logged_in(browser, console_url: str, token: str, name: str = ""):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
     p = context.new_page()
     p.on("dialog", lambda d: d.accept())  # the actions' confirmation
     p.goto(f"{console_url}/console/")
     assert "/console/login" in p.url
-    p.fill("#token", TOKEN)
+    if name:
+        p.fill("#name", name)
+    p.fill("#token", token)
     p.click("#login")
     p.wait_for_url(f"{console_url}/console/")
+    return p
+
+
+@pytest.fixture
+def page(browser, console_url, olga):  # type: ignore[no-untyped-def]
+    """A fresh browser context, logged in through the form as the operator olga."""
+    p = logged_in(browser, console_url, olga)
     yield p
-    context.close()
+    p.context.close()
 
 
 def test_an_operator_finds_a_stuck_order_redrives_its_dead_letter_and_watches_it_compensate(
@@ -175,3 +202,33 @@ def test_a_post_without_the_csrf_token_is_refused(page, console_url, order_facto
                           form={"operator": "mallory", "reason": "because", "confirm": "yes"})
     assert r.status == 403 and "CSRF token is missing or wrong" in r.text()
     assert len(get_saga(sid).events) == events and get_saga(sid).state in ("RUNNING", "COMPLETED")
+
+
+def test_a_viewer_logs_in_and_an_action_is_refused_and_recorded_with_their_name(
+        browser, console_url, app):  # type: ignore[no-untyped-def]
+    from workflows.operations.credentials import access_store
+
+    sid = start_saga("tests.three", {"behaviour": {"a": {"sleep": 5}}})
+    for token in credential("vic", "viewer"):
+        # Given a viewer logged in with their name and token
+        p = logged_in(browser, console_url, token, "vic")
+        try:
+            sync_api.expect(p.locator("#caller")).to_have_text("vic (viewer)")
+            p.goto(f"{console_url}/console/sagas/{sid}")
+            sync_api.expect(p.locator("#saga-state")).to_have_text("RUNNING")
+            # When they fill in and submit the cancel form
+            p.locator("summary", has_text="Cancel").click()
+            form = p.locator('form[action$="/cancel"]')
+            form.locator('input[name="operator"]').fill("it was me")
+            form.locator('input[name="reason"]').fill("let me try")
+            form.locator('input[name="confirm"]').check()
+            form.locator("button").click()
+            # Then the console refuses it, and the saga's history and the audit name the viewer
+            sync_api.expect(p.locator("main")).to_contain_text("the role 'viewer' may not cancel")
+        finally:
+            p.context.close()
+    refused = [e for e in get_saga(sid).events if e.type == "AccessRefused"]
+    assert [(e.detail["who"], e.detail["action"]) for e in refused] == [("vic", "cancel")]
+    assert get_saga(sid).state in ("RUNNING", "COMPLETED")
+    [row] = [r for r in access_store().audit_rows(who="vic") if r.action == "cancel"]
+    assert (row.outcome, row.role, row.note, row.address) == ("refused", "viewer", "it was me", "127.0.0.1")

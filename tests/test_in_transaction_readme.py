@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "guide" / "web-app.md"
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
-               "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps"}
+               "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps",
+               "credentials", "access_audit", "console_sessions"}
 EXAMPLE_TABLES = {"payments", "shipments", "notifications", "inventory_stock", "inventory_reservations",
                   "service_faults"}
 ALEMBIC = Path(sys.executable).parent / "alembic"
@@ -254,10 +255,10 @@ def test_the_shipped_revisions_are_the_sagas_branch() -> None:
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert scripts.get_heads() == ["0009"]
-    assert scripts.get_revision("sagas@head").revision == "0009"
+    assert scripts.get_heads() == ["0010"]
+    assert scripts.get_revision("sagas@head").revision == "0010"
     chain = [r.revision for r in scripts.walk_revisions("sagas@base", "sagas@head")]
-    assert chain == ["0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migrations(
@@ -267,7 +268,7 @@ def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migr
 
     heads = alembic_cmd(root, env, "heads")
     assert heads.returncode == 0, heads.stderr
-    assert "a001 (myapp) (head)" in heads.stdout and "0009 (sagas) (head)" in heads.stdout
+    assert "a001 (myapp) (head)" in heads.stdout and "0010 (sagas) (head)" in heads.stdout
 
     up = alembic_cmd(root, env, "upgrade", "heads")
     assert up.returncode == 0, up.stderr

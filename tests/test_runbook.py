@@ -221,7 +221,8 @@ def api(app: Any) -> Iterator[str]:
     """`uvicorn api:app` on a free loopback port, with a bearer token."""
     port = free_port()
     log = Path(f"/tmp/saga-test-runbook-uvicorn-{os.getpid()}-{port}.log")
-    env = worker_env(SAGA_EXTRA_MODULES=MODULES, SAGA_API_TOKEN=TOKEN)
+    # the single token's caller is recorded as SAGA_API_TOKEN_NAME (X-Operator is only a note, issue 31)
+    env = worker_env(SAGA_EXTRA_MODULES=MODULES, SAGA_API_TOKEN=TOKEN, SAGA_API_TOKEN_NAME="alice")
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

@@ -56,7 +56,8 @@ def waits_worker(app: Any) -> Iterator[WorkerProcess]:
 
 @pytest.fixture
 def client(app: Any) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"api_token": TOKEN})
+    # the single token's caller is recorded as `api_token_name` (X-Operator is only a note, issue 31)
+    settings = get_settings().model_copy(update={"api_token": TOKEN, "api_token_name": "alice"})
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         yield c
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,8 +48,32 @@ class Settings(BaseSettings):
     """False only in a test rig that shortens the visibility timeout on purpose."""
     extra_modules: str = ""
     """Comma-separated modules the worker imports besides the examples (your sagas and steps)."""
-    api_token: str | None = None
-    """Bearer token the HTTP API requires, when set."""
+    api_token: str | None = Field(default=None, repr=False)
+    """Single-token mode (a laptop, a demo): this one bearer token opens the HTTP API and the console
+    as an admin named `api_token_name`. Everyone who knows it is the same person to the audit; a team
+    uses per-person credentials instead (`auth_credentials`, docs: operations/security)."""
+    api_token_name: str = "token"
+    """The name the single token's caller is recorded under in the history and the access audit."""
+    auth_credentials: bool = False
+    """Require a credential made with `sagas credentials create` (a bearer token with a name and a
+    role: viewer, operator, service, admin) on the HTTP API and the console. With `api_token` set as
+    well, both are accepted. Neither set: the API is open (a laptop) and the console is off."""
+    token_key: SecretStr | None = None
+    """Key of the credentials' lookup hash (HMAC-SHA256 of the token): with it, a copy of the database
+    alone cannot even test a guessed token. The same on every API process and wherever `sagas
+    credentials` runs; changing it invalidates every credential. Unset: a fixed key."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses of reverse proxies (oauth2-proxy style) trusted to name the user in
+    `proxy_user_header`. The name must be an active credential's; its role applies. Empty: off."""
+    proxy_user_header: str = "X-Forwarded-User"
+    """The header a trusted proxy names the authenticated user in (ignored from any other address)."""
+    login_max_failures: int = 5
+    """Failed console logins, per name and per address, within `login_lockout_seconds` before the
+    console refuses further attempts from them (429) until the window has passed."""
+    login_lockout_seconds: float = 900.0
+    """The window failed console logins are counted over, and how long a lockout lasts at most."""
+    console_session_hours: float = 12.0
+    """How long a console login with a credential lasts (revoking the credential ends it at once)."""
     inline_steps: bool = True
     """Run a follow-up step on the same queue in the delivery that recorded the previous one,
     instead of publishing it (`workflows.orchestration.inline`)."""

@@ -6,7 +6,9 @@ first and mounting its own routers, which reuse `Authorized`, `IdempotencyKey`, 
 `status_path`. Importing this module needs no runtime and has no side effects.
 
 Every endpoint but `/healthz` (and the OpenAPI pages) needs `Authorization: Bearer <token>`
-when `SAGA_API_TOKEN` is set. Errors are JSON: `{"error": <kind>, "message": <what to do>}`.
+when `SAGA_API_TOKEN` or `SAGA_AUTH_CREDENTIALS` is set: a credential's token, whose role decides
+what it may do (`Allowed(permission)`; docs: operations/security), or the single token (an admin).
+Errors are JSON: `{"error": <kind>, "message": <what to do>}`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from collections.abc import Iterable
 import workflows.interfaces._api_extra  # noqa: F401  (without the `api` extra: an error that names it)
 from fastapi import APIRouter, FastAPI
 
-from workflows.interfaces.api.deps import Authorized, IdempotencyKey, Operator
+from workflows.core.access import Caller, Permission
+from workflows.interfaces.api.deps import Allowed, Authorized, IdempotencyKey, Note, Operator
 from workflows.interfaces.api.endpoints import api, status_path
 from workflows.interfaces.api.errors import install_handlers
 from workflows.interfaces.api.health import ops
@@ -25,7 +28,8 @@ from workflows.interfaces.metrics import saga_registry
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.settings import Settings, get_settings
 
-__all__ = ["Authorized", "IdempotencyKey", "Operator", "Started", "create_app", "status_path"]
+__all__ = ["Allowed", "Authorized", "Caller", "IdempotencyKey", "Note", "Operator", "Permission", "Started",
+           "create_app", "status_path"]
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,

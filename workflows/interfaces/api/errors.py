@@ -55,7 +55,7 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    kind = {400: "invalid_body", 401: "unauthorized", 404: "not_found",
+    kind = {400: "invalid_body", 401: "unauthorized", 403: "forbidden", 404: "not_found",
             405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
 

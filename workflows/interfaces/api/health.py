@@ -7,7 +7,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from workflows.interfaces.api.deps import AppRuntime, Authorized
+from workflows.core.access import Permission
+from workflows.interfaces.api.deps import Allowed, AppRuntime
 from workflows.interfaces.api.models import answers
 from workflows.runtime.container import Runtime
 
@@ -22,7 +23,7 @@ def healthz(rt: AppRuntime) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
 
-@ops.get("/metrics", dependencies=[Authorized], response_class=Response, responses=answers(401, 503))
+@ops.get("/metrics", dependencies=[Allowed(Permission.READ)], response_class=Response, responses=answers(401, 403, 503))
 def metrics(request: Request) -> Response:
     """Prometheus metrics, computed from the database at scrape time."""
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

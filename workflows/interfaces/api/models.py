@@ -139,7 +139,8 @@ class ErrorBody(BaseModel):
 
 def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error answers of an endpoint, for its OpenAPI spec (schemathesis checks each answer is one)."""
-    what = {400: "The body is not JSON", 401: "Missing or wrong bearer token",
+    what = {400: "The body is not JSON", 401: "Missing, unknown, revoked or expired bearer token",
+            403: "The credential's role does not allow this (recorded in the access audit)",
             404: "No such saga, saga type, step or dead letter",
             409: "Refused in the current state (recorded in the saga's history), or an idempotency conflict",
             422: "Invalid request: the body, a parameter or a header", 503: "The database or broker is not answering"}

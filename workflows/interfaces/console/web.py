@@ -12,6 +12,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from workflows.core.access import Permission
 from workflows.interfaces.console import auth
 from workflows.runtime.container import get_runtime
 from workflows.runtime.settings import Settings
@@ -47,14 +48,20 @@ def settings_of(request: Request) -> Settings:
 
 
 def guard(request: Request) -> auth.Session | Response:
-    """The request's session, or the answer to give instead (404 when off, the login page)."""
+    """The request's session, or the answer to give instead (404 when off, the login page, 403 for a
+    credential whose role may not read, a service's). A credential's session reads the database:
+    an `async` page calls it through `starlette.concurrency.run_in_threadpool`."""
     settings = settings_of(request)
     if not auth.enabled(settings):
-        raise HTTPException(404, "the console is off: set SAGA_API_TOKEN (or SAGA_CONSOLE_OPEN=true on a laptop)")
+        raise HTTPException(404, "the console is off: set SAGA_API_TOKEN or SAGA_AUTH_CREDENTIALS (or "
+                                 "SAGA_CONSOLE_OPEN=true on a laptop)")
     session = auth.current_session(request, settings)
     if session is not None:
+        if not session.caller.may(Permission.READ):
+            return error_page(request, session, 403, f"the role {session.caller.role.value!r} has no console: "
+                                                     "it is for viewers, operators and admins")
         return session
-    if not settings.api_token:  # open console (laptop): a session on the first page
+    if auth.is_open(settings):  # open console (laptop): a session on the first page
         return auth.new_session(request, settings)
     if request.url.path.startswith("/console/fragments/"):
         return Response("log in again", status_code=401)
@@ -69,8 +76,9 @@ def render(request: Request, session: auth.Session | None, name: str, status: in
     body = templates.get_template(name).render(
         csrf=session.csrf if session else "", csrf_field=auth.CSRF_FIELD, flash=flash,
         operator=unquote(request.cookies.get("saga_operator", ""))[:100],
-        flower=(settings.flower_url or "").rstrip("/"),
-        token_set=bool(settings.api_token), **context)
+        flower=(settings.flower_url or "").rstrip("/"), caller=session.caller if session else None,
+        may_act=bool(session and session.caller.may(Permission.ACT)),
+        token_set=not auth.is_open(settings), **context)
     response = HTMLResponse(body, status_code=status)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
