@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["workflows.testing"]  # the in-process tier's fixtures (saga_runtime, saga_kit, ...)
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.setdefault("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.setdefault("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -1,5 +1,5 @@
 """Child sagas in the in-process tier: a real store (SQLite), the real decision loop and sweeper,
-a recording dispatcher whose messages the test delivers (`Worker` of tests/test_inprocess.py). The
+a recording dispatcher whose messages the test delivers (`Worker` of workflows.testing). The
 clock is the test's; nothing sleeps. The same paths run on PostgreSQL with real workers in
 tests/test_children.py.
 """

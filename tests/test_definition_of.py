@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from workflows import (Parallel, RetryPolicy, Saga, Step, StepContext, Wait, get_saga, registry, signal, start_saga,
                        step_task)
 from workflows.core.definition import Child, SagaRegistry, child_id

@@ -26,7 +26,7 @@ from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher, message_for
 from workflows.runtime.settings import Settings
 from workflows.store.db import migrate
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 GATEWAY = ErrorInfo("GatewayError", "502 after the charge was taken")

@@ -27,7 +27,7 @@ from workflows.operations.dead_letters import redrive
 from workflows.operations.sweeper import sweep
 from workflows.orchestration.inline import InlineBudget
 from workflows.orchestration.step_task import Delivery, handle_step
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher, Sent
 from workflows.runtime.settings import Settings

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from tests.support.inprocess import Clock
+from workflows.testing import Clock
 from workflows import RetryPolicy, Saga, Step, StepContext, check_upgrade, registry, start_saga, step_task
 from workflows.interfaces.cli import main
 from workflows.operations.versions import check_definitions

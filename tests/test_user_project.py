@@ -5,7 +5,8 @@ into a fresh virtualenv in a temporary folder, and writes a small project there:
 (two steps and their compensations), its own Celery app and config, its own FastAPI app calling
 `start_saga`. `sagas migrate` makes the schema; a real prefork worker and the app under uvicorn run
 from that folder (no PYTHONPATH, the repository nowhere on sys.path) against the real PostgreSQL and
-Redis; one checkout completes over HTTP and one is compensated.
+Redis; one checkout completes over HTTP and one is compensated. The team's own saga tests
+(`tests/test_sagas.py`, the test kit `workflows.testing`) run with its pytest, no server reachable.
 
     pytest -m user_project
 """
@@ -121,6 +122,36 @@ def status(saga_id: str) -> dict:
 '''
 
 
+CONFTEST = '''
+"""The team's pytest set-up: the saga test kit."""
+pytest_plugins = ["workflows.testing"]
+'''
+
+TEST_SAGAS = '''
+"""The team's saga tests: its real steps, in process, on SQLite, on a virtual clock; no server."""
+from tasks import checkout
+
+
+def test_a_declined_card_releases_the_stock_it_reserved(saga_kit):
+    saga_id = saga_kit.start(checkout, {"id": "o-1", "quantity": 3, "card": "declined"})
+
+    assert saga_kit.state(saga_id) == "COMPENSATED"
+    assert [(c.step, c.received) for c in saga_kit.compensations(saga_id)] == [("reserve", {"reserved": 3})]
+
+
+def test_a_charge_failing_twice_is_retried_on_the_clock(saga_kit):
+    saga_kit.fail("card.charge", times=2)
+    saga_id = saga_kit.start(checkout, {"id": "o-2", "quantity": 1, "card": "visa"})
+    assert saga_kit.state(saga_id) == "RUNNING"
+
+    saga_kit.settle()  # the clock jumps over the retries' backoff
+
+    assert saga_kit.state(saga_id) == "COMPLETED"
+    assert [c.attempt for c in saga_kit.actions(saga_id) if c.step == "charge"] == [1, 2, 3]
+    assert saga_kit.compensations(saga_id) == []
+'''
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 180) -> str:
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
@@ -153,10 +184,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         home, dict(os.environ), timeout=300)
 
     src = home / "src"
-    src.mkdir()
+    (src / "tests").mkdir(parents=True)
     queue = f"team_{uuid.uuid4().hex[:8]}"  # a queue of its own on the shared test broker
     for name, text in {"tasks.py": TASKS.replace("QUEUE", queue), "celeryconfig.py": CELERYCONFIG,
-                       "app.py": APP, "web.py": WEB}.items():
+                       "app.py": APP, "web.py": WEB, "conftest.py": CONFTEST,
+                       "tests/test_sagas.py": TEST_SAGAS}.items():
         (src / name).write_text(textwrap.dedent(text).lstrip())
     url = fresh_pg_database("user_project")
     # the environment a team's shell has: nothing of this repository's (no PYTHONPATH, no test settings)
@@ -250,3 +282,12 @@ def test_a_teams_project_completes_one_saga_and_compensates_another_over_http(
     # the operator's CLI finds the team's app in the current folder, as `celery -A` does
     status = run(["sagas", "--app", "app", "status", declined, "--json"], src, env)
     assert json.loads(status)["state"] == "COMPENSATED"
+
+
+def test_a_teams_saga_tests_run_on_the_test_kit_with_no_server(project: tuple[Path, dict[str, str]]) -> None:
+    src, env = project
+    # no server reachable: the database and broker the team's settings name are closed ports
+    offline = env | {"SAGA_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                     "SAGA_BROKER_URL": "redis://127.0.0.1:1/0"}
+    out = run(["pytest", "-q", "-p", "no:cacheprovider", "tests/test_sagas.py"], src, offline)
+    assert "2 passed" in out, out

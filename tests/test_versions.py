@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.inprocess import Clock
+from workflows.testing import Clock
 
 from workflows import PermanentError, RetryPolicy, Saga, Step, StepContext, registry, start_saga, step_task
 from workflows.core.definition import SagaRegistry

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select, text
 
 import tests.support.wait_sagas  # noqa: F401  (registers the sagas)
 from tests.support.databases import own_pg_database
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from workflows import start_saga
 from workflows.core.errors import InvalidInput, NotWaiting, SagaError, SagaNotFound, SignalConflict
 from workflows.operations.actions import cancel, resume
