@@ -40,7 +40,7 @@ test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against
 	$(BIN)/python -m pytest -q
 
 test-ha: $(STAMP)  ## the highly available setups at the issue's size: Sentinel failover and RabbitMQ restart under 500 sagas, PgBouncer
-	HA_N=500 $(BIN)/python -m pytest -q -s tests/test_ha_sentinel.py tests/test_ha_rabbitmq.py tests/test_pgbouncer.py
+	HA_N=500 $(BIN)/python -m pytest -q -s tests/servers/test_ha_sentinel.py tests/servers/test_ha_rabbitmq.py tests/servers/test_pgbouncer.py
 
 $(VENV)/.bench-stamp: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"

@@ -1,7 +1,7 @@
 """Chaos: N order sagas on three worker pools, faults injected, workers SIGKILLed; then every invariant.
 
     .venv/bin/python bench/chaos.py --n 2000     # by hand: on a private Redis, restarted once mid-run
-    tests/test_chaos.py                          # in `make test`: --n 200 on the test Redis
+    tests/servers/test_chaos.py                  # in `make test`: --n 200 on the test Redis
     .venv/bin/python bench/chaos.py --n 200 --broker amqp://guest:guest@127.0.0.1:5672/chaos \
         --probe-redis redis://127.0.0.1:6379/12  # on RabbitMQ (the probe counts in a Redis)
 

@@ -5,7 +5,7 @@
 `sagas migrate` creates the saga tables only. The shop's tables (`tasks/models.py`) are the
 example's own, created here with `create_all`: it creates the tables that are missing and never
 touches one that exists, so a database migrated when revision 0001 still made them keeps them
-with every row (tests/test_migrations_split.py).
+with every row (tests/servers/test_migrations_split.py).
 """
 from __future__ import annotations
 

@@ -1,147 +1,46 @@
-"""Real servers, real workers. Set TEST_* variables to point the suite elsewhere.
+"""What every tier shares: the test kit's fixtures (`workflows.testing`: saga_runtime, saga_kit,
+saga_clock, saga_worker, ...), under the names the tests use (`rt`, `clock`, `worker`), and the
+process's saga and step-task registries restored after each test, so no test sees what another
+registered or unregistered.
 
-The test process and its worker subprocesses share one broker (Redis db 15) and one database
-(PostgreSQL `test`); both are wiped at the start of the session. Workers run the prefork pool,
-as in production, so time limits, late acks and redelivery are the real ones.
+`rt` is the test's runtime on a fresh SQLite file (active while the test runs), `clock` its clock,
+`worker` the in-process worker delivering what `rt` recorded. A module changes them by overriding the
+kit's fixtures: `saga_settings` (ask for the one it overrides and add to it), `saga_ids`,
+`saga_migrate`, `saga_database_url` (e.g. parametrized over SQLite and a PostgreSQL database).
+
+The tiers (tests/README.md): tests/pure (no database, no broker), tests/inprocess (SQLite, the
+recording dispatcher, the test clock; no server), tests/servers (PostgreSQL, Redis, RabbitMQ, real
+workers; their fixtures are in tests/servers/conftest.py).
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.setdefault("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-PG_URL = os.environ.setdefault("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-if os.environ.get("TEST_PGBOUNCER") == "1":  # the whole session through PgBouncer in transaction mode
-    sys.path.insert(0, str(ROOT))
-    from tests.support.servers import session_pgbouncer
+if TYPE_CHECKING:  # imported by pytest as the plugin below, not here first (its asserts are rewritten then)
+    from workflows.runtime.container import Runtime
+    from workflows.testing import Clock, Worker
 
-    PG_URL = os.environ["TEST_PG_URL"] = session_pgbouncer(PG_URL)
-AMQP_URL = os.environ.setdefault("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-# This process is a client of the same system the workers run.
-os.environ["SAGA_BROKER_URL"] = REDIS_URL
-os.environ["SAGA_DATABASE_URL"] = PG_URL
-os.environ["SAGA_EXTRA_MODULES"] = "tests.support.sagas"
-os.environ["SAGA_DISPATCH_GRACE"] = "1"
-os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
-sys.path.insert(0, str(ROOT))
-
-
-def worker_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(extra)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-class WorkerProcess:
-    """`celery -A worker worker` in a subprocess, stopped (or killed) by the test."""
-
-    def __init__(self, name: str, queues: str, concurrency: int = 2, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
-        self.name = name
-        self.log = log or Path(f"/tmp/saga-test-worker-{name}-{os.getpid()}.log")
-        cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency),
-               "-Q", queues, "-n", f"{name}@%h", "--loglevel=WARNING", "--without-gossip", "--without-mingle"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env or worker_env(), stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, app, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-2000:]}")
-            replies = app.control.ping(destination=[f"{self.name}@{os.uname().nodename}"], timeout=0.5)
-            if replies:
-                return
-        raise RuntimeError(f"worker {self.name} not ready: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        from tests.support.interfaces import stop_process_group
-
-        stop_process_group(self.proc)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-
-@pytest.fixture(scope="session")
-def database() -> str:
-    from tasks.schema import drop_shop_tables, migrate
-    from workflows.store.db import downgrade_all
-
-    downgrade_all(PG_URL)
-    drop_shop_tables(PG_URL)
-    migrate(PG_URL)  # the saga tables and the example shop's
-    return PG_URL
-
-
-@pytest.fixture(scope="session")
-def broker() -> str:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
-
-
-@pytest.fixture(scope="session")
-def app(database: str, broker: str):  # type: ignore[no-untyped-def]
-    import worker
-
-    return worker.app
-
-
-@pytest.fixture(scope="session")
-def running_worker(app) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-def]
-    w = WorkerProcess("main", "saga,inventory,payment,shipping,notification,tests", concurrency=2)
-    try:
-        w.wait_ready(app)
-        yield w
-    finally:
-        w.stop()
-
-
-@pytest.fixture
-def redis_client():  # type: ignore[no-untyped-def]
-    import redis
-
-    return redis.Redis.from_url(REDIS_URL)
-
-
-@pytest.fixture
-def order_factory():  # type: ignore[no-untyped-def]
-    """A valid order with a fresh id and its own SKU stocked with 10 units."""
-    from tasks.inventory import restock
-
-    def make(**overrides):  # type: ignore[no-untyped-def]
-        oid = uuid.uuid4().hex[:10]
-        sku = f"SKU-{oid}"
-        restock({sku: 10})
-        order = {"order_id": f"order-{oid}", "customer_id": "cust-1", "email": "c@example.com",
-                 "items": [{"sku": sku, "quantity": 2, "price": "12.50"}],
-                 "payment": {"card": "4242424242424242"},
-                 "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin", "country": "DE"}}
-        order.update(overrides)
-        return order
-
-    return make
+pytest_plugins = ["workflows.testing"]
 
 
 @pytest.fixture(autouse=True)
-def _no_faults_left(request):  # type: ignore[no-untyped-def]
+def _registries_restored(saga_registries: None) -> Iterator[None]:
     yield
-    if "app" in request.fixturenames:
-        from tasks.common import clear_faults
 
-        clear_faults()
+
+@pytest.fixture
+def clock(saga_clock: Clock) -> Clock:
+    return saga_clock
+
+
+@pytest.fixture
+def rt(saga_runtime: Runtime) -> Runtime:
+    return saga_runtime
+
+
+@pytest.fixture
+def worker(saga_worker: Worker) -> Worker:
+    return saga_worker

@@ -1,4 +1,4 @@
-"""The docs' async app (docs/guide/async.md, written out as `checkout_async.py` by tests/test_aio_web.py)
+"""The docs' async app (docs/guide/async.md, written out as `checkout_async.py` by tests/servers/test_aio_web.py)
 served by uvicorn, with what the test needs around it:
 
 - a meter of the event loop's lag: a task that sleeps 10 ms and records how late it wakes

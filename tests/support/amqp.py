@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
-from conftest import WorkerProcess, worker_env
+from tests.support.workers import WorkerProcess, worker_env
 from kombu import Connection, Exchange, Queue
 
 AMQP_URL = os.environ["TEST_AMQP_URL"]

@@ -29,7 +29,7 @@ os.environ["SAGA_EVENT_NAMESPACE"] = NAMESPACE  # before any worker is started o
 
 from sqlalchemy import select  # noqa: E402
 
-from conftest import WorkerProcess, worker_env  # noqa: E402
+from tests.support.workers import WorkerProcess, worker_env  # noqa: E402
 from tests.support.interfaces import wait_until  # noqa: E402,F401 (the choreography tests import it from here)
 
 POOLS = {  # worker name -> services whose queues it consumes (and its pool size)

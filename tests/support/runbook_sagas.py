@@ -1,4 +1,4 @@
-"""Sagas that get stuck the ways docs/operations/runbook.md covers, for tests/test_runbook.py.
+"""Sagas that get stuck the ways docs/operations/runbook.md covers, for tests/servers/test_runbook.py.
 
 Their steps run `tests.support.sagas.behave` (the behaviour per step comes from the input:
 {"fail": "permanent"}, {"fail_times": n}, {"switch": true}: fails while the Redis key

@@ -89,7 +89,7 @@ fan_out = register_saga(Saga("tests.fan_out", steps=[
 ]))
 
 
-# The console's browser test (tests/test_console_browser.py): the example shop's order with compensations
+# The console's browser test (tests/servers/test_console_browser.py): the example shop's order with compensations
 # that give up after 3 quick tries, so a stuck release is dead-lettered in seconds, not minutes.
 def _console_order() -> Saga:
     from tasks.inventory import release_reservation, reserve_items

@@ -9,7 +9,7 @@ RabbitMQ node of its own (restarting it disturbs no other test).
         group.wait_failover()
 
 `python -m tests.support.servers pgbouncer URL` runs one in the foreground (printing the URL through
-it) for running other test modules through it: `TEST_PG_URL=<that url> pytest tests/test_x.py`; or
+it) for running other test modules through it: `TEST_PG_URL=<that url> pytest tests/servers/test_x.py`; or
 set TEST_PGBOUNCER=1 and the suite's conftest starts one itself.
 """
 from __future__ import annotations

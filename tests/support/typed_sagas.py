@@ -1,4 +1,4 @@
-"""Typed steps (tests/test_typed_steps.py): step functions that take and return pydantic models.
+"""Typed steps (tests/inprocess/test_typed_steps.py): step functions that take and return pydantic models.
 
 Here, not in the test module: a test module imported by another is loaded twice by pytest, with
 two sets of its step tasks.

@@ -1,4 +1,4 @@
-"""Two versions of one saga for the rolling-deploy tests (tests/test_versions_workers.py).
+"""Two versions of one saga for the rolling-deploy tests (tests/servers/test_versions_workers.py).
 
 The step tasks are the services' code: every test worker has all of them. The saga versions are
 registered by the modules a worker loads with SAGA_EXTRA_MODULES: `tests.support.versions_v1`,

@@ -110,6 +110,14 @@ class SagaRegistry:
     def names(self) -> list[str]:
         return sorted(n for n, v in self._sagas.items() if v)
 
+    def snapshot(self) -> dict[str, dict[int, Saga]]:
+        """A copy of what is registered, for `restore` (a test that registers or unregisters)."""
+        return {name: dict(versions) for name, versions in self._sagas.items()}
+
+    def restore(self, snapshot: dict[str, dict[int, Saga]]) -> None:
+        """Exactly what `snapshot` held is registered again, nothing else."""
+        self._sagas = {name: dict(versions) for name, versions in snapshot.items()}
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and bool(self._sagas.get(name))
 

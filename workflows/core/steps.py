@@ -126,6 +126,13 @@ class StepTaskRegistry:
     def queues(self) -> set[str]:
         return {t.queue for t in self._tasks.values()}
 
+    def snapshot(self) -> dict[str, StepTask]:
+        """A copy of what is declared, for `restore` (tests)."""
+        return dict(self._tasks)
+
+    def restore(self, snapshot: dict[str, StepTask]) -> None:
+        self._tasks = dict(snapshot)
+
 
 step_tasks = StepTaskRegistry()
 

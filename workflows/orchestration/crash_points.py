@@ -2,7 +2,7 @@
 
 `SAGA_TEST_CRASH_AFTER_COMMIT=<step>` kills the pool process right after that step's transition
 committed, before its follow-up is published; `<step>:worker` kills the whole worker
-(tests/test_crash_safety.py, tests/test_children.py). Unset (always, outside those tests), it
+(tests/servers/test_crash_safety.py, tests/servers/test_children.py). Unset (always, outside those tests), it
 does nothing. The step task hands `after_commit` to `DecisionLoop.step`.
 """
 from __future__ import annotations

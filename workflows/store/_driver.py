@@ -11,7 +11,7 @@ connection's psycopg cursor; nothing else uses this module.
 It reads SQLAlchemy's compiler and pool internals (`SQLCompiler.bind_names`, `escaped_bind_names`,
 `BindParameter.effective_value`, bind/result processors, the pool's connection fairy,
 `Dialect.is_disconnect`, `DBAPIError.instance`): pyproject.toml pins SQLAlchemy and psycopg to
-the minor versions `tests/test_driver.py` runs against.
+the minor versions `tests/servers/test_driver.py` runs against.
 
     LOAD = select(...).where(SAGAS.c.id == bindparam("saga_id"))  # built once: a module constant
     with driver_cursor(url) as cur:

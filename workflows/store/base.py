@@ -4,8 +4,8 @@ Every write to the saga tables goes through one of these methods. A caller names
 Protocol it uses (the decision loop a `Recorder`, the version report `WorkerVersions`...); a
 `Runtime` holds the whole `SagaStore`. `open_store(url)` (in `workflows.store`) picks the
 implementation by URL: `SQLiteStore` for `sqlite://`, `PostgresStore` for `postgresql://`. Both
-pass the same contract suite, every Protocol of it (`tests/test_store.py`,
-`tests/test_store_interfaces.py`). A `Transition` (from the pure engine) holds every row a decision
+pass the same contract suite, every Protocol of it (`tests/servers/test_store.py`,
+`tests/servers/test_store_interfaces.py`). A `Transition` (from the pure engine) holds every row a decision
 writes: the run, its changed steps, its history, its dead letters and the dead letters it resolves;
 the store writes exactly that, atomically, or raises `ConcurrentTransition` and writes nothing.
 

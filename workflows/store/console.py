@@ -7,7 +7,7 @@ Each query is shaped for an index of revision 0008 (or older): the list is newes
 the search by business key is `input @> {"order_id": ...}` on the GIN index `ix_sagas_input`
 (PostgreSQL; SQLite reads the key with `json_extract`), "stuck" joins the late runs found
 on `ix_saga_steps_deadline` and `ix_sagas_deadline`, "has open dead letters" one on `ix_dead_letters_status`.
-`tests/test_console_scale.py` checks the plans with EXPLAIN at 10,000 runs.
+`tests/servers/test_console_scale.py` checks the plans with EXPLAIN at 10,000 runs.
 """
 from __future__ import annotations
 

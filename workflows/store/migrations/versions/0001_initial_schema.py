@@ -4,7 +4,7 @@ The first revision of the `sagas` branch: an application with its own Alembic mi
 this folder to its `version_locations` and upgrades `heads` (README, "The saga tables in your
 database"). Up to 0.1.0 this revision also created the example shop's tables when the config
 said so (`saga_example_tables`); they are the example's own now (`tasks/schema.py`), and a
-database migrated then keeps them and their rows (tests/test_migrations_split.py).
+database migrated then keeps them and their rows (tests/servers/test_migrations_split.py).
 
 Revision ID: 0001
 Revises:
