@@ -9,10 +9,11 @@ action by default, or the compensation); it strikes a number of times (every tim
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel
 
 from workflows.core.errors import PermanentError
 from workflows.core.steps import StepContext, StepError, StepTask
@@ -122,7 +123,7 @@ class Faults:
 def instrument(st: StepTask, faults: Faults, calls: list[Call]) -> StepTask:
     """`st` with its function wrapped: armed faults strike, every call is recorded in `calls`."""
 
-    def fn(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any] | None:
+    def fn(ctx: StepContext, data: dict[str, Any]) -> Any:
         def record(returned: dict[str, Any] | None = None, raised: BaseException | None = None,
                    injected: bool = False) -> None:
             calls.append(Call(ctx.saga_id, ctx.saga_type, st.name, ctx.step, ctx.kind, ctx.attempt, ctx.input,
@@ -135,15 +136,17 @@ def instrument(st: StepTask, faults: Faults, calls: list[Call]) -> StepTask:
             record(raised=exc, injected=True)
             raise exc
         try:
-            out = st.fn(ctx, data)
+            out = st(ctx, data)  # as the worker calls it: typed parameters get their models
         except BaseException as e:
             record(raised=e)
             raise
         if fault is not None:
             exc = fault.exception(ctx)
-            record(returned=out, raised=exc, injected=True)
+            record(returned=out.model_dump(mode="json") if isinstance(out, BaseModel) else out, raised=exc,
+                   injected=True)
             raise exc
-        record(returned=out)
+        record(returned=out.model_dump(mode="json") if isinstance(out, BaseModel) else out)
         return out
 
-    return StepTask(st.name, st.queue, fn)
+    # `st(...)` inside converts the input; the wrapper keeps the result's model for its validation
+    return StepTask(st.name, st.queue, fn, replace(st.signature, input=None, takes_result=False, action_result=None))
