@@ -274,3 +274,18 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Failed relay attempts (broker unreachable)."""
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ProjectionRow(Base):
+    """A record an after-commit projection (`workflows.projections`) still has to send: written in
+    the transition's own atomic write, deleted once sent; the sweeper sends those a crash left."""
+
+    __tablename__ = "projection_outbox"
+    __table_args__ = (Index("ix_projection_outbox_created", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The record's dedup key (`<projection>:<saga id>:<run version>`)."""
+    projection: Mapped[str] = mapped_column(String(60))
+    saga_id: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime]

@@ -1,0 +1,56 @@
+"""The store's part of the after-commit projections (`workflows.projections`): the pending rows.
+
+A transition's records (`Transition.projected`) are inserted by its own atomic write (`SqlStore._write`,
+the PostgreSQL statements, the starts), deleted once sent (`projections_sent`, one statement), and
+read back by the sweeper when a crash or a sink that was down left them (`unsent_projections`).
+"""
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from workflows.core.transition import ProjectedRecord
+from workflows.store.db import statement_engine
+from workflows.store.models import ProjectionRow, SagaRow
+
+PROJECTIONS = ProjectionRow.__table__
+PROJECTION_COLUMNS = ("id", "projection", "body", "created_at")
+
+
+def projection_values(records: Sequence[ProjectedRecord], now: datetime) -> builtins.list[dict[str, Any]]:
+    """The pending rows of `records` (each one's own saga id)."""
+    return [{"id": r.id, "projection": r.projection, "saga_id": r.saga_id, "body": r.body, "created_at": now}
+            for r in records]
+
+
+class ProjectionRows:
+    url: str
+
+    def unsent_projections(self, created_before: datetime, limit: int = 500) -> builtins.list[ProjectedRecord]:
+        """Records written before `created_before` and not sent yet, oldest first."""
+        q = (select(PROJECTIONS).where(PROJECTIONS.c.created_at < created_before)
+             .order_by(PROJECTIONS.c.created_at, PROJECTIONS.c.id).limit(limit))
+        with statement_engine(self.url).connect() as c:
+            return [ProjectedRecord(r.id, r.projection, r.saga_id, r.body) for r in c.execute(q)]
+
+    def projections_sent(self, ids: Sequence[str]) -> None:
+        """Forget the records sent (one statement; none: nothing)."""
+        if ids:
+            with statement_engine(self.url).begin() as c:
+                c.execute(delete(PROJECTIONS).where(PROJECTIONS.c.id.in_(list(ids))))
+
+    def projection_backlog(self) -> int:
+        """How many records wait to be sent (a sink down, or its writer crashed)."""
+        with statement_engine(self.url).connect() as c:
+            return int(c.scalar(select(func.count()).select_from(PROJECTIONS)) or 0)
+
+    def saga_id_for_key(self, idempotency_key: str) -> str | None:
+        """The run started under `idempotency_key` (a business id), if any."""
+        sagas = SagaRow.__table__
+        with statement_engine(self.url).connect() as c:
+            found = c.scalar(select(sagas.c.id).where(sagas.c.idempotency_key == idempotency_key))
+        return None if found is None else str(found)
