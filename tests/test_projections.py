@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from workflows import PermanentError, Saga, Step, StepContext, register_saga, start_saga, step_task
-from workflows.core.registry import registry
+from workflows import start_saga
 from workflows.core.transition import ProjectedRecord, Transition
 from workflows.operations.sweeper import sweep
 from workflows.projections import Projection, Projections
@@ -23,21 +22,7 @@ from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
 from workflows.store.db import migrate
 from tests.support.inprocess import Clock, Worker
-
-
-def act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
-    if data.get("fail") == ctx.step:
-        raise PermanentError(f"{ctx.step} refuses")
-    return {"step": ctx.step}
-
-
-proj_act = step_task("proj.act", queue="proj")(act)
-proj_undo = step_task("proj.undo", queue="proj")(act)
-register_saga(Saga("proj.line", steps=[
-    Step("a", action=proj_act, compensation=proj_undo),
-    Step("b", action=proj_act, compensation=proj_undo),
-    Step("c", action=proj_act, compensation=None),
-]))
+from tests.support.projection_sagas import LINE
 
 
 class RecordingSink:
@@ -141,7 +126,7 @@ def test_a_sink_down_leaves_the_records_pending_and_the_sweeper_sends_them_in_or
 def test_a_crash_between_commit_and_send_is_repaired_by_the_sweeper(rt: Runtime, events: RecordingSink,
                                                                     clock: Clock) -> None:
     # Given a start committed whose process died before publishing (nothing sent, nothing published)
-    saga_id = rt.loop.start(registry.newest("proj.line"), {}).saga_id
+    saga_id = rt.loop.start(LINE, {}).saga_id
     assert events.sent == [] and [r.body["event"] for r in pending(rt, saga_id)] == ["SagaStarted"]
 
     # When the sweeper runs after the grace

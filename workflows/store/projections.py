@@ -48,6 +48,15 @@ class ProjectionRows:
         with statement_engine(self.url).connect() as c:
             return int(c.scalar(select(func.count()).select_from(PROJECTIONS)) or 0)
 
+    def run_pages(self, after: str = "", limit: int = 500) -> builtins.list[tuple[str, datetime]]:
+        """(id, updated_at) of the orchestrated runs whose id sorts after `after`, by id: a rebuild
+        of a read model walks every run once (`projections.rebuild`)."""
+        sagas = SagaRow.__table__
+        q = (select(sagas.c.id, sagas.c.updated_at)
+             .where(sagas.c.id > after, sagas.c.style == "orchestrated").order_by(sagas.c.id).limit(limit))
+        with statement_engine(self.url).connect() as c:
+            return [(r.id, r.updated_at) for r in c.execute(q)]
+
     def saga_id_for_key(self, idempotency_key: str) -> str | None:
         """The run started under `idempotency_key` (a business id), if any."""
         sagas = SagaRow.__table__

@@ -7,6 +7,7 @@
     sagas signal <id> approval --data '{"approved": true}' --idempotency-key approval-1234
     sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
     sagas versions                    sagas move <id> --to-version 2 --reason ...
+    sagas kafka-commands              sagas redis-rebuild
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
 reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
@@ -25,7 +26,7 @@ from typing import Any
 import click
 
 from workflows.core.errors import SagaError
-from workflows.interfaces.cli import dead_letters, maintenance, operate, runs, upgrade
+from workflows.interfaces.cli import dead_letters, maintenance, operate, projections, runs, upgrade
 
 __all__ = ["main"]
 
@@ -99,6 +100,7 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
     ctx.obj = {"who": who, "app": app_module, "runtime": lambda: _runtime()}
 
 
-for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS, *upgrade.COMMANDS):
+for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS, *upgrade.COMMANDS,
+                *projections.COMMANDS):
     main.add_command(command)
 
