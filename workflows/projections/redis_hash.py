@@ -34,7 +34,6 @@ class RedisHashSink:
         import redis  # Celery's redis transport brings it
         self.client: Any = redis.Redis.from_url(url)
         self.ttl = ttl
-        self.script: Any = self.client.register_script(_NEWER)
 
     def send(self, records: Sequence[ProjectedRecord]) -> Sequence[str]:
         pipe = self.client.pipeline(transaction=False)
@@ -47,7 +46,9 @@ class RedisHashSink:
         """Replace `saga:<saga_id>` by `fields` unless the hash holds a newer run version."""
         ttl = self.ttl if fields.get("terminal") == "1" and self.ttl > 0 else 0
         args = [fields["run_version"], ttl, *(x for kv in fields.items() for x in kv)]
-        return self.script(keys=[key_of(saga_id)], args=args, client=client or self.client)
+        # EVAL, not a registered script: in a pipeline redis-py checks and loads a script first (two
+        # round trips more); the script is a few hundred bytes
+        return (client or self.client).eval(_NEWER, 1, key_of(saga_id), *args)
 
     def close(self) -> None:
         self.client.close()
