@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from workflows import start_saga
+from workflows.interfaces import cli
 from workflows.core.outcomes import ActionSucceeded
 from workflows.operations.sweeper import sweep
 from workflows.projections.rebuild import rebuild_read_model
@@ -114,3 +116,25 @@ def test_the_read_model_is_rebuilt_from_the_database(rt: Runtime, r: Any) -> Non
     assert r.hget(f"saga:{failed}", "state") == "COMPENSATED" and "b refuses" in r.hget(f"saga:{failed}", "error")
     r.delete(f"saga:{done}")
     assert rebuild_read_model(rt, saga_id=done) == 1 and r.hget(f"saga:{done}", "state") == "COMPLETED"
+
+
+def test_sagas_redis_rebuild_writes_the_read_model_again(rt: Runtime, r: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    saga_id = start_saga(LINE, {})
+    drain(rt)
+    r.delete(f"saga:{saga_id}")
+    monkeypatch.setattr(cli, "_runtime", lambda: rt)
+
+    one = CliRunner().invoke(cli.main, ["redis-rebuild", "--saga-id", saga_id])
+    every = CliRunner().invoke(cli.main, ["redis-rebuild"])
+
+    assert one.exit_code == every.exit_code == 0, one.output + every.output
+    assert one.stdout.strip() == "1 run(s) written to the read model"
+    assert every.stdout.strip().endswith("run(s) written to the read model")
+    assert r.hget(f"saga:{saga_id}", "state") == "COMPLETED"
+
+
+def test_sagas_redis_rebuild_without_a_read_model_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = Runtime(app=None, settings=Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}"))
+    monkeypatch.setattr(cli, "_runtime", lambda: plain)
+    out = CliRunner().invoke(cli.main, ["redis-rebuild"])
+    assert out.exit_code == 1 and "SAGA_REDIS_READ_MODEL_URL is not set" in out.stderr

@@ -86,8 +86,9 @@ def consume_all(bootstrap: str, topic: str, group: str, *, until: int, timeout: 
     not counted), or `stop_after` messages (then it commits and leaves)."""
     from confluent_kafka import Consumer
 
+    # a short session: Tansu holds a new group's first join until the session timeout (45 s by default)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False})
+                  "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
     c.subscribe([topic])
     got: list[dict[str, Any]] = []
     seen: set[str] = set()

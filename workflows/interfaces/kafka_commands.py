@@ -155,8 +155,11 @@ def consume(rt: Runtime, *, stop: Callable[[], bool] = lambda: False, poll: floa
     if not s.kafka_bootstrap_servers:
         raise SagaError("SAGA_KAFKA_BOOTSTRAP_SERVERS is not set: there is no Kafka to consume from")
     aliases = aliases_of(s.kafka_command_aliases)
+    # a session of 10 s (librdkafka's default is 45): a consumer that died is replaced sooner, and a
+    # broker that holds a new group's first join for a session (Tansu) answers in seconds
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers, "group.id": s.kafka_commands_group,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
     consumer.subscribe([s.kafka_commands_topic])
     try:
         while not stop():
