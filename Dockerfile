@@ -16,7 +16,7 @@ WORKDIR /app
 COPY . .
 # `pip install .` brings the library (`workflows`), the `sagas` console script and, by extra, what
 # this deployment uses: psycopg 3, the HTTP API and console, Flower.
-RUN pip install ".[postgres,api,flower]" \
+RUN pip install ".[postgres,api,flower,kafka]" \
     && useradd --create-home --uid 10001 sagas
 USER sagas
 

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss migrate worker beat flower api clean
+.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss bench-projections migrate worker beat flower api clean
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 
@@ -54,6 +54,9 @@ bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefo
 
 bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
 	$(BIN)/python bench/store_scale.py
+
+bench-projections: $(STAMP)  ## per-step cost of the Kafka saga-events and Redis read-model projections, on and off
+	$(BIN)/python bench/projections.py --n $(BENCH_N)
 
 bench-rss: $(STAMP)  ## worker RSS after 500, then 5,000 more sagas: fails if it grows
 	$(BIN)/python bench/run.py --rss-check --rss-n 500,5000

@@ -32,10 +32,12 @@ class OrderStarted(Started):
 @orders.post("/orders", status_code=202)
 def start_order(order: Order, request: Request, response: Response,
                 caller: Annotated[Caller, Allowed(Permission.START)], key: IdempotencyKey = None) -> OrderStarted:
-    """Start the example order fulfillment saga (what a shop's checkout would call); the run is
-    recorded as the caller's (a service credential reads it back)."""
-    saga_id = start_owned(caller, "order_fulfillment", order.model_dump(mode="json"), idempotency_key=key,
-                          version=None)
+    """Start the example order fulfillment saga (what a shop's checkout would call), under the order's
+    own id: `GET /api/sagas/<order id>/status` is its status. The same order posted again is the
+    same run (its id is the idempotency key unless the request gives one). The run is recorded as the
+    caller's (a service credential reads it back)."""
+    saga_id = start_owned(caller, "order_fulfillment", order.model_dump(mode="json"), saga_id=order.order_id,
+                          idempotency_key=key or order.order_id, version=None)
     response.headers["Location"] = status_path(request, saga_id)
     return OrderStarted(saga_id=saga_id, saga_type="order_fulfillment", order_id=order.order_id,
                         status_url=status_path(request, saga_id))

@@ -352,3 +352,44 @@ def test_the_library_api_serves_no_shop_endpoint_and_imports_neither_the_shop_no
                           cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ business ids
+
+
+def test_an_order_posted_runs_under_its_own_id_and_its_status_is_read_by_it(client, order_factory):  # type: ignore[no-untyped-def]
+    # Given an order posted by the shop's checkout
+    order = order_factory()
+    r = client.post("/api/orders", json=order)
+
+    # Then its saga runs under the order's own id, as the seed reads it: /api/sagas/order-123/status
+    assert r.status_code == 202 and r.json()["saga_id"] == order["order_id"]
+    assert r.headers["Location"] == f"/api/sagas/{order['order_id']}/status"
+    assert wait_for(order["order_id"], timeout=30).state == "COMPLETED"
+    assert client.get(f"/api/sagas/{order['order_id']}/status").json()["state"] == "COMPLETED"
+
+    # And the same order posted again is the same run
+    again = client.post("/api/orders", json=order)
+    assert again.status_code == 202 and again.json()["saga_id"] == order["order_id"]
+
+
+def test_status_and_history_are_found_by_idempotency_key(client):  # type: ignore[no-untyped-def]
+    # Given a run started under a business key
+    key = f"invoice-{new_id()}"
+    saga_id = client.post("/api/sagas/tests.three", json={"n": 1}, headers={"Idempotency-Key": key}).json()["saga_id"]
+    assert saga_id != key
+
+    # When it is read by its key: no run has that id, so the key's run answers; `?key=true` only by key
+    status = client.get(f"/api/sagas/{key}/status")
+    explicit = client.get(f"/api/sagas/{key}/status", params={"key": "true"})
+    full = client.get(f"/api/sagas/{key}")
+
+    # Then the same run as by its id, with its history
+    assert status.status_code == explicit.status_code == full.status_code == 200
+    assert status.json()["id"] == explicit.json()["id"] == full.json()["id"] == saga_id
+    assert full.json()["events"][0]["type"] == "SagaCreated"
+    # a run id is not a key: asked only by key, it is 404 naming the key
+    by_key_only = client.get(f"/api/sagas/{saga_id}/status", params={"key": "true"})
+    assert by_key_only.status_code == 404 and saga_id in by_key_only.text
+    missing = client.get("/api/sagas/no-such-order/status")
+    assert missing.status_code == 404 and "nor with that idempotency key" in missing.text

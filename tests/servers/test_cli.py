@@ -54,6 +54,19 @@ def test_start_prints_the_id_and_status_shows_the_timeline():  # type: ignore[no
     assert [(s["name"], s["attempts"]) for s in as_json["steps"]] == [("a", 2), ("b", 1), ("c", 1)]
 
 
+def test_status_finds_a_run_by_the_idempotency_key_it_was_started_under():  # type: ignore[no-untyped-def]
+    key = f"order-{new_id()}"
+    saga_id = sagas("start", "tests.three", "--data", "{}", "--idempotency-key", key).stdout.strip()
+    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+
+    by_key = json.loads(sagas("status", key, "--json").stdout)
+    explicit = json.loads(sagas("status", key, "--key", "--json").stdout)
+
+    assert by_key["id"] == explicit["id"] == saga_id and by_key["idempotency_key"] == key
+    refused = sagas("status", saga_id, "--key")
+    assert refused.exit_code == 1 and f"no saga with idempotency key '{saga_id}'" in refused.stderr
+
+
 def test_start_wait_prints_only_its_own_output_on_stdout():  # type: ignore[no-untyped-def]
     """The worker module's JSON logs (INFO, as a worker runs it) stay out of a command's output."""
     quiet = {k: v for k, v in env().items() if k != "SAGA_LOG_LEVEL"}

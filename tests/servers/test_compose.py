@@ -18,7 +18,8 @@ from tasks.common import SERVICES
 from workflows.install import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api"}
+APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api",
+                "kafka-commands"}
 POOLS = ("worker-orchestrator", "worker-services", "worker-events")
 
 
@@ -32,7 +33,7 @@ def queues_of(command: list[str]) -> set[str]:
 
 
 def test_compose_declares_every_service(compose):  # type: ignore[no-untyped-def]
-    assert set(compose["services"]) == {"redis", "postgres", *APP_SERVICES}
+    assert set(compose["services"]) == {"redis", "postgres", "kafka", *APP_SERVICES}
 
 
 def test_every_saga_service_runs_the_image_built_here_against_the_same_servers(compose):  # type: ignore[no-untyped-def]
@@ -106,12 +107,23 @@ def test_servers_have_health_checks_the_others_wait_for(compose):  # type: ignor
     assert services["postgres"]["environment"]["POSTGRES_DB"] == "sagas"
 
 
+def test_a_real_apache_kafka_serves_saga_events_and_commands(compose):  # type: ignore[no-untyped-def]
+    services = compose["services"]
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].startswith("PLAINTEXT://kafka:9092")
+    assert services["kafka-commands"]["command"] == ["sagas", "kafka-commands"]
+    assert services["kafka-commands"]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    env = services["worker-services"]["environment"]
+    assert env["SAGA_KAFKA_BOOTSTRAP_SERVERS"].endswith("kafka:9092}")
+    assert env["SAGA_REDIS_READ_MODEL_URL"].endswith("redis://redis:6379/2}")
+
+
 def test_dockerfile_installs_the_project_on_python_3_11_slim():  # type: ignore[no-untyped-def]
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
 
     assert "FROM python:3.11-slim" in lines
-    # the wheel is the library: the deployment's driver, API and Flower come as extras
-    assert any(line.startswith('RUN pip install ".[postgres,api,flower]"') for line in lines)
+    # the wheel is the library: the deployment's driver, API, Flower and Kafka client come as extras
+    assert any(line.startswith('RUN pip install ".[postgres,api,flower,kafka]"') for line in lines)
     assert "PYTHONPATH=/app \\" in lines
 
 

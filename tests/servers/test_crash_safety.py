@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from tests.support.workers import WorkerProcess, worker_env
@@ -24,6 +24,7 @@ from tests.support.interfaces import wait_until
 from tests.support.sagas import r
 from workflows import IdempotencyConflict, get_runtime, get_saga, registry, start_saga, wait_for
 from workflows.core.state import ActionFailed, ActionSucceeded, ActionTimedOut, ErrorInfo
+from workflows.operations.sweeper import sweep
 from workflows.store.models import EventRow, SagaRow
 from tests.support.runs import apply, create_run, publish_command
 from workflows.store import SagaStore, open_store
@@ -155,6 +156,39 @@ def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(wo
     assert [(e.step, e.detail["by"], e.detail["steps"]) for e in republished] == [
         (handled, view.step(handled).task_id, ["c"])]
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_pool_process_dying_between_its_commit_and_the_read_model_update_is_repaired_by_the_sweeper(workers):  # type: ignore[no-untyped-def]
+    # Given a worker with the Redis read model on, whose pool process dies right after committing
+    # the last step (the run COMPLETED in the database), before anything after the commit ran
+    from workflows.projections.setup import from_settings
+    from workflows.runtime.settings import Settings
+
+    read_model = os.environ["TEST_REDIS_URL"]
+    workers("crash-hash", concurrency=1, SAGA_TEST_CRASH_AFTER_COMMIT="c", SAGA_INLINE_STEPS="false",
+            SAGA_REDIS_READ_MODEL_URL=read_model)
+    saga_id, run, cmd = begin("crash.chain", {})
+    publish_command(get_runtime(), run, cmd)
+    assert wait_for(saga_id, timeout=30).state == "COMPLETED"
+
+    # Then the hash shows the run as the last update that went out left it: behind the database
+    hash_of = lambda: {k.decode(): v.decode() for k, v in r().hgetall(f"saga:{saga_id}").items()}  # noqa: E731
+    assert hash_of()["state"] == "RUNNING" and hash_of()["step"] == "c"
+
+    # When the sweeper (configured with the read model too) runs once the grace has passed
+    rt = get_runtime()
+    before = rt._projections
+    rt._projections = from_settings(Settings(redis_read_model_url=read_model))
+    try:
+        report = sweep(rt, now=datetime.now(timezone.utc) + timedelta(seconds=rt.settings.projection_grace + 1))
+    finally:
+        rt.projections.close()
+        rt._projections = before
+
+    # Then the read model caught up: COMPLETED, at the run's version in the database
+    version = rt.store.load(saga_id).version
+    assert f"redis-hash:{saga_id}:{version}" in report.projections_sent
+    assert hash_of()["state"] == "COMPLETED" and hash_of()["run_version"] == str(version)
 
 
 @pytest.mark.parametrize("last", ["b1", "b2"])

@@ -101,6 +101,20 @@ class DeadLetterClosure:
 
 
 @dataclass(frozen=True)
+class ProjectedRecord:
+    """What one after-commit projection (`workflows.projections`) sends because of a transition: written
+    in the transition's own atomic write as a pending row, sent after commit, then deleted; the sweeper
+    sends the rows a crash left. Not the record: the run's rows are."""
+
+    id: str
+    """The dedup key, unique within its projection (`<projection>:<saga id>:<run version>`): a
+    consumer that sees it twice got a resend."""
+    projection: str
+    saga_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Transition:
     """Everything one decision writes, in one atomic, version-checked write, and what follows it."""
 
@@ -121,6 +135,9 @@ class Transition:
     orders: tuple[Order, ...] = ()
     """Outcomes for other runs (cancel or compensate a child, report to the parent), applied after
     the commit."""
+    projected: tuple[ProjectedRecord, ...] = ()
+    """The records of this transition (and of the child runs it starts) for the projections
+    configured: written pending with it, sent after commit (`workflows.projections`)."""
 
     @property
     def command(self) -> Command | None:
@@ -135,6 +152,10 @@ class Transition:
         if message is None or not self.dead_letters:
             return self
         return replace(self, dead_letters=tuple(replace(d, message=d.message or message) for d in self.dead_letters))
+
+    def projecting(self, records: tuple[ProjectedRecord, ...]) -> Transition:
+        """The same transition, also writing `records` pending (sent after its commit)."""
+        return replace(self, projected=records) if records else self
 
     def closing(self, *closures: DeadLetterClosure) -> Transition:
         """The same transition, also resolving `closures` (first, before the engine's own)."""

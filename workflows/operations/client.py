@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import kombu.exceptions
 
 from workflows.core.definition import Saga, registry
-from workflows.core.errors import SagaError
+from workflows.core.errors import SagaError, SagaNotFound
 from workflows.core.state import Transition
 from workflows.core.views import SagaView
 from workflows.runtime.container import Runtime, get_runtime
@@ -136,6 +136,23 @@ def _publish_first(rt: Runtime, t: Transition) -> None:
 def get_saga(saga_id: str) -> SagaView:
     """The run's state, every step, its history and its dead letters. Raises `SagaNotFound`."""
     return get_runtime().store.get(saga_id)
+
+
+def find_saga(ref: str, *, by_key: bool = False) -> SagaView:
+    """A run by its id or by the idempotency key it was started under (a business id, such as an
+    order's): `ref` is a run id first, and when no run has that id, the key of one. `by_key`: only
+    the key (a key that happens to be another run's id). Raises `SagaNotFound` naming both."""
+    rt = get_runtime()
+    if not by_key:
+        try:
+            return rt.store.get(ref)
+        except SagaNotFound:
+            pass
+    found = rt.store.saga_id_for_key(ref)
+    if found is None:
+        raise SagaNotFound(f"no saga with idempotency key {ref!r}" if by_key
+                           else f"no saga with id {ref!r} (nor with that idempotency key)")
+    return rt.store.get(found)
 
 
 def list_sagas(*, state: str | None = None, saga_type: str | None = None, limit: int = 50,

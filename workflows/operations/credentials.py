@@ -158,21 +158,22 @@ def end_session(settings: Settings, secret: str, rt: Runtime | None = None) -> N
 
 
 def start_owned(caller: Caller, saga_type: str, data: object, *, idempotency_key: str | None,
-                version: int | None) -> str:
+                version: int | None, saga_id: str | None = None) -> str:
     """`start_saga` recording the caller on the run (`started_by`), in the start's own transaction:
     both or neither. A caller without a credential (the single token, an open laptop) starts as
     before, owning nothing. An idempotent repeat of a run someone else started claims nothing."""
     from workflows.operations.client import start_saga
 
     if caller.credential_id is None:
-        return start_saga(saga_type, data, idempotency_key=idempotency_key, version=version)
+        return start_saga(saga_type, data, idempotency_key=idempotency_key, version=version, saga_id=saga_id)
     store = access_store()
     with store.engine.begin() as conn:
         existed = idempotency_key is not None and store.run_for_key_exists(conn, idempotency_key)
-        saga_id = start_saga(saga_type, data, idempotency_key=idempotency_key, version=version, connection=conn)
+        started = start_saga(saga_type, data, idempotency_key=idempotency_key, version=version, saga_id=saga_id,
+                             connection=conn)
         if not existed:
-            store.claim_run(conn, saga_id, caller.name)
-    return saga_id
+            store.claim_run(conn, started, caller.name)
+    return started
 
 
 def owner_of(saga_id: str) -> str | None:

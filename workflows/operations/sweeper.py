@@ -59,6 +59,8 @@ class SweepReport:
     started: list[str] = field(default_factory=list)
     """SCHEDULED runs started."""
     dead_letters_sent: list[str] = field(default_factory=list)
+    projections_sent: list[str] = field(default_factory=list)
+    """Ids of projection records (Kafka events, read model updates) a crash or a sink down left, sent."""
     children: list[str] = field(default_factory=list)
     """`<parent id>:<step>` of child steps whose lost order or report was applied."""
     stuck: list[str] = field(default_factory=list)
@@ -143,7 +145,8 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
 
     # decided at `now`, the time the waits and starts were found due at (the engine checks a wait's
     # deadline against it)
-    at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing)
+    at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing,
+                          projections=loop.projections)
     for saga_id, _type, wait in store.due_waits(now):
         run = store.load(saga_id)
         if (known := _known(run)) is None:
@@ -173,6 +176,10 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         report.dead_letters_sent.extend(loop.resend_dead_letters())
     except Exception as e:  # the broker is down: the next sweep tries again
         log.warning("dead letters not sent to the broker: %s", e)
+    try:  # records a crash or a sink that was down left pending (`workflows.projections`)
+        report.projections_sent.extend(loop.projections.resend(store, now, rt.settings.projection_grace))
+    except Exception as e:  # the database: the next sweep tries again
+        log.warning("projection records not sent: %s", e)
     report.stuck.extend(sweep_choreographies(rt, now))
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())

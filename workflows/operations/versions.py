@@ -161,8 +161,10 @@ def migrate(saga_id: str, to_version: int, *, reason: str, who: str = "operator"
         t = migrate_transition(run, old, new, rt.clock(), rt.ids, who, reason, rt.timing)
     except (IncompatibleVersion, LookupError) as e:
         raise refused(saga_id, "migrate", who, reason, None, str(e), IncompatibleVersion) from None
+    now = rt.clock()
+    t = rt.projections.derive(t, now)  # its after-commit projections' records, as for every transition
     try:
-        rt.store.commit(t, by=f"operator:{who}", now=rt.clock())
+        rt.store.commit(t, by=f"operator:{who}", now=now)
     except ConcurrentTransition:
         raise refused(saga_id, "migrate", who, reason, None,
                       f"saga {saga_id} changed while the migration was being decided; look at it again") from None

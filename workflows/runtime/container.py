@@ -17,6 +17,8 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from workflows.core.state import IdSource, Timing
+from workflows.projections.base import Projections
+from workflows.projections.setup import from_settings
 from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
 from workflows.runtime.loop import DecisionLoop
 from workflows.runtime.settings import Settings
@@ -41,6 +43,7 @@ class Runtime:
     ids: IdSource = new_id
     _store: SagaStore | None = field(default=None, repr=False)
     _dispatcher: Dispatcher | None = field(default=None, repr=False)
+    _projections: Projections | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
@@ -57,12 +60,20 @@ class Runtime:
         return self._dispatcher
 
     @property
+    def projections(self) -> Projections:
+        """The after-commit projections of the settings (`workflows.projections`); built once per process."""
+        if self._projections is None:
+            self._projections = from_settings(self.settings)
+        return self._projections
+
+    @property
     def timing(self) -> Timing:
         return Timing(dispatch_grace=self.settings.dispatch_grace)
 
     @property
     def loop(self) -> DecisionLoop:
-        return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing)
+        return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing,
+                            projections=self.projections)
 
 
 _runtime: Runtime | None = None
@@ -99,3 +110,4 @@ def _forget_parent_connections(**_: object) -> None:
     dispose_engines()
     if _runtime is not None:
         _runtime._store = None
+        _runtime._projections = None  # a Kafka producer is not fork-safe: each process builds its own

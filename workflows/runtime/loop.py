@@ -33,6 +33,7 @@ from workflows.core.state import (STARTED_BY, Command, DeadLetter, DeadLetterClo
                                   HistoryEvent, IdSource, Ignored, MessageInfo, Order, Outcome, RunState, Schedule,
                                   Signal, SignalReceived, Started, Timing, Transition)
 from workflows.core.views import DeadLetterView
+from workflows.projections.base import NO_PROJECTIONS, Projections
 from workflows.runtime.dispatch import Dispatcher, dead_letter_body
 from workflows.runtime.hand_on import hand_on
 from workflows.runtime.recovery import found_own_commit
@@ -74,8 +75,12 @@ class Start:
 
 class DecisionLoop:
     def __init__(self, store: Recorder, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
-                 timing: Timing = Timing(), definitions: SagaRegistry = registry) -> None:
+                 timing: Timing = Timing(), definitions: SagaRegistry = registry,
+                 projections: Projections = NO_PROJECTIONS) -> None:
         self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
+        self.projections = projections
+        """After-commit projections (`workflows.projections`): each transition's records, written pending
+        with it and sent first in `publish`."""
         self.definitions = definitions
         """Where the definitions come from: a run's own (`definition_of`), a child step's (`child_definition`)."""
 
@@ -108,7 +113,7 @@ class DecisionLoop:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
                 return Applied(None, run, ignored=ig.reason, own_commit=run.caused_by == by)
-            t = t.with_message(message).closing(*closures)
+            t = self.projections.derive(t.with_message(message).closing(*closures), now)
             try:
                 self.store.commit(t, by=by, now=now)
             except ConcurrentTransition:
@@ -118,7 +123,10 @@ class DecisionLoop:
     def publish(self, t: Transition, *, inline: Command | None = None) -> None:
         """Step 4: the transition's messages, then its dead letters' broker copies (marked sent),
         then the first messages of the child runs it started, then its orders for other runs.
-        `inline`: a message of `t` the caller runs itself instead (`orchestration.inline`)."""
+        `inline`: a message of `t` the caller runs itself instead (`orchestration.inline`). First of
+        all, its projections' records (`workflows.projections`): a saga's events go out in order."""
+        if t.projected:
+            self.projections.send(t.projected, self.store)
         for cmd in t.commands:
             if cmd != inline:
                 self.dispatcher.send_step(t.after, cmd)
@@ -188,6 +196,7 @@ class DecisionLoop:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
                 return Applied(None, run, ignored=ig.reason)
+            t = self.projections.derive(t, now)
             try:
                 self.store.commit(t, by=by, now=now)
             except ConcurrentTransition:
@@ -276,8 +285,8 @@ class DecisionLoop:
         run_id = saga_id or _uuid(self.ids())
         # `start_at`: recorded SCHEDULED (nothing to publish); the sweeper starts it when due
         first = Schedule(start_at) if start_at is not None else Started()
-        t = decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids, self.timing,
-                   self.definitions.child_definition)
+        t = self.projections.derive(decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids,
+                                           self.timing, self.definitions.child_definition), now)
         if tx is None:
             created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
         else:

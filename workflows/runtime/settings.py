@@ -92,6 +92,26 @@ class Settings(BaseSettings):
     """Flower's address (http://127.0.0.1:5555): the console links each task to `<flower>/task/<task id>`."""
     console_search_keys: str = "order_id"
     """Comma-separated top-level input fields the console's search looks in (business keys)."""
+    kafka_bootstrap_servers: str | None = None
+    """Kafka brokers (`host:port,...`; the `kafka` extra): when set, every transition is published on
+    `kafka_events_topic` after its commit, and `sagas kafka-commands` consumes `kafka_commands_topic`."""
+    kafka_events_topic: str = "saga-events"
+    """The topic of the saga events (one per transition, keyed by saga id; docs: Kafka and Redis)."""
+    kafka_commands_topic: str = "saga-commands"
+    """The topic `sagas kafka-commands` consumes: start, signal, cancel."""
+    kafka_commands_group: str = "saga-commands"
+    """The consumer group of `sagas kafka-commands` (its offsets: a restarted consumer resumes)."""
+    kafka_command_aliases: str = ""
+    """Comma-separated `Name=saga_type` pairs: a command named `Name` starts that saga type
+    (`StartOrder=order_fulfillment` takes the seed's `{"sagaId": "123", "command": "StartOrder"}`)."""
+    redis_read_model_url: str | None = None
+    """Redis URL of the read model (`HGETALL saga:<id>`): when set, each run's hash is updated after each
+    commit; `sagas redis-rebuild` writes it again from the database."""
+    redis_read_model_ttl: int = 86400
+    """Seconds a terminal run's hash is kept in the read model (0: kept for ever)."""
+    projection_grace: float = 10.0
+    """Seconds a projection record (a Kafka event, a read model update) is left to the process that
+    committed it before the sweeper sends it."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

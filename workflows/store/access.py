@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import SagaError
 from workflows.store.db import get_engine
-from workflows.store.models import AccessAuditRow, ConsoleSessionRow, CredentialRow, SagaRow
+from workflows.store.access_rows import AccessAuditRow, ConsoleSessionRow, CredentialRow
+from workflows.store.models import SagaRow
 
 CREDENTIALS = CredentialRow.__table__
 AUDIT = AccessAuditRow.__table__

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
+from workflows.core.transition import ProjectedRecord
 from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView, WorkerView
 from workflows.store.records import (ActivityBucket, CallerTx, ChildLink, Created, DeadLetterGroup, DeadLetterPage,
                                      DeadLetterQuery, ParkedStep, RecordedDefinition, RunCounts, SagaQuery,
@@ -85,6 +86,14 @@ class Recorder(Protocol):
         """Their copies reached the broker."""
         ...
 
+    def unsent_projections(self, created_before: datetime, limit: int = 500) -> list[ProjectedRecord]:
+        """Projection records (`workflows.projections`) written before `created_before`, not sent yet."""
+        ...
+
+    def projections_sent(self, ids: Sequence[str]) -> None:
+        """Forget the projection records sent."""
+        ...
+
     def history(self, saga_id: str) -> Sequence[EventView]:
         """The run's history rows, oldest first (a redelivered step looks for its own commit in it)."""
         ...
@@ -129,6 +138,10 @@ class Queries(Protocol):
 
     def run_for_key(self, idempotency_key: str, saga_type: str, data: dict[str, Any]) -> str | None:
         """The run `idempotency_key` names, or None; `IdempotencyConflict` if its content differs."""
+        ...
+
+    def saga_id_for_key(self, idempotency_key: str) -> str | None:
+        """The run started under `idempotency_key` (a business id), if any."""
         ...
 
     def saga_type(self, saga_id: str) -> str | None:

@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from workflows.core.errors import SagaError, SagaIdTaken
 from workflows.core.state import Transition
+from workflows.store.projections import PROJECTIONS, projection_values
 from workflows.store.reads import run_for_key, saga_type_of
 from workflows.store.records import CallerTx, Created
 from workflows.store.rows import EVENTS, SAGAS, STEPS, child_creations, creation_rows
@@ -201,6 +202,8 @@ class JoinedStore:
                 self._insert_creation(conn, saga_row, steps, events)
                 for child_rows in child_creations(t, now):  # a first stage that starts a child saga
                     self._insert_creation(conn, *child_rows)
+                if t.projected:
+                    conn.execute(insert(PROJECTIONS), projection_values(t.projected, now))
         except IntegrityError as e:
             error = e
         else:

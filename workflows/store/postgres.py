@@ -21,7 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import ConcurrentTransition
 from workflows.core.state import RunState, Transition
+from workflows.core.transition import ProjectedRecord
 from workflows.store._driver import compiled_for, driver_cursor
+from workflows.store.projections import PROJECTION_COLUMNS, PROJECTIONS, projection_values
 from workflows.store.records import Created
 from workflows.store.db import statement_engine
 from workflows.store.rows import (EVENT_COLUMNS, EVENTS, SAGAS, STEP_COLUMNS, STEPS, creation_rows, event_values,
@@ -38,7 +40,7 @@ class PostgresStore(SqlStore):
         saga_row, steps, events = creation_rows(t, idempotency_key=idempotency_key, by=t.after.caused_by or "",
                                                 now=now)
         try:
-            statement, params = creation_statement(saga_row, steps, events)
+            statement, params = creation_statement(saga_row, steps, events, t.projected, now)
             with driver_cursor(self.url) as cur:
                 compiled_for(self.url)(statement).execute(cur, params)
         except IntegrityError as e:
@@ -121,11 +123,12 @@ def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, di
             params.update({f"s{st.index}_{c}": values[c] for c in STEP_COLUMNS if c in values})
     for k, row in enumerate(event_values(after.saga_id, t.events, by, now)):
         params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
-    return _transition_shape(tuple(shape), len(t.events)), params
+    params.update(_projection_params(t.projected, now))
+    return _transition_shape(tuple(shape), len(t.events), len(t.projected)), params
 
 
 @functools.lru_cache(maxsize=256)
-def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int) -> Any:
+def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int, n_projected: int = 0) -> Any:
     """The statement for one shape of transition (which steps change which columns, how many
     events), built and compiled once: only its parameters differ from one saga to the next."""
     bump = (update(SAGAS).where(SAGAS.c.id == bindparam("t_id"), SAGAS.c.version == bindparam("t_version"))
@@ -139,6 +142,8 @@ def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: 
              .returning(STEPS.c.index).cte(f"step_{index}") for index, columns in steps]
     if n_events:
         parts.append(_insert_rows(bump, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history"))
+    if n_projected:
+        parts.append(_insert_projected(bump, n_projected).cte("projected"))
     return select(func.count()).select_from(bump).add_cte(*parts)
 
 
@@ -148,8 +153,9 @@ _SAGA_COLUMNS = ("id", "saga_type", "style", "state", "version", "saga_version",
 _STEP_INSERT_COLUMNS = ("index", "name", *STEP_COLUMNS)
 
 
-def creation_statement(saga_row: dict[str, Any], steps: list[dict[str, Any]],
-                       events: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+def creation_statement(saga_row: dict[str, Any], steps: list[dict[str, Any]], events: list[dict[str, Any]],
+                       projected: tuple[ProjectedRecord, ...] = (),
+                       now: datetime | None = None) -> tuple[Any, dict[str, Any]]:
     """A new run, its steps and its history as one PostgreSQL statement and its parameters (the
     same rows `create_run` inserts in a transaction on SQLite; a test compares them):
 
@@ -165,16 +171,35 @@ def creation_statement(saga_row: dict[str, Any], steps: list[dict[str, Any]],
         params.update({f"s{k}_{c}": row[c] for c in _STEP_INSERT_COLUMNS})
     for k, row in enumerate(events):
         params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
-    return _creation_shape(len(steps), len(events)), params
+    params.update(_projection_params(projected, now or saga_row["created_at"]))
+    return _creation_shape(len(steps), len(events), len(projected)), params
 
 
 @functools.lru_cache(maxsize=64)
-def _creation_shape(n_steps: int, n_events: int) -> Any:
+def _creation_shape(n_steps: int, n_events: int, n_projected: int = 0) -> Any:
     run = (insert(SAGAS).values({c: bindparam(f"r_{c}", type_=SAGAS.c[c].type) for c in _SAGA_COLUMNS})
            .returning(SAGAS.c.id).cte("run"))
-    return select(func.count()).select_from(run).add_cte(
-        _insert_rows(run, STEPS, "s", _STEP_INSERT_COLUMNS, n_steps).cte("steps"),
-        _insert_rows(run, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history"))
+    parts = [_insert_rows(run, STEPS, "s", _STEP_INSERT_COLUMNS, n_steps).cte("steps"),
+             _insert_rows(run, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history")]
+    if n_projected:
+        parts.append(_insert_projected(run, n_projected).cte("projected"))
+    return select(func.count()).select_from(run).add_cte(*parts)
+
+
+def _projection_params(projected: tuple[ProjectedRecord, ...], now: datetime) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for k, row in enumerate(projection_values(projected, now)):
+        params.update({f"p{k}_{c}": row[c] for c in (*PROJECTION_COLUMNS, "saga_id")})
+    return params
+
+
+def _insert_projected(parent: Any, n: int) -> Any:
+    """INSERT INTO projection_outbox SELECT :p<k>_id, ... FROM parent: n pending records (each with
+    its own saga id: a child run's are its own), written only if `parent` wrote its row."""
+    columns = (*PROJECTION_COLUMNS, "saga_id")
+    rows = [select(*(cast(bindparam(f"p{k}_{c}", type_=PROJECTIONS.c[c].type), PROJECTIONS.c[c].type)
+                     for c in columns)).select_from(parent) for k in range(n)]
+    return insert(PROJECTIONS).from_select(list(columns), rows[0] if n == 1 else union_all(*rows))
 
 
 def _insert_rows(parent: Any, table: Any, prefix: str, columns: tuple[str, ...], n: int) -> Any:

@@ -25,6 +25,7 @@ from workflows.store.console import ConsoleReads
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
+from workflows.store.projections import PROJECTIONS, ProjectionRows, projection_values
 from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
 from workflows.store.rows import (EVENTS, SAGAS, STEPS, child_creations, creation_rows, dead_letter_values,
@@ -59,7 +60,7 @@ KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIGN
 """The signals kept for a run's waits not begun yet; read only when the run counts some."""
 
 
-class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
+class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers, ProjectionRows):
     """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
     starts written in a caller's transaction, `workflows.store.joined`)."""
 
@@ -78,6 +79,8 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
                 s.execute(insert(STEPS), steps)
                 s.execute(insert(EVENTS), events)
                 self._create_children(s, t, now)
+                if t.projected:
+                    s.execute(insert(PROJECTIONS), projection_values(t.projected, now))
         except IntegrityError as e:
             return self._taken(t, idempotency_key, e)
         return Created(t.after.saga_id, True)
@@ -160,6 +163,8 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers):
         if t.dead_letters:
             s.execute(insert(_DEAD_LETTERS), [dead_letter_values(d, after.saga_id, now) for d in t.dead_letters])
         self._create_children(s, t, now)
+        if t.projected:
+            s.execute(insert(PROJECTIONS), projection_values(t.projected, now))
 
     @staticmethod
     def _create_children(s: Session | Connection, t: Transition, now: datetime) -> None:

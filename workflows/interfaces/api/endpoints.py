@@ -18,7 +18,7 @@ from workflows.interfaces.api.models import (NOT_FOUND, REFUSED, ChildSummary, H
                                              WaitSummary, answers)
 from workflows.operations import actions as operations
 from workflows.operations import dead_letters, versions
-from workflows.operations.client import get_saga, list_sagas
+from workflows.operations.client import find_saga, get_saga, list_sagas
 from workflows.operations.credentials import owner_of, runs_of, start_owned
 from workflows.operations.signals import signal as send_signal
 
@@ -112,18 +112,26 @@ def list_runs(request: Request, caller: Reader, state: RunStatus | None = None,
     return SagaPage(items=items, total=total, limit=limit, offset=offset, next=following)
 
 
+ByKey = Annotated[bool, Query(description="The path names an idempotency key (a business id such as an "
+                                           "order's), never a run id.")]
+
+
 @api.get("/sagas/{saga_id}", tags=["sagas"], responses=NOT_FOUND)
-def show(saga_id: str, request: Request, caller: Reader) -> SagaView:
-    """Everything about a run: state, every step, the full history, its dead letters."""
-    _own(request, caller, saga_id)
-    return get_saga(saga_id)
+def show(saga_id: str, request: Request, caller: Reader, key: ByKey = False) -> SagaView:
+    """Everything about a run: state, every step, the full history, its dead letters. `saga_id` is a
+    run id, or, when no run has that id, the idempotency key a run was started under."""
+    v = find_saga(saga_id, by_key=key)
+    _own(request, caller, v.id)
+    return v
 
 
 @api.get("/sagas/{saga_id}/status", name="saga_status", tags=["sagas"], responses=NOT_FOUND)
-def status(saga_id: str, request: Request, caller: Reader) -> SagaStatus:
-    """The run's state, its steps with attempts and results, and its history in brief."""
-    _own(request, caller, saga_id)
-    v = get_saga(saga_id)
+def status(saga_id: str, request: Request, caller: Reader, key: ByKey = False) -> SagaStatus:
+    """The run's state, its steps with attempts and results, and its history in brief. `saga_id` is
+    a run id, or, when no run has that id, the idempotency key a run was started under (`?key=true`:
+    only a key)."""
+    v = find_saga(saga_id, by_key=key)
+    _own(request, caller, v.id)
     return SagaStatus(
         id=v.id, saga_type=v.saga_type, saga_version=v.saga_version, state=v.state, terminal=v.terminal,
         failure_reason=v.failure_reason, updated_at=v.updated_at.isoformat(),

@@ -8,6 +8,7 @@
     sagas sweep    sagas migrate    sagas --app myproject.celery status <id>
     sagas versions                    sagas move <id> --to-version 2 --reason ...
     sagas credentials create alice --role operator      sagas credentials list|expire|revoke|audit
+    sagas kafka-commands              sagas redis-rebuild
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
 reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
@@ -26,7 +27,7 @@ from typing import Any
 import click
 
 from workflows.core.errors import SagaError
-from workflows.interfaces.cli import credentials, dead_letters, maintenance, operate, runs, upgrade
+from workflows.interfaces.cli import credentials, dead_letters, maintenance, operate, projections, runs, upgrade
 
 __all__ = ["main"]
 
@@ -101,6 +102,6 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
 
 
 for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS, *upgrade.COMMANDS,
-                *credentials.COMMANDS):
+                *credentials.COMMANDS, *projections.COMMANDS):
     main.add_command(command)
 

@@ -49,13 +49,15 @@ def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, tim
 
 @click.command()
 @click.argument("saga_id")
+@click.option("--key", "by_key", is_flag=True, help="SAGA_ID is an idempotency key (a business id), never a run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(saga_id: str, as_json: bool) -> None:
-    """A saga's timeline: its steps, attempts, compensations and history."""
-    from workflows.operations.client import get_saga
+def status(saga_id: str, by_key: bool, as_json: bool) -> None:
+    """A saga's timeline: its steps, attempts, compensations and history. SAGA_ID is a run id, or,
+    when no run has that id, the idempotency key a run was started under."""
+    from workflows.operations.client import find_saga
 
     runtime()
-    print_saga(get_saga(saga_id), as_json)
+    print_saga(find_saga(saga_id, by_key=by_key), as_json)
 
 
 @click.command("list")
