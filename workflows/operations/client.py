@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import kombu.exceptions
 
 from workflows.core.definition import Saga, registry
-from workflows.core.errors import SagaError
+from workflows.core.errors import SagaError, UnknownSaga
+from workflows.core.outlook import Outlook, outlook
+from workflows.core.registry import definition_of
 from workflows.core.state import Transition
 from workflows.core.views import SagaView
 from workflows.runtime.container import Runtime, get_runtime
@@ -136,6 +138,18 @@ def _publish_first(rt: Runtime, t: Transition) -> None:
 def get_saga(saga_id: str) -> SagaView:
     """The run's state, every step, its history and its dead letters. Raises `SagaNotFound`."""
     return get_runtime().store.get(saga_id)
+
+
+def what_next(saga_id: str) -> Outlook | None:
+    """What comes next for the run (`core.outlook`): the steps still to run and the compensations that
+    would run, decided by the run's own definition; None when this process does not hold it.
+    Raises `SagaNotFound`."""
+    run = get_runtime().store.load(saga_id)
+    try:
+        saga = definition_of(run)
+    except UnknownSaga:
+        return None
+    return outlook(saga.plan, run)
 
 
 def list_sagas(*, state: str | None = None, saga_type: str | None = None, limit: int = 50,

@@ -6,15 +6,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Path, Query, Request, Response
 
 from workflows.core.definition import registry
+from workflows.core.outlook import describe
 from workflows.core.state import RunStatus
 from workflows.core.views import DeadLetterView, SagaView, Signalled
 from workflows.interfaces.api.deps import MAX_OFFSET, AppRuntime, Authorized, IdempotencyKey, Operator
 from workflows.interfaces.api.models import (NOT_FOUND, REFUSED, ChildSummary, HistoryItem, MoveRequest,
                                              ReasonRequest, RequiredReason, RetryRequest, SagaPage, SagaStatus,
-                                             SagaType, SagaVersion, Started, StepSummary, WaitSummary, answers)
+                                             SagaType, SagaVersion, Started, StepSummary, WaitSummary, WhatNext,
+                                             answers)
 from workflows.operations import actions as operations
 from workflows.operations import dead_letters, versions
-from workflows.operations.client import get_saga, list_sagas, start_saga
+from workflows.operations.client import get_saga, list_sagas, start_saga, what_next
 from workflows.operations.signals import signal as send_signal
 
 # ------------------------------------------------------------------ sagas
@@ -87,7 +89,8 @@ def status(saga_id: str) -> SagaStatus:
         open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"],
         parent_id=v.parent_id, parent_step=v.parent_step,
         children=[ChildSummary(id=c.id, saga_type=c.saga_type, state=c.state, parent_step=c.parent_step)
-                  for c in v.children])
+                  for c in v.children],
+        what_next=WhatNext.model_validate(describe(nxt)) if (nxt := what_next(saga_id)) is not None else None)
 
 
 @api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"], responses=REFUSED)

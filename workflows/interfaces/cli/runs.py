@@ -51,11 +51,13 @@ def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, tim
 @click.argument("saga_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(saga_id: str, as_json: bool) -> None:
-    """A saga's timeline: its steps, attempts, compensations and history."""
-    from workflows.operations.client import get_saga
+    """A saga's timeline: its steps, attempts, compensations and history, and what comes next: the
+    steps still to run and the compensations that would run if it failed now."""
+    from workflows.operations.client import get_saga, what_next
 
     runtime()
-    print_saga(get_saga(saga_id), as_json)
+    view = get_saga(saga_id)
+    print_saga(view, as_json, what_next(saga_id))
 
 
 @click.command("list")
