@@ -42,11 +42,13 @@ class Worker:
         assert m.task is not None and m.saga_id is not None and m.step is not None and m.task_id is not None
         st = step_tasks.get(m.task)
         assert st is not None, m.task
-        retry = handle_step(self.rt, st, m.saga_id, m.step, Delivery(m.task_id, redelivered, retries, m.kwargs),
-                            **m.kwargs)
+        retry = handle_step(self.rt, st, m.saga_id, m.step,
+                            Delivery(m.task_id, redelivered, retries, m.kwargs, m.headers or None), **m.kwargs)
         if retry is not None:
             eta = self.rt.clock() + timedelta(seconds=retry.countdown)
-            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command)
+            headers = getattr(retry, "headers", None) or m.headers  # a RetrySelf's own, as Celery's retry sends them
+            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command,
+                         headers)
             self.waiting.append((again, retries + 1))
 
     def drain(self, max_steps: int = 100) -> None:

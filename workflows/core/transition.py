@@ -136,6 +136,12 @@ class Transition:
             return self
         return replace(self, dead_letters=tuple(replace(d, message=d.message or message) for d in self.dead_letters))
 
+    def traced(self, trace: str | None) -> Transition:
+        """The same transition, beginning the trace segment `trace` (a `traceparent`) for its run."""
+        if trace is None:
+            return self
+        return replace(self, after=replace(self.after, trace=trace))
+
     def closing(self, *closures: DeadLetterClosure) -> Transition:
         """The same transition, also resolving `closures` (first, before the engine's own)."""
         if not closures:

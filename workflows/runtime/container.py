@@ -20,6 +20,7 @@ from workflows.core.state import IdSource, Timing
 from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
 from workflows.runtime.loop import DecisionLoop
 from workflows.runtime.settings import Settings
+from workflows.runtime.tracing import Tracing, tracing_for
 from workflows.store import SagaStore, open_store
 from workflows.store.db import dispose_engines
 
@@ -53,8 +54,13 @@ class Runtime:
         if self._dispatcher is None:
             if self.app is None:
                 raise RuntimeError("this runtime has no Celery app to publish with: give it a dispatcher")
-            self._dispatcher = CeleryDispatcher(self.app)
+            self._dispatcher = CeleryDispatcher(self.app, self.tracing)
         return self._dispatcher
+
+    @property
+    def tracing(self) -> Tracing:
+        """OpenTelemetry spans with `SAGA_TRACING=otel`; `NO_TRACING` (nothing imported) otherwise."""
+        return tracing_for(self.settings)
 
     @property
     def timing(self) -> Timing:
@@ -62,7 +68,8 @@ class Runtime:
 
     @property
     def loop(self) -> DecisionLoop:
-        return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing)
+        return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing,
+                            tracing=self.tracing)
 
 
 _runtime: Runtime | None = None

@@ -85,6 +85,8 @@ class SagaRow(Base):
     runs and the parent's share the table, and a run is never deleted before its children)."""
     parent_step: Mapped[str | None] = mapped_column(String(100))
     """A child run: the name of that step of the parent."""
+    trace_context: Mapped[str | None] = mapped_column(String(64))
+    """With tracing on, the `traceparent` of the run's current trace segment (`RunState.trace`)."""
 
     steps: Mapped[list[StepRow]] = relationship(
         back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")
