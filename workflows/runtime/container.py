@@ -42,6 +42,7 @@ class Runtime:
     ids: IdSource = new_id
     _store: SagaStore | None = field(default=None, repr=False)
     _dispatcher: Dispatcher | None = field(default=None, repr=False)
+    _tracing: Tracing | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
@@ -60,7 +61,7 @@ class Runtime:
     @property
     def tracing(self) -> Tracing:
         """OpenTelemetry spans with `SAGA_TRACING=otel`; `NO_TRACING` (nothing imported) otherwise."""
-        return tracing_for(self.settings)
+        return self._tracing if self._tracing is not None else tracing_for(self.settings)
 
     @property
     def timing(self) -> Timing:

@@ -11,9 +11,9 @@ prints spans instead, `none` exports nothing.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -136,15 +136,16 @@ class OtelAttempts:
 class OtelTracing:
     enabled = True
 
-    def __init__(self, tracer: trace.Tracer, park_after: float) -> None:
-        self.tracer, self.park_after = tracer, park_after
+    def __init__(self, tracer: trace.Tracer, park_after: float,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.tracer, self.park_after, self.clock = tracer, park_after, clock
 
     def message_headers(self, run: RunState, cmd: Command) -> dict[str, str]:
         current = _current()
         traceparent = format_context(current) if current is not None else run.trace
         if traceparent is None:
             return {}
-        if cmd.eta is not None and cmd.eta.timestamp() - time.time() > self.park_after:
+        if cmd.eta is not None and (cmd.eta - self.clock()).total_seconds() > self.park_after:
             return {TRACE_LINK: traceparent}
         return {TRACEPARENT: traceparent}
 
