@@ -40,8 +40,8 @@ on_b = step_task("traced.b", queue="traced_b")(work)
 undo_a = step_task("traced.undo_a", queue="traced_a")(work)
 undo_b = step_task("traced.undo_b", queue="traced_b")(work)
 
-QUICK = RetryPolicy(max_attempts=3, initial_interval=0.1, backoff=1.0, max_interval=0.1)
-SLOW = RetryPolicy(max_attempts=2, initial_interval=300, backoff=1.0, max_interval=300)
+QUICK = RetryPolicy(max_attempts=3, initial_interval=0.1, backoff=1.0, max_interval=0.1, jitter=False)
+SLOW = RetryPolicy(max_attempts=2, initial_interval=300, backoff=1.0, max_interval=300, jitter=False)
 """A retry 5 minutes later: longer than SAGA_TRACING_PARK_AFTER (60 s), a new trace segment."""
 
 line = register_saga(Saga("tests.traced_line", steps=[
