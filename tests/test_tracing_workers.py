@@ -1,0 +1,210 @@
+"""Traces in real prefork workers on two queues, exported over OTLP/HTTP to a receiver this test
+runs (a small HTTP server decoding OTLP's protobuf), with and without Celery's own OpenTelemetry
+instrumentation loaded in the workers.
+
+Given a saga whose steps alternate between the queues `traced_a` and `traced_b` (one worker each),
+when it runs, then its spans from the test process (its start) and from both workers form one
+trace, each attempt under the one that dispatched it and the service's own span under its step;
+given a saga parked on a wait, when a signal comes, then it goes on in a second trace linked to
+the first, and no span is open across the park.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra (make install installs it)")
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+
+import tests.support.traced_sagas  # noqa: E402,F401  (registers the sagas in this process too)
+from conftest import WorkerProcess, worker_env  # noqa: E402
+from tests.support.interfaces import wait_until  # noqa: E402
+from workflows import get_runtime, get_saga, start_saga  # noqa: E402
+from workflows.operations.signals import signal  # noqa: E402
+from workflows.runtime.dispatch import CeleryDispatcher  # noqa: E402
+from workflows.runtime.otel import OtelTracing  # noqa: E402
+
+
+class Span(dict[str, Any]):
+    """One received span: name, ids (hex), parent, links, times, attributes, and its service."""
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP trace receiver: POST /v1/traces, protobuf; keeps every span it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def of(self, **attributes: Any) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if all(s["attributes"].get(k) == v for k, v in attributes.items())]
+
+    def trace(self, trace_id: str) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        got = []
+        for rs in request.resource_spans:
+            service = next((a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "")
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in s.attributes}
+                    got.append(Span(name=s.name, trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
+                                    parent=s.parent_span_id.hex() or None, service=service,
+                                    start=s.start_time_unix_nano, end=s.end_time_unix_nano, attributes=attrs,
+                                    links=[(x.trace_id.hex(), x.span_id.hex()) for x in s.links]))
+        with self.server.lock:
+            self.server.spans.extend(got)
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    thread = threading.Thread(target=r.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield r
+    finally:
+        r.shutdown()
+
+
+@pytest.fixture(scope="module", params=["plain", "celery-instrumented"])
+def workers(request: pytest.FixtureRequest, app, receiver: Receiver) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Two prefork workers, one a queue, tracing on, exporting to `receiver`."""
+    modules = "tests.support.traced_sagas" + (",tests.support.celery_otel" if request.param != "plain" else "")
+    started = []
+    try:
+        for name, queue in (("traced-a", "traced_a"), ("traced-b", "traced_b")):
+            env = worker_env(SAGA_TRACING="otel", SAGA_EXTRA_MODULES=modules, OTEL_SERVICE_NAME=f"worker-{queue}",
+                             OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="50",
+                             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+            w = WorkerProcess(f"{name}-{request.param}", queue, concurrency=2, env=env)
+            started.append(w)
+        for w in started:
+            w.wait_ready(app)
+        yield request.param
+    finally:
+        for w in started:
+            w.stop()
+
+
+@pytest.fixture
+def traced_client(receiver: Receiver) -> Iterator[OtelTracing]:
+    """This process (a web app calling start_saga and signal) traced too, exporting to `receiver`."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "web"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")))
+    rt = get_runtime()
+    tracing = OtelTracing(provider.get_tracer("workflows"), park_after=60)
+    saved = rt._tracing, rt._dispatcher
+    rt._tracing, rt._dispatcher = tracing, CeleryDispatcher(rt.app, tracing)
+    try:
+        yield tracing
+    finally:
+        rt._tracing, rt._dispatcher = saved
+        provider.shutdown()
+
+
+def ancestors(span: Span, spans: list[Span]) -> list[str]:
+    by_id = {s["span_id"]: s for s in spans}
+    out, parent = [], span["parent"]
+    while parent is not None and parent in by_id:
+        out.append(parent)
+        parent = by_id[parent]["parent"]
+    return out
+
+
+def all_named(receiver: Receiver, saga_id: str, names: list[str]) -> dict[str, Span] | None:
+    """The run's span of each name, once every one has been received."""
+    found = {s["name"]: s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] in names}
+    return found if len(found) == len(names) else None
+
+
+def one(receiver: Receiver, saga_id: str, name: str) -> Span:
+    [span] = [s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] == name]
+    return span
+
+
+def test_one_sagas_spans_from_both_workers_form_one_trace(workers: str, receiver: Receiver,
+                                                          traced_client: OtelTracing) -> None:
+    saga_id = start_saga("tests.traced_line", {})
+    wait_until(lambda: get_saga(saga_id).terminal, timeout=30, what="the saga to finish")
+    assert get_saga(saga_id).state == "COMPLETED"
+    names = ["saga start", "action reserve", "action charge", "action ship"]
+    spans = wait_until(lambda: all_named(receiver, saga_id, names), timeout=20, what="the spans")
+    # from the web process and from both workers, one trace
+    assert [spans[n]["service"] for n in names] == ["web", "worker-traced_a", "worker-traced_b", "worker-traced_a"]
+    trace_id = spans["saga start"]["trace_id"]
+    assert {s["trace_id"] for s in spans.values()} == {trace_id}
+    everything = receiver.trace(trace_id)
+    # each attempt under the one that dispatched it (with Celery's instrumentation, its spans between)
+    for earlier, later in zip(names, names[1:]):
+        assert spans[earlier]["span_id"] in ancestors(spans[later], everything), (earlier, later, workers)
+    if workers == "plain":
+        for earlier, later in zip(names, names[1:]):
+            assert spans[later]["parent"] == spans[earlier]["span_id"]
+    else:  # Celery's own spans are there, in the same trace
+        assert any(s["name"].startswith("run/traced.") for s in everything)
+    # the service's own span inside a step joins the saga's trace, under its step
+    service = wait_until(lambda: [s for s in receiver.trace(trace_id) if s["name"] == "service action charge"],
+                         timeout=10, what="the service's span")
+    assert service[0]["parent"] == spans["action charge"]["span_id"]
+    assert spans["action charge"]["attributes"] == {
+        "saga.id": saga_id, "saga.type": "tests.traced_line", "saga.version": 1, "saga.step": "charge",
+        "saga.attempt": 1, "saga.side": "action", "saga.task": "traced.b",
+        "messaging.message.id": get_saga(saga_id).steps[1].task_id}
+
+
+def test_a_saga_parked_on_a_signal_yields_two_linked_traces_and_no_span_across_the_park(
+        workers: str, receiver: Receiver, traced_client: OtelTracing) -> None:
+    saga_id = start_saga("tests.traced_wait", {})
+    wait_until(lambda: get_saga(saga_id).state == "WAITING", timeout=30, what="the saga to park")
+    first = wait_until(lambda: [s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] == "action reserve"],
+                       timeout=20, what="the first segment's spans")
+    parked_at = max(s["end"] for s in receiver.trace(first[0]["trace_id"]))
+
+    signal(saga_id, "approve", {}, idempotency_key=f"{saga_id}-go", who="ada")
+    wait_until(lambda: get_saga(saga_id).terminal, timeout=30, what="the saga to finish")
+    ship = wait_until(lambda: [s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] == "action ship"],
+                      timeout=20, what="the second segment's spans")[0]
+
+    start = one(receiver, saga_id, "saga start")
+    resumed = one(receiver, saga_id, "saga signal approve")
+    assert start["trace_id"] == first[0]["trace_id"] != resumed["trace_id"] == ship["trace_id"]
+    assert resumed["parent"] is None
+    assert resumed["span_id"] in ancestors(ship, receiver.trace(resumed["trace_id"]))
+    assert resumed["links"] == [(start["trace_id"], start["span_id"])]
+    # nothing of the first trace is open across the park, nothing of the second began before it
+    assert all(s["end"] <= parked_at for s in receiver.trace(start["trace_id"]))
+    assert all(s["start"] >= parked_at for s in receiver.trace(resumed["trace_id"]))
