@@ -10,94 +10,26 @@ the first, and no span is open across the park.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra (make install installs it)")
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: E402
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
-    ExportTraceServiceRequest, ExportTraceServiceResponse)
-from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 
 import tests.support.traced_sagas  # noqa: E402,F401  (registers the sagas in this process too)
 from conftest import WorkerProcess, worker_env  # noqa: E402
 from tests.support.interfaces import wait_until  # noqa: E402
-from workflows import get_runtime, get_saga, start_saga  # noqa: E402
+from tests.support.otlp import Receiver, all_named, ancestors, one, receiving, traced_process  # noqa: E402
+from workflows import get_saga, start_saga  # noqa: E402
 from workflows.operations.signals import signal  # noqa: E402
-from workflows.runtime.dispatch import CeleryDispatcher  # noqa: E402
-from workflows.runtime.otel import OtelTracing  # noqa: E402
-
-
-class Span(dict[str, Any]):
-    """One received span: name, ids (hex), parent, links, times, attributes, and its service."""
-
-
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP trace receiver: POST /v1/traces, protobuf; keeps every span it was sent."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.spans: list[Span] = []
-        self.lock = threading.Lock()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def of(self, **attributes: Any) -> list[Span]:
-        with self.lock:
-            return [s for s in self.spans if all(s["attributes"].get(k) == v for k, v in attributes.items())]
-
-    def trace(self, trace_id: str) -> list[Span]:
-        with self.lock:
-            return [s for s in self.spans if s["trace_id"] == trace_id]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest.FromString(body)
-        got = []
-        for rs in request.resource_spans:
-            service = next((a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "")
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    attrs = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in s.attributes}
-                    got.append(Span(name=s.name, trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-                                    parent=s.parent_span_id.hex() or None, service=service,
-                                    start=s.start_time_unix_nano, end=s.end_time_unix_nano, attributes=attrs,
-                                    links=[(x.trace_id.hex(), x.span_id.hex()) for x in s.links]))
-        with self.server.lock:
-            self.server.spans.extend(got)
-        answer = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    thread = threading.Thread(target=r.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with receiving() as r:
         yield r
-    finally:
-        r.shutdown()
 
 
 @pytest.fixture(scope="module", params=["plain", "celery-instrumented"])
@@ -121,43 +53,13 @@ def workers(request: pytest.FixtureRequest, app, receiver: Receiver) -> Iterator
 
 
 @pytest.fixture
-def traced_client(receiver: Receiver) -> Iterator[OtelTracing]:
-    """This process (a web app calling start_saga and signal) traced too, exporting to `receiver`."""
-    provider = TracerProvider(resource=Resource.create({"service.name": "web"}))
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")))
-    rt = get_runtime()
-    tracing = OtelTracing(provider.get_tracer("workflows"), park_after=60)
-    saved = rt._tracing, rt._dispatcher
-    rt._tracing, rt._dispatcher = tracing, CeleryDispatcher(rt.app, tracing)
-    try:
-        yield tracing
-    finally:
-        rt._tracing, rt._dispatcher = saved
-        provider.shutdown()
-
-
-def ancestors(span: Span, spans: list[Span]) -> list[str]:
-    by_id = {s["span_id"]: s for s in spans}
-    out, parent = [], span["parent"]
-    while parent is not None and parent in by_id:
-        out.append(parent)
-        parent = by_id[parent]["parent"]
-    return out
-
-
-def all_named(receiver: Receiver, saga_id: str, names: list[str]) -> dict[str, Span] | None:
-    """The run's span of each name, once every one has been received."""
-    found = {s["name"]: s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] in names}
-    return found if len(found) == len(names) else None
-
-
-def one(receiver: Receiver, saga_id: str, name: str) -> Span:
-    [span] = [s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] == name]
-    return span
+def traced_client(receiver: Receiver) -> Iterator[TracerProvider]:
+    with traced_process(receiver) as provider:
+        yield provider
 
 
 def test_one_sagas_spans_from_both_workers_form_one_trace(workers: str, receiver: Receiver,
-                                                          traced_client: OtelTracing) -> None:
+                                                          traced_client: TracerProvider) -> None:
     saga_id = start_saga("tests.traced_line", {})
     wait_until(lambda: get_saga(saga_id).terminal, timeout=30, what="the saga to finish")
     assert get_saga(saga_id).state == "COMPLETED"
@@ -187,7 +89,7 @@ def test_one_sagas_spans_from_both_workers_form_one_trace(workers: str, receiver
 
 
 def test_a_saga_parked_on_a_signal_yields_two_linked_traces_and_no_span_across_the_park(
-        workers: str, receiver: Receiver, traced_client: OtelTracing) -> None:
+        workers: str, receiver: Receiver, traced_client: TracerProvider) -> None:
     saga_id = start_saga("tests.traced_wait", {})
     wait_until(lambda: get_saga(saga_id).state == "WAITING", timeout=30, what="the saga to park")
     first = wait_until(lambda: [s for s in receiver.of(**{"saga.id": saga_id}) if s["name"] == "action reserve"],
