@@ -247,3 +247,46 @@ def test_without_tracing_or_without_the_extra_nothing_of_opentelemetry_is_import
     assert modules == "[]"
     if blocked:  # asked for and not installed: said once, in a warning that says what to install
         assert "pip install 'celery-sagas[otel]'" in done.stderr
+
+
+def test_a_scheduled_start_goes_on_in_a_new_trace_linked_to_the_call_that_scheduled_it(
+        rt: Runtime, worker: Worker, exporter: InMemorySpanExporter) -> None:
+    from workflows.operations.sweeper import sweep
+
+    saga_id = start_saga("tests.traced_line", {}, countdown=3600)
+    [scheduled] = exporter.get_finished_spans()
+    assert scheduled.name == "saga start" and rt.store.load(saga_id).trace == format_context(scheduled.context)
+    exporter.clear()
+
+    rt.clock.advance(3601)  # type: ignore[attr-defined]
+    assert sweep(rt).started == [saga_id]
+    worker.drain()
+
+    assert get_saga(saga_id).state == "COMPLETED"
+    s = named(list(exporter.get_finished_spans()))
+    started = s["saga Started"]  # the sweeper's start: a new trace, linked to the call that scheduled it
+    assert started.parent is None and started.context.trace_id != scheduled.context.trace_id
+    assert [link.context.span_id for link in started.links] == [scheduled.context.span_id]
+    assert parent_of(s["action reserve"]) == started.context.span_id
+    assert {x.context.trace_id for x in s.values()} == {started.context.trace_id}
+
+
+def test_a_wait_that_times_out_is_compensated_in_a_new_linked_trace(rt: Runtime, worker: Worker,
+                                                                   exporter: InMemorySpanExporter) -> None:
+    from workflows.operations.sweeper import sweep
+
+    saga_id = start_saga("tests.traced_wait", {})
+    worker.drain()
+    first = named(list(exporter.get_finished_spans()))
+    exporter.clear()
+
+    rt.clock.advance(3601)  # type: ignore[attr-defined]
+    assert sweep(rt).waits_timed_out == [f"{saga_id}:approval"]
+    worker.drain()
+
+    assert get_saga(saga_id).state == "COMPENSATED"
+    s = named(list(exporter.get_finished_spans()))
+    timed_out = s["saga WaitTimedOut"]
+    assert timed_out.parent is None
+    assert [link.context.span_id for link in timed_out.links] == [first["saga start"].context.span_id]
+    assert parent_of(s["compensation reserve"]) == timed_out.context.span_id
