@@ -78,8 +78,7 @@ class DecisionLoop:
                  timing: Timing = Timing(), definitions: SagaRegistry = registry,
                  tracing: Tracing = NO_TRACING) -> None:
         self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
-        self.tracing = tracing
-        """Spans of a run's segments (`runtime.tracing`): every pass but a step message's begins one."""
+        self.tracing = tracing  # spans (`runtime.tracing`): every pass but a step message's begins a segment
         self.definitions = definitions
         """Where the definitions come from: a run's own (`definition_of`), a child step's (`child_definition`)."""
 
