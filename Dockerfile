@@ -15,8 +15,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY . .
 # `pip install .` brings the library (`workflows`), the `sagas` console script and, by extra, what
-# this deployment uses: psycopg 3, the HTTP API and console, Flower.
-RUN pip install ".[postgres,api,flower,kafka]" \
+# this deployment uses: psycopg 3, the HTTP API and console, Flower, Kafka, OpenTelemetry (SAGA_TRACING=otel).
+RUN pip install ".[postgres,api,flower,kafka,otel]" \
     && useradd --create-home --uid 10001 sagas
 USER sagas
 

@@ -97,9 +97,12 @@ async def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None
     rt = get_runtime()
 
     def in_transaction(tx: Session | Connection) -> str:  # on the caller's sync view, in SQLAlchemy's greenlet
-        started, t = client.record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
-                                         start_at=start_at, countdown=countdown, version=version)
-        if t is not None:
+        with rt.tracing.segment(saga if isinstance(saga, str) else saga.name, saga_id, "start") as segment:
+            started, t = client.record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id,
+                                             tx=tx, start_at=start_at, countdown=countdown, version=version,
+                                             trace=segment.context)
+            segment.annotate(id=started)
+        if t is not None:  # published after the commit under the run's first segment (`t.after.trace`)
             rt.store.after_commit(tx, _off_loop(client.first_step_publisher(rt, t)),
                                   check=_off_loop(client.run_survived(rt, t)))
         return started

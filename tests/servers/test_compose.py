@@ -1,4 +1,5 @@
-"""docker-compose.yml runs the whole system: servers, migrations, three worker pools, beat, Flower, API.
+"""docker-compose.yml runs the whole system: servers, migrations, three worker pools, beat, Flower, API,
+and Jaeger, the tracing backend every saga service sends its traces to.
 
 No Docker daemon is needed: the YAML is read as compose reads it, and `docker-compose config`
 (or `docker compose config`) validates it when either is installed.
@@ -33,7 +34,7 @@ def queues_of(command: list[str]) -> set[str]:
 
 
 def test_compose_declares_every_service(compose):  # type: ignore[no-untyped-def]
-    assert set(compose["services"]) == {"redis", "postgres", "kafka", *APP_SERVICES}
+    assert set(compose["services"]) == {"redis", "postgres", "kafka", "jaeger", *APP_SERVICES}
 
 
 def test_every_saga_service_runs_the_image_built_here_against_the_same_servers(compose):  # type: ignore[no-untyped-def]
@@ -99,6 +100,23 @@ def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
+def test_every_saga_service_sends_its_traces_to_jaeger_over_otlp(compose):  # type: ignore[no-untyped-def]
+    services = compose["services"]
+    jaeger = services["jaeger"]
+
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert jaeger["ports"] == ["127.0.0.1:16686:16686"]  # its UI, on the loopback interface only
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["SAGA_TRACING"] == "${SAGA_TRACING:-otel}", name
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name  # OTLP/HTTP, the extra's exporter
+        # a tracing backend that is down never stops a saga: nothing waits for it
+        assert "jaeger" not in services[name]["depends_on"], name
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("opentelemetry-exporter-otlp-proto-http") for d in extras["otel"])
+
+
 def test_servers_have_health_checks_the_others_wait_for(compose):  # type: ignore[no-untyped-def]
     services = compose["services"]
 
@@ -122,8 +140,8 @@ def test_dockerfile_installs_the_project_on_python_3_11_slim():  # type: ignore[
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
 
     assert "FROM python:3.11-slim" in lines
-    # the wheel is the library: the deployment's driver, API, Flower and Kafka client come as extras
-    assert any(line.startswith('RUN pip install ".[postgres,api,flower,kafka]"') for line in lines)
+    # the wheel is the library: the deployment's driver, API, Flower, Kafka client and tracing come as extras
+    assert any(line.startswith('RUN pip install ".[postgres,api,flower,kafka,otel]"') for line in lines)
     assert "PYTHONPATH=/app \\" in lines
 
 

@@ -255,10 +255,10 @@ def test_the_shipped_revisions_are_the_sagas_branch() -> None:
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert scripts.get_heads() == ["0010"]
-    assert scripts.get_revision("sagas@head").revision == "0010"
+    assert scripts.get_heads() == ["0012"]
+    assert scripts.get_revision("sagas@head").revision == "0012"
     chain = [r.revision for r in scripts.walk_revisions("sagas@base", "sagas@head")]
-    assert chain == ["0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migrations(
@@ -268,7 +268,7 @@ def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migr
 
     heads = alembic_cmd(root, env, "heads")
     assert heads.returncode == 0, heads.stderr
-    assert "a001 (myapp) (head)" in heads.stdout and "0010 (sagas) (head)" in heads.stdout
+    assert "a001 (myapp) (head)" in heads.stdout and "0012 (sagas) (head)" in heads.stdout
 
     up = alembic_cmd(root, env, "upgrade", "heads")
     assert up.returncode == 0, up.stderr

@@ -1,4 +1,4 @@
-"""Sagas of the projection tests (tests/test_projections.py, test_kafka.py, test_read_model.py):
+"""Sagas of the projection tests (tests/servers/test_projections.py, test_kafka.py, test_read_model.py):
 a line of three steps, and one that waits for a signal between two steps. In process only (queue
 `proj`: no real worker takes them)."""
 from __future__ import annotations

@@ -65,7 +65,8 @@ def consume(task: Task, service: str, args: tuple[Any, ...], kwargs: dict[str, A
     if rt.store.event_processed(service, event.event_id):
         return _duplicate(rt, service, event)
     try:
-        ids = _handle(rt, ch, sub, event, attempt)
+        with rt.tracing.event(service, event):  # the handler's spans, and the events it publishes, join its trace
+            ids = _handle(rt, ch, sub, event, attempt)
     except EventAlreadyProcessed:
         return _duplicate(rt, service, event)
     except INFRASTRUCTURE_ERRORS:

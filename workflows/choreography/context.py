@@ -64,7 +64,8 @@ class EventContext:
         """Emit an event caused by the one being handled; sent once this handler's transaction commits."""
         clean = self.choreography.validate(event_type, payload)
         env = make_envelope(event_type, clean, saga_id=self.event.saga_id, saga_type=self.choreography.name,
-                            source=self.service, causation_id=self.event.event_id)
+                            source=self.service, causation_id=self.event.event_id,
+                            traceparent=get_runtime().tracing.traceparent())
         self.emitted.append(env)
         return Published(env.event_id, event_type, env.saga_id)
 

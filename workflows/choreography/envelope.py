@@ -32,6 +32,8 @@ EVENT_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]{0,59}$")
 """PascalCase, past tense by convention (OrderCreated); also a word of the topic routing key."""
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 """Choreography and service names: lower_snake, no dots (they are words of the routing key)."""
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+"""A W3C `traceparent`: version, trace id, parent span id, flags."""
 
 
 class MalformedEvent(InvalidInput):
@@ -56,6 +58,9 @@ class Envelope(BaseModel):
     schema_version: int = Field(alias="schemaVersion")
     source: str = Field(min_length=1, max_length=100)
     payload: dict[str, Any]
+    traceparent: str | None = Field(default=None, pattern=TRACEPARENT.pattern)
+    """With tracing on, the W3C trace context of the span that published it: the consumer's span is its
+    child, so a saga's events and the services' own spans form one trace. Absent from the wire when None."""
 
     @field_validator("schema_version")
     @classmethod
@@ -75,7 +80,8 @@ class Envelope(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object sent on the bus (camelCase names, ISO timestamp)."""
-        return self.model_dump(mode="json", by_alias=True)
+        untraced = {"traceparent"} if self.traceparent is None else None
+        return self.model_dump(mode="json", by_alias=True, exclude=untraced)
 
 
 def _summary(e: ValidationError) -> str:
@@ -93,7 +99,8 @@ def parse_envelope(data: Any) -> Envelope:
 
 
 def make_envelope(event_type: str, payload: Any, *, saga_id: str, saga_type: str, source: str,
-                  causation_id: str | None = None, now: datetime | None = None) -> Envelope:
+                  causation_id: str | None = None, now: datetime | None = None,
+                  traceparent: str | None = None) -> Envelope:
     """Build and validate a new event with a fresh id. Raises `InvalidEvent`."""
     if not isinstance(payload, dict):
         raise InvalidEvent(f"the payload of {event_type!r} must be a JSON object (a dict), "
@@ -101,7 +108,7 @@ def make_envelope(event_type: str, payload: Any, *, saga_id: str, saga_type: str
     try:
         return Envelope(event_id=str(uuid.uuid4()), event_type=event_type, saga_id=saga_id, saga_type=saga_type,
                         timestamp=now or datetime.now(timezone.utc), causation_id=causation_id,
-                        schema_version=SCHEMA_VERSION, source=source, payload=payload)
+                        schema_version=SCHEMA_VERSION, source=source, payload=payload, traceparent=traceparent)
     except ValidationError as e:
         raise InvalidEvent(f"cannot publish {event_type!r}: {_summary(e)}") from None
 

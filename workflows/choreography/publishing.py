@@ -85,7 +85,7 @@ def publish_standalone(ch: Publishable, event_type: str, payload: dict[str, Any]
     now = rt.clock()
     clean = ch.validate(event_type, payload)
     env = make_envelope(event_type, clean, saga_id=saga_id or str(uuid.uuid4()), saga_type=ch.name, source=source,
-                        causation_id=causation_id, now=now)
+                        causation_id=causation_id, now=now, traceparent=rt.tracing.traceparent())
     try:
         with (rt.store.event_unit() if tx is None else rt.store.event_unit_in(tx)) as u:
             if create:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from workflows.core.child import Child
+from workflows.core.outlook import compensation_plan, may_have_happened
 from workflows.core.plan import Kind, PlanNode, SidePolicy
 from workflows.core.run import RunState, RunStatus, Side, Signal, StepState, StepStatus
 from workflows.core.saga import ChildDefinitions, Saga, declared_child
@@ -17,8 +18,6 @@ from workflows.core.state import (ChildFinished, Command, DeadLetter, DeadLetter
                                   IdSource, Ignored, Order, Timing, Transition)
 from workflows.core.wait import Wait
 
-_IN_FLIGHT = (StepStatus.RUNNING, StepStatus.COMPENSATING)
-_MAY_HAVE_HAPPENED = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT)
 TRACEBACK_LIMIT = 4000
 """Characters of a failure's traceback kept in its history row (the end: where it was raised)."""
 
@@ -204,22 +203,19 @@ class Decision:
         Stage by stage, newest first (stage order is completion order, immune to clock skew): a
         stage with a step still in flight (an action whose outcome is not in yet, a compensation
         running) is waited for; one whose compensation is stuck keeps the run FAILED; otherwise
-        every step of it that may have had an effect is compensated, concurrently (`_may_have_happened`)."""
-        for stage in reversed(range(self.n_stages)):
-            rows = self._in_stage(stage)
-            if any(s.status in _IN_FLIGHT for s in rows):
-                return
-            if any(s.status == StepStatus.COMPENSATION_FAILED for s in rows):
-                return
-            todo = [s for s in rows if self._may_have_happened(s) and self._node(s).undoable]
-            if todo:
-                for s in todo:
+        every step of it that may have had an effect is compensated, concurrently. Which stage, and
+        which of its rows, is `compensation_plan`'s first stage: the views show the rest of it."""
+        plan = compensation_plan(self.plan, self.steps)
+        if plan:
+            first = plan[0]
+            if not first.blocked:
+                for s in map(self._get, first.compensate):
                     match self._node(s).kind:
                         case Kind.CHILD:
                             self._compensate_child(s)
                         case Kind.STEP:
                             self._dispatch(self._set(s, status=StepStatus.COMPENSATING), Side.COMPENSATION)
-                return
+            return
         skipped = [s.name for s in self.steps if self._may_have_happened(s) and self._node(s).kind is not Kind.WAIT]
         if skipped:
             self._emit("CompensationSkipped", steps=skipped, reason="no compensation declared")
@@ -227,9 +223,7 @@ class Decision:
         self._emit("SagaCompensated", reason=self.failure_reason)
 
     def _may_have_happened(self, s: StepState) -> bool:
-        """Its action succeeded or timed out, or failed for good on a step declaring
-        `compensate_failure` (it may have acted before failing)."""
-        return s.status in _MAY_HAVE_HAPPENED or (s.status == StepStatus.FAILED and self._node(s).undoes_failure)
+        return may_have_happened(self.plan, s)
 
     def _settled(self, reason: str) -> None:
         """A step ended without success: compensate (the run's first failure), or go on compensating."""

@@ -102,6 +102,9 @@ class RunState:
     saga_version: int = 1
     """The version of the saga's definition the run started with (not `version`, the optimistic
     lock counter): every transition of the run is decided on that definition."""
+    trace: str | None = None
+    """The W3C `traceparent` of the run's current trace segment (its start, or the latest resumption
+    after it parked), with tracing on: what the next segment links to. The engine does not read it."""
 
     def step(self, name: str) -> StepState:
         for s in self.steps:

@@ -157,6 +157,12 @@ class Transition:
         """The same transition, also writing `records` pending (sent after its commit)."""
         return replace(self, projected=records) if records else self
 
+    def traced(self, trace: str | None) -> Transition:
+        """The same transition, beginning the trace segment `trace` (a `traceparent`) for its run."""
+        if trace is None:
+            return self
+        return replace(self, after=replace(self.after, trace=trace))
+
     def closing(self, *closures: DeadLetterClosure) -> Transition:
         """The same transition, also resolving `closures` (first, before the engine's own)."""
         if not closures:

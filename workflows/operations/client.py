@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import kombu.exceptions
 
 from workflows.core.definition import Saga, registry
-from workflows.core.errors import SagaError, SagaNotFound
+from workflows.core.errors import SagaError, SagaNotFound, UnknownSaga
+from workflows.core.outlook import Outlook, outlook
+from workflows.core.registry import definition_of
 from workflows.core.state import Transition
 from workflows.core.views import SagaView
 from workflows.runtime.container import Runtime, get_runtime
@@ -58,20 +60,23 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     if session is not None and connection is not None:
         raise SagaError("give session= or connection=, not both")
     tx = session if session is not None else connection
-    saga_id, t = record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
-                              start_at=start_at, countdown=countdown, version=version)
-    if t is None:
-        return saga_id
-    if tx is None:
-        _publish_first(rt, t)
-    else:
-        rt.store.after_commit(tx, first_step_publisher(rt, t), check=run_survived(rt, t))
+    # the run's first trace segment: inside a traced request, a child of its span
+    with rt.tracing.segment(saga if isinstance(saga, str) else saga.name, saga_id, "start") as segment:
+        saga_id, t = record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
+                                  start_at=start_at, countdown=countdown, version=version, trace=segment.context)
+        segment.annotate(id=saga_id)
+        if t is None:
+            return saga_id
+        if tx is None:
+            _publish_first(rt, t)
+        else:  # published after the caller's commit, under the run's segment (`t.after.trace`)
+            rt.store.after_commit(tx, first_step_publisher(rt, t), check=run_survived(rt, t))
     return saga_id
 
 
 def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: str | None, saga_id: str | None,
                  tx: Session | Connection | None, start_at: datetime | None, countdown: float | None,
-                 version: int | None) -> tuple[str, Transition | None]:
+                 version: int | None, trace: str | None = None) -> tuple[str, Transition | None]:
     """`start_saga` up to its publish: validate, write the run (on `tx` when given). Returns the
     saga id and the transition to publish (None: an existing run, or a scheduled one)."""
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
@@ -91,7 +96,7 @@ def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: s
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
     when = _start_time(rt, start_at, countdown)
     started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
-                            start_at=when)
+                            start_at=when, trace=trace)
     t = started.transition
     # an existing run, or a scheduled one (the sweeper starts it), publishes nothing; a run whose
     # first stage is a child has no message of its own, only its child's first one (t.children)
@@ -153,6 +158,18 @@ def find_saga(ref: str, *, by_key: bool = False) -> SagaView:
         raise SagaNotFound(f"no saga with idempotency key {ref!r}" if by_key
                            else f"no saga with id {ref!r} (nor with that idempotency key)")
     return rt.store.get(found)
+
+
+def what_next(saga_id: str) -> Outlook | None:
+    """What comes next for the run (`core.outlook`): the steps still to run and the compensations that
+    would run, decided by the run's own definition; None when this process does not hold it.
+    Raises `SagaNotFound`."""
+    run = get_runtime().store.load(saga_id)
+    try:
+        saga = definition_of(run)
+    except UnknownSaga:
+        return None
+    return outlook(saga.plan, run)
 
 
 def list_sagas(*, state: str | None = None, saga_type: str | None = None, limit: int = 50,

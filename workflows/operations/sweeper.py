@@ -146,7 +146,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
     # decided at `now`, the time the waits and starts were found due at (the engine checks a wait's
     # deadline against it)
     at_now = DecisionLoop(store, loop.dispatcher, clock=lambda: now, ids=rt.ids, timing=rt.timing,
-                          projections=loop.projections)
+                          projections=loop.projections, tracing=rt.tracing)
     for saga_id, _type, wait in store.due_waits(now):
         run = store.load(saga_id)
         if (known := _known(run)) is None:

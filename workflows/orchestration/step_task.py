@@ -40,6 +40,9 @@ from workflows.runtime.dispatch import message_for
 from workflows.runtime.hand_on import MAX_HANDOFFS, handoff_delay
 from workflows.runtime.poison import dead_letter_message
 from workflows.runtime.step_report import Delivery, HandOn, StepReport
+from workflows.runtime.tracing import NO_TRACING, Attempts, trace_headers
+
+UNTRACED = NO_TRACING.attempts(None)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class RetrySelf:
     kwargs: dict[str, Any]
     countdown: float
     error: BaseException
+    headers: dict[str, str] | None = None
+    """Its trace headers, from the attempt that failed (`runtime.tracing`)."""
 
 
 def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: Delivery, *,
@@ -60,19 +65,20 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 
     With an `inline` budget, a follow-up step on the same queue runs here, in this delivery,
     instead of being published (`orchestration.inline`); each inline step is committed on its own."""
-    done = _handle_one(rt, st, saga_id, step, delivery, by=delivery.task_id, **message)
-    if not isinstance(done, Transition):
-        return done
-    t: Transition | None = done
-    if inline is not None:
-        def run_one(next_task: StepTask, cmd: Command, kwargs: dict[str, Any], run: RunState) -> Transition | None:
-            nxt = _handle_one(rt, next_task, saga_id, cmd.step, Delivery(cmd.task_id, kwargs=kwargs),
-                              by=delivery.task_id, state=run, limit=cmd.time_limit, **kwargs)
-            return nxt if isinstance(nxt, Transition) else None
+    with rt.tracing.attempts(delivery.headers) as spans:  # a span per attempt, current while it runs and publishes
+        done = _handle_one(rt, st, saga_id, step, delivery, by=delivery.task_id, spans=spans, **message)
+        if not isinstance(done, Transition):
+            return done
+        t: Transition | None = done
+        if inline is not None:
+            def run_one(next_task: StepTask, cmd: Command, kwargs: dict[str, Any], run: RunState) -> Transition | None:
+                nxt = _handle_one(rt, next_task, saga_id, cmd.step, Delivery(cmd.task_id, kwargs=kwargs),
+                                  by=delivery.task_id, state=run, limit=cmd.time_limit, spans=spans, **kwargs)
+                return nxt if isinstance(nxt, Transition) else None
 
-        t = follow(rt, done, inline, run_one)
-    if t is not None:
-        rt.loop.publish(t)
+            t = follow(rt, done, inline, run_one)
+        if t is not None:
+            rt.loop.publish(t)
     return None
 
 
@@ -80,13 +86,14 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                 kind: str, version: int, input: dict[str, Any], attempt: int = 1,
                 results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
                 error: dict[str, str] | None = None, saga_version: int | None = None, handoffs: int = 0,
-                state: RunState | None = None,
-                limit: float | None = None) -> RetrySelf | HandOn | Transition | None:
+                state: RunState | None = None, limit: float | None = None,
+                spans: Attempts = UNTRACED) -> RetrySelf | HandOn | Transition | None:
     """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
     a `HandOn`, or None when there is nothing to publish. `by`: the message being handled, whose
     own every transition made while handling it is; `state`: the run as just committed (an inline
-    step); `limit`: the soft time limit to arm here (an inline step: the broker's does not apply).
-    `saga_version` (the message's) is not read: the run's own version decides."""
+    step); `limit`: the soft time limit to arm here (an inline step: the broker's does not apply);
+    `spans`: the delivery's attempt spans (`runtime.tracing`), this attempt's begun here.
+    `saga_version` (the message's) does not decide, the run's own version does (its span shows it)."""
     report = StepReport(st.name, st.queue, saga_id, step, saga, kind, version, input, delivery, by, attempt,
                         results, result, handoffs, st.queue if rt.settings.inline_steps else None, error)
 
@@ -96,10 +103,16 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                           error=StepError.from_message(error), item=definition.item(step, input),
                           saga_version=run.saga_version)
         if limit is None:
-            return run_function(definition, st, ctx, input)
-        with soft_limit(limit):
-            return run_function(definition, st, ctx, input)
+            outcome, failure = run_function(definition, st, ctx, input)
+        else:
+            with soft_limit(limit):
+                outcome, failure = run_function(definition, st, ctx, input)
+        if failure is not None:
+            spans.failed(failure)
+        return outcome, failure
 
+    spans.begin(saga_id=saga_id, saga_type=saga, saga_version=saga_version, step=step, side=kind, attempt=attempt,
+                task=st.name, task_id=delivery.task_id)
     done = rt.loop.step(report, work, state=state, after_commit=crash_points.after_commit(step))
     t = done.transition
     if t is None:
@@ -110,7 +123,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             # A retry of this very task: Celery's own retry (same task id, countdown, retries + 1).
             args, kwargs = message_for(t.after, cmd)
             countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
-            return RetrySelf(args, kwargs, countdown, done.error)
+            return RetrySelf(args, kwargs, countdown, done.error, rt.tracing.message_headers(t.after, cmd) or None)
     return t
 
 
@@ -120,7 +133,7 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
 def delivery_of(task: Task) -> Delivery:
     req = task.request
     return Delivery(task_id=req.id, redelivered=bool((req.delivery_info or {}).get("redelivered")),
-                    retries=req.retries or 0, kwargs=dict(req.kwargs or {}))
+                    retries=req.retries or 0, kwargs=dict(req.kwargs or {}), headers=trace_headers(req) or None)
 
 
 def make_step_task(app: Celery, st: StepTask) -> Task:
@@ -143,9 +156,11 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
         if isinstance(retry, HandOn):  # published before this message is acked: a crash leaves both
             hard, soft = self.request.timelimit or (None, None)
             self.apply_async(args=retry.args, kwargs=retry.kwargs, task_id=self.request.id, queue=st.queue,
-                             countdown=retry.countdown, time_limit=hard, soft_time_limit=soft)
+                             countdown=retry.countdown, time_limit=hard, soft_time_limit=soft,
+                             headers=trace_headers(self.request) or None)
         elif retry is not None:
-            raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error)
+            raise self.retry(args=retry.args, kwargs=retry.kwargs, countdown=retry.countdown, exc=retry.error,
+                             **({"headers": retry.headers} if retry.headers else {}))
 
     body.__name__ = st.fn.__name__
     body.__doc__ = st.fn.__doc__

@@ -22,6 +22,7 @@ from workflows.projections.setup import from_settings
 from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
 from workflows.runtime.loop import DecisionLoop
 from workflows.runtime.settings import Settings
+from workflows.runtime.tracing import Tracing, tracing_for
 from workflows.store import SagaStore, open_store
 from workflows.store.db import dispose_engines
 
@@ -44,6 +45,7 @@ class Runtime:
     _store: SagaStore | None = field(default=None, repr=False)
     _dispatcher: Dispatcher | None = field(default=None, repr=False)
     _projections: Projections | None = field(default=None, repr=False)
+    _tracing: Tracing | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
@@ -56,7 +58,7 @@ class Runtime:
         if self._dispatcher is None:
             if self.app is None:
                 raise RuntimeError("this runtime has no Celery app to publish with: give it a dispatcher")
-            self._dispatcher = CeleryDispatcher(self.app)
+            self._dispatcher = CeleryDispatcher(self.app, self.tracing)
         return self._dispatcher
 
     @property
@@ -67,13 +69,18 @@ class Runtime:
         return self._projections
 
     @property
+    def tracing(self) -> Tracing:
+        """OpenTelemetry spans with `SAGA_TRACING=otel`; `NO_TRACING` (nothing imported) otherwise."""
+        return self._tracing if self._tracing is not None else tracing_for(self.settings)
+
+    @property
     def timing(self) -> Timing:
         return Timing(dispatch_grace=self.settings.dispatch_grace)
 
     @property
     def loop(self) -> DecisionLoop:
         return DecisionLoop(self.store, self.dispatcher, clock=self.clock, ids=self.ids, timing=self.timing,
-                            projections=self.projections)
+                            projections=self.projections, tracing=self.tracing)
 
 
 _runtime: Runtime | None = None

@@ -19,6 +19,7 @@ from workflows.core.state import Command, DeadLetter, RunState
 from workflows.core.steps import StepError, step_tasks
 from workflows.core.views import DeadLetterView
 from workflows.runtime.brokers import queue_arguments
+from workflows.runtime.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger("workflows.dispatch")
 
@@ -85,13 +86,14 @@ class Dispatcher(Protocol):
 class CeleryDispatcher:
     """Publishes through a Celery app (its broker connection pool)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, tracing: Tracing = NO_TRACING) -> None:
+        self.app, self.tracing = app, tracing
 
     def send_step(self, run: RunState, cmd: Command) -> None:
         args, kwargs = message_for(run, cmd)
         st = step_tasks.get(cmd.task)
         self.app.send_task(cmd.task, args=args, kwargs=kwargs, task_id=cmd.task_id,
+                           headers=self.tracing.message_headers(run, cmd) or None,
                            queue=st.queue if st is not None else None, eta=cmd.eta,
                            soft_time_limit=cmd.time_limit, time_limit=cmd.time_limit + HARD_LIMIT_GRACE,
                            argsrepr=repr(args), kwargsrepr=short_repr(kwargs))
@@ -118,6 +120,8 @@ class Sent:
     kwargs: dict[str, Any] = field(default_factory=dict)
     eta: datetime | None = None
     command: Command | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    """A step message's trace headers (`runtime.tracing`)."""
 
 
 @dataclass
@@ -126,12 +130,14 @@ class RecordingDispatcher:
 
     sent: list[Sent] = field(default_factory=list)
     fail: BaseException | None = None
+    tracing: Tracing = NO_TRACING
 
     def send_step(self, run: RunState, cmd: Command) -> None:
         if self.fail is not None:
             raise self.fail
         args, kwargs = message_for(run, cmd)
-        self.sent.append(Sent("step", run.saga_id, cmd.step, cmd.task, cmd.task_id, args, kwargs, cmd.eta, cmd))
+        self.sent.append(Sent("step", run.saga_id, cmd.step, cmd.task, cmd.task_id, args, kwargs, cmd.eta, cmd,
+                              self.tracing.message_headers(run, cmd)))
 
     def send_dead_letter(self, body: dict[str, Any]) -> None:
         if self.fail is not None:

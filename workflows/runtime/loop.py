@@ -39,6 +39,7 @@ from workflows.runtime.hand_on import hand_on
 from workflows.runtime.recovery import found_own_commit
 from workflows.runtime.redelivery import may_run_again
 from workflows.runtime.step_report import StepPass, StepReport
+from workflows.runtime.tracing import NO_TRACING, Segment, Tracing
 from workflows.store.base import Recorder
 
 if TYPE_CHECKING:
@@ -76,11 +77,10 @@ class Start:
 class DecisionLoop:
     def __init__(self, store: Recorder, dispatcher: Dispatcher, *, clock: Callable[[], datetime], ids: IdSource,
                  timing: Timing = Timing(), definitions: SagaRegistry = registry,
-                 projections: Projections = NO_PROJECTIONS) -> None:
+                 projections: Projections = NO_PROJECTIONS, tracing: Tracing = NO_TRACING) -> None:
         self.store, self.dispatcher, self.clock, self.ids, self.timing = store, dispatcher, clock, ids, timing
-        self.projections = projections
-        """After-commit projections (`workflows.projections`): each transition's records, written pending
-        with it and sent first in `publish`."""
+        self.projections = projections  # after-commit projections: records written with each transition
+        self.tracing = tracing  # spans (`runtime.tracing`): every pass but a step message's begins a segment
         self.definitions = definitions
         """Where the definitions come from: a run's own (`definition_of`), a child step's (`child_definition`)."""
 
@@ -88,13 +88,14 @@ class DecisionLoop:
 
     def commit(self, saga: Saga, saga_id: str, outcome: Outcome, *, by: str, expected_version: int | None = None,
                dispatch: Dispatch | None = None, state: RunState | None = None, message: MessageInfo | None = None,
-               closures: tuple[DeadLetterClosure, ...] = ()) -> Applied:
+               closures: tuple[DeadLetterClosure, ...] = (), trace: str | None = None) -> Applied:
         """Steps 1 to 3: the committed transition (not yet published), or why there is none.
 
         `dispatch`: the step message reporting (stale unless its step still waits on it);
         `expected_version`: the version the caller decided on (the sweeper's, an operator's);
         `state`: the run as the caller just read it (decided on if still current); `message`: the
-        message a dead letter of this transition keeps; `closures`: dead letters it also resolves."""
+        message a dead letter of this transition keeps; `closures`: dead letters it also resolves;
+        `trace`: the trace segment it begins (`runtime.tracing`)."""
         while True:
             now = self.clock()
             run = state if state is not None else self.store.load(saga_id)
@@ -113,7 +114,7 @@ class DecisionLoop:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
                 return Applied(None, run, ignored=ig.reason, own_commit=run.caused_by == by)
-            t = self.projections.derive(t.with_message(message).closing(*closures), now)
+            t = self.projections.derive(t.with_message(message).closing(*closures).traced(trace), now)
             try:
                 self.store.commit(t, by=by, now=now)
             except ConcurrentTransition:
@@ -155,10 +156,13 @@ class DecisionLoop:
         """The whole loop, for the sweeper, operators and a lost worker given up (a step's own
         report goes through `step`, then its caller publishes: it may run the follow-up inline,
         or retry its own message instead)."""
-        applied = self.commit(saga, saga_id, outcome, by=by, expected_version=expected_version, dispatch=dispatch,
-                              state=state, message=message, closures=closures)
-        if applied.transition is not None:
-            self.publish(applied.transition)
+        with self.tracing.segment(saga.name, saga_id, type(outcome).__name__) as segment:
+            applied = self.commit(saga, saga_id, outcome, by=by, expected_version=expected_version,
+                                  dispatch=dispatch, state=state, message=message, closures=closures,
+                                  trace=segment.context)
+            if applied.transition is not None:
+                segment.link(applied.transition.before.trace)
+                self.publish(applied.transition)
         return applied
 
     def ignore_stale(self, run: RunState, *, by: str, step: str | None, what: str, own: bool,
@@ -178,6 +182,10 @@ class DecisionLoop:
         version-checked write, then publish what follows. A signal already recorded under its key
         changes nothing (`ignored` is "duplicate"); if the current version is that signal's own
         commit, what it dispatched is published again (the sender died between commit and publish)."""
+        with self.tracing.segment(saga.name, saga_id, f"signal {signal.name}") as segment:
+            return self._signal(saga, saga_id, signal, segment)
+
+    def _signal(self, saga: Saga, saga_id: str, signal: Signal, segment: Segment) -> Applied:
         by = signal_by(signal.id)
         while True:
             now = self.clock()
@@ -191,7 +199,7 @@ class DecisionLoop:
                 return Applied(None, run, ignored="duplicate")
             try:
                 t = decide(saga, run, SignalReceived(signal), now, self.ids, self.timing,
-                           self.definitions.child_definition)
+                           self.definitions.child_definition).traced(segment.context)
             except Ignored as ig:
                 if ig.event is not None:
                     self.store.record(saga_id, ig.event, by=by, now=now)
@@ -201,6 +209,7 @@ class DecisionLoop:
                 self.store.commit(t, by=by, now=now)
             except ConcurrentTransition:
                 continue
+            segment.link(t.before.trace)
             self.publish(t)
             return Applied(t, t.after)
 
@@ -274,19 +283,20 @@ class DecisionLoop:
 
     def start(self, saga: Saga, data: dict[str, Any], *, saga_id: str | None = None,
               idempotency_key: str | None = None, tx: CallerTx | None = None,
-              start_at: datetime | None = None) -> Start:
+              start_at: datetime | None = None, trace: str | None = None) -> Start:
         """Record a run already started (step 1 dispatched) in one atomic write; the caller publishes
         `transition` (or calls `publish`). An idempotency key already used returns its run, and no
         transition. If the first message is lost, the sweeper sends it once step 1's deadline passed.
 
         With `tx` (the caller's SQLAlchemy Session or Connection) the write is in a savepoint of the
-        caller's transaction; the caller publishes only after that commits (`store.after_commit`)."""
+        caller's transaction; the caller publishes only after that commits (`store.after_commit`).
+        `trace`: the run's first trace segment (`runtime.tracing`)."""
         now = self.clock()
         run_id = saga_id or _uuid(self.ids())
         # `start_at`: recorded SCHEDULED (nothing to publish); the sweeper starts it when due
         first = Schedule(start_at) if start_at is not None else Started()
         t = self.projections.derive(decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids,
-                                           self.timing, self.definitions.child_definition), now)
+                                           self.timing, self.definitions.child_definition).traced(trace), now)
         if tx is None:
             created = self.store.create_run(t, idempotency_key=idempotency_key, now=now)
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,13 @@ class Settings(BaseSettings):
     """Threads the asyncio client (`workflows.aio`) runs its store and broker calls on: at most this many
     at once in a process, the rest queue without holding the event loop. Default: the store's connection
     pool (5 + 5 overflow), so a burst waits for a thread rather than timing out on the pool."""
+    tracing: Literal["off", "otel"] = "off"
+    """`otel`: OpenTelemetry traces of every run (the `otel` extra: `pip install 'celery-sagas[otel]'`), exported
+    as the standard `OTEL_*` variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, ...). `off`
+    (the default): nothing of OpenTelemetry is imported. Docs: operations/observability."""
+    tracing_park_after: float = 60.0
+    """Seconds: a retry whose backoff is longer goes on in a new trace linked to the one before (as a
+    wait, a scheduled start or an operator's action do), so no span stays open while a run is parked."""
     test_mode: bool = False
     """Enables the failure-injection endpoints of the HTTP API."""
     console_open: bool = False

@@ -23,6 +23,8 @@ class Delivery:
     """Celery retries of this message so far (a retry of the same task id)."""
     kwargs: dict[str, Any] | None = None
     """The raw keyword arguments, kept in a dead letter."""
+    headers: dict[str, str] | None = None
+    """Its trace headers (`runtime.tracing`: `traceparent`, or `saga_trace_link` after a long backoff)."""
 
 
 @dataclass(frozen=True)

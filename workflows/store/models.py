@@ -88,6 +88,8 @@ class SagaRow(Base):
     started_by: Mapped[str | None] = mapped_column(String(100))
     """The name of the credential whose API call started the run (revision 0010; NULL: started by
     code, the CLI or an unauthenticated API). A service credential reads and signals only its own."""
+    trace_context: Mapped[str | None] = mapped_column(String(64))
+    """With tracing on, the `traceparent` of the run's current trace segment (`RunState.trace`)."""
 
     steps: Mapped[list[StepRow]] = relationship(
         back_populates="saga", order_by="StepRow.index", cascade="all, delete-orphan")

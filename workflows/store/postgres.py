@@ -115,6 +115,9 @@ def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, di
                               "t_failure_reason": after.failure_reason, "t_deadline_at": after.deadline_at,
                               "t_caused_by": by, "t_updated_at": now, "t_signals_pending": len(after.signals),
                               "t_saga_version": after.saga_version}
+    traced = after.trace != before.trace  # a trace segment begins: the column is written only then
+    if traced:
+        params["t_trace_context"] = after.trace
     shape = []
     for old, st in zip(before.steps, after.steps):
         if st != old:
@@ -124,18 +127,20 @@ def transition_statement(t: Transition, by: str, now: datetime) -> tuple[Any, di
     for k, row in enumerate(event_values(after.saga_id, t.events, by, now)):
         params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
     params.update(_projection_params(t.projected, now))
-    return _transition_shape(tuple(shape), len(t.events), len(t.projected)), params
+    return _transition_shape(tuple(shape), len(t.events), len(t.projected), traced), params
 
 
 @functools.lru_cache(maxsize=256)
-def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int, n_projected: int = 0) -> Any:
+def _transition_shape(steps: tuple[tuple[int, tuple[str, ...]], ...], n_events: int, n_projected: int = 0,
+                      traced: bool = False) -> Any:
     """The statement for one shape of transition (which steps change which columns, how many
     events), built and compiled once: only its parameters differ from one saga to the next."""
     bump = (update(SAGAS).where(SAGAS.c.id == bindparam("t_id"), SAGAS.c.version == bindparam("t_version"))
             .values(version=SAGAS.c.version + 1, state=bindparam("t_state"),
                     failure_reason=bindparam("t_failure_reason"), deadline_at=bindparam("t_deadline_at"),
                     caused_by=bindparam("t_caused_by"), updated_at=bindparam("t_updated_at"),
-                    signals_pending=bindparam("t_signals_pending"), saga_version=bindparam("t_saga_version"))
+                    signals_pending=bindparam("t_signals_pending"), saga_version=bindparam("t_saga_version"),
+                    **({"trace_context": bindparam("t_trace_context")} if traced else {}))
             .returning(SAGAS.c.id).cte("bump"))
     parts = [update(STEPS).where(STEPS.c.saga_id == bump.c.id, STEPS.c.index == index)
              .values({c: bindparam(f"s{index}_{c}") for c in columns})
@@ -166,18 +171,20 @@ def creation_statement(saga_row: dict[str, Any], steps: list[dict[str, Any]], ev
 
     A taken id or idempotency key fails the whole statement (IntegrityError), writing nothing.
     """
-    params = {f"r_{c}": saga_row[c] for c in _SAGA_COLUMNS}
+    columns = (*_SAGA_COLUMNS, "trace_context") if "trace_context" in saga_row else _SAGA_COLUMNS
+    params = {f"r_{c}": saga_row[c] for c in columns}
     for k, row in enumerate(steps):
         params.update({f"s{k}_{c}": row[c] for c in _STEP_INSERT_COLUMNS})
     for k, row in enumerate(events):
         params.update({f"e{k}_{c}": row[c] for c in EVENT_COLUMNS})
     params.update(_projection_params(projected, now or saga_row["created_at"]))
-    return _creation_shape(len(steps), len(events), len(projected)), params
+    return _creation_shape(len(steps), len(events), len(projected), columns), params
 
 
 @functools.lru_cache(maxsize=64)
-def _creation_shape(n_steps: int, n_events: int, n_projected: int = 0) -> Any:
-    run = (insert(SAGAS).values({c: bindparam(f"r_{c}", type_=SAGAS.c[c].type) for c in _SAGA_COLUMNS})
+def _creation_shape(n_steps: int, n_events: int, n_projected: int = 0,
+                    columns: tuple[str, ...] = _SAGA_COLUMNS) -> Any:
+    run = (insert(SAGAS).values({c: bindparam(f"r_{c}", type_=SAGAS.c[c].type) for c in columns})
            .returning(SAGAS.c.id).cte("run"))
     parts = [_insert_rows(run, STEPS, "s", _STEP_INSERT_COLUMNS, n_steps).cte("steps"),
              _insert_rows(run, EVENTS, "e", EVENT_COLUMNS, n_events).cte("history")]

@@ -86,6 +86,8 @@ def creation_rows(t: Transition, *, idempotency_key: str | None, by: str,
                 "idempotency_key": idempotency_key, "caused_by": by, "created_at": now, "updated_at": now,
                 "deadline_at": run.deadline_at, "signals_pending": len(run.signals), "parent_id": run.parent_id,
                 "parent_step": run.parent_step}
+    if run.trace is not None:  # with tracing on: the run's first trace segment
+        saga_row["trace_context"] = run.trace
     steps = [step_values(run.saga_id, st, None, now) for st in run.steps]
     created: dict[str, Any] = {"saga_type": run.saga_type, "saga_version": run.saga_version,
                                "idempotency_key": idempotency_key}

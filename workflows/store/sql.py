@@ -36,7 +36,7 @@ from workflows.store.workers import Workers
 # transition, more than the round trips (see README, benchmark).
 STATE = (select(SAGAS.c.id, SAGAS.c.saga_type, SAGAS.c.state, SAGAS.c.version, SAGAS.c.saga_version,
                  SAGAS.c.input, SAGAS.c.deadline_at, SAGAS.c.failure_reason, SAGAS.c.caused_by,
-                 SAGAS.c.signals_pending, SAGAS.c.parent_id, SAGAS.c.parent_step,
+                 SAGAS.c.signals_pending, SAGAS.c.parent_id, SAGAS.c.parent_step, SAGAS.c.trace_context,
                  STEPS.c.index.label("step_index"), STEPS.c.name, STEPS.c.status, STEPS.c.attempts,
                  STEPS.c.compensation_attempts, STEPS.c.result, STEPS.c.error, STEPS.c.task_id, STEPS.c.eta,
                  STEPS.c.deadline_at.label("step_deadline_at"), STEPS.c.finished_at)
@@ -145,7 +145,8 @@ class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers, Projection
         bumped = s.execute(_BUMP, {"b_id": after.saga_id, "b_version": before.version, "state": after.status.value,
                                    "failure_reason": after.failure_reason, "deadline_at": after.deadline_at,
                                    "caused_by": by, "updated_at": now, "signals_pending": len(after.signals),
-                                   "saga_version": after.saga_version})
+                                   "saga_version": after.saga_version,
+                                   **({"trace_context": after.trace} if after.trace != before.trace else {})})
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
             raise ConcurrentTransition(f"saga {after.saga_id} changed under us")
         if t.signals:
@@ -244,7 +245,7 @@ def run_state(saga_id: str, rows: Sequence[Any], kept: Sequence[Any]) -> RunStat
                              who=k.who, received_at=k.received_at) for k in kept),
         saga_id=r.id, saga_type=r.saga_type, status=RunStatus(r.state), version=r.version, input=r.input,
         deadline_at=r.deadline_at, failure_reason=r.failure_reason, caused_by=r.caused_by,
-        parent_id=r.parent_id, parent_step=r.parent_step, saga_version=r.saga_version,
+        parent_id=r.parent_id, parent_step=r.parent_step, saga_version=r.saga_version, trace=r.trace_context,
         steps=tuple(StepState(index=x.step_index, name=x.name, status=StepStatus(x.status), attempts=x.attempts,
                               compensation_attempts=x.compensation_attempts, result=x.result, error=x.error,
                               task_id=x.task_id, eta=x.eta, deadline_at=x.step_deadline_at,

@@ -44,11 +44,13 @@ class Worker:
             raise LookupError(f"no step task {m.task!r} is declared in this process (import the module that "
                               "declares it with @step_task)")
         st = instrument(st, self.faults, self.calls)
-        retry = handle_step(self.rt, st, m.saga_id, m.step, Delivery(m.task_id, redelivered, retries, m.kwargs),
-                            **m.kwargs)
+        retry = handle_step(self.rt, st, m.saga_id, m.step,
+                            Delivery(m.task_id, redelivered, retries, m.kwargs, m.headers or None), **m.kwargs)
         if retry is not None:
             eta = self.rt.clock() + timedelta(seconds=retry.countdown)
-            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command)
+            headers = getattr(retry, "headers", None) or m.headers  # a RetrySelf's own, as Celery's retry sends them
+            again = Sent("step", m.saga_id, m.step, m.task, m.task_id, retry.args, retry.kwargs, eta, m.command,
+                         headers)
             self.waiting.append((again, retries + 1))
 
     def due(self) -> list[tuple[Sent, int]]:

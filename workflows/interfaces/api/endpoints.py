@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from workflows.core.definition import Saga, registry
+from workflows.core.outlook import describe
 from workflows.core.state import RunStatus
 from workflows.core.views import DeadLetterView, SagaView, Signalled
 from workflows.core.access import Caller, Permission
@@ -15,10 +16,10 @@ from workflows.interfaces.api.deps import MAX_OFFSET, Allowed, AppRuntime, Autho
 from workflows.interfaces.api.models import (NOT_FOUND, REFUSED, ChildSummary, HistoryItem, MoveRequest,
                                              ReasonRequest, RequiredReason, RetryRequest, SagaPage, SagaStatus,
                                              SagaType, SagaVersion, SignalSchema, Started, StepSchema, StepSummary,
-                                             WaitSummary, answers)
+                                             WaitSummary, WhatNext, answers)
 from workflows.operations import actions as operations
 from workflows.operations import dead_letters, versions
-from workflows.operations.client import find_saga, get_saga, list_sagas
+from workflows.operations.client import find_saga, get_saga, list_sagas, what_next
 from workflows.operations.credentials import owner_of, runs_of, start_owned
 from workflows.operations.signals import signal as send_signal
 
@@ -147,7 +148,8 @@ def status(saga_id: str, request: Request, caller: Reader, key: ByKey = False) -
         open_dead_letters=[d.id for d in v.dead_letters if d.status == "OPEN"],
         parent_id=v.parent_id, parent_step=v.parent_step,
         children=[ChildSummary(id=c.id, saga_type=c.saga_type, state=c.state, parent_step=c.parent_step)
-                  for c in v.children])
+                  for c in v.children],
+        what_next=WhatNext.model_validate(describe(nxt)) if (nxt := what_next(v.id)) is not None else None)
 
 
 @api.post("/sagas/{saga_id}/signals/{name}", tags=["sagas"], responses=REFUSED)

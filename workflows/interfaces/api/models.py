@@ -45,6 +45,24 @@ class ChildSummary(BaseModel):
     parent_step: str | None
 
 
+class CompensationStageSummary(BaseModel):
+    stage: int = Field(description="The stage (0 is the first node of the saga)")
+    compensate: list[str] = Field(description="Its steps compensated together, once nothing blocks it")
+    waits_for: list[str] = Field(default_factory=list, description="Its steps still in flight: waited for first")
+    stuck: list[str] = Field(default_factory=list,
+                             description="Its steps whose compensation failed for good: an operator must act")
+
+
+class WhatNext(BaseModel):
+    """What comes next, computed by the engine's own compensation walker (`core.outlook`)."""
+
+    to_run: list[list[str]] = Field(description="A running run's stages still to run, in order: the steps of each")
+    compensations: list[CompensationStageSummary] = Field(
+        description="The compensations, newest stage first: for a running run those that would run if the "
+                    "steps in flight failed now (`if_failed_now`), else those still to run")
+    if_failed_now: bool
+
+
 class SagaStatus(BaseModel):
     id: str
     saga_type: str
@@ -63,6 +81,9 @@ class SagaStatus(BaseModel):
     parent_step: str | None = None
     children: list[ChildSummary] = []
     """The child runs this run's child steps started."""
+    what_next: WhatNext | None = None
+    """The steps still to run and the compensations that would run; None when this API process does not
+    hold the run's saga definition."""
 
 
 class SagaPage(BaseModel):

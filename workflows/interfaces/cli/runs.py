@@ -52,12 +52,14 @@ def start(saga_type: str, raw: str, idempotency_key: str | None, wait: bool, tim
 @click.option("--key", "by_key", is_flag=True, help="SAGA_ID is an idempotency key (a business id), never a run id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(saga_id: str, by_key: bool, as_json: bool) -> None:
-    """A saga's timeline: its steps, attempts, compensations and history. SAGA_ID is a run id, or,
-    when no run has that id, the idempotency key a run was started under."""
-    from workflows.operations.client import find_saga
+    """A saga's timeline: its steps, attempts, compensations and history, and what comes next: the
+    steps still to run and the compensations that would run if it failed now. SAGA_ID is a run id,
+    or, when no run has that id, the idempotency key a run was started under."""
+    from workflows.operations.client import find_saga, what_next
 
     runtime()
-    print_saga(find_saga(saga_id, by_key=by_key), as_json)
+    view = find_saga(saga_id, by_key=by_key)
+    print_saga(view, as_json, what_next(view.id))
 
 
 @click.command("list")

@@ -7,14 +7,37 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from workflows.core.outlook import Outlook, describe
 from workflows.interfaces.cli.output import console, echo_json, short, since, span, styled, time
 
 
-def print_saga(view: Any, as_json: bool) -> None:
+def print_saga(view: Any, as_json: bool, next_: Outlook | None = None) -> None:
+    """The saga, and what comes next for it when given (`sagas status`)."""
     if as_json:
-        echo_json(view.to_dict())
-    else:
-        show_saga(view)
+        echo_json({**view.to_dict(), "what_next": describe(next_)} if next_ is not None else view.to_dict())
+        return
+    show_saga(view)
+    if next_ is not None and (next_.to_run or next_.compensations):
+        show_next(next_)
+
+
+def show_next(o: Outlook) -> None:
+    """What comes next: the stages still to run, then the compensations, in the order they would run."""
+    out = console()
+    if o.to_run:
+        out.print(Text("next: " + " → ".join(" + ".join(stage) for stage in o.to_run), style="cyan"))
+    if o.compensations:
+        title = "if it failed now, compensations in this order" if o.hypothetical else "compensations still to run"
+        out.print(Text(title + ":", style="italic"))
+        for n, c in enumerate(o.compensations, 1):
+            line = Text(f"  {n}. {' + '.join(c.compensate) or '(nothing to undo)'}")
+            if c.waits_for:
+                line.append(f"  after {', '.join(c.waits_for)} settle", style="yellow")
+            if c.stuck:
+                line.append(f"  stuck: {', '.join(c.stuck)} (an operator must act)", style="red")
+            out.print(line)
+    elif o.hypothetical:
+        out.print(Text("if it failed now: nothing to compensate", style="italic"))
 
 
 def _redelivered(s: Any) -> Text:

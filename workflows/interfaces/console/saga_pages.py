@@ -14,6 +14,7 @@ from workflows.core.errors import SagaError, UnknownSaga
 from workflows.core.state import RunStatus
 from workflows.core.views import SagaView
 from workflows.interfaces.console import chart, timeline, web
+from workflows.operations.client import what_next
 from workflows.runtime.container import get_runtime
 from workflows.store.base import SagaQuery
 
@@ -124,6 +125,7 @@ def _saga_context(saga_id: str) -> dict[str, Any]:
         if e.step and e.type in FAILURES and isinstance(e.detail.get("traceback"), str):
             tracebacks[e.step] = e.detail["traceback"]
     return {"saga": view, "timeline": timeline.build(view, now, _stages(view)), "tracebacks": tracebacks,
+            "what_next": what_next(saga_id),
             "signals": _signals_of(view), "signal_fields": _signal_fields(view),
             "steps_in_flight": [s.name for s in view.steps if s.status in ("RUNNING", "COMPENSATING",
                                                                            "COMPENSATION_FAILED")]}

@@ -21,7 +21,7 @@ from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
 from workflows.store.db import migrate
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from tests.support.projection_sagas import LINE
 
 

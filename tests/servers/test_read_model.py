@@ -23,7 +23,7 @@ from workflows.projections.rebuild import rebuild_read_model
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from tests.support.projection_sagas import LINE
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

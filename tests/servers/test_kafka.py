@@ -32,7 +32,7 @@ from workflows.projections.views import saga_event
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
-from tests.support.inprocess import Clock, Worker
+from workflows.testing import Clock, Worker
 from tests.support.kafka import Tansu, consume_all, events_by_saga, kcat_produce
 from tests.support.projection_sagas import APPROVAL, LINE
 
