@@ -37,7 +37,7 @@ from workflows.runtime.settings import Settings  # noqa: E402
 from workflows.runtime.tracing import TRACE_LINK, TRACEPARENT  # noqa: E402
 from workflows.store.db import migrate  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
