@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pydantic import BaseModel
 
 from tasks.inventory import available, release_reservation, reserve_items
 from tasks.payment import charge_payment, refund_payment
@@ -34,6 +35,8 @@ def test_a_compensation_that_overtakes_its_action_voids_it(order_factory, action
 
     undone = compensation(ctx(saga_id, step, "compensation"), order)
     late = action(ctx(saga_id, step), order)
+    if isinstance(late, BaseModel):  # a typed step (the charge returns its Charged model)
+        late = late.model_dump(mode="json")
 
     assert undone == {"outcome": "voided"}
     assert late["status"] == "VOIDED"  # the late action found the tombstone: no effect
