@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra (make install installs it)")
 
 
-from support.choreo import POOLS, envelope_of, order, settle  # noqa: E402
+from tests.support.choreo import POOLS, envelope_of, order, settle  # noqa: E402
 from tests.support.interfaces import wait_until  # noqa: E402
 from tests.support.otlp import Receiver, ancestors, receiving, traced_process  # noqa: E402
 from tests.support.workers import WorkerProcess, worker_env  # noqa: E402
