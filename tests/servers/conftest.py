@@ -32,11 +32,10 @@ os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
 
 @pytest.fixture(scope="session")
 def database() -> str:
-    from tasks.schema import drop_shop_tables, migrate
-    from workflows.store.db import downgrade_all
+    from tasks.schema import migrate
+    from tests.support.databases import empty_pg_database
 
-    downgrade_all(PG_URL)
-    drop_shop_tables(PG_URL)
+    empty_pg_database(PG_URL)  # from nothing, whatever an earlier run or another checkout left
     migrate(PG_URL)  # the saga tables and the example shop's
     return PG_URL
 

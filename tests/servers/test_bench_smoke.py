@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.databases import empty_pg_database
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_PG_URL = os.environ.get("TEST_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench")
 BENCH_REDIS_URL = os.environ.get("TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -26,6 +28,8 @@ BENCH_REDIS_URL = os.environ.get("TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379
 def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}  # not the test session's settings
+    empty_pg_database(BENCH_PG_URL)  # the bench's own: whatever an earlier run (of other code) left in it
+
 
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--n", "10", "--rounds", "1", "--warmup", "2",

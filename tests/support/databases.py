@@ -24,6 +24,19 @@ def plain_engine(url: str, **options: object) -> Engine:
     return create_engine(bare, connect_args=connect_args, **options)  # type: ignore[arg-type]
 
 
+def empty_pg_database(url: str) -> None:
+    """Empty the database at `url` whatever is in it: its `public` schema dropped and made again.
+    A suite's database may hold what another checkout left there (an alembic_version naming a
+    revision this one does not have), which `downgrade_all` cannot undo."""
+    engine = plain_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as c:
+            c.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            c.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
 def server_engine() -> Engine:
     """An engine on the server's `postgres` database (through PgBouncer when TEST_PG_URL is)."""
     url, connect_args = driver_arguments(PG_URL)
