@@ -48,6 +48,15 @@ def broker() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _deployment_registered() -> None:
+    """The deployment's sagas and step tasks (worker.py, with SAGA_EXTRA_MODULES) registered before
+    any test snapshots the registries: tests/conftest.py restores them after each test, so a first
+    `import worker` inside a test would have its registrations undone, and the module, imported
+    once, would never make them again (a later test: "unknown saga 'tests.three'")."""
+    import worker  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def app(database: str, broker: str):  # type: ignore[no-untyped-def]
     import worker

@@ -43,7 +43,7 @@ PAGE = ROOT / "docs" / "guide" / "web-app.md"
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
                "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps",
-               "credentials", "access_audit", "console_sessions"}
+               "credentials", "access_audit", "console_sessions", "projection_outbox"}
 EXAMPLE_TABLES = {"payments", "shipments", "notifications", "inventory_stock", "inventory_reservations",
                   "service_faults"}
 ALEMBIC = Path(sys.executable).parent / "alembic"

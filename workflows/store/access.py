@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from workflows.core.errors import SagaError
 from workflows.store.db import get_engine
-from workflows.store.access_rows import AccessAuditRow, ConsoleSessionRow, CredentialRow
+from workflows.store.models import AccessAuditRow, ConsoleSessionRow, CredentialRow
 from workflows.store.models import SagaRow
 
 CREDENTIALS = CredentialRow.__table__

@@ -3,34 +3,15 @@
 Only the store (`workflows.store`) imports this module."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Table, Text,
-                        TypeDecorator, UniqueConstraint)
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc) if value is not None else None
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value
-
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from workflows.store.column_types import BigId as BigId
+from workflows.store.column_types import JSONType as JSONType
+from workflows.store.column_types import UTCDateTime as UTCDateTime
 
 
 class Base(DeclarativeBase):
@@ -279,6 +260,65 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Failed relay attempts (broker unreachable)."""
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# ------------------------------------------------------------------ access (revision 0010)
+# No token is stored: only its keyed SHA-256 lookup hash (`workflows.operations.credentials`).
+
+
+class CredentialRow(Base):
+    """A person's or a service's API token, with its role. Revoked rows are kept (the audit names them)."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (
+        Index("uq_credentials_token_hash", "token_hash", unique=True),
+        # one active credential per name; a revoked one's name may be given again
+        Index("uq_credentials_active_name", "name", unique=True, postgresql_where=text("revoked_at IS NULL"),
+              sqlite_where=text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    """HMAC-SHA256 of the token (key: `SAGA_TOKEN_KEY`), hex. The token itself is shown once, never stored."""
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AccessAuditRow(Base):
+    """Append-only access log: every action through the API or the console (allowed or refused),
+    every login (succeeded, failed, locked out) and every change to a credential."""
+
+    __tablename__ = "access_audit"
+    __table_args__ = (Index("ix_access_audit_at", "at"),
+                      Index("ix_access_audit_login", "action", "outcome", "at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    who: Mapped[str] = mapped_column(String(100))
+    """The authenticated name (for a failed login: the name typed, or empty)."""
+    role: Mapped[str | None] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(20))
+    """allowed, refused, failed, locked, created, revoked, expired."""
+    address: Mapped[str | None] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(String(200))
+    """What the caller wrote about itself (`X-Operator`, the console's note): never the identity."""
+
+
+class ConsoleSessionRow(Base):
+    """A console login with a credential. The cookie holds the session's secret; this row its hash."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 # ------------------------------------------------------------------ projections (revision 0011)

@@ -2,7 +2,6 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-import workflows.store.access_rows  # noqa: F401  (its tables in Base.metadata)
 from workflows.store.models import Base
 
 config = context.config
