@@ -7,11 +7,13 @@ the librdkafka that confluent-kafka's wheel ships (`kcat_env`), it can. Against 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,11 +65,16 @@ def kcat_env() -> dict[str, str]:
 
     libs = Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs"
     [lib] = list(libs.glob("librdkafka-*.so.1"))
-    folder = Path("/tmp") / f"kcat-rdkafka-{os.getuid()}"
+    # a folder per library file: a link left by another checkout (its venv since deleted) is not ours
+    digest = hashlib.sha1(str(lib).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"kcat-rdkafka-{os.getuid()}-{digest}"
     folder.mkdir(exist_ok=True)
     link = folder / "librdkafka.so.1"
-    if not link.exists():
-        link.symlink_to(lib)
+    if not link.is_symlink() or os.readlink(link) != str(lib):
+        fresh = folder / f".link-{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(lib)
+        os.replace(fresh, link)  # atomic: two test processes may make it at once
     return {**os.environ, "LD_LIBRARY_PATH": str(folder)}
 
 
