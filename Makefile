@@ -43,7 +43,7 @@ ISOLATED := tests/servers/test_ha_rabbitmq.py
 
 test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
 	$(BIN)/python -m pytest -q $(ISOLATED)
-	$(BIN)/python -m pytest -q --deselect $(ISOLATED) --ignore=$(ISOLATED)
+	$(BIN)/python -m pytest -q --ignore=$(ISOLATED)
 
 test-ha: $(STAMP)  ## the highly available setups at the issue's size: Sentinel failover and RabbitMQ restart under 500 sagas, PgBouncer
 	HA_N=500 $(BIN)/python -m pytest -q -s tests/servers/test_ha_sentinel.py tests/servers/test_ha_rabbitmq.py tests/servers/test_pgbouncer.py
