@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +28,10 @@ from workflows.testing import Clock, Worker  # noqa: E402
 from workflows import get_saga, start_saga  # noqa: E402
 from workflows.choreography.envelope import make_envelope, parse_envelope  # noqa: E402
 from workflows.operations.signals import signal  # noqa: E402
-from workflows.runtime.container import Runtime, activate  # noqa: E402
+from workflows.runtime.container import Runtime  # noqa: E402
 from workflows.runtime.dispatch import RecordingDispatcher  # noqa: E402
 from workflows.runtime.otel import OtelTracing, format_context, parse  # noqa: E402
-from workflows.runtime.settings import Settings  # noqa: E402
 from workflows.runtime.tracing import TRACE_LINK, TRACEPARENT  # noqa: E402
-from workflows.store.db import migrate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,21 +49,9 @@ def provider(exporter: InMemorySpanExporter) -> TracerProvider:
 
 
 @pytest.fixture
-def rt(tmp_path: Path, provider: TracerProvider) -> Iterator[Runtime]:
-    url = f"sqlite:///{tmp_path / 'traced.db'}"
-    migrate(url)
-    clock = Clock()
-    tracing = OtelTracing(provider.get_tracer("workflows"), park_after=60, clock=clock)
-    runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
-                      ids=lambda: uuid.uuid4().hex, _dispatcher=RecordingDispatcher(tracing=tracing), _tracing=tracing)
-    with activate(runtime):
-        yield runtime
-
-
-@pytest.fixture
-def worker(rt: Runtime) -> Worker:
-    assert isinstance(rt.dispatcher, RecordingDispatcher)
-    return Worker(rt, rt.dispatcher)
+def saga_tracing(provider: TracerProvider, saga_clock: Clock) -> OtelTracing:
+    """The kit's runtime traced, its spans exported to memory (the kit builds `rt` and `worker` on it)."""
+    return OtelTracing(provider.get_tracer("workflows"), park_after=60, clock=saga_clock)
 
 
 def named(spans: list[ReadableSpan]) -> dict[str, ReadableSpan]:

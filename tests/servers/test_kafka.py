@@ -15,7 +15,6 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +28,8 @@ from workflows.projections import Projection, Projections
 from workflows.projections.kafka import KafkaSink
 from workflows.projections.setup import EVENTS
 from workflows.projections.views import saga_event
-from workflows.runtime.container import Runtime, activate
-from workflows.runtime.dispatch import RecordingDispatcher
-from workflows.runtime.settings import Settings
+from workflows.core.state import IdSource
+from workflows.runtime.container import Runtime
 from workflows.testing import Clock, Worker
 from tests.support.kafka import Tansu, consume_all, events_by_saga, kcat_produce
 from tests.support.projection_sagas import APPROVAL, LINE
@@ -49,32 +47,39 @@ def tansu() -> Iterator[Tansu]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def prefix() -> str:
+    """This test's own: its run ids and its topics (on the shared database and broker)."""
+    return uuid.uuid4().hex[:12]
 
 
-def runtime(database: str, tmp_path: Path, clock: Clock, tansu: Tansu, **settings: Any) -> Runtime:
+@pytest.fixture
+def saga_database_url(database: str) -> str:
+    return database
+
+
+@pytest.fixture
+def saga_ids(prefix: str) -> IdSource:
     counter = itertools.count(1)
-    prefix = uuid.uuid4().hex[:12]
-    s = Settings(database_url=database, data_dir=tmp_path, kafka_bootstrap_servers=tansu.bootstrap,
-                 kafka_events_topic=f"saga-events-{prefix}", kafka_commands_topic=f"saga-commands-{prefix}",
-                 kafka_commands_group=f"sagas-{prefix}", **settings)
-    return Runtime(app=None, settings=s, clock=clock, ids=lambda: f"{prefix}{next(counter):020x}",
-                   _dispatcher=RecordingDispatcher())
+    return lambda: f"{prefix}{next(counter):020x}"
+
+
+@pytest.fixture
+def saga_settings(tansu: Tansu, prefix: str) -> dict[str, Any]:
+    """The saga-events projection and the commands consumer configured by their settings."""
+    return {"kafka_bootstrap_servers": tansu.bootstrap, "kafka_events_topic": f"saga-events-{prefix}",
+            "kafka_commands_topic": f"saga-commands-{prefix}", "kafka_commands_group": f"sagas-{prefix}",
+            "kafka_command_aliases": "StartOrder=proj.line"}
 
 
 def drain(rt: Runtime) -> None:
     Worker(rt, rt.dispatcher).drain(max_steps=10 * N + 100)  # type: ignore[arg-type]
 
 
-def test_n_sagas_put_exactly_their_transitions_on_saga_events_in_order(database: str, tmp_path: Path, clock: Clock,
-                                                                         tansu: Tansu) -> None:
+def test_n_sagas_put_exactly_their_transitions_on_saga_events_in_order(rt: Runtime, clock: Clock, tansu: Tansu) -> None:
     # Given the saga-events projection configured by its settings, When N sagas run to completion
-    rt = runtime(database, tmp_path, clock, tansu)
-    with activate(rt):
-        ids = [start_saga(LINE, {}) for _ in range(N)]
-        drain(rt)
-        final = {i: rt.store.load(i) for i in ids}
+    ids = [start_saga(LINE, {}) for _ in range(N)]
+    drain(rt)
+    final = {i: rt.store.load(i) for i in ids}
     assert {r.status.value for r in final.values()} == {"COMPLETED"}
     topic = rt.settings.kafka_events_topic
     per_saga = 4  # started, then a, b, c succeeded (the last one completes the run)
@@ -101,78 +106,72 @@ def test_n_sagas_put_exactly_their_transitions_on_saga_events_in_order(database:
 
 
 def test_commands_sent_with_kcat_start_signal_and_cancel_and_a_bad_one_is_a_dead_letter(
-        database: str, tmp_path: Path, clock: Clock, tansu: Tansu, monkeypatch: pytest.MonkeyPatch) -> None:
+        rt: Runtime, clock: Clock, tansu: Tansu, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a run waiting for its approval and one whose first step is in flight
-    rt = runtime(database, tmp_path, clock, tansu, kafka_command_aliases="StartOrder=proj.line")
     key = f"order-{uuid.uuid4().hex[:8]}"
     seed_id = f"order-{uuid.uuid4().hex[:8]}"
-    with activate(rt):
-        waiting = start_saga(APPROVAL, {})
-        drain(rt)
-        assert rt.store.get(waiting).state == "WAITING"
-        running = start_saga(LINE, {})
+    waiting = start_saga(APPROVAL, {})
+    drain(rt)
+    assert rt.store.get(waiting).state == "WAITING"
+    running = start_saga(LINE, {})
 
-        # When these commands are sent with kcat, and the consumer handles them
-        commands = [json.dumps({"command": "start", "saga": "proj.line", "idempotencyKey": key, "input": {}}),
-                    json.dumps({"command": "start", "saga": "proj.line", "idempotencyKey": key, "input": {}}),
-                    json.dumps({"command": "signal", "sagaId": waiting, "signal": "approval", "payload": {}}),
-                    json.dumps({"command": "cancel", "sagaId": running, "reason": "customer asked"}),
-                    "this is not json",
-                    json.dumps({"command": "explode", "sagaId": running}),
-                    json.dumps({"sagaId": seed_id, "command": "StartOrder"})]
-        # keyed alike (`-K '|'`): one partition, so they are handled in the order sent
-        kcat_produce(tansu.bootstrap, rt.settings.kafka_commands_topic, [f"shop|{c}" for c in commands],
-                     key_delimiter="|")
-        handled: list[Handled] = []
-        consume(rt, stop=lambda: len(handled) >= len(commands) - 1, on_handled=handled.append)
-        # the last one by `sagas kafka-commands`, in the same group: it resumes where the first stopped
-        monkeypatch.setattr(cli, "_runtime", lambda: rt)
-        out = CliRunner().invoke(cli.main, ["kafka-commands", "--max-messages", "1"])
-        assert out.exit_code == 0, out.output
-        assert out.stdout.strip() == f"started {seed_id}"
-        handled.append(Handled("started", seed_id))
-        drain(rt)
+    # When these commands are sent with kcat, and the consumer handles them
+    commands = [json.dumps({"command": "start", "saga": "proj.line", "idempotencyKey": key, "input": {}}),
+                json.dumps({"command": "start", "saga": "proj.line", "idempotencyKey": key, "input": {}}),
+                json.dumps({"command": "signal", "sagaId": waiting, "signal": "approval", "payload": {}}),
+                json.dumps({"command": "cancel", "sagaId": running, "reason": "customer asked"}),
+                "this is not json",
+                json.dumps({"command": "explode", "sagaId": running}),
+                json.dumps({"sagaId": seed_id, "command": "StartOrder"})]
+    # keyed alike (`-K '|'`): one partition, so they are handled in the order sent
+    kcat_produce(tansu.bootstrap, rt.settings.kafka_commands_topic, [f"shop|{c}" for c in commands],
+                 key_delimiter="|")
+    handled: list[Handled] = []
+    consume(rt, stop=lambda: len(handled) >= len(commands) - 1, on_handled=handled.append)
+    # the last one by `sagas kafka-commands`, in the same group: it resumes where the first stopped
+    monkeypatch.setattr(cli, "_runtime", lambda: rt)
+    out = CliRunner().invoke(cli.main, ["kafka-commands", "--max-messages", "1"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == f"started {seed_id}"
+    handled.append(Handled("started", seed_id))
+    drain(rt)
 
-        # Then the start ran once under its key, the signal and the cancel took, the seed's command
-        # started its saga under its own id, and the two bad messages are dead letters with the reason
-        started = rt.store.saga_id_for_key(key)
-        assert started is not None and rt.store.get(started).state == "COMPLETED"
-        assert [h.saga_id for h in handled[:2]] == [started, started]
-        assert rt.store.get(waiting).state == "COMPLETED"
-        assert rt.store.get(running).state in ("COMPENSATED", "COMPENSATING")
-        assert rt.store.get(seed_id).state == "COMPLETED"
-        assert [h.what for h in handled] == ["started", "started", "signalled", "cancelled", "dead-lettered",
-                                             "dead-lettered", "started"]
-        letters = {dl.args[0]: dl for dl in rt.store.dead_letters(status="OPEN") if dl.kind == "command"}
-        assert "not JSON" in letters["this is not json"].exception
-        assert "unknown command 'explode'" in letters[commands[5]].exception
-        assert letters[commands[5]].saga_id == running
+    # Then the start ran once under its key, the signal and the cancel took, the seed's command
+    # started its saga under its own id, and the two bad messages are dead letters with the reason
+    started = rt.store.saga_id_for_key(key)
+    assert started is not None and rt.store.get(started).state == "COMPLETED"
+    assert [h.saga_id for h in handled[:2]] == [started, started]
+    assert rt.store.get(waiting).state == "COMPLETED"
+    assert rt.store.get(running).state in ("COMPENSATED", "COMPENSATING")
+    assert rt.store.get(seed_id).state == "COMPLETED"
+    assert [h.what for h in handled] == ["started", "started", "signalled", "cancelled", "dead-lettered",
+                                         "dead-lettered", "started"]
+    letters = {dl.args[0]: dl for dl in rt.store.dead_letters(status="OPEN") if dl.kind == "command"}
+    assert "not JSON" in letters["this is not json"].exception
+    assert "unknown command 'explode'" in letters[commands[5]].exception
+    assert letters[commands[5]].saga_id == running
 
 
-def test_the_broker_stopped_for_a_while_loses_nothing_once_it_is_back(database: str, tmp_path: Path, clock: Clock,
-                                                                    tansu: Tansu) -> None:
+def test_the_broker_stopped_for_a_while_loses_nothing_once_it_is_back(rt: Runtime, clock: Clock, tansu: Tansu) -> None:
     # Given the broker stopped
-    rt = runtime(database, tmp_path, clock, tansu)
     sink = KafkaSink(tansu.bootstrap, rt.settings.kafka_events_topic, timeout=2.0, cooldown=0.0)
     rt._projections = Projections([Projection(EVENTS, saga_event, sink)])
     tansu.stop()
     try:
         # When sagas run meanwhile: they are not held up, their records wait in the database
-        with activate(rt):
-            ids = [start_saga(LINE, {}) for _ in range(5)]
-            drain(rt)
-            assert {rt.store.get(i).state for i in ids} == {"COMPLETED"}
-            waiting = [r for r in rt.store.unsent_projections(clock() + timedelta(days=1))
-                       if r.saga_id in ids]
-            assert len(waiting) == 5 * 4
+        ids = [start_saga(LINE, {}) for _ in range(5)]
+        drain(rt)
+        assert {rt.store.get(i).state for i in ids} == {"COMPLETED"}
+        waiting = [r for r in rt.store.unsent_projections(clock() + timedelta(days=1))
+                   if r.saga_id in ids]
+        assert len(waiting) == 5 * 4
     finally:
         tansu.start()  # the same port, memory storage: an empty broker
 
     # Then once it is back the sweeper sends them, and a consumer finds every transition of every run
-    with activate(rt):
-        clock.advance(rt.settings.projection_grace + 1)
-        sent = sweep(rt).projections_sent
-        assert len(sent) == 5 * 4
+    clock.advance(rt.settings.projection_grace + 1)
+    sent = sweep(rt).projections_sent
+    assert len(sent) == 5 * 4
     events = consume_all(tansu.bootstrap, rt.settings.kafka_events_topic, f"after-{uuid.uuid4().hex}", until=5 * 4)
     assert {e["event_id"] for e in events} >= {r.body["event_id"] for r in waiting}
     for saga_id, mine in events_by_saga(events):

@@ -5,8 +5,9 @@ SQLite and on PostgreSQL (the one-statement hot path writes the pending rows in 
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,9 @@ from workflows.core.transition import ProjectedRecord, Transition
 from workflows.operations.sweeper import sweep
 from workflows.projections import Projection, Projections
 from workflows.projections.views import saga_event, saga_hash
+from workflows.core.state import IdSource
 from workflows.runtime.container import Runtime, activate
-from workflows.runtime.dispatch import RecordingDispatcher
-from workflows.runtime.settings import Settings
-from workflows.store.db import migrate
-from workflows.testing import Clock, Worker
+from workflows.testing import Clock, Worker, in_process_runtime, sqlite_database
 from tests.support.projection_sagas import LINE
 
 
@@ -43,17 +42,17 @@ class RecordingSink:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: Any, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        u = f"sqlite:///{tmp_path / 'proj.db'}"
-        migrate(u)
-        return u
-    return str(request.getfixturevalue("database"))
+def saga_database_url(request: Any, saga_database_url: str) -> str:
+    """The kit's SQLite file, or the session's PostgreSQL database (its one-statement hot path)."""
+    return saga_database_url if request.param == "sqlite" else str(request.getfixturevalue("database"))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def saga_ids() -> IdSource:
+    """Ids of this test's own on the shared PostgreSQL database."""
+    prefix = uuid.uuid4().hex[:12]
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):020x}"
 
 
 @pytest.fixture
@@ -62,14 +61,8 @@ def events() -> RecordingSink:
 
 
 @pytest.fixture
-def rt(url: str, tmp_path: Path, clock: Clock, events: RecordingSink) -> Iterator[Runtime]:
-    counter = itertools.count(1)
-    prefix = f"{id(events):x}"
-    runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
-                      ids=lambda: f"{prefix}{next(counter):020x}", _dispatcher=RecordingDispatcher(),
-                      _projections=Projections([Projection("events", saga_event, events)]))
-    with activate(runtime):
-        yield runtime
+def saga_projections(events: RecordingSink) -> Projections:
+    return Projections([Projection("events", saga_event, events)])
 
 
 def pending(rt: Runtime, saga_id: str) -> list[ProjectedRecord]:
@@ -139,10 +132,7 @@ def test_a_crash_between_commit_and_send_is_repaired_by_the_sweeper(rt: Runtime,
 
 
 def test_no_projection_configured_writes_nothing(tmp_path: Path, clock: Clock) -> None:
-    url = f"sqlite:///{tmp_path / 'none.db'}"
-    migrate(url)
-    runtime = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path), clock=clock,
-                      _dispatcher=RecordingDispatcher())
+    runtime = in_process_runtime(sqlite_database(tmp_path, name="none.db"), tmp_path, clock=clock)
     with activate(runtime):
         saga_id = start_saga("proj.line", {})
         Worker(runtime, runtime.dispatcher).drain()  # type: ignore[arg-type]

@@ -20,18 +20,13 @@ from workflows.interfaces import cli
 from workflows.core.outcomes import ActionSucceeded
 from workflows.operations.sweeper import sweep
 from workflows.projections.rebuild import rebuild_read_model
-from workflows.runtime.container import Runtime, activate
-from workflows.runtime.dispatch import RecordingDispatcher
+from workflows.core.state import IdSource
+from workflows.runtime.container import Runtime
 from workflows.runtime.settings import Settings
 from workflows.testing import Clock, Worker
 from tests.support.projection_sagas import LINE
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
@@ -42,15 +37,22 @@ def r() -> Iterator[Any]:
 
 
 @pytest.fixture
-def rt(database: str, tmp_path: Path, clock: Clock) -> Iterator[Runtime]:
-    counter = itertools.count(1)
+def saga_database_url(database: str) -> str:
+    """The session's PostgreSQL database (the kit's runtime on it)."""
+    return database
+
+
+@pytest.fixture
+def saga_settings() -> dict[str, Any]:
+    return {"redis_read_model_url": REDIS_URL, "redis_read_model_ttl": 600}
+
+
+@pytest.fixture
+def saga_ids() -> IdSource:
+    """Ids of this test's own on the shared database and Redis."""
     prefix = uuid.uuid4().hex[:12]
-    s = Settings(database_url=database, data_dir=tmp_path, redis_read_model_url=REDIS_URL, redis_read_model_ttl=600)
-    runtime = Runtime(app=None, settings=s, clock=clock, ids=lambda: f"{prefix}{next(counter):020x}",
-                      _dispatcher=RecordingDispatcher())
-    with activate(runtime):
-        yield runtime
-    runtime.projections.close()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):020x}"
 
 
 def drain(rt: Runtime) -> None:

@@ -22,12 +22,13 @@ from workflows.testing.clock import Clock  # noqa: E402
 from workflows.testing.faults import Call, Fault, Faults, InjectedFault, InjectedPermanentFault  # noqa: E402
 from workflows.testing.kit import SagaKit  # noqa: E402
 from workflows.testing.plugin import (saga_clock, saga_database_url, saga_ids, saga_kit, saga_migrate,  # noqa: E402
-                                      saga_registries, saga_runtime, saga_settings, saga_templates, saga_worker)
+                                      saga_projections, saga_registries, saga_runtime, saga_settings,
+                                      saga_templates, saga_tracing, saga_worker)
 from workflows.testing.runtime import (in_process_runtime, registries_restored, sequential_ids,  # noqa: E402
                                        sqlite_database)
 from workflows.testing.worker import NotSettled, Worker  # noqa: E402
 
 __all__ = ["Call", "Clock", "Fault", "Faults", "InjectedFault", "InjectedPermanentFault", "NotSettled", "SagaKit",
            "Worker", "in_process_runtime", "registries_restored", "saga_clock", "saga_database_url", "saga_ids",
-           "saga_kit", "saga_migrate", "saga_registries", "saga_runtime", "saga_settings", "saga_templates",
-           "saga_worker", "sequential_ids", "sqlite_database"]
+           "saga_kit", "saga_migrate", "saga_projections", "saga_registries", "saga_runtime", "saga_settings",
+           "saga_templates", "saga_tracing", "saga_worker", "sequential_ids", "sqlite_database"]

@@ -9,8 +9,10 @@ top-level conftest.py, or `pytest -p workflows.testing`).
 Overridable by a project's conftest.py: `saga_migrate` (how the database gets its schema: the saga
 tables by default; a project with tables of its own returns its migration), `saga_settings`
 (`Settings` fields, e.g. `{"inline_steps": False}`), `saga_ids` (where run ids come from),
-`saga_database_url` (the database itself). Every test that uses the runtime has the saga and
-step-task registries restored after it (`saga_registries`).
+`saga_database_url` (the database itself), `saga_projections` (the after-commit projections, e.g.
+a sink of your own to assert on) and `saga_tracing` (a tracer, e.g. OpenTelemetry exporting to
+memory). Every test that uses the runtime has the saga and step-task registries restored after
+it (`saga_registries`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from typing import Any
 import pytest
 
 from workflows.core.state import IdSource
+from workflows.projections.base import Projections
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
+from workflows.runtime.tracing import Tracing
 from workflows.store.db import migrate
 from workflows.testing.clock import Clock
 from workflows.testing.kit import SagaKit
@@ -80,12 +84,29 @@ def saga_ids() -> IdSource:
 
 
 @pytest.fixture
+def saga_projections() -> Projections | None:
+    """The runtime's after-commit projections: None (what the settings configure) by default.
+    Override it to return `Projections([...])` with a sink of the test's own."""
+    return None
+
+
+@pytest.fixture
+def saga_tracing() -> Tracing | None:
+    """The runtime's tracing: None (what the settings configure) by default. Override it to return
+    e.g. `workflows.runtime.otel.OtelTracing` on a tracer provider exporting to memory."""
+    return None
+
+
+@pytest.fixture
 def saga_runtime(saga_database_url: str, tmp_path: Path, saga_clock: Clock, saga_ids: IdSource,
-                 saga_settings: dict[str, Any], saga_registries: None) -> Iterator[Runtime]:
+                 saga_settings: dict[str, Any], saga_registries: None, saga_projections: Projections | None,
+                 saga_tracing: Tracing | None) -> Iterator[Runtime]:
     """The runtime of the test, active while it runs: no broker, its messages recorded."""
-    rt = in_process_runtime(saga_database_url, tmp_path, clock=saga_clock, ids=saga_ids, **saga_settings)
+    rt = in_process_runtime(saga_database_url, tmp_path, clock=saga_clock, ids=saga_ids,
+                            projections=saga_projections, tracing=saga_tracing, **saga_settings)
     with activate(rt):
         yield rt
+    rt.projections.close()
 
 
 @pytest.fixture

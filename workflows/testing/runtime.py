@@ -13,9 +13,11 @@ from typing import Any
 from workflows.core.registry import SagaRegistry, registry
 from workflows.core.state import IdSource
 from workflows.core.steps import StepTaskRegistry, step_tasks
+from workflows.projections.base import Projections
 from workflows.runtime.container import Runtime
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
+from workflows.runtime.tracing import Tracing
 from workflows.store.db import migrate
 
 
@@ -44,11 +46,16 @@ def sequential_ids(width: int = 32) -> IdSource:
 
 
 def in_process_runtime(database_url: str, folder: Path, *, clock: Callable[[], datetime],
-                       ids: IdSource | None = None, **settings: Any) -> Runtime:
+                       ids: IdSource | None = None, projections: Projections | None = None,
+                       tracing: Tracing | None = None, **settings: Any) -> Runtime:
     """A runtime with no broker: what it would publish is recorded (`RecordingDispatcher`) for the
-    in-process `Worker` to deliver. `settings`: `Settings` fields (e.g. `inline_steps=False`)."""
+    in-process `Worker` to deliver. `settings`: `Settings` fields (e.g. `inline_steps=False`).
+    `projections` and `tracing`, when given, replace what the settings would configure (a test's own
+    sink, a tracer exporting to memory)."""
+    dispatcher = RecordingDispatcher() if tracing is None else RecordingDispatcher(tracing=tracing)
     return Runtime(app=None, settings=Settings(database_url=database_url, data_dir=folder, **settings),
-                   clock=clock, ids=ids or sequential_ids(), _dispatcher=RecordingDispatcher())
+                   clock=clock, ids=ids or sequential_ids(), _dispatcher=dispatcher,
+                   _projections=projections, _tracing=tracing)
 
 
 @contextmanager
