@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_N ?= 300
 
-.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss bench-projections migrate worker beat flower api clean
+.PHONY: install demo lint docs test test-ha bench bench-scale bench-store bench-rss bench-projections migrate worker beat flower api payment-service clean
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 
@@ -79,8 +79,13 @@ beat: $(STAMP)
 flower: $(STAMP)
 	FLOWER_UNAUTHENTICATED_API=true $(BIN)/celery -A worker flower
 
-api: $(STAMP)
+api: $(STAMP)  ## the HTTP API on port 8000
 	$(BIN)/uvicorn api:app --port 8000
+
+# The example payment service on its own port, with its failure switch (test mode on unless
+# SAGA_TEST_MODE says otherwise): curl -X POST http://localhost:8001/api/test/fail-next-request
+payment-service: $(STAMP)  ## the example payment service on port 8001 (its test-mode failure switch)
+	SAGA_TEST_MODE=$${SAGA_TEST_MODE:-true} $(BIN)/uvicorn tasks.payment_service:app --port 8001
 
 clean:
 	rm -rf $(VENV) .saga-data .demo-data site

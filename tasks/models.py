@@ -81,3 +81,12 @@ class Fault(ServiceBase):
     operation: Mapped[str] = mapped_column(String(40), default="action")  # action | compensation | any
     rate: Mapped[float] = mapped_column(default=1.0)
     """Probability that a call fails while `remaining` lasts (chaos tests use < 1)."""
+
+
+class Counter(ServiceBase):
+    """A named counter the shop numbers things with (`order`: the next order number, tasks/checkout.py)."""
+
+    __tablename__ = "shop_counters"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
+    """The last number handed out."""

@@ -6,24 +6,36 @@
 example's own, created here with `create_all`: it creates the tables that are missing and never
 touches one that exists, so a database migrated when revision 0001 still made them keeps them
 with every row (tests/servers/test_migrations_split.py).
+
+A fresh shop (no stock row at all) gets its starting stock, `STARTING_STOCK`: the product "123"
+the seed walkthrough orders. A shop that has stock already is left as it is.
 """
 from __future__ import annotations
 
 import sys
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from tasks.models import ServiceBase
+from tasks.models import ServiceBase, Stock
 from workflows.store.db import migrate as migrate_saga_tables
 
 SHOP_TABLES = frozenset(ServiceBase.metadata.tables)
+STARTING_STOCK = {"123": 100}
+"""The example shop's stock on a fresh database: the product the seed's walkthrough orders."""
 
 
 def create_shop_tables(url: str) -> None:
-    """Create the shop's tables that are missing (safe to repeat)."""
+    """Create the shop's tables that are missing; stock a fresh shop with `STARTING_STOCK` (safe to repeat)."""
     engine = create_engine(url)
     try:
         ServiceBase.metadata.create_all(engine)
+        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        with engine.begin() as c:
+            if c.scalar(select(Stock.sku).limit(1)) is None:  # a fresh shop; two setups at once stock it once
+                c.execute(insert(Stock).values([{"sku": sku, "available": qty} for sku, qty in STARTING_STOCK.items()])
+                          .on_conflict_do_nothing(index_elements=["sku"]))
     finally:
         engine.dispose()
 

@@ -298,3 +298,25 @@ def test_help_and_migrate_need_no_app_module_and_a_module_without_a_runtime_is_r
     assert "schema is at the newest revision" in migrated.stdout
     assert no_runtime.returncode == 1
     assert "the module 'json' (--app, env SAGA_APP) installed no saga runtime" in no_runtime.stderr
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_database_without_the_saga_tables_is_refused_naming_sagas_migrate(backend, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.support.databases import drop_pg_database, fresh_pg_database
+
+    url = fresh_pg_database("cli_unmigrated") if backend == "postgresql" else f"sqlite:///{tmp_path / 'empty.db'}"
+    try:
+        listed = subprocess.run([str(SAGAS), "list"], cwd=ROOT, env=env(SAGA_DATABASE_URL=url),
+                                capture_output=True, text=True, timeout=120)
+        shown = subprocess.run([str(SAGAS), "status", "order-123"], cwd=ROOT, env=env(SAGA_DATABASE_URL=url),
+                               capture_output=True, text=True, timeout=120)
+    finally:
+        if backend == "postgresql":
+            drop_pg_database(url)
+
+    for done in (listed, shown):
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+        assert "the saga tables are missing or behind this version" in done.stderr
+        assert done.stderr.rstrip().endswith("run `sagas migrate`"), done.stderr
+        assert "sagas" in done.stderr  # the missing table, as the database names it

@@ -6,6 +6,7 @@ No Docker daemon is needed: the YAML is read as compose reads it, and `docker-co
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -20,7 +21,7 @@ from workflows.install import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = {"migrate", "worker-orchestrator", "worker-services", "worker-events", "beat", "flower", "api",
-                "kafka-commands"}
+                "kafka-commands", "payment-service"}
 POOLS = ("worker-orchestrator", "worker-services", "worker-events")
 
 
@@ -100,6 +101,19 @@ def test_beat_flower_and_api_commands(compose):  # type: ignore[no-untyped-def]
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
+def test_the_payment_service_serves_its_failure_switch_on_port_8001(compose):  # type: ignore[no-untyped-def]
+    payment = compose["services"]["payment-service"]
+
+    # the seed's `curl -X POST http://localhost:8001/api/test/fail-next-request` reaches it
+    assert payment["command"] == ["uvicorn", "tasks.payment_service:app", "--host", "0.0.0.0", "--port", "8001"]
+    assert payment["ports"] == ["127.0.0.1:8001:8001"]
+    assert payment["environment"]["SAGA_TEST_MODE"] == "${SAGA_TEST_MODE:-true}"  # the switch exists in test mode only
+    assert "/healthz" in " ".join(payment["healthcheck"]["test"])
+    # it arms a row of the shop's database the services' workers read: the same database as theirs
+    assert payment["environment"]["SAGA_DATABASE_URL"] == compose["services"]["worker-services"]["environment"][
+        "SAGA_DATABASE_URL"]
+
+
 def test_every_saga_service_sends_its_traces_to_jaeger_over_otlp(compose):  # type: ignore[no-untyped-def]
     services = compose["services"]
     jaeger = services["jaeger"]
@@ -175,11 +189,13 @@ def test_docker_compose_config_accepts_the_file(compose):  # type: ignore[no-unt
     if cmd is None:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed (the YAML checks above ran)")
 
-    done = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}  # compose's own defaults
+    done = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr
     resolved = yaml.safe_load(done.stdout)
     assert set(resolved["services"]) == set(compose["services"])
     assert resolved["services"]["worker-services"]["command"] == compose["services"]["worker-services"]["command"]
+    assert resolved["services"]["payment-service"]["environment"]["SAGA_TEST_MODE"] == "true"
     assert resolved["services"]["flower"]["environment"]["SAGA_DATABASE_URL"].startswith("postgresql+psycopg://")

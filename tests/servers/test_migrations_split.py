@@ -37,6 +37,8 @@ ADDED_SINCE_0_1_0 = {"credentials", "access_audit", "console_sessions", "project
 """Tables of revisions after 0.1.0's head (0009): 0010 (access), 0011 (projections)."""
 SAGA_TABLES_NOW = SAGA_TABLES | ADDED_SINCE_0_1_0
 """The saga tables at the newest revision."""
+SHOP_TABLES_0_1_0 = SHOP_TABLES - {"shop_counters"}
+"""The shop's tables 0.1.0 made (its order-number counter came later, made by the example's setup)."""
 
 
 def migrate_as_0_1_0(url: str) -> None:
@@ -88,7 +90,7 @@ def test_a_database_at_0_1_0s_head_upgrades_without_losing_a_row(tmp_path: Path)
         # Given a database migrated by 0.1.0, the shop's tables in it, with runs and the shop's rows
         migrate_as_0_1_0(url)
         assert head_of(url) == "0009"
-        assert SAGA_TABLES - ADDED_SINCE_0_1_0 | SHOP_TABLES <= set(inspect(create_engine(url)).get_table_names())
+        assert SAGA_TABLES - ADDED_SINCE_0_1_0 | SHOP_TABLES_0_1_0 <= set(inspect(create_engine(url)).get_table_names())
         counter = itertools.count(1)
         prefix = uuid.uuid4().hex[:16]
         rt = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path),
@@ -112,7 +114,8 @@ def test_a_database_at_0_1_0s_head_upgrades_without_losing_a_row(tmp_path: Path)
         engine.dispose()
         old_columns = columns_of(url)
         before = every_row(url, old_columns)
-        assert all(before[t] for t in ("sagas", "saga_steps", "saga_events", *sorted(SHOP_TABLES - {"service_faults"})))
+        assert all(before[t] for t in ("sagas", "saga_steps", "saga_events",
+                                       *sorted(SHOP_TABLES_0_1_0 - {"service_faults"})))
 
         # When the new library's migrations run, then the example's setup (`python -m tasks.schema`)
         migrate(url)

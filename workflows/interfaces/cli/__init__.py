@@ -11,7 +11,8 @@
     sagas kafka-commands              sagas redis-rebuild
 
 Read commands take `--json` for scripts. Exit codes: 0 done, 1 refused or not found (the
-reason on stderr), 2 usage error. Configuration comes from the SAGA_* environment variables.
+reason on stderr; a database without the saga tables: "run `sagas migrate`"), 2 usage error.
+Configuration comes from the SAGA_* environment variables.
 Like `celery -A`, `--app` (env SAGA_APP, default `worker`) names the deployment's Celery-app
 module, which installs the saga runtime; it is imported only by the commands that need it.
 """
@@ -45,8 +46,27 @@ class SagaGroup(click.Group):
             raise click.ClickException(str(e)) from None
         except kombu.exceptions.OperationalError as e:
             raise click.ClickException(f"the broker is not answering: {e}") from None
-        except sqlalchemy.exc.OperationalError as e:
-            raise click.ClickException(f"the database is not answering: {str(e.orig).strip()}") from None
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as e:
+            reason = str(e.orig).strip().splitlines()[0]
+            if _schema_missing(e):
+                raise click.ClickException(
+                    f"the saga tables are missing or behind this version in SAGA_DATABASE_URL's database "
+                    f"({reason}): run `sagas migrate`") from None
+            if isinstance(e, sqlalchemy.exc.ProgrammingError):
+                raise
+            raise click.ClickException(f"the database is not answering: {reason}") from None
+
+
+UNDEFINED_TABLE, UNDEFINED_COLUMN = "42P01", "42703"
+"""PostgreSQL's SQLSTATEs for a table or column that does not exist."""
+
+
+def _schema_missing(e: Exception) -> bool:
+    """The database answered, but a saga table or column is not there: not migrated (or not to this
+    version). PostgreSQL says so by SQLSTATE (psycopg 3 `sqlstate`, psycopg2 `pgcode`), SQLite in words."""
+    orig = getattr(e, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code in (UNDEFINED_TABLE, UNDEFINED_COLUMN) or str(orig).startswith(("no such table", "no such column"))
 
 
 def _default_operator() -> str:
