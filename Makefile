@@ -49,8 +49,11 @@ $(VENV)/.bench-stamp: $(STAMP)
 bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
 
-bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2 (and each through PgBouncer, when installed)
-	$(BIN)/python bench/scale.py --n $(BENCH_N) $(if $(wildcard /usr/sbin/pgbouncer),--pgbouncer)
+HOSTS ?= 1,2,3
+HOSTS_N ?= 120
+
+bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2 (and each through PgBouncer, when installed); then per host count (1, 2, 3 hosts in network namespaces, a pool per queue; root and socat)
+	$(BIN)/python bench/scale.py --n $(BENCH_N) $(if $(wildcard /usr/sbin/pgbouncer),--pgbouncer) $(if $(wildcard /usr/bin/socat),--hosts $(HOSTS) --hosts-n $(HOSTS_N))
 
 bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
 	$(BIN)/python bench/store_scale.py
