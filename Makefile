@@ -36,14 +36,8 @@ lint: $(STAMP)  ## ruff, then mypy: strict on the library, relaxed on the exampl
 docs: $(STAMP)  ## the docs site (mkdocs.yml, docs/): strict, so a broken link, a missing page or a stale reference fails
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# The quorum-queue module runs in a process of its own, first: after the rest of the suite in one process
-# its worker saw each first message delivered up to three times (a step ran twice; cause not found yet,
-# see docs/operations/deploy.md), which it does not alone. Same tests, same assertions.
-ISOLATED := tests/servers/test_ha_rabbitmq.py
-
 test: $(STAMP) lint docs  ## lint, the docs build, then the whole suite, against the real PostgreSQL, Redis and RabbitMQ
-	$(BIN)/python -m pytest -q $(ISOLATED)
-	$(BIN)/python -m pytest -q --ignore=$(ISOLATED)
+	$(BIN)/python -m pytest -q
 
 test-ha: $(STAMP)  ## the highly available setups at the issue's size: Sentinel failover and RabbitMQ restart under 500 sagas, PgBouncer
 	HA_N=500 $(BIN)/python -m pytest -q -s tests/servers/test_ha_sentinel.py tests/servers/test_ha_rabbitmq.py tests/servers/test_pgbouncer.py
@@ -55,8 +49,11 @@ $(VENV)/.bench-stamp: $(STAMP)
 bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL)
 	$(BIN)/python bench/run.py --n $(BENCH_N)
 
-bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2 (and each through PgBouncer, when installed)
-	$(BIN)/python bench/scale.py --n $(BENCH_N) $(if $(wildcard /usr/sbin/pgbouncer),--pgbouncer)
+HOSTS ?= 1,2,3
+HOSTS_N ?= 120
+
+bench-scale: $(VENV)/.bench-stamp  ## throughput against worker processes: prefork 1, 2, 4 and two workers of 2 (and each through PgBouncer, when installed); then per host count (1, 2, 3 hosts in network namespaces, a pool per queue; root and socat)
+	$(BIN)/python bench/scale.py --n $(BENCH_N) $(if $(wildcard /usr/sbin/pgbouncer),--pgbouncer) $(if $(wildcard /usr/bin/socat),--hosts $(HOSTS) --hosts-n $(HOSTS_N))
 
 bench-store: $(STAMP)  ## the store at a million history rows: status, list, sweeper and retention times
 	$(BIN)/python bench/store_scale.py

@@ -63,7 +63,7 @@ class Host:
         for port in (5432, 6379):
             self.forwarders.append(subprocess.Popen(
                 ["socat", f"TCP-LISTEN:{port},bind={self.gateway},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
 
     def start_workers(self, env: dict[str, str], pools: str) -> set[str]:
         """One worker consuming every queue (`all`), or one per queue, as the seeds deploy them
@@ -97,8 +97,8 @@ class Host:
 
     def down(self) -> None:
         self.kill()
-        for f in self.forwarders:
-            f.kill()
+        for f in self.forwarders:  # with the copies it forked per connection: a killed worker's would stay
+            os.killpg(f.pid, signal.SIGKILL)
             f.wait()
         subprocess.run(["ip", "link", "del", self.link], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)

@@ -68,6 +68,10 @@ def node() -> Iterator[RabbitNode]:
 
 @pytest.fixture(scope="module")
 def quorum_worker(node: RabbitNode, app, tmp_path_factory) -> Iterator[tuple[WorkerProcess, Celery]]:  # type: ignore[no-untyped-def]
+    # The session's app has built its routing table from the settings module's Queue objects (as any
+    # earlier test that published through it did), which writes Celery's defaults into them: the
+    # queues handed to use_quorum_queues below are those, alone or after the rest of the suite.
+    app.amqp.queues  # noqa: B018
     client = Celery("tests-quorum")
     client.config_from_object("celeryconfig")
     client.conf.broker_url = node.url
@@ -101,6 +105,11 @@ def test_every_queue_is_a_quorum_queue_and_a_retry_countdown_waits_in_rabbitmq( 
     for name in QUEUES.split(","):
         assert types.get(name) == "quorum", (name, types)
     assert types.get("celery_delayed_0") == "quorum", types  # native delayed delivery is set up
+    # and each queue is bound from its own exchange only (and the default exchange), so a message
+    # sent to one queue reaches that queue alone
+    for source, queue, key in node.bindings():
+        if queue in QUEUES.split(","):
+            assert source in ("", queue) and key in (queue, f"#.{queue}"), (source, queue, key)
     # (under the namespace the worker had: tests.support.choreo sets its own for the session once imported)
     events = [name for name in types if name.startswith(bus.namespace() + ".")]
     assert events and all(types[name] == "quorum" for name in events), types  # the choreography's queues

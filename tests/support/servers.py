@@ -271,6 +271,13 @@ class RabbitNode:
         out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "type")
         return dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
 
+    def bindings(self) -> list[tuple[str, str, str]]:
+        """(source exchange, destination queue, routing key) of every binding to a queue."""
+        out = self.ctl("list_bindings", "-q", "--no-table-headers", "source_name", "destination_name",
+                       "destination_kind", "routing_key")
+        rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 3]
+        return [(source, dest, key) for source, dest, kind, key in rows if kind == "queue"]
+
     def restart(self) -> float:
         """`stop_app`, then `start_app` (every connection closed, every queue's messages kept); seconds."""
         t0 = time.monotonic()

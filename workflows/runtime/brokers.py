@@ -57,18 +57,25 @@ def check_sentinel(broker_url: str, transport_options: dict[str, Any]) -> None:
 
 
 def quorum(queue: Queue) -> Queue:
-    """`queue` declared as a durable quorum queue. A queue on the default direct exchange of its own
-    name gets a topic exchange of that name instead (native delayed delivery needs one); a queue
-    with explicit bindings (a choreography service's) keeps them."""
+    """`queue` declared as a durable quorum queue. A queue on a direct exchange (or none) gets a
+    topic exchange of its own name, bound with its own name (native delayed delivery needs a topic
+    exchange); a queue with explicit bindings (a choreography service's) keeps them, and one on a
+    topic or fanout exchange keeps it.
+
+    A direct queue's exchange and routing key are not read: a Celery app that already built its
+    routing table from this very `Queue` object (any app configured from the same settings module
+    in this process, once it published) has written its defaults into it, `task_default_exchange`
+    and `task_default_routing_key` ("saga" both). Kept, they bound every step queue to the one
+    exchange `saga` with the key `saga`, and a message sent to one queue went to all of them."""
     arguments = {**(getattr(queue, "queue_arguments", None) or {}), **QUORUM}
     if queue.bindings:
         q = Queue(queue.name, durable=True, bindings=list(queue.bindings), queue_arguments=arguments)
         q.exchange, q.routing_key = queue.exchange, queue.routing_key  # kombu drops it with bindings
         return q
     exchange = queue.exchange
-    if exchange is None or exchange.type == "direct":
-        exchange = Exchange(exchange.name if exchange is not None and exchange.name else queue.name,
-                            type="topic", durable=True)
+    if exchange is None or not exchange.name or exchange.type == "direct":
+        return Queue(queue.name, Exchange(queue.name, type="topic", durable=True), routing_key=queue.name,
+                     durable=True, queue_arguments=arguments)
     return Queue(queue.name, exchange, routing_key=queue.routing_key or queue.name, durable=True,
                  queue_arguments=arguments)
 
