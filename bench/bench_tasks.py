@@ -7,7 +7,10 @@ Configurations (see bench/run.py):
 - `saga_failure`: `bench.fail3`, whose third step fails for good (compensates steps 2 and 1);
 - `queues_state`: the chain with state, each link routed to its own queue (`SERVICE_QUEUES`);
 - `saga_queues`: `bench.queues4`, four no-op steps each on its own queue (the seeds' shape:
-  inventory, payment, shipping, notification), so no step follows another inline;
+  inventory, payment, shipping, notification), all consumed by the one bench worker (so each
+  step follows the one before it inline: the worker consumes its queue);
+- `queues_state_pools`, `saga_queues_pools`: the same two, on `POOL_QUEUES`, each consumed by a
+  worker of its own (a pool per service, the seeds' deployment): every step is a message;
 - `group_state`: a Celery `group` of four `bench.stateful` (one UPDATE each), all at once;
 - `saga_group`: `bench.group4`, one parallel group of four no-op steps.
 (`dbos` runs in bench/dbos_peer.py.) Everything runs on the queue `bench` (and the four
@@ -32,6 +35,8 @@ from . import counters
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 SERVICES = ("inventory", "payment", "shipping", "notification")
 SERVICE_QUEUES = tuple(f"{QUEUE}-{service}" for service in SERVICES)
+POOL_QUEUES = tuple(f"{QUEUE}-pool-{service}" for service in SERVICES)
+"""The same four services, each consumed by a bench worker of its own (`bench/run.py`'s pools)."""
 DONE_KEY = f"bench:{os.environ.get('BENCH_RUN_ID', 'default')}:done"
 """This run's hash of chain id -> finish time (read by the driver; passed to the last link)."""
 STATE_TABLE = "bench_chain_state"
@@ -98,6 +103,9 @@ def _step(name: str, action=noop_step, undo=noop_undo) -> Step:  # type: ignore[
 ROUTED = [(step_task(f"bench.{s}_step", queue=q)(noop_step.fn), step_task(f"bench.{s}_undo", queue=q)(noop_undo.fn))
           for s, q in zip(SERVICES, SERVICE_QUEUES)]
 """A no-op step and compensation on each of the four service queues."""
+POOLED = [(step_task(f"bench.pool_{s}_step", queue=q)(noop_step.fn),
+           step_task(f"bench.pool_{s}_undo", queue=q)(noop_undo.fn)) for s, q in zip(SERVICES, POOL_QUEUES)]
+"""The same on the four pool queues (one worker each)."""
 
 
 NOOP4 = register_saga(Saga("bench.noop4", steps=[_step(f"s{i}") for i in range(1, 5)],
@@ -106,5 +114,7 @@ FAIL3 = register_saga(Saga("bench.fail3", steps=[_step("s1"), _step("s2"), _step
                            description="step 3 fails for good: compensations of steps 2 and 1 run"))
 QUEUES4 = register_saga(Saga("bench.queues4", steps=[_step(f"s{i + 1}", a, u) for i, (a, u) in enumerate(ROUTED)],
                              description="four no-op steps, each on its own queue"))
+POOLS4 = register_saga(Saga("bench.pools4", steps=[_step(f"s{i + 1}", a, u) for i, (a, u) in enumerate(POOLED)],
+                            description="four no-op steps, each on the queue of a pool of its own"))
 GROUP4 = register_saga(Saga("bench.group4", steps=[Parallel("four", [_step(f"b{i}") for i in range(1, 5)])],
                              description="one parallel group of four no-op steps"))

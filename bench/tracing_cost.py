@@ -77,7 +77,7 @@ def run_one(rt: Any) -> None:
         for m in sent:
             st = step_tasks.get(m.task)
             handle_step(rt, st, m.saga_id, m.step, Delivery(m.task_id, kwargs=m.kwargs, headers=m.headers or None),
-                        inline=budget_for(st.queue, None, time.monotonic(), 16), **m.kwargs)
+                        inline=budget_for(frozenset({st.queue}), None, time.monotonic(), 16), **m.kwargs)
 
 
 def measure(rt: Any, n: int) -> tuple[list[float], list[float]]:

@@ -423,7 +423,7 @@ def deliver_inline(rt: Runtime, worker: Worker, budget: InlineBudget | None) -> 
 
 def test_consecutive_steps_on_one_queue_run_in_one_delivery(rt: Runtime, worker: Worker) -> None:
     saga_id = start_saga("inproc.line", {})
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None)) == []
     view = rt.store.get(saga_id)
     assert view.state == "COMPLETED"
     assert calls == ["action:a:1", "action:b:1", "action:c:1"]
@@ -442,13 +442,45 @@ def test_a_step_on_another_queue_is_published_and_the_line_goes_on_inline_after_
                                                                                    worker: Worker) -> None:
     saga_id = start_saga("inproc.mixed", {})
     # a and b run here; `other` is on another queue: published
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == ["other"]
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None)) == ["other"]
     assert calls == ["action:a:1", "action:b:1"]
     # the worker of that queue runs it; c is on the first queue again: published to its workers
-    assert deliver_inline(rt, worker, InlineBudget("inproc-other", None)) == ["c"]
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc-other"}), None)) == ["c"]
     assert rt.store.get(saga_id).step("c").status == "RUNNING"
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None)) == []
     assert rt.store.get(saga_id).state == "COMPLETED"
+
+
+def test_a_step_on_another_queue_this_worker_consumes_runs_inline_too(rt: Runtime, worker: Worker) -> None:
+    # Given a worker consuming both queues of the saga (a, b and c on "inproc", `other` on "inproc-other")
+    saga_id = start_saga("inproc.mixed", {})
+    # When a's message is delivered: the whole line runs in its delivery, nothing is published
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc", "inproc-other"}), None)) == []
+    view = rt.store.get(saga_id)
+    assert view.state == "COMPLETED"
+    assert calls == ["action:a:1", "action:b:1", "action:c:1"]
+    # `other` was a step of its own: dispatched under its own task id, recorded as made by a's message
+    assert view.step("other").result == {"step": "other"}
+    a_task = view.step("a").task_id
+    assert [e.detail["by"] for e in view.events if e.type == "StepSucceeded"] == [a_task] * 4
+    assert len({e.detail["task_id"] for e in view.events if e.type == "StepDispatched"}) == 4
+
+
+def test_the_queues_a_worker_consumes_are_its_consumer_selection() -> None:
+    from celery import Celery
+    from kombu import Queue
+
+    from workflows.orchestration.inline import consumed_queues
+
+    app = Celery("inline-queues", set_as_current=False)
+    app.conf.task_queues = [Queue(name) for name in ("saga", "inventory", "payment", "shipping")]
+    # without -Q a worker consumes every declared queue
+    assert consumed_queues(app, "inventory") == {"saga", "inventory", "payment", "shipping"}
+    # `-Q inventory,payment` (what `celery worker` does with it): only those; shipping's pool is elsewhere
+    app.amqp.queues.select(["inventory", "payment"])
+    assert consumed_queues(app, "inventory") == {"inventory", "payment"}
+    # and a message taken from a queue outside the selection still counts its own queue
+    assert consumed_queues(app, "crash") == {"inventory", "payment", "crash"}
 
 
 def test_without_a_budget_every_step_is_published(rt: Runtime, worker: Worker) -> None:
@@ -458,7 +490,7 @@ def test_without_a_budget_every_step_is_published(rt: Runtime, worker: Worker) -
 
 def test_a_budget_runs_at_most_max_steps_inline(rt: Runtime, worker: Worker) -> None:
     start_saga("inproc.line", {})
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None, max_steps=1)) == ["c"]
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None, max_steps=1)) == ["c"]
     assert calls == ["action:a:1", "action:b:1"]
 
 
@@ -467,16 +499,17 @@ def test_a_step_whose_limit_ends_after_the_messages_hard_limit_is_published(rt: 
     start_saga("inproc.line", {})
     mono = Monotonic()
     # the handled message is killed 20 s from now; b's limit is 30 s: b may not run here
-    assert deliver_inline(rt, worker, InlineBudget("inproc", mono.t + 20, clock=mono)) == ["b"]
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), mono.t + 20, clock=mono)) == ["b"]
     calls.clear()
     mono.t += 100
-    assert deliver_inline(rt, worker, InlineBudget("inproc", mono.t + 31 + 1, clock=mono)) == []  # 30 s + margin fit
+    # 30 s + margin fit
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), mono.t + 31 + 1, clock=mono)) == []
     assert calls == ["action:b:1", "action:c:1"]
 
 
 def test_a_retry_with_a_countdown_is_published_not_run_inline(rt: Runtime, worker: Worker) -> None:
     start_saga("inproc.line", {"behaviour": {"b": {"fail_times": 1}}})
-    published = deliver_inline(rt, worker, InlineBudget("inproc", None))
+    published = deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None))
     assert published == ["b"]
     m = worker.dispatcher.sent[-1]
     assert m.eta is not None  # b's second attempt waits for its countdown in the broker
@@ -485,14 +518,14 @@ def test_a_retry_with_a_countdown_is_published_not_run_inline(rt: Runtime, worke
 
 def test_compensations_on_the_same_queue_run_inline_too(rt: Runtime, worker: Worker) -> None:
     saga_id = start_saga("inproc.line", {"behaviour": {"c": {"fail": "permanent"}}})
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None)) == []
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None)) == []
     assert rt.store.get(saga_id).state == "COMPENSATED"
     assert calls == ["action:a:1", "action:b:1", "action:c:1", "compensation:a:1"]
 
 
 def test_a_budget_of_no_steps_publishes_as_before(rt: Runtime, worker: Worker) -> None:
     start_saga("inproc.line", {})
-    assert deliver_inline(rt, worker, InlineBudget("inproc", None, max_steps=0)) == ["b"]
+    assert deliver_inline(rt, worker, InlineBudget(frozenset({"inproc"}), None, max_steps=0)) == ["b"]
 
 
 # ------------------------------------------------------------------ workers lost

@@ -42,38 +42,44 @@ def test_bench_at_smoke_size_writes_every_number(tmp_path: Path) -> None:
     assert doc["saga_vs_baseline_with_state"] > 0 and doc["saga_vs_baseline"] > 0
     configs = doc["configs"]
     expected = {"baseline", "baseline_state", "saga", "saga_failure", "queues_state", "saga_queues",
-                "group_state", "saga_group"}
+                "group_state", "saga_group", "queues_state_pools", "saga_queues_pools"}
     if importlib.util.find_spec("dbos") is not None:  # the optional peer (`make bench` installs it)
-        expected.add("dbos")
+        expected |= {"dbos", "dbos_queues"}
         assert doc["saga_vs_dbos"] > 0 and doc["saga_unloaded_p50_vs_dbos"] > 0
+        assert doc["saga_queues_vs_dbos_queues"] > 0 and doc["saga_pools_vs_dbos_queues"] > 0
     assert set(configs) == expected
     assert doc["saga_group_vs_group_with_state"] > 0 and doc["saga_queues_vs_chain_queues_with_state"] > 0
+    assert doc["saga_pools_vs_chain_pools_with_state"] > 0
     for name, c in configs.items():
         assert c["errors"] == 0, name
         assert c["throughput"]["median"] > 0 and len(c["throughput"]["rounds"]) == 1
         assert 0 < c["latency_ms"]["p50"] <= c["latency_ms"]["p99"]
         assert c["unloaded_latency_ms"]["n"] == 3 and c["unloaded_latency_ms"]["p50"] > 0
-        assert c["peak_rss_mb"] > 0 or name == "dbos"
-    # messages follow from the definitions: 4 chain links; the sagas on one queue run every step
-    # after the first inline (start_saga publishes the first: 1 message, compensations included);
-    # on four queues, 4 steps
+        assert c["peak_rss_mb"] > 0 or name.startswith("dbos")
+    # messages follow from the definitions: 4 chain links; the sagas on one queue, or on four queues
+    # one worker consumes, run every step after the first inline (start_saga publishes the first: 1
+    # message, compensations included); on four queues with a worker each, 4 steps
     assert configs["baseline"]["messages_per_saga"] == 4
     assert configs["baseline_state"]["messages_per_saga"] == 4
     assert configs["queues_state"]["messages_per_saga"] == 4
     assert configs["saga"]["messages_per_saga"] == 1
     assert configs["saga_failure"]["messages_per_saga"] == 1
-    assert configs["saga_queues"]["messages_per_saga"] == 4
+    assert configs["saga_queues"]["messages_per_saga"] == 1
+    assert configs["queues_state_pools"]["messages_per_saga"] == 4
+    assert configs["saga_queues_pools"]["messages_per_saga"] == 4
     assert configs["group_state"]["messages_per_saga"] == 4 and configs["saga_group"]["messages_per_saga"] == 4
     assert configs["baseline"]["statements_per_saga"] == 0
     assert configs["baseline_state"]["statements_per_saga"] == 5  # INSERT + 4 UPDATEs
     assert configs["baseline_state"]["db_round_trips_per_saga"] == 5  # each one statement in autocommit
     # the saga: its creation, then per step a write, and a read per message (an inline step decides
     # on the state just committed), each one statement in autocommit (creation and transition are
-    # one statement each on PostgreSQL): 1 + 1 + 4 inline; 1 + 4 x 2 routed
+    # one statement each on PostgreSQL): 1 + 1 + 4 inline; 1 + 4 x 2 published to a pool each
     assert configs["saga"]["statements_per_saga"] == 6
     assert configs["saga"]["db_round_trips_per_saga"] == 6
     assert configs["saga_failure"]["statements_per_saga"] == 7  # 1 + 1 + 3 actions + 2 compensations
-    assert configs["saga_queues"]["statements_per_saga"] == 9
+    assert configs["saga_queues"]["statements_per_saga"] == 6
+    assert configs["queues_state_pools"]["statements_per_saga"] == 5
+    assert configs["saga_queues_pools"]["statements_per_saga"] == 9
     # the group: the same one creation, read and write per branch; branches reporting at once on one
     # run retry their write on the version they lost (a read and a write more each time)
     assert configs["saga_group"]["statements_per_saga"] >= 9

@@ -158,6 +158,63 @@ def test_a_pool_process_dying_after_its_commit_is_recovered_by_the_redelivery(wo
     assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
 
 
+# ---------------------------------------------------------------- inline across the queues a worker consumes
+
+
+def test_a_worker_consuming_both_queues_runs_the_other_queues_step_inline(workers):  # type: ignore[no-untyped-def]
+    # Given one worker consuming both queues of crash.two_queues (a and c on "crash", b on "crash-other")
+    workers("two-q", f"{crash_sagas.QUEUE},{crash_sagas.OTHER_QUEUE}", concurrency=1)
+    saga_id, run, cmd = begin("crash.two_queues", {})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then b and c ran in the delivery of a's message: the broker delivered only a
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert deliveries(saga_id) == ["action:a"]
+    # each in its own transition, under its own task id, recorded as made by a's message
+    dispatched = history(view, "StepDispatched")
+    assert [e.step for e in dispatched] == ["a", "b", "c"] and len({e.detail["task_id"] for e in dispatched}) == 3
+    assert [e.detail["by"] for e in history(view, "StepSucceeded")] == [cmd.task_id] * 3
+
+
+def test_a_step_on_a_queue_the_worker_does_not_consume_goes_to_its_own_pool(workers):  # type: ignore[no-untyped-def]
+    # Given a pool per queue: one worker consumes "crash", another only "crash-other"
+    workers("pool-crash", crash_sagas.QUEUE, concurrency=1)
+    workers("pool-other", crash_sagas.OTHER_QUEUE, concurrency=1)
+    saga_id, run, cmd = begin("crash.two_queues", {})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then b was published to its queue's pool, and c back to "crash": every step is a message
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    assert deliveries(saga_id) == ["action:a", "action:b", "action:c"]
+    assert [e.detail["by"] for e in history(view, "StepSucceeded")] == [view.step(s).task_id for s in "abc"]
+
+
+def test_a_pool_process_dying_after_an_inline_step_of_another_queue_is_recovered(workers):  # type: ignore[no-untyped-def]
+    # Given a worker consuming both queues whose pool process dies right after committing b (run
+    # inline, from the other queue, in the delivery of a's message), before running c
+    workers("two-q-crash", f"{crash_sagas.QUEUE},{crash_sagas.OTHER_QUEUE}", concurrency=1,
+            SAGA_TEST_CRASH_AFTER_COMMIT="b")
+    saga_id, run, cmd = begin("crash.two_queues", {})
+
+    publish_command(get_runtime(), run, cmd)
+    view = wait_for(saga_id, timeout=30)
+
+    # Then a's message was requeued; its redelivery found its own commit, ran neither a nor b
+    # again, and published c; every effect once
+    assert view.state == "COMPLETED"
+    assert calls(saga_id) == ["action:a:1", "action:b:1", "action:c:1"]
+    republished = history(view, "FollowUpRepublished")
+    assert [(e.step, e.detail["by"], e.detail["steps"]) for e in republished] == [("a", cmd.task_id, ["c"])]
+    assert step_counts(view, "StepSucceeded") == {"a": 1, "b": 1, "c": 1}
+    assert [applied(saga_id, s) for s in "abc"] == [1, 1, 1]
+
+
 def test_a_pool_process_dying_between_its_commit_and_the_read_model_update_is_repaired_by_the_sweeper(workers):  # type: ignore[no-untyped-def]
     # Given a worker with the Redis read model on, whose pool process dies right after committing
     # the last step (the run COMPLETED in the database), before anything after the commit ran

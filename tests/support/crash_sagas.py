@@ -24,6 +24,8 @@ from workflows.core.definition import Child
 from .sagas import r
 
 QUEUE = "crash"
+OTHER_QUEUE = "crash-other"
+"""A second queue, for a step some workers consume and others do not (inline across queues)."""
 
 
 def calls(saga_id: str) -> list[str]:
@@ -78,6 +80,16 @@ slow = register_saga(Saga("crash.slow", steps=[
     Step("b", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=1),
 ]))
 """Step b has a time limit of 1 s: with {"sleep": {"b": 3}} it times out (inline too)."""
+
+other_action = step_task("crash.other_action", queue=OTHER_QUEUE)(act)
+other_compensate = step_task("crash.other_compensate", queue=OTHER_QUEUE)(act)
+
+two_queues = register_saga(Saga("crash.two_queues", steps=[
+    Step("a", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
+    Step("b", action=other_action, compensation=other_compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
+    Step("c", action=action, compensation=compensate, retry=ONCE, compensation_retry=ONCE, timeout=20),
+]))
+"""Step b on the other queue: a worker consuming both runs it inline, one consuming only "crash" publishes it."""
 
 
 def _crash_step(name: str) -> Step:

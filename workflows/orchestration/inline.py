@@ -1,11 +1,12 @@
 """Inline steps: the next step runs in the delivery that recorded the previous one, when it can.
 
-When a step's transition dispatches exactly one message, for a step task on the queue this
-worker just took a message from, with no countdown, the worker runs that step itself instead of
-publishing it and waiting for the broker to hand it back. Each inline step is a step like any
-other: it is dispatched in the history (its own task id), guarded by `is_current`, committed in
-its own transition, with its own retry policy and idempotency key. What it does not get from the
-broker it gets here:
+When a step's transition dispatches exactly one message, for a step task on a queue this worker
+consumes (the one it just took a message from, or any other of its `-Q` queues), with no
+countdown, the worker runs that step itself instead of publishing it and waiting for the broker
+to hand it back: the broker would hand it to a worker of that queue, and this is one. Each
+inline step is a step like any other: it is dispatched in the history (its own task id), guarded
+by `is_current`, committed in its own transition, with its own retry policy and idempotency key.
+What it does not get from the broker it gets here:
 
 * **its own soft time limit**, armed with `SIGALRM` for its run (Celery's soft limit of the
   message being handled is held off meanwhile: that limit belongs to the step already recorded);
@@ -20,8 +21,13 @@ broker it gets here:
   `task-succeeded` (or `task-failed`) are sent for each inline step under its own task id, its
   saga id first in its arguments, as for a published step; a log line says it ran inline.
 
-A step elsewhere (another queue, a countdown, a group of several messages) is published as
-before. `SAGA_INLINE_STEPS=false` turns it off. `follow` is the loop over a delivery's inline
+Which queues this worker consumes is read from the worker's own consumer configuration
+(`consumed_queues`: Celery's `-Q` selection, inherited by every pool process), so a step whose
+queue only a pool on another host consumes is always published to it. (A queue added or cancelled
+later by a remote control command changes the main process's consumers, not this record: the
+step then runs where it would not have been routed; what it runs and records is the same.)
+A step elsewhere (a queue this worker does not consume, a countdown, a group of several
+messages) is published as before. `SAGA_INLINE_STEPS=false` turns it off. `follow` is the loop over a delivery's inline
 steps; their task events are `orchestration.inline_events`'.
 """
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 from workflows.core.state import Command, RunState, Transition
@@ -54,8 +61,8 @@ MARGIN = 1.0
 class InlineBudget:
     """What the delivery being handled may still run inline."""
 
-    queue: str
-    """The queue the handled message came from (this worker consumes it)."""
+    queues: frozenset[str]
+    """The queues this worker consumes (the handled message's among them)."""
     ends_at: float | None
     """Monotonic time of the handled message's hard time limit (None: no limit)."""
     max_steps: int = 16
@@ -68,7 +75,7 @@ class InlineBudget:
             return None
         cmd = t.commands[0]
         st = step_tasks.get(cmd.task)
-        if st is None or st.queue != self.queue or cmd.eta is not None:
+        if st is None or st.queue not in self.queues or cmd.eta is not None:
             return None
         if self.ends_at is not None and self.clock() + cmd.time_limit + MARGIN > self.ends_at:
             return None
@@ -76,12 +83,21 @@ class InlineBudget:
         return cmd, st
 
 
-def budget_for(queue: str, hard_limit: float | None, started: float, max_steps: int) -> InlineBudget | None:
-    """The budget of a message taken from `queue` at `started` with hard limit `hard_limit`, or None
-    where an inline step's own soft limit cannot be armed (a thread that is not the main one)."""
+def budget_for(queues: frozenset[str], hard_limit: float | None, started: float,
+               max_steps: int) -> InlineBudget | None:
+    """The budget of a message taken at `started` with hard limit `hard_limit` by a worker consuming
+    `queues`, or None where an inline step's own soft limit cannot be armed (a thread that is not
+    the main one)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
         return None
-    return InlineBudget(queue, started + hard_limit if hard_limit else None, max_steps)
+    return InlineBudget(queues, started + hard_limit if hard_limit else None, max_steps)
+
+
+def consumed_queues(app: Celery, queue: str) -> frozenset[str]:
+    """The queues this worker process consumes, `queue` (the handled message's) among them: the
+    app's consumer selection (`celery worker -Q`, or every declared queue without it), set up by
+    the worker's main process before it forks its pool."""
+    return frozenset(app.amqp.queues.consume_from) | {queue}
 
 
 def _raise_soft_limit(signum: int, frame: FrameType | None) -> None:

@@ -31,7 +31,7 @@ from workflows.core.definition import Saga
 from workflows.core.state import Command, Outcome, RunState, Transition
 from workflows.core.steps import StepContext, StepError, StepTask
 from workflows.orchestration import crash_points
-from workflows.orchestration.inline import InlineBudget, budget_for, follow, soft_limit
+from workflows.orchestration.inline import InlineBudget, budget_for, consumed_queues, follow, soft_limit
 from workflows.orchestration.message import parse_step_message
 from workflows.orchestration.outcomes import run_function
 from workflows.runtime.container import Runtime, get_runtime
@@ -63,17 +63,21 @@ def handle_step(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     the next attempt is this message again (the caller raises Celery's retry), a `HandOn` when
     this worker does not hold the run's saga version (the caller sends the message on).
 
-    With an `inline` budget, a follow-up step on the same queue runs here, in this delivery,
-    instead of being published (`orchestration.inline`); each inline step is committed on its own."""
+    With an `inline` budget, a follow-up step on a queue this worker consumes runs here, in this
+    delivery, instead of being published (`orchestration.inline`); each inline step is committed
+    on its own."""
     with rt.tracing.attempts(delivery.headers) as spans:  # a span per attempt, current while it runs and publishes
-        done = _handle_one(rt, st, saga_id, step, delivery, by=delivery.task_id, spans=spans, **message)
+        queues = inline.queues if inline is not None else frozenset({st.queue}) if rt.settings.inline_steps else None
+        done = _handle_one(rt, st, saga_id, step, delivery, by=delivery.task_id, spans=spans, inline_queues=queues,
+                           **message)
         if not isinstance(done, Transition):
             return done
         t: Transition | None = done
         if inline is not None:
             def run_one(next_task: StepTask, cmd: Command, kwargs: dict[str, Any], run: RunState) -> Transition | None:
                 nxt = _handle_one(rt, next_task, saga_id, cmd.step, Delivery(cmd.task_id, kwargs=kwargs),
-                                  by=delivery.task_id, state=run, limit=cmd.time_limit, spans=spans, **kwargs)
+                                  by=delivery.task_id, state=run, limit=cmd.time_limit, spans=spans,
+                                  inline_queues=queues, **kwargs)
                 return nxt if isinstance(nxt, Transition) else None
 
             t = follow(rt, done, inline, run_one)
@@ -87,15 +91,17 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                 results: dict[str, Any] | None = None, result: dict[str, Any] | None = None,
                 error: dict[str, str] | None = None, saga_version: int | None = None, handoffs: int = 0,
                 state: RunState | None = None, limit: float | None = None,
-                spans: Attempts = UNTRACED) -> RetrySelf | HandOn | Transition | None:
+                spans: Attempts = UNTRACED,
+                inline_queues: frozenset[str] | None = None) -> RetrySelf | HandOn | Transition | None:
     """One step message: its committed transition (to publish, or to follow inline), a `RetrySelf`,
     a `HandOn`, or None when there is nothing to publish. `by`: the message being handled, whose
     own every transition made while handling it is; `state`: the run as just committed (an inline
     step); `limit`: the soft time limit to arm here (an inline step: the broker's does not apply);
     `spans`: the delivery's attempt spans (`runtime.tracing`), this attempt's begun here.
-    `saga_version` (the message's) does not decide, the run's own version does (its span shows it)."""
+    `saga_version` (the message's) does not decide, the run's own version does (its span shows it);
+    `inline_queues`: the queues whose follow-ups this delivery runs inline (None: inline steps off)."""
     report = StepReport(st.name, st.queue, saga_id, step, saga, kind, version, input, delivery, by, attempt,
-                        results, result, handoffs, st.queue if rt.settings.inline_steps else None, error)
+                        results, result, handoffs, inline_queues, error)
 
     def work(definition: Saga, run: RunState) -> tuple[Outcome, BaseException | None]:
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
@@ -150,7 +156,7 @@ def make_step_task(app: Celery, st: StepTask) -> Task:
         inline = None
         if rt.settings.inline_steps:
             hard = (self.request.timelimit or (None, None))[0]
-            inline = budget_for(st.queue, hard, started, rt.settings.inline_max_steps)
+            inline = budget_for(consumed_queues(self.app, st.queue), hard, started, rt.settings.inline_max_steps)
         retry = handle_step(rt, st, message.saga_id, message.step, delivery_of(self), inline=inline,
                             **message.handle_kwargs())
         if isinstance(retry, HandOn):  # published before this message is acked: a crash leaves both

@@ -257,7 +257,7 @@ class DecisionLoop:
             applied = self.ignore_stale(run, by=by, step=d.step, what=f"{d.kind} (not run)", own=run.caused_by == by,
                                         message_version=report.version, attempt=d.attempt)
             if applied.own_commit:
-                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queue)
+                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queues)
             return StepPass()
         message = report.message(run)
         if report.delivery.redelivered and not may_run_again(self, saga, run, d, message):
@@ -268,7 +268,7 @@ class DecisionLoop:
             after_commit()
         if applied.transition is None:
             if applied.own_commit and state is None:
-                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queue)
+                found_own_commit(self, saga, applied.state, report.delivery, d.step, report.inline_queues)
             return StepPass()
         return StepPass(applied.transition, error)
 

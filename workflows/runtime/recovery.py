@@ -23,9 +23,9 @@ log = logging.getLogger("workflows.orchestration")
 
 
 def found_own_commit(loop: LoopPort, saga: Saga, run: RunState, delivery: Delivery, step: str | None,
-                     inline_queue: str | None = None) -> None:
+                     inline_queues: frozenset[str] | None = None) -> None:
     """This message's transition already committed: re-publish the follow-up only if it may be
-    missing. `inline_queue`: steps run inline from this queue (a follow-up there counts a lost worker)."""
+    missing. `inline_queues`: steps run inline on these queues (a follow-up there counts a lost worker)."""
     now = loop.clock()
     if not (delivery.redelivered or delivery.retries > 0):
         log.warning("duplicate of %s for step %s ignored", delivery.task_id, step, extra={"saga_id": run.saga_id})
@@ -40,8 +40,8 @@ def found_own_commit(loop: LoopPort, saga: Saga, run: RunState, delivery: Delive
 
     def owed(cmds: Sequence[Command]) -> Sequence[Command]:
         out = tuple(c for c in cmds if (c.step, c.task_id) in mine)
-        if delivery.redelivered and inline_queue is not None:
-            out = tuple(c for c in out if not lost_inline(loop, saga, run, c, inline_queue))
+        if delivery.redelivered and inline_queues is not None:
+            out = tuple(c for c in out if not lost_inline(loop, saga, run, c, inline_queues))
         for cmd in out:
             log.warning("re-publishing %s for step %s", cmd.task, cmd.step, extra={"saga_id": run.saga_id})
         return out

@@ -52,8 +52,8 @@ def gives_up(saga: Saga, run: RunState, step: str, kind: str, lost: int) -> bool
     return retry_verdict(declared.retry, attempts) is not RetryVerdict.RETRY
 
 
-def lost_inline(loop: LoopPort, saga: Saga, run: RunState, cmd: Command, queue: str) -> bool:
-    """A step this redelivered message (taken from `queue`) dispatched and would have run inline:
+def lost_inline(loop: LoopPort, saga: Saga, run: RunState, cmd: Command, queues: frozenset[str]) -> bool:
+    """A step this redelivered message dispatched and would have run inline (its queue one of `queues`):
     its worker was most likely lost while running it, so that counts as a lost worker of the step,
     as a redelivery of its own message would (`may_run_again`). True: it was given up (`WorkerLost`),
     not to be published again. (A crash between the commit and the inline run counts one loss too many.)
@@ -61,9 +61,10 @@ def lost_inline(loop: LoopPort, saga: Saga, run: RunState, cmd: Command, queue: 
     inline at most once before it was published; later losses are its own message's redeliveries.
     (A retried step whose earlier attempt lost a worker is not counted here: one loss too few.)"""
     st = step_tasks.get(cmd.task)
-    if st is None or st.queue != queue or cmd.eta is not None:
+    if st is None or st.queue not in queues or cmd.eta is not None:
         return False
     args, kwargs = message_for(run, cmd)
-    message = MessageInfo(task_name=cmd.task, queue=queue, args=args, kwargs=kwargs, headers={"task_id": cmd.task_id})
+    message = MessageInfo(task_name=cmd.task, queue=st.queue, args=args, kwargs=kwargs,
+                          headers={"task_id": cmd.task_id})
     attempt = kwargs["attempt"]
     return not may_run_again(loop, saga, run, Dispatch(cmd.step, cmd.kind, cmd.task_id, attempt), message, first=True)

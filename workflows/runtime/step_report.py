@@ -61,9 +61,9 @@ class StepReport:
     result: dict[str, Any] | None = None
     handoffs: int = 0
     """Times a worker without the run's saga version handed this message on."""
-    inline_queue: str | None = None
+    inline_queues: frozenset[str] | None = None
     """Set when steps run inline: a redelivery that finds its own commit counts a lost worker of
-    a follow-up on this queue it would have run inline (`runtime.redelivery.lost_inline`)."""
+    a follow-up on one of these queues it would have run inline (`runtime.redelivery.lost_inline`)."""
     error: dict[str, str] | None = None
     """A compensation of an action that did not succeed: the action's error (`{"type", "message"}`)."""
 
