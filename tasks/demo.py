@@ -156,7 +156,59 @@ def run_approvals(console: Any, first: int) -> list[tuple[str, str, Any]]:
     return results
 
 
-def _print_timeline(console: Any, n: int, title: str, view: Any) -> None:
+HYBRID: list[tuple[str, str, dict[str, Any]]] = [
+    # (title, expected state of the saga, order overrides); the checkout choreography completes either way
+    ("hybrid: OrderPlaced starts the fulfilment saga; the payment service's PaymentSettled answers its wait",
+     "COMPLETED", {}),
+    ("hybrid: card declined: PaymentSettled (declined) rejects the saga's wait, the stock is released",
+     "COMPENSATED", {"payment": {"card": "4000000000000002"}}),
+]
+
+
+def run_hybrid(console: Any, *, timeout: float = 60.0) -> list[tuple[str, str, str]]:
+    """The hybrid (tasks/choreography/checkout.py): the shop publishes the choreographed `OrderPlaced`;
+    the fulfilment service starts the orchestrated saga `order_paid_fulfillment` under the order's id,
+    the payment service charges and publishes `PaymentSettled`, which answers the saga's wait."""
+    from tasks.choreography.checkout import checkout
+    from tasks.inventory import restock
+
+    from workflows.choreography.operations import format_trace, trace
+    from workflows.operations.client import get_saga, wait_for
+    from workflows.runtime.container import get_runtime
+
+    rows: list[tuple[str, str, str]] = []
+    for n, (title, expected, overrides) in enumerate(HYBRID, start=1):
+        sku = f"DEMO-HYBRID-{n}-{int(time.time())}"
+        restock({sku: 5})
+        order = _order(f"order-h{n}-{int(time.time() * 1000)}", sku, **overrides)
+        flow = checkout.start("OrderPlaced", order, idempotency_key=f"placed-{order['order_id']}")
+        deadline = time.monotonic() + timeout
+        while get_runtime().store.saga_type(order["order_id"]) is None:  # the fulfilment service starts it
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no saga was started for {order['order_id']} (checkout {flow})")
+            time.sleep(0.05)
+        view = wait_for(order["order_id"], timeout=timeout)
+        flow_view = get_saga(flow)
+        while not flow_view.terminal and time.monotonic() < deadline:
+            time.sleep(0.05)
+            flow_view = get_saga(flow)
+        _print_timeline(console, f"H{n}", title, view)
+        console.print(f"   the checkout choreography {flow[:8]} ({flow_view.state}), as its event tree:",
+                      markup=False, highlight=False)
+        for line in format_trace(trace(flow)):
+            console.print(f"   {line}", markup=False, highlight=False)
+        for e in flow_view.events:
+            if e.type == "OrchestratedSagaStarted":
+                console.print(f"   {e.type}: {e.detail['consumer']} started {e.detail['started_saga_type']} "
+                              f"{e.detail['started_saga_id']} on {e.step} {str(e.detail['event_id'])[:8]}",
+                              markup=False, highlight=False)
+        console.print()
+        rows += [(title, expected, view.state), ("   its checkout choreography (order_checkout)", "COMPLETED",
+                                                 flow_view.state)]
+    return rows
+
+
+def _print_timeline(console: Any, n: int | str, title: str, view: Any) -> None:
     from rich.table import Table
 
     colour = {"COMPLETED": "green", "COMPENSATED": "yellow", "FAILED": "red"}.get(view.state, "white")
@@ -176,6 +228,9 @@ def _print_timeline(console: Any, n: int, title: str, view: Any) -> None:
         ms = (e.at - t0).total_seconds() * 1000
         what = e.type + (f" {e.step}" if e.step else "") + (f" (attempt {e.attempt})" if e.attempt else "")
         note = e.detail.get("error") or e.detail.get("reason") or ""
+        if e.detail.get("cause"):
+            cause = e.detail["cause"]
+            note = f"started by {cause['event_type']} of {cause['choreography']} {cause['saga_id'][:8]}"
         if not note and e.detail.get("signal"):
             who = e.detail.get("who")
             note = f"signal {e.detail['signal']!r}" + (f" from {who}" if who else "") + (
@@ -206,6 +261,7 @@ def main() -> int:
         # numbered on from the scenarios (the results also hold their child runs' rows)
         results += run_approvals(console, len(SCENARIOS) + 1)
         extra = _run_choreography(console)
+        extra += run_hybrid(console)
         summary_rows = [(t, e, v.state) for t, e, v in results] + extra
         from rich.table import Table
 

@@ -14,7 +14,7 @@ from tasks.notification import send_confirmation
 from tasks.payment import CardDeclined, charge_payment, refund_payment
 from tasks.shipping import cancel_shipment, create_shipment
 
-from workflows.core.definition import Child, Parallel, Saga, Step, Wait, register_saga
+from workflows.core.definition import Child, OnEvent, Parallel, Saga, Step, Wait, register_saga
 from workflows.core.retry import RetryPolicy
 
 
@@ -131,6 +131,31 @@ order_with_shipping = register_saga(Saga(
         Step("process_payment", action=charge_payment, compensation=refund_payment, timeout=30,
              retry=RetryPolicy(max_attempts=5, initial_interval=0.5, backoff=2.0, max_interval=10,
                                non_retryable=(CardDeclined,))),
+        Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
+    ],
+))
+
+
+class Settlement(BaseModel):
+    """The payload of `PaymentSettled` (the checkout choreography's payment service) as the wait reads it."""
+
+    order_id: str
+    approved: bool
+    reason: str = ""
+    payment_id: int | None = None
+    amount: str | None = None
+
+
+order_paid_fulfillment = register_saga(Saga(
+    "order_paid_fulfillment",
+    input_model=Order,
+    description="The hybrid's orchestrated half: started by the checkout choreography's OrderPlaced; reserve "
+                "stock, wait for the choreography's PaymentSettled event, then ship and confirm.",
+    steps=[
+        Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
+        Wait("payment_settled", signal="payment_settled", timeout=timedelta(minutes=10), model=Settlement,
+             approve=approved, on_event=OnEvent("PaymentSettled", match="order_id", choreography="order_checkout")),
+        Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30),
         Step("send_confirmation", action=send_confirmation, compensation=None, timeout=30),
     ],
 ))

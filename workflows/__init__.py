@@ -12,7 +12,7 @@ dispatch), `orchestration` and `choreography` (the Celery tasks and consumers), 
 """
 from workflows import aio
 from workflows.choreography import Choreography, EventContext, publish
-from workflows.core.definition import (Child, ForEach, Parallel, Saga, Step, Wait, child_id, register_saga,
+from workflows.core.definition import (Child, ForEach, OnEvent, Parallel, Saga, Step, Wait, child_id, register_saga,
                                        registry)
 from workflows.core.errors import (DeadLetterNotFound, DefinitionError, IdempotencyConflict, IncompatibleVersion,
                                    InvalidInput, InvalidOperation, NotWaiting, PermanentError, RetryableError,
@@ -37,5 +37,5 @@ __all__ = [
     "UnknownSaga", "UnknownSagaVersion", "VersionConflict", "IncompatibleVersion",
     "get_runtime", "get_saga", "install", "list_sagas", "register_saga", "registry",
     "start_saga", "step_task", "wait_for",
-    "Wait", "signal", "UpgradeReport", "check_upgrade",
+    "OnEvent", "Wait", "signal", "UpgradeReport", "check_upgrade",
 ]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tasks.choreography.demo import SCENARIOS as CHOREOGRAPHY_SCENARIOS
+from tasks.demo import HYBRID
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,8 +26,9 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert f"sqlite:///{tmp_path / 'data'}" in out and "filesystem://" in out
-    # one ✔ per summary row: 8 orchestrated scenarios, the 2 child runs, 3 approvals, 6 choreographies
-    assert out.count("✔") == 8 + 2 + 3 + len(CHOREOGRAPHY_SCENARIOS) == 19 and "✘" not in out
+    # one ✔ per summary row: 8 orchestrated scenarios, the 2 child runs, 3 approvals, 6 choreographies,
+    # 2 hybrid sagas and their 2 checkout choreographies
+    assert out.count("✔") == 8 + 2 + 3 + len(CHOREOGRAPHY_SCENARIOS) + 2 * len(HYBRID) == 23 and "✘" not in out
     assert "StepAttemptFailed process_payment (attempt 1)" in out
     # the parallel order: out of stock while the card was charged, the charge refunded
     assert "✔ COMPENSATED" in next(line for line in out.splitlines() if "out of stock while the card" in line
@@ -64,3 +66,15 @@ def test_demo_runs_without_any_server_and_shows_every_outcome(tmp_path: Path) ->
     assert "OrderCreated  by client  -> inventory: handled, payment: handled" in out  # fan-out: two copies
     assert "'payment': ['VOIDED']" in out  # the overtaken charge never happened
     assert list((tmp_path / "data" / "broker" / "control").glob("events.exchange"))  # bindings on disk
+    # the hybrid: the choreography's OrderPlaced starts the orchestrated saga (its cause in its history),
+    # the payment service's PaymentSettled answers the saga's wait (approved once, declined once)
+    paid = out[out.index("H1. hybrid"):out.index("H2. hybrid")]
+    assert "SagaStarted  started by OrderPlaced of order_checkout" in paid
+    assert "WaitApproved payment_settled" in paid and "SagaCompleted" in paid
+    assert "PaymentSettled  by checkout_payment  -> saga_waits: handled" in paid
+    assert "OrchestratedSagaStarted: fulfilment started order_paid_fulfillment" in paid
+    declined = out[out.index("H2. hybrid"):out.index("Summary")]
+    assert "WaitRejected payment_settled" in declined and "StepCompensated reserve_inventory" in declined
+    for title, expected, _ in HYBRID:
+        row = next(line for line in summary.splitlines() if title[:60] in line)
+        assert f"✔ {expected}" in row, row

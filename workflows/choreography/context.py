@@ -44,6 +44,8 @@ class EventContext:
     attempt: int = 1
     """1 for the first try, 2 for the first retry, ..."""
     emitted: list[Envelope] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    """Ids of the orchestrated runs this handling started (`start_saga`)."""
     _locked: bool = False
 
     @property
@@ -68,6 +70,19 @@ class EventContext:
                             traceparent=get_runtime().tracing.traceparent())
         self.emitted.append(env)
         return Published(env.event_id, event_type, env.saga_id)
+
+    def start_saga(self, saga: Any, data: Any, *, saga_id: str | None = None, idempotency_key: str | None = None,
+                   version: int | None = None) -> str:
+        """Start an orchestrated saga (a `Saga` or its name) as this event's reaction. Returns its id.
+
+        The run is written in this handler's transaction: it exists if and only if the handling
+        commits, and its first step is sent after that commit. Its history's `SagaStarted` names this
+        event as its cause (flow, choreographed saga id, event id and type, service); this saga's
+        history gets `OrchestratedSagaStarted` naming the run. `idempotency_key` defaults to
+        `<saga id>-<service>-<saga name>`, so a retried handling finds the run it started."""
+        from workflows.choreography.reactions import start_saga
+
+        return start_saga(self, saga, data, saga_id=saga_id, idempotency_key=idempotency_key, version=version)
 
     def handled(self, event_type: str) -> bool:
         """Has this service already handled an event of that type in this saga? (Locks the saga:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from workflows.choreography import publishing
+from workflows.choreography import publishing, reactions
 from workflows.choreography.envelope import EVENT_TYPE, NAME, InvalidEvent
 from workflows.core.errors import DefinitionError, UnknownSaga
 from workflows.core.retry import RetryPolicy
@@ -181,17 +181,34 @@ class Choreography:
     # ------------------------------------------------------------ questions
 
     def subscription(self, event_type: str, service: str) -> Subscription | None:
-        return self.subscriptions.get((event_type, service))
+        sub = self.subscriptions.get((event_type, service))
+        if sub is None and service == reactions.SERVICE and self.answers_waits(event_type):
+            return Subscription(self.name, event_type, reactions.SERVICE, reactions.answer_waits,
+                                reactions.ANSWER_POLICY)
+        return sub
 
     def consumers(self, event_type: str) -> list[str]:
-        """The services subscribed to `event_type`, sorted: each receives its own copy."""
-        return sorted(s for (t, s) in self.subscriptions if t == event_type)
+        """The services subscribed to `event_type`, sorted: each receives its own copy (`saga_waits`
+        too, when an orchestrated saga's wait is answered by it: `OnEvent`)."""
+        subscribed = {s for (t, s) in self.subscriptions if t == event_type}
+        if self.answers_waits(event_type):
+            subscribed.add(reactions.SERVICE)
+        return sorted(subscribed)
+
+    def answers_waits(self, event_type: str) -> bool:
+        """Does an event of that type answer a registered saga's wait (`OnEvent`)?"""
+        return event_type in self._own_event_types() | reactions.named_event_types(self.name) and \
+            bool(reactions.waits_for_event(self.name, event_type))
 
     def event_types(self) -> frozenset[str]:
-        """Every event type this choreography knows (subscribed, declared or given a meaning)."""
+        """Every event type this choreography knows (subscribed, declared, given a meaning, or named
+        by a wait's `OnEvent(..., choreography=<this one>)`)."""
+        return frozenset(self._own_event_types() | reactions.named_event_types(self.name))
+
+    def _own_event_types(self) -> set[str]:
         subscribed = {t for (t, _) in self.subscriptions}
-        return frozenset(subscribed | set(self.schemas) | self.completed | self.compensating  # type: ignore[operator]
-                         | self.compensated | self.failed | self.events)  # type: ignore[operator]
+        return set(subscribed | set(self.schemas) | self.completed | self.compensating  # type: ignore[operator]
+                   | self.compensated | self.failed | self.events)  # type: ignore[operator]
 
     def validate(self, event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Check that `event_type` belongs here and its payload fits its schema. Raises `InvalidEvent`."""
@@ -240,11 +257,15 @@ class ChoreographyRegistry:
         return list(self._by_name.values())
 
     def routes(self) -> dict[str, list[tuple[str, str]]]:
-        """service -> [(choreography, event type)] it subscribes to, for its queue's bindings."""
+        """service -> [(choreography, event type)] it subscribes to, for its queue's bindings
+        (`saga_waits`: the event types that answer orchestrated waits)."""
         out: dict[str, list[tuple[str, str]]] = {}
         for ch in self._by_name.values():
             for (t, s) in ch.subscriptions:
                 out.setdefault(s, []).append((ch.name, t))
+            for t in sorted(ch.event_types()):
+                if ch.answers_waits(t) and (t, reactions.SERVICE) not in ch.subscriptions:
+                    out.setdefault(reactions.SERVICE, []).append((ch.name, t))
         return {s: sorted(v) for s, v in sorted(out.items())}
 
     def __contains__(self, name: object) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import task_rejected, task_unknown
 
-from workflows.choreography import bus
+from workflows.choreography import bus, reactions
 from workflows.choreography.declaration import choreographies
 from workflows.core.state import ErrorInfo, MessageInfo
 from workflows.runtime.delivery import DELIVERY_OPTIONS
@@ -23,7 +23,11 @@ log = logging.getLogger("workflows.choreography")
 
 
 def install_consumers(app: Celery, _runtime: Any = None) -> list[str]:
-    """Register `events.<service>` tasks and their queues (with bindings) on `app`. Returns the queues."""
+    """Register `events.<service>` tasks and their queues (with bindings) on `app`. Returns the queues.
+
+    Every saga's `OnEvent` is checked first (its choreography is declared, its event type known): a
+    `DefinitionError` says which wait and what to do."""
+    reactions.check_on_events({ch.name: ch.event_types() for ch in choreographies.all()})
     routes = choreographies.routes()
     queues = [q for q in (app.conf.task_queues or []) if not q.name.startswith(bus.namespace() + ".")]
     added = []

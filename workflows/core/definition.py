@@ -9,10 +9,11 @@ from workflows.core.nodes import ForEach, ItemsOf, Parallel, Step
 from workflows.core.plan import Kind, Node, Plan, PlanNode, SidePolicy
 from workflows.core.registry import RunOf, SagaRegistry, child_definition, definition_of, register_saga, registry
 from workflows.core.saga import ChildDefinitions, Saga, declared_child
-from workflows.core.wait import TIMEOUT_ACTIONS, Wait
+from workflows.core.wait import TIMEOUT_ACTIONS, OnEvent, Wait
 
 __all__ = [
     "REQUIRED", "TIMEOUT_ACTIONS", "Child", "ChildDefinitions", "ChildInput", "ForEach", "HasTaskName", "ItemsOf",
-    "Kind", "Node", "Parallel", "Plan", "PlanNode", "Saga", "SagaRegistry", "SidePolicy", "RunOf", "Step", "Wait",
+    "Kind", "Node", "OnEvent", "Parallel", "Plan", "PlanNode", "Saga", "SagaRegistry", "SidePolicy", "RunOf", "Step",
+    "Wait",
     "child_definition", "child_id", "declared_child", "definition_of", "register_saga", "registry", "task_name",
 ]

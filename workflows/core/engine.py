@@ -37,8 +37,8 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
         raise ValueError(f"run {run.saga_id} is on version {run.saga_version} of {saga.name!r}, not {saga.version}")
     d = ChildOutcomes(saga, run, now, ids, timing, children)
     match outcome:
-        case Started():
-            d.start()
+        case Started(cause=cause):
+            d.start(cause)
         case ActionSucceeded(step=step, result=result):
             d.action_succeeded(step, result)
         case ActionFailed():
@@ -57,8 +57,8 @@ def decide(saga: Saga, run: RunState, outcome: Outcome, now: datetime, ids: IdSo
             d.resume(step, reason, who)
         case Redispatch(step=step, reason=reason):
             d.redispatch(step, reason)
-        case Schedule(at=at):
-            d.schedule(at)
+        case Schedule(at=at, cause=cause):
+            d.schedule(at, cause)
         case SignalReceived(signal=signal):
             d.signal_received(signal)
         case WaitTimedOut(step=step):

@@ -25,7 +25,10 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Started(Outcome):
-    pass
+    """Start the run. `cause`: what started it, when not a plain call (an event of a choreography:
+    its flow, saga id, event id and type), recorded in `SagaStarted`."""
+
+    cause: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Schedule(Outcome):
     """Record a run to be started at `at` (by the sweeper, with `Started`)."""
 
     at: datetime
+    cause: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ def _row_error(s: StepState, compensation_error: str | None) -> str | None:
 
 
 class StepOutcomes(Decision):
-    def start(self) -> None:
+    def start(self, cause: dict[str, Any] | None = None) -> None:
         if (self.status not in (RunStatus.RUNNING, RunStatus.SCHEDULED)
                 or any(s.status != StepStatus.PENDING for s in self.steps)):
             raise Ignored("saga already started")
         self.status = RunStatus.RUNNING
-        self._emit("SagaStarted")
+        detail: dict[str, Any] = {"cause": cause} if cause else {}
+        self._emit("SagaStarted", **detail)
         if self.saga.deadline is not None:
             self.deadline_at = self.now + timedelta(seconds=self.saga.deadline)
         else:

@@ -1,6 +1,8 @@
-"""A `Wait`: a node that parks the run until a named signal or its deadline. Pure."""
+"""A `Wait`: a node that parks the run until a named signal or its deadline; `OnEvent`: a
+choreographed event that answers it as its signal would. Pure."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,6 +15,59 @@ from workflows.core.names import NAME
 from workflows.core.typed import field_errors, summary
 
 TIMEOUT_ACTIONS = ("compensate", "fail")
+EVENT_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]{0,59}$")
+"""A choreography's event type: PascalCase (the same rule as `choreography.envelope.EVENT_TYPE`)."""
+FLOW = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+MATCH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,4}$")
+
+
+@dataclass(frozen=True)
+class OnEvent:
+    """A choreographed event that answers a wait, as its signal would:
+
+        Wait("payment", signal="payment_settled", timeout=600,
+             on_event=OnEvent("PaymentSettled", match="order_id"), approve=lambda p: p["approved"])
+
+    Each event of type `event_type` (of the choreography `choreography`, or of any that publishes
+    that type) is delivered to the wait's run as the signal `Wait.signal`, its payload as the
+    signal's payload and `event-<event id>` as the signal's idempotency key. `match` is a key of the
+    event's payload (a dotted path for a nested one: "order.order_id") whose value names the run:
+    its saga id, or else the idempotency key it was started under (a business id, such as an
+    order's). So an event sent before the wait begins is kept, a redelivered one is a duplicate,
+    and a timeout racing it is resolved once, exactly as for a signal. Immutable."""
+
+    event_type: str
+    match: str
+    choreography: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event_type, str) or not EVENT_TYPE.match(self.event_type):
+            raise DefinitionError(f"OnEvent: event type {self.event_type!r} must be PascalCase letters and digits, "
+                                  "like 'PaymentSettled'")
+        if not isinstance(self.match, str) or not MATCH.match(self.match):
+            raise DefinitionError(f"OnEvent({self.event_type!r}): match {self.match!r} must name a key of the "
+                                  "event's payload, like 'order_id' (or a dotted path, like 'order.order_id')")
+        if self.choreography is not None and (not isinstance(self.choreography, str)
+                                              or not FLOW.match(self.choreography)):
+            raise DefinitionError(f"OnEvent({self.event_type!r}): choreography {self.choreography!r} must be the "
+                                  "name of a choreography, like 'order_parallel'")
+
+    def run_ref(self, payload: Mapping[str, Any]) -> str | None:
+        """The value at `match` in an event's payload, as text: the run's id or idempotency key
+        (None: the payload has no such key, or its value is not a string or a number)."""
+        value: Any = payload
+        for part in self.match.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return None
+        text = str(value)
+        return text if 0 < len(text) <= 200 else None
+
+    def answers(self, choreography: str, event_type: str) -> bool:
+        """Is an event of `event_type` published in `choreography` one for this wait?"""
+        return event_type == self.event_type and self.choreography in (None, choreography)
 
 
 @dataclass(frozen=True)
@@ -27,7 +82,8 @@ class Wait:
     FAILED for an operator, who resumes it to compensate), or a dict: the saga goes on with that
     dict as the wait's result. A signal sent before its wait begins is kept, and consumed when it
     begins. `when(input)` (default: always) says whether the run waits at all: False, the wait is
-    skipped (SUCCEEDED at once, result `{}`), as for an order below the limit that needs approval."""
+    skipped (SUCCEEDED at once, result `{}`), as for an order below the limit that needs approval.
+    `on_event` (an `OnEvent`): a choreographed event also answers it, as the signal would."""
 
     name: str
     signal: str
@@ -36,6 +92,7 @@ class Wait:
     model: type[BaseModel] | None = None
     approve: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
     when: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
+    on_event: OnEvent | None = None
     approve_name: str = field(default="", init=False)
     """The approve function's qualified name: what equality compares."""
     when_name: str = field(default="", init=False)
@@ -65,6 +122,9 @@ class Wait:
             raise DefinitionError(f"wait {self.name!r}: when must be a function of the saga's input, "
                                   "like lambda order: order['total'] > 500")
         object.__setattr__(self, "when_name", getattr(self.when, "__qualname__", "") if self.when else "")
+        if self.on_event is not None and not isinstance(self.on_event, OnEvent):
+            raise DefinitionError(f"wait {self.name!r}: on_event must be an OnEvent, like "
+                                  "OnEvent('PaymentSettled', match='order_id')")
 
     def applies(self, data: dict[str, Any]) -> bool:
         """Does a run with input `data` wait here (`when`), or skip the wait?"""

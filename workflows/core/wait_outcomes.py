@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from workflows.core.run import RunStatus, Signal, StepState, StepStatus
 from workflows.core.state import HistoryEvent, Ignored
@@ -13,12 +14,13 @@ from workflows.core.wait import Wait
 
 class WaitOutcomes(StepOutcomes):
     # -- waits and signals (a `Wait` stage parks the run; a signal or its deadline moves it on)
-    def schedule(self, at: datetime) -> None:
+    def schedule(self, at: datetime, cause: dict[str, Any] | None = None) -> None:
         if self.status != RunStatus.RUNNING or self.before.version != 1:
             raise Ignored("only a new run can be scheduled")
         self.status = RunStatus.SCHEDULED
         self.deadline_at = at
-        self._emit("SagaScheduled", start_at=at.isoformat())
+        detail: dict[str, Any] = {"start_at": at.isoformat(), **({"cause": cause} if cause else {})}
+        self._emit("SagaScheduled", **detail)
 
     def _park(self, s: StepState, wait: Wait) -> None:  # the stage runner's, for a wait
         """Begin `wait`: the run is WAITING, the wait's deadline in its row; a signal kept for it

@@ -1,6 +1,7 @@
 """Starting and reading sagas: what a web app or script calls."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -28,7 +29,8 @@ log = logging.getLogger("workflows.client")
 def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = None,
                saga_id: str | None = None, session: Session | None = None,
                connection: Connection | None = None, start_at: datetime | None = None,
-               countdown: float | None = None, version: int | None = None) -> str:
+               countdown: float | None = None, version: int | None = None,
+               cause: dict[str, Any] | None = None) -> str:
     """Validate, record the run with all its steps in one atomic write, publish its first step.
 
     A saga named by a string starts on its newest registered version, or on `version=`; a `Saga`
@@ -55,6 +57,10 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     recorded at once, SCHEDULED (idempotent by key as any start, cancellable until it starts), and
     nothing is published: the sweeper starts it once its time came. Nothing waits in the broker.
     A time that has already come (`countdown=0`, `start_at` in the past) starts it now.
+
+    `cause=` (a JSON object): what started the run, when not a plain call, recorded in its first
+    history row (`SagaStarted`, or `SagaScheduled`); a choreography's `ctx.start_saga` passes the
+    event that caused it (flow, choreographed saga id, event id and type).
     """
     rt = get_runtime()
     if session is not None and connection is not None:
@@ -63,7 +69,8 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
     # the run's first trace segment: inside a traced request, a child of its span
     with rt.tracing.segment(saga if isinstance(saga, str) else saga.name, saga_id, "start") as segment:
         saga_id, t = record_start(rt, saga, data, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
-                                  start_at=start_at, countdown=countdown, version=version, trace=segment.context)
+                                  start_at=start_at, countdown=countdown, version=version, trace=segment.context,
+                                  cause=cause)
         segment.annotate(id=saga_id)
         if t is None:
             return saga_id
@@ -76,7 +83,8 @@ def start_saga(saga: Saga | str, data: Any, *, idempotency_key: str | None = Non
 
 def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: str | None, saga_id: str | None,
                  tx: Session | Connection | None, start_at: datetime | None, countdown: float | None,
-                 version: int | None, trace: str | None = None) -> tuple[str, Transition | None]:
+                 version: int | None, trace: str | None = None,
+                 cause: dict[str, Any] | None = None) -> tuple[str, Transition | None]:
     """`start_saga` up to its publish: validate, write the run (on `tx` when given). Returns the
     saga id and the transition to publish (None: an existing run, or a scheduled one)."""
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
@@ -96,13 +104,26 @@ def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: s
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
     when = _start_time(rt, start_at, countdown)
     started = rt.loop.start(definition, clean, idempotency_key=idempotency_key, saga_id=saga_id, tx=tx,
-                            start_at=when, trace=trace)
+                            start_at=when, trace=trace, cause=_json_object(cause))
     t = started.transition
     # an existing run, or a scheduled one (the sweeper starts it), publishes nothing; a run whose
     # first stage is a child has no message of its own, only its child's first one (t.children)
     if t is None or not (t.commands or t.children or t.orders or t.dead_letters):
         return started.saga_id, None
     return started.saga_id, t
+
+
+def _json_object(cause: Any) -> dict[str, Any] | None:
+    """`cause` as a JSON object, or `SagaError` saying what is wrong."""
+    if cause is None:
+        return None
+    try:
+        clean = json.loads(json.dumps(cause, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise SagaError(f"cause must be a JSON object: {e}") from None
+    if not isinstance(clean, dict):
+        raise SagaError(f"cause must be a JSON object (a dict), got {type(cause).__name__}")
+    return clean
 
 
 def first_step_publisher(rt: Runtime, t: Transition) -> Callable[[], None]:

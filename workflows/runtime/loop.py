@@ -283,18 +283,20 @@ class DecisionLoop:
 
     def start(self, saga: Saga, data: dict[str, Any], *, saga_id: str | None = None,
               idempotency_key: str | None = None, tx: CallerTx | None = None,
-              start_at: datetime | None = None, trace: str | None = None) -> Start:
+              start_at: datetime | None = None, trace: str | None = None,
+              cause: dict[str, Any] | None = None) -> Start:
         """Record a run already started (step 1 dispatched) in one atomic write; the caller publishes
         `transition` (or calls `publish`). An idempotency key already used returns its run, and no
         transition. If the first message is lost, the sweeper sends it once step 1's deadline passed.
 
         With `tx` (the caller's SQLAlchemy Session or Connection) the write is in a savepoint of the
         caller's transaction; the caller publishes only after that commits (`store.after_commit`).
-        `trace`: the run's first trace segment (`runtime.tracing`)."""
+        `trace`: the run's first trace segment (`runtime.tracing`). `cause`: what started it (an
+        event of a choreography), recorded in its first history row."""
         now = self.clock()
         run_id = saga_id or _uuid(self.ids())
         # `start_at`: recorded SCHEDULED (nothing to publish); the sweeper starts it when due
-        first = Schedule(start_at) if start_at is not None else Started()
+        first = Schedule(start_at, cause) if start_at is not None else Started(cause)
         t = self.projections.derive(decide(saga, new_run(saga, run_id, data, STARTED_BY), first, now, self.ids,
                                            self.timing, self.definitions.child_definition).traced(trace), now)
         if tx is None:
