@@ -43,7 +43,8 @@ PAGE = ROOT / "docs" / "guide" / "web-app.md"
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
                "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps",
-               "credentials", "access_audit", "console_sessions", "projection_outbox"}
+               "credentials", "access_audit", "console_sessions", "projection_outbox",
+               "saga_notifications", "saga_notification_attempts"}
 EXAMPLE_TABLES = {"payments", "shipments", "notifications", "inventory_stock", "inventory_reservations",
                   "service_faults"}
 ALEMBIC = Path(sys.executable).parent / "alembic"
@@ -255,10 +256,11 @@ def test_the_shipped_revisions_are_the_sagas_branch() -> None:
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert scripts.get_heads() == ["0012"]
-    assert scripts.get_revision("sagas@head").revision == "0012"
+    assert scripts.get_heads() == ["0013"]
+    assert scripts.get_revision("sagas@head").revision == "0013"
     chain = [r.revision for r in scripts.walk_revisions("sagas@base", "sagas@head")]
-    assert chain == ["0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0013", "0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002",
+                     "0001"]
 
 
 def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migrations(
@@ -268,7 +270,7 @@ def test_the_readme_alembic_recipe_includes_the_sagas_branch_in_an_apps_own_migr
 
     heads = alembic_cmd(root, env, "heads")
     assert heads.returncode == 0, heads.stderr
-    assert "a001 (myapp) (head)" in heads.stdout and "0012 (sagas) (head)" in heads.stdout
+    assert "a001 (myapp) (head)" in heads.stdout and "0013 (sagas) (head)" in heads.stdout
 
     up = alembic_cmd(root, env, "upgrade", "heads")
     assert up.returncode == 0, up.stderr

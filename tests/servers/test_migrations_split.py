@@ -33,8 +33,9 @@ OLD_MIGRATIONS = Path(__file__).resolve().parent / "fixtures" / "migrations_0_1_
 SAGA_TABLES = {"sagas", "saga_steps", "saga_events", "dead_letters", "processed_events", "event_outbox",
                "saga_signals", "saga_workers", "saga_definitions", "saga_parked_steps"}
 """The saga tables at 0.1.0's head (0009)."""
-ADDED_SINCE_0_1_0 = {"credentials", "access_audit", "console_sessions", "projection_outbox"}
-"""Tables of revisions after 0.1.0's head (0009): 0010 (access), 0011 (projections)."""
+ADDED_SINCE_0_1_0 = {"credentials", "access_audit", "console_sessions", "projection_outbox", "saga_notifications",
+                     "saga_notification_attempts"}
+"""Tables of revisions after 0.1.0's head (0009): 0010 (access), 0011 (projections), 0013 (notifications)."""
 SAGA_TABLES_NOW = SAGA_TABLES | ADDED_SINCE_0_1_0
 """The saga tables at the newest revision."""
 SHOP_TABLES_0_1_0 = SHOP_TABLES - {"shop_counters"}

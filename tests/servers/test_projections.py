@@ -132,13 +132,26 @@ def test_a_crash_between_commit_and_send_is_repaired_by_the_sweeper(rt: Runtime,
 
 
 def test_no_projection_configured_writes_nothing(tmp_path: Path, clock: Clock) -> None:
-    runtime = in_process_runtime(sqlite_database(tmp_path, name="none.db"), tmp_path, clock=clock)
+    # (the notifications' log line is on by default: off here, nothing at all is configured)
+    runtime = in_process_runtime(sqlite_database(tmp_path, name="none.db"), tmp_path, clock=clock, notify_log=False)
     with activate(runtime):
         saga_id = start_saga("proj.line", {})
         Worker(runtime, runtime.dispatcher).drain()  # type: ignore[arg-type]
         assert runtime.store.get(saga_id).state == "COMPLETED"
         assert runtime.store.unsent_projections(clock() + timedelta(days=1)) == []
         assert not runtime.projections
+
+
+def test_by_default_only_the_notifications_are_configured_and_a_run_that_completes_writes_nothing(
+        tmp_path: Path, clock: Clock) -> None:
+    runtime = in_process_runtime(sqlite_database(tmp_path, name="default.db"), tmp_path, clock=clock)
+    with activate(runtime):
+        saga_id = start_saga("proj.line", {})
+        Worker(runtime, runtime.dispatcher).drain()  # type: ignore[arg-type]
+        assert runtime.store.get(saga_id).state == "COMPLETED"
+        assert list(runtime.projections.by_name) == ["notify"]
+        assert runtime.store.unsent_projections(clock() + timedelta(days=1)) == []
+        assert runtime.store.notifications() == []
 
 
 def test_the_hash_body_names_state_type_version_step_and_last_error(rt: Runtime) -> None:

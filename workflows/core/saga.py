@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -34,6 +35,9 @@ class Saga:
     """The definition's version (not a run's optimistic-lock counter): every run is driven to its
     end by the version it started with. Bump it to change the shape (steps, order, groups,
     compensations); several versions of a saga may be registered at once."""
+    stuck_after: float | timedelta | None = None
+    """A RUNNING or COMPENSATING run unchanged for longer than this (seconds, or a timedelta) needs a
+    person: the sweeper records a `no_progress` notification. None: the `SAGA_STUCK_AFTER` default."""
     plan: Plan = field(init=False, repr=False, compare=False)
     """Its nodes compiled: each row's stage, kind and policies per side."""
 
@@ -53,9 +57,20 @@ class Saga:
             raise DefinitionError(f"saga {self.name!r}: input_model must be a pydantic BaseModel subclass")
         if self.deadline is not None and (isinstance(self.deadline, bool) or self.deadline <= 0):
             raise DefinitionError(f"saga {self.name!r}: deadline must be seconds > 0 or None")
+        if isinstance(self.stuck_after, timedelta):
+            object.__setattr__(self, "stuck_after", self.stuck_after.total_seconds())
+        bound = self.stuck_after
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound <= 0):
+            raise DefinitionError(f"saga {self.name!r}: stuck_after must be seconds > 0, a timedelta, or None "
+                                  f"(got {self.stuck_after!r})")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise DefinitionError(f"saga {self.name!r}: version must be an int >= 1 (got {self.version!r})")
         object.__setattr__(self, "steps", nodes)
+
+    @property
+    def stuck_seconds(self) -> float | None:
+        """`stuck_after` in seconds (None: the settings' default applies)."""
+        return self.stuck_after.total_seconds() if isinstance(self.stuck_after, timedelta) else self.stuck_after
 
     @property
     def shape(self) -> list[dict[str, Any]]:

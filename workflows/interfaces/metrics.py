@@ -30,6 +30,11 @@ few aggregate queries. What each family means:
   a due scheduled start included), and
   choreographed sagas that heard no event for longer than their deadline (the sweeper's own
   queries, each capped at 500).
+- `sagas_no_progress{saga_type}`: RUNNING or COMPENSATING runs unchanged for longer than their saga's
+  bound (`Saga(stuck_after=...)`, else `SAGA_STUCK_AFTER`): each needs a person (gauge; at most
+  10,000 read per scrape).
+- `saga_notifications{state}`: notifications of runs that needed a person, by delivery state
+  (PENDING: the webhook has not taken them yet; a value that stays up means it is unreachable).
 - `saga_store_up`: 1 if the store answered this scrape, 0 if not (the others are then absent).
 """
 from __future__ import annotations
@@ -52,6 +57,8 @@ log = logging.getLogger("workflows.metrics")
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 RECENT_STEPS_LIMIT = 50_000
+NO_PROGRESS_LIMIT = 10_000
+"""At most this many idle runs are read per scrape for `sagas_no_progress`."""
 """At most this many recent steps are read per scrape for the duration histogram."""
 
 
@@ -63,10 +70,13 @@ class SagaCollector(Collector):
     """
 
     def __init__(self, store: Callable[[], SagaStore], *, window: float = 3600.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 stuck_after: float = 3600.0) -> None:
         self._store = store
         self.window = window
         self.clock = clock
+        self.stuck_after = stuck_after
+        """The default bound of `sagas_no_progress` (`SAGA_STUCK_AFTER`)."""
 
     @property
     def store(self) -> SagaStore:
@@ -92,6 +102,8 @@ class SagaCollector(Collector):
         yield self._dead_letters()
         yield self._outbox()
         yield self._stuck(now)
+        yield self._no_progress(now)
+        yield self._notifications()
         yield from self._versions(now)
 
     def _versions(self, now: datetime) -> Iterator[Metric]:
@@ -190,10 +202,36 @@ class SagaCollector(Collector):
         family.add_metric([], len(self.stuck_ids(now)))
         return family
 
+    def _no_progress(self, now: datetime) -> Metric:
+        from workflows.core.definition import registry
+        from workflows.notifications.idle import bound_of
+
+        family = GaugeMetricFamily("sagas_no_progress", "RUNNING or COMPENSATING runs unchanged for longer than "
+                                   "their saga's bound (stuck_after): a person must look", labels=["saga_type"])
+        bounds = [b for b in (self.stuck_after, *(d.stuck_seconds for d in registry.definitions())) if b]
+        counts: dict[str, int] = defaultdict(int)
+        if bounds:
+            for idle in self.store.runs_without_progress(now - timedelta(seconds=min(bounds)), NO_PROGRESS_LIMIT):
+                bound = bound_of(registry, idle.saga_type, idle.saga_version, self.stuck_after)
+                if bound and idle.updated_at < now - timedelta(seconds=bound):
+                    counts[idle.saga_type] += 1
+        for saga_type, n in sorted(counts.items()):
+            family.add_metric([saga_type], n)
+        return family
+
+    def _notifications(self) -> Metric:
+        rows = self.store.notification_counts()
+        family = GaugeMetricFamily("saga_notifications", "Notifications of runs that needed a person, by delivery "
+                                   "state (PENDING: the webhook has not taken them yet)", labels=["state"])
+        for state in sorted({"PENDING", "DELIVERED", "LOGGED", *rows}):
+            family.add_metric([state], int(rows.get(state, 0)))
+        return family
+
 
 def saga_registry(store: Callable[[], SagaStore], *, window: float = 3600.0,
-                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> CollectorRegistry:
+                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                  stuck_after: float = 3600.0) -> CollectorRegistry:
     """A registry holding only the saga collector (what the API serves at /metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SagaCollector(store, window=window, clock=clock))
+    registry.register(SagaCollector(store, window=window, clock=clock, stuck_after=stuck_after))
     return registry

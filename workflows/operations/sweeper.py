@@ -34,6 +34,8 @@ from workflows.core.errors import SagaNotFound, UnknownSaga
 from workflows.core.state import (STARTED_BY, ActionTimedOut, Cancel, ChildFinished, Compensate, CompensationFailed,
                                   ErrorInfo, Order, Outcome, Redispatch, Resume, RunState, RunStatus, Started,
                                   StepStatus, WaitTimedOut)
+from workflows.notifications.idle import record_idle_runs
+from workflows.notifications.notices import WORKER_LOST_REASON
 from workflows.operations import versions
 from workflows.runtime.container import Runtime
 from workflows.runtime.loop import DecisionLoop
@@ -69,6 +71,10 @@ class SweepReport:
     """Steps a worker parked (no worker took their message), dispatched again."""
     unheld: list[str] = field(default_factory=list)
     """`<saga>:v<version>` of the versions with runs in flight that no live worker holds."""
+    notified: list[str] = field(default_factory=list)
+    """Notifications recorded by this sweep: runs without progress past their bound (`no_progress`)."""
+    notifications_delivered: list[str] = field(default_factory=list)
+    """Notifications the webhook took in this sweep (retries of earlier failed attempts included)."""
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -119,7 +125,7 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
                                        "(its first message may never have been published)")
             bucket = report.redispatched
         elif s.status == StepStatus.RUNNING:
-            outcome = ActionTimedOut(step, "no result before the step's deadline (message lost or worker gone)")
+            outcome = ActionTimedOut(step, WORKER_LOST_REASON)  # a `lost_worker` notification
             bucket = report.timed_out
         else:
             policy = saga.step(step).compensation_retry
@@ -180,6 +186,12 @@ def sweep(rt: Runtime, now: datetime | None = None) -> SweepReport:
         report.projections_sent.extend(loop.projections.resend(store, now, rt.settings.projection_grace))
     except Exception as e:  # the database: the next sweep tries again
         log.warning("projection records not sent: %s", e)
+    try:  # runs that need a person: idle past their bound; and the webhook's due retries
+        report.notified.extend(record_idle_runs(store, rt.notifier, registry, default=rt.settings.stuck_after,
+                                                now=now))
+        report.notifications_delivered.extend(rt.notifier.deliver_due(now))
+    except Exception as e:  # the database: the next sweep tries again
+        log.warning("notifications not recorded or delivered: %s", e)
     report.stuck.extend(sweep_choreographies(rt, now))
     if any(report.counts().values()):
         log.warning("sweep: %s", report.counts())

@@ -17,6 +17,8 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from workflows.core.state import IdSource, Timing
+from workflows.notifications.notifier import Notifier
+from workflows.notifications.setup import notifier_from
 from workflows.projections.base import Projections
 from workflows.projections.setup import from_settings
 from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
@@ -46,6 +48,7 @@ class Runtime:
     _dispatcher: Dispatcher | None = field(default=None, repr=False)
     _projections: Projections | None = field(default=None, repr=False)
     _tracing: Tracing | None = field(default=None, repr=False)
+    _notifier: Notifier | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
@@ -65,8 +68,15 @@ class Runtime:
     def projections(self) -> Projections:
         """The after-commit projections of the settings (`workflows.projections`); built once per process."""
         if self._projections is None:
-            self._projections = from_settings(self.settings)
+            self._projections = from_settings(self.settings, self.notifier)
         return self._projections
+
+    @property
+    def notifier(self) -> Notifier:
+        """Where runs that need a person are announced (`workflows.notifications`); built once per process."""
+        if self._notifier is None:
+            self._notifier = notifier_from(self.settings, lambda: self.store, self.clock)
+        return self._notifier
 
     @property
     def tracing(self) -> Tracing:

@@ -120,6 +120,25 @@ class Settings(BaseSettings):
     projection_grace: float = 10.0
     """Seconds a projection record (a Kafka event, a read model update) is left to the process that
     committed it before the sweeper sends it."""
+    stuck_after: float = 3600.0
+    """Seconds a RUNNING or COMPENSATING run may stay unchanged before it needs a person: the sweeper
+    records a `no_progress` notification (a saga type's own `Saga(..., stuck_after=...)` wins). 0: off."""
+    notify_log: bool = True
+    """Log every notification (a FAILED run, an open dead letter, a lost worker, no progress past the
+    bound) once, at ERROR on the logger `workflows.notifications` (docs: operations/alerts)."""
+    notify_webhook_url: str | None = None
+    """POST every notification, as signed JSON, to this URL (retried with backoff until it answers 2xx)."""
+    notify_webhook_secret: SecretStr | None = Field(default=None, repr=False)
+    """The HMAC-SHA256 key of the webhook's `X-Saga-Signature` (required with `notify_webhook_url`)."""
+    notify_webhook_timeout: float = 5.0
+    """Seconds one webhook attempt may take."""
+    notify_retry_initial: float = 10.0
+    """Seconds before the webhook is tried again after its first failed attempt; doubling after each."""
+    notify_retry_max: float = 900.0
+    """The longest wait between two webhook attempts."""
+    notify_link: str = ""
+    """The console's address as the receiver reaches it (`https://ops.example.com/console`): a
+    notification's `link` is `<notify_link>/sagas/<saga id>`. Empty: the path `/console/sagas/<id>`."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from workflows.core.state import DeadLetter, HistoryEvent, RunState, Transition
 from workflows.core.transition import ProjectedRecord
 from workflows.core.views import DeadLetterView, EventView, SagaView, SignalView, WorkerView
+from workflows.store.notifications import AttemptRecord, IdleRun, NewNotification, NotificationRecord
 from workflows.store.records import (ActivityBucket, CallerTx, ChildLink, Created, DeadLetterGroup, DeadLetterPage,
                                      DeadLetterQuery, ParkedStep, RecordedDefinition, RunCounts, SagaQuery,
                                      SagaSummary, SagaSummaryPage, StepDuration, StepRetries, VersionCount,
@@ -319,8 +320,34 @@ class EventLog(Protocol):
         ...
 
 
+class Notices(Protocol):
+    """The notifications' part (`workflows.notifications`, `workflows.store.notifications`): events
+    that need a person, recorded once by their dedup key, and their delivery attempts."""
+
+    def record_notifications(self, notices: Sequence[NewNotification], *, state: str,
+                             now: datetime) -> list[str]: ...
+
+    def due_notifications(self, now: datetime, limit: int = 100) -> list[str]: ...
+
+    def claim_notification(self, notification_id: str, now: datetime,
+                           lease_until: datetime) -> NotificationRecord | None: ...
+
+    def notification_attempted(self, notification_id: str, *, target: str, at: datetime, ok: bool,
+                               status_code: int | None = None, error: str | None = None,
+                               next_attempt_at: datetime | None = None) -> None: ...
+
+    def notifications(self, *, saga_id: str | None = None, state: str | None = None,
+                      limit: int = 100) -> list[NotificationRecord]: ...
+
+    def notification_attempts(self, ids: Sequence[str]) -> dict[str, list[AttemptRecord]]: ...
+
+    def notification_counts(self) -> dict[str, int]: ...
+
+    def runs_without_progress(self, updated_before: datetime, limit: int = 500) -> list[IdleRun]: ...
+
+
 class SagaStore(Recorder, CallerTransactions, Queries, DeadLetterDesk, ConsoleQueries, Metrics, Sweeps,
-                WorkerVersions, EventLog, Protocol):
+                WorkerVersions, EventLog, Notices, Protocol):
     """The saga tables behind one interface: the union of the Protocols above (what a `Runtime`
     holds). The only code that touches sessions and models."""
 
@@ -328,7 +355,7 @@ class SagaStore(Recorder, CallerTransactions, Queries, DeadLetterDesk, ConsoleQu
 
 
 __all__ = ["ActivityBucket", "CallerTransactions", "CallerTx", "ChildLink", "ConsoleQueries", "Created",
-           "DeadLetterDesk", "DeadLetterGroup", "DeadLetterPage", "DeadLetterQuery", "EventLog", "Metrics",
+           "DeadLetterDesk", "Notices", "DeadLetterGroup", "DeadLetterPage", "DeadLetterQuery", "EventLog", "Metrics",
            "ParkedStep", "Queries", "RecordedDefinition", "Recorder", "RunCounts", "SagaQuery", "SagaStore",
            "SagaSummary", "SagaSummaryPage", "StepDuration", "StepRetries", "Sweeps", "VersionCount",
            "WorkerVersions", "input_hash"]

@@ -337,3 +337,45 @@ class ProjectionRow(Base):
     saga_id: Mapped[str] = mapped_column(String(64))
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime]
+
+
+# ------------------------------------------------------------------ notifications (revision 0013)
+
+
+class NotificationRow(Base):
+    """An event that needs a person (a FAILED run, a dead letter, a lost worker, no progress past
+    the saga's bound), recorded once by its dedup key, and its delivery to the webhook target."""
+
+    __tablename__ = "saga_notifications"
+    __table_args__ = (Index("ix_saga_notifications_due", "state", "next_attempt_at"),
+                      Index("ix_saga_notifications_saga", "saga_id", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The dedup key: `<kind>:<saga id>:<run version or dead letter id>`. Recorded once."""
+    kind: Mapped[str] = mapped_column(String(30))
+    saga_id: Mapped[str] = mapped_column(String(64))
+    saga_type: Mapped[str] = mapped_column(String(100))
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    """The webhook's JSON body, as sent (and signed)."""
+    state: Mapped[str] = mapped_column(String(20))
+    """PENDING (the webhook has not answered 2xx yet), DELIVERED, or LOGGED (no webhook configured)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+
+class NotificationAttemptRow(Base):
+    """One delivery attempt of a notification to one target: when, and the answer (a status code)
+    or the error."""
+
+    __tablename__ = "saga_notification_attempts"
+    __table_args__ = (Index("ix_saga_notification_attempts_notification", "notification_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    notification_id: Mapped[str] = mapped_column(String(200))
+    target: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime]
+    ok: Mapped[bool]
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)

@@ -25,6 +25,7 @@ from workflows.store.console import ConsoleReads
 from workflows.store.db import session_factory, statement_engine
 from workflows.store.events import EventStore
 from workflows.store.joined import JoinedStore
+from workflows.store.notifications import NotificationRows
 from workflows.store.projections import PROJECTIONS, ProjectionRows, projection_values
 from workflows.store.models import DeadLetterRow, OutboxRow, SagaRow, SignalRow
 from workflows.store.reads import Reads
@@ -60,7 +61,7 @@ KEPT = (select(_SIGNALS).where(_SIGNALS.c.saga_id == bindparam("saga_id"), _SIGN
 """The signals kept for a run's waits not begun yet; read only when the run counts some."""
 
 
-class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers, ProjectionRows):
+class SqlStore(Reads, ConsoleReads, EventStore, JoinedStore, Workers, ProjectionRows, NotificationRows):
     """The store interface (`workflows.store.base.SagaStore`) with one transaction per write (and the
     starts written in a caller's transaction, `workflows.store.joined`)."""
 

@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = saga_registry(lambda: (runtime or get_runtime()).store,
-                                      clock=lambda: (runtime or get_runtime()).clock())
+                                      clock=lambda: (runtime or get_runtime()).clock(),
+                                      stuck_after=settings.stuck_after)
     app.include_router(ops)
     app.include_router(api)
     app.include_router(console_router)

@@ -18,8 +18,9 @@ from workflows.interfaces.api.models import (NOT_FOUND, REFUSED, ChildSummary, H
                                              SagaType, SagaVersion, SignalSchema, Started, StepSchema, StepSummary,
                                              WaitSummary, WhatNext, answers)
 from workflows.operations import actions as operations
-from workflows.operations import dead_letters, versions
+from workflows.operations import dead_letters, notifications, versions
 from workflows.operations.client import find_saga, get_saga, list_sagas, what_next
+from workflows.operations.notifications import NotificationView
 from workflows.operations.credentials import owner_of, runs_of, start_owned
 from workflows.operations.signals import signal as send_signal
 
@@ -194,6 +195,18 @@ def move(saga_id: str, body: MoveRequest, caller: Actor) -> SagaView:
 def cancel(saga_id: str, body: RequiredReason, caller: Actor) -> SagaView:
     """Force the compensation of a RUNNING or WAITING saga (a SCHEDULED one never starts)."""
     return operations.cancel(saga_id, reason=body.reason, who=caller.name)
+
+
+# ------------------------------------------------------------------ notifications
+
+
+@api.get("/notifications", tags=["notifications"])
+def list_notifications(caller: Viewer, saga_id: Annotated[str | None, Query(max_length=64)] = None,
+                       state: Literal["PENDING", "DELIVERED", "LOGGED"] | None = None,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[NotificationView]:
+    """Runs that needed a person (FAILED, a dead letter, a lost worker, no progress past the bound),
+    newest first, each with every delivery attempt."""
+    return notifications.list_notifications(saga_id=saga_id, state=state, limit=limit)
 
 
 # ------------------------------------------------------------------ dead letters

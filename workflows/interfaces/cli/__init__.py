@@ -28,7 +28,8 @@ from typing import Any
 import click
 
 from workflows.core.errors import SagaError
-from workflows.interfaces.cli import credentials, dead_letters, maintenance, operate, projections, runs, upgrade
+from workflows.interfaces.cli import (credentials, dead_letters, maintenance, notifications, operate, projections, runs,
+                                     upgrade)
 
 __all__ = ["main"]
 
@@ -122,6 +123,6 @@ def main(ctx: click.Context, app_module: str, who: str) -> None:
 
 
 for command in (*runs.COMMANDS, *operate.COMMANDS, dead_letters.dlq, *maintenance.COMMANDS, *upgrade.COMMANDS,
-                *credentials.COMMANDS, *projections.COMMANDS):
+                *credentials.COMMANDS, *projections.COMMANDS, *notifications.COMMANDS):
     main.add_command(command)
 

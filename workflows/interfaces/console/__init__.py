@@ -12,10 +12,10 @@ version-checked transition. Reads go through the store's read interface only.
 import workflows.interfaces._api_extra  # noqa: F401  (without the `api` extra: an error that names it)
 from fastapi import APIRouter
 
-from workflows.interfaces.console import actions, dead_letter_pages, login, saga_pages
+from workflows.interfaces.console import actions, dead_letter_pages, login, notification_pages, saga_pages
 
 router = APIRouter()
-for _part in (login.router, saga_pages.router, dead_letter_pages.router, actions.router):
+for _part in (login.router, saga_pages.router, dead_letter_pages.router, notification_pages.router, actions.router):
     router.include_router(_part)
 
 __all__ = ["router"]
