@@ -25,6 +25,7 @@ from workflows.operations.sweeper import sweep
 from workflows.operations.versions import VersionHeartbeat
 from workflows.orchestration.step_task import make_step_task
 from workflows.runtime.brokers import check_sentinel, is_amqp, use_quorum_queues
+from workflows.notifications.setup import webhook_of
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
 from workflows.runtime.timer_heap import CompactTimerHeap
@@ -43,6 +44,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     broker = str(app.conf.broker_url or settings.resolved_broker_url())
     check_sentinel(broker, app.conf.broker_transport_options or {})
     _check_visibility_timeout(app, settings)
+    webhook_of(settings)  # a webhook without its signing secret is refused here, not at the first failure
 
     runtime = Runtime(app=app, settings=settings)
     set_runtime(runtime)

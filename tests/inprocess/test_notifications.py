@@ -182,11 +182,15 @@ def test_a_webhook_down_for_a_while_gets_each_notification_once_after_it_is_back
                            follow_redirects=False).status_code == 303
         page = client.get("/console/notifications")
         api = client.get("/api/notifications", params={"saga_id": first})
+        saga_page = client.get(f"/console/sagas/{first}")
+        one = client.get("/console/notifications", params={"saga": first})
     assert page.status_code == 200
     for n in list_notifications():
         assert f'data-notification="{n.id}"' in page.text
     assert page.text.count('data-attempt="webhook" data-ok="no"') == 8
     assert page.text.count('data-attempt="webhook" data-ok="yes"') == 2
+    assert f'href="/console/notifications?saga={first}"' in saga_page.text
+    assert one.text.count("data-notification=") == 1 and f"dead_letter:{first}:" in one.text
     [shown] = api.json()
     assert shown["state"] == "DELIVERED" and [a["status_code"] for a in shown["attempt_log"]] == [
         None, None, None, None, None, 200]
@@ -235,6 +239,11 @@ def test_a_webhook_without_a_secret_and_a_bad_bound_are_refused(rt: Runtime) -> 
     rt.settings = rt.settings.model_copy(update={"notify_webhook_secret": None})
     with pytest.raises(DefinitionError, match="SAGA_NOTIFY_WEBHOOK_SECRET"):
         _ = rt.notifier
+    from celery import Celery
+
+    from workflows import install
+    with pytest.raises(DefinitionError, match="SAGA_NOTIFY_WEBHOOK_SECRET"):  # a worker does not start
+        install(Celery("notify-refused", broker="memory://"), settings=rt.settings)
     with pytest.raises(DefinitionError, match="stuck_after must be seconds > 0"):
         Saga("notify.bad", stuck_after=0, steps=[Step("a", action=act, compensation=None)])
     assert Saga("notify.ok", stuck_after=timedelta(minutes=2), steps=[
@@ -261,3 +270,50 @@ def test_the_metrics_count_runs_without_progress_and_notifications_by_state(rt: 
     assert got[("saga_notifications", (("state", "PENDING"),))] == 0  # not recorded until a sweep
     _sweep(rt)
     assert samples()[("saga_notifications", (("state", "PENDING"),))] == 1
+
+
+def test_a_step_whose_worker_was_lost_gives_one_lost_worker_notification(rt: Runtime, worker: Worker, clock: Clock,
+                                                                         receiver: Receiver) -> None:
+    receiver.start()
+    # Given step a ran, and the message of b was taken by a worker that died (never reported on)
+    saga_id = start_saga("notify.line", {})
+    [first] = worker.dispatcher.steps()
+    worker.dispatcher.sent.clear()
+    worker.deliver(first)
+    assert [m.step for m in worker.dispatcher.steps()] == ["b"]
+    worker.dispatcher.sent.clear()  # b's message is lost with its worker
+
+    # When b's deadline (30 s + the grace) passes and the sweeper times it out
+    clock.advance(60)
+    report = _sweep(rt)
+    worker.drain()  # a's compensation
+    assert report.timed_out == [f"{saga_id}:b"] and rt.store.get(saga_id).state == "COMPENSATED"
+
+    # Then one lost_worker notification, delivered once; more sweeps add nothing
+    [n] = list_notifications(saga_id=saga_id)
+    assert (n.kind, n.body["step"], n.state) == ("lost_worker", "b", "DELIVERED")
+    clock.advance(3600)
+    _sweep(rt)
+    assert len(list_notifications(saga_id=saga_id)) == 1 and len(receiver.requests) == 1
+
+
+def test_sagas_notifications_on_the_command_line(rt: Runtime, worker: Worker, clock: Clock,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from workflows.interfaces import cli
+
+    monkeypatch.setattr(cli, "_runtime", lambda: rt)
+    # Given a notification the webhook (down) has not taken
+    saga_id = start_saga("notify.line", exhausting_b())
+    settle(worker, clock)
+
+    out = CliRunner().invoke(cli.main, ["notifications", "--state", "pending", "--json"])
+    assert out.exit_code == 0, out.output
+    [n] = json.loads(out.output)
+    assert n["saga_id"] == saga_id and n["kind"] == "dead_letter" and n["next_attempt_at"]
+    assert [(a["target"], a["ok"]) for a in n["attempt_log"]] == [("log", True), ("webhook", False)]
+    table = CliRunner().invoke(cli.main, ["notifications", "--saga", saga_id])
+    assert table.exit_code == 0 and "1 notification(s)" in table.output and "dead_letter" in table.output
