@@ -70,7 +70,8 @@ def test_every_endpoint_but_healthz_refuses_a_missing_or_wrong_token(api_app):  
     anonymous = TestClient(api_app)
     endpoints = [(method.upper(), path) for path, item in api_app.openapi()["paths"].items() if path != "/healthz"
                  for method in item]
-    assert len(endpoints) == 20  # every endpoint but /healthz (signals; saga-versions and move; one saga type)
+    assert len(endpoints) == 21  # every endpoint but /healthz (signals; saga-versions and move; one saga type;
+    # notifications)
 
     for method, template in endpoints:
         path = template.replace("{saga_type}", "order_fulfillment").replace("{saga_id}", "x").replace("{dl_id}", "x")

@@ -3,7 +3,8 @@
 Each test takes the store as the one Protocol it exercises (`workflows.store.base`): what the
 API and the operators read (`Queries`, `DeadLetterDesk`), the console and the metrics
 (`ConsoleQueries`, `Metrics`), the sweeper (`Sweeps`), versioned definitions (`WorkerVersions`),
-the choreography's event log (`EventLog`) and the caller's transaction (`CallerTransactions`).
+the choreography's event log (`EventLog`), the caller's transaction (`CallerTransactions`) and the
+notifications (`Notices`).
 The module has a PostgreSQL database of its own (its runs are due, its dead letters unsent: the
 shared database's sweeps and counts must not see them); each test names its own saga type and
 reads only its runs."""
@@ -22,8 +23,9 @@ from tests.support.runs import apply, create_run
 from tests.support.stores import BACKENDS, open_backend
 from workflows import DeadLetterNotFound, IdempotencyConflict, Saga, Step, Wait
 from workflows.core.state import ActionFailed, ActionSucceeded, DeadLetter, ErrorInfo, HistoryEvent
-from workflows.store.base import (CallerTransactions, ConsoleQueries, DeadLetterDesk, EventLog, Metrics, Queries,
-                                  Recorder, SagaStore, Sweeps, WorkerVersions)
+from workflows.store.base import (CallerTransactions, ConsoleQueries, DeadLetterDesk, EventLog, Metrics, Notices,
+                                  Queries, Recorder, SagaStore, Sweeps, WorkerVersions)
+from workflows.store.notifications import NewNotification
 from workflows.store.db import get_engine
 from workflows.store.records import (DeadLetterGroup, DeadLetterQuery, ParkedStep, RecordedDefinition, RunCounts,
                                      SagaQuery, VersionCount)
@@ -252,3 +254,43 @@ def test_the_caller_transaction_sees_its_own_run_and_acts_only_after_its_commit(
         assert fired == [s.name]
         assert (store.saga_type(run.saga_id) == s.name) is commit
         assert ("Noted" in [e.type for e in store.history(run.saga_id)]) is commit
+
+
+def test_the_notices_are_recorded_once_claimed_by_one_deliverer_and_retried_until_delivered(store: SagaStore) -> None:
+    notices: Notices = store
+    at = now()
+    run = create_run(store, saga("notices"), {"n": 1}, now=at)
+    key = f"failed:{run.saga_id}:2"
+    body = {"id": key, "kind": "failed", "saga_id": run.saga_id, "reason": "stuck"}
+    new = NewNotification(key, "failed", run.saga_id, "notices", body)
+
+    # recorded once: a second insert of the same key (a resend, another sweeper) changes nothing
+    assert notices.record_notifications([new], state="PENDING", now=at) == [key]
+    assert notices.record_notifications([new], state="PENDING", now=at + timedelta(seconds=1)) == []
+    assert key in notices.due_notifications(at, MANY)
+
+    # claimed by one deliverer only; not due while the lease lasts
+    claimed = notices.claim_notification(key, at, at + timedelta(minutes=1))
+    assert claimed is not None and claimed.body == body and claimed.attempts == 0
+    assert notices.claim_notification(key, at, at + timedelta(minutes=1)) is None
+    assert key not in notices.due_notifications(at + timedelta(seconds=30), MANY)
+
+    # a failed attempt is kept and makes it due again at its backoff; a delivered one never again
+    notices.notification_attempted(key, target="webhook", at=at, ok=False, error="refused",
+                                   next_attempt_at=at + timedelta(seconds=10))
+    assert key not in notices.due_notifications(at + timedelta(seconds=5), MANY)
+    assert key in notices.due_notifications(at + timedelta(seconds=10), MANY)
+    assert notices.claim_notification(key, at + timedelta(seconds=10), at + timedelta(minutes=2)) is not None
+    notices.notification_attempted(key, target="webhook", at=at + timedelta(seconds=11), ok=True, status_code=204)
+    assert key not in notices.due_notifications(at + timedelta(days=1), MANY)
+    assert notices.claim_notification(key, at + timedelta(days=1), at + timedelta(days=2)) is None
+    [shown] = notices.notifications(saga_id=run.saga_id)
+    assert (shown.state, shown.attempts, shown.delivered_at) == ("DELIVERED", 2, at + timedelta(seconds=11))
+    assert [(a.ok, a.status_code, a.error) for a in notices.notification_attempts([key])[key]] == [
+        (False, None, "refused"), (True, 204, None)]
+    assert notices.notification_counts().get("DELIVERED", 0) >= 1
+
+    # a RUNNING run unchanged since `at` is idle before a later time, not before `at`
+    idle = {r.saga_id: r for r in notices.runs_without_progress(at + timedelta(hours=1), MANY)}
+    assert run.saga_id in idle and idle[run.saga_id].state == "RUNNING"
+    assert run.saga_id not in {r.saga_id for r in notices.runs_without_progress(at, MANY)}
