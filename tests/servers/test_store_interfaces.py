@@ -268,6 +268,7 @@ def test_the_notices_are_recorded_once_claimed_by_one_deliverer_and_retried_unti
     assert notices.record_notifications([new], state="PENDING", now=at) == [key]
     assert notices.record_notifications([new], state="PENDING", now=at + timedelta(seconds=1)) == []
     assert key in notices.due_notifications(at, MANY)
+    assert notices.recorded_notifications([key, f"failed:{run.saga_id}:3"]) == {key}
 
     # claimed by one deliverer only; not due while the lease lasts
     claimed = notices.claim_notification(key, at, at + timedelta(minutes=1))

@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 
 from workflows.core.errors import SagaNotFound
 from workflows.core.registry import SagaRegistry
-from workflows.notifications.notices import no_progress_notice
+from workflows.notifications.notices import NO_PROGRESS, no_progress_notice
 from workflows.notifications.notifier import Notifier
 from workflows.store.base import SagaStore
+from workflows.store.notifications import IdleRun
 
 log = logging.getLogger("workflows.notifications")
 
@@ -30,16 +31,23 @@ def record_idle_runs(store: SagaStore, notifier: Notifier, definitions: SagaRegi
     bounds = [b for b in (default, *(s.stuck_seconds for s in definitions.definitions())) if b]
     if not bounds:
         return []
+    idle = [r for r in store.runs_without_progress(now - timedelta(seconds=min(bounds)), limit)
+            if _past(r, bound_of(definitions, r.saga_type, r.saga_version, default), now)]
+    known = store.recorded_notifications([f"{NO_PROGRESS}:{r.saga_id}:{r.version}" for r in idle])
     bodies = []
-    for idle in store.runs_without_progress(now - timedelta(seconds=min(bounds)), limit):
-        bound = bound_of(definitions, idle.saga_type, idle.saga_version, default)
-        if not bound or idle.updated_at >= now - timedelta(seconds=bound):
-            continue
+    for r in idle:
+        if f"{NO_PROGRESS}:{r.saga_id}:{r.version}" in known:
+            continue  # recorded by an earlier sweep: once is enough
         try:
-            run = store.load(idle.saga_id)
+            run = store.load(r.saga_id)
         except SagaNotFound:
             continue
-        if run.version != idle.version:
+        if run.version != r.version:
             continue  # it moved meanwhile
-        bodies.append(no_progress_notice(run, now, idle_since=idle.updated_at, bound=bound, link=notifier.link))
+        bound = bound_of(definitions, r.saga_type, r.saga_version, default)
+        bodies.append(no_progress_notice(run, now, idle_since=r.updated_at, bound=bound, link=notifier.link))
     return notifier.record(bodies) if bodies else []
+
+
+def _past(run: IdleRun, bound: float, now: datetime) -> bool:
+    return bool(bound) and run.updated_at < now - timedelta(seconds=bound)
