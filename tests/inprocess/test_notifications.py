@@ -235,15 +235,16 @@ def test_without_a_webhook_a_notification_is_only_logged(rt: Runtime, worker: Wo
 
 
 def test_a_webhook_without_a_secret_and_a_bad_bound_are_refused(rt: Runtime) -> None:
-    rt._notifier = None
-    rt.settings = rt.settings.model_copy(update={"notify_webhook_secret": None})
-    with pytest.raises(DefinitionError, match="SAGA_NOTIFY_WEBHOOK_SECRET"):
-        _ = rt.notifier
     from celery import Celery
 
     from workflows import install
+    from workflows.notifications.setup import webhook_of
+
+    unsigned = rt.settings.model_copy(update={"notify_webhook_secret": None})
+    with pytest.raises(DefinitionError, match="SAGA_NOTIFY_WEBHOOK_SECRET"):
+        webhook_of(unsigned)
     with pytest.raises(DefinitionError, match="SAGA_NOTIFY_WEBHOOK_SECRET"):  # a worker does not start
-        install(Celery("notify-refused", broker="memory://"), settings=rt.settings)
+        install(Celery("notify-refused", broker="memory://"), settings=unsigned)
     with pytest.raises(DefinitionError, match="stuck_after must be seconds > 0"):
         Saga("notify.bad", stuck_after=0, steps=[Step("a", action=act, compensation=None)])
     assert Saga("notify.ok", stuck_after=timedelta(minutes=2), steps=[
