@@ -259,6 +259,9 @@ def test_the_wheel_holds_the_library_and_nothing_of_the_example(project: tuple[P
     assert not any(p.startswith(str(ROOT)) for p in path), path
     # `sagas migrate` from the wheel: the saga tables
     assert "schema is at the newest revision" in run(["sagas", "migrate"], src, env)
+    # the alert rules are package data of the wheel
+    rules = run(["python", "-c", "import workflows.alerts as a; print(a.RULES, a.RULES.is_file())"], src.parent, env)
+    assert "site-packages" in rules and rules.strip().endswith("sagas.rules.yml True"), rules
 
 
 def test_a_teams_project_completes_one_saga_and_compensates_another_over_http(
