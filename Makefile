@@ -46,9 +46,10 @@ $(VENV)/.bench-stamp: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $(VENV)/.bench-stamp
 
-bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL); a step's cost with tracing off and on
+bench: $(VENV)/.bench-stamp  ## throughput and latency against Celery chains, groups and DBOS (Redis + PostgreSQL); a step's cost with tracing, and with the Kafka, Redis and notification projections, off and on
 	$(BIN)/python bench/run.py --n $(BENCH_N)
 	$(BIN)/python bench/tracing_cost.py --n $(BENCH_N)
+	$(BIN)/python bench/projections.py --n $(BENCH_N)
 
 HOSTS ?= 1,2,3
 HOSTS_N ?= 120
