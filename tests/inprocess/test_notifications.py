@@ -28,16 +28,27 @@ from tests.support.webhook_receiver import Receiver, free_port
 SECRET = "notify-test-secret"
 TOKEN = "notify-token"
 
-LINE = register_saga(Saga("notify.line", steps=[
-    Step("a", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
-    Step("b", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
-]))
-SLOW = register_saga(Saga("notify.slow", stuck_after=timedelta(minutes=10), steps=[
-    Step("a", action=act, compensation=undo, retry=POLICY, timeout=7200),
-]))
-PLAIN_SLOW = register_saga(Saga("notify.plain_slow", steps=[
-    Step("a", action=act, compensation=undo, retry=POLICY, timeout=7200),
-]))
+SAGAS = [
+    Saga("notify.line", steps=[
+        Step("a", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+        Step("b", action=act, compensation=undo, retry=POLICY, compensation_retry=POLICY, timeout=30),
+    ]),
+    Saga("notify.slow", stuck_after=timedelta(minutes=10), steps=[
+        Step("a", action=act, compensation=undo, retry=POLICY, timeout=7200),
+    ]),
+    Saga("notify.plain_slow", steps=[
+        Step("a", action=act, compensation=undo, retry=POLICY, timeout=7200),
+    ]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _sagas(saga_registries: None) -> None:
+    """Registered per test (the kit restores the registry after it), not at import: a step with a
+    two-hour time limit in the process's registry would fail a Redis worker's visibility-timeout
+    check in a session that runs every tier."""
+    for saga in SAGAS:
+        register_saga(saga)
 
 
 @pytest.fixture
