@@ -27,6 +27,7 @@ from workflows.orchestration.step_task import make_step_task
 from workflows.runtime.brokers import check_sentinel, is_amqp, use_quorum_queues
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
+from workflows.runtime.sealing import check_declared
 from workflows.runtime.timer_heap import CompactTimerHeap
 from workflows.runtime.visibility import KOMBU_DEFAULT_VISIBILITY_TIMEOUT, check_visibility_timeout, is_redis
 
@@ -45,6 +46,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     _check_visibility_timeout(app, settings)
 
     runtime = Runtime(app=app, settings=settings)
+    check_declared(runtime.sealer, registry.definitions())  # a sensitive field with no key: refuse to start
     set_runtime(runtime)
     for st in step_tasks.all():
         make_step_task(app, st)

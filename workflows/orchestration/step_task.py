@@ -39,6 +39,7 @@ from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import message_for
 from workflows.runtime.hand_on import MAX_HANDOFFS, handoff_delay
 from workflows.runtime.poison import dead_letter_message
+from workflows.runtime.sealing import open_input
 from workflows.runtime.step_report import Delivery, HandOn, StepReport
 from workflows.runtime.tracing import NO_TRACING, Attempts, trace_headers
 
@@ -104,15 +105,17 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                         results, result, handoffs, inline_queues, error)
 
     def work(definition: Saga, run: RunState) -> tuple[Outcome, BaseException | None]:
+        # the one place a sealed field is opened: in memory, for the step function only
+        clear = open_input(rt.sealer, input)
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
-                          task_id=delivery.task_id, input=input, results=results or {}, result=result,
-                          error=StepError.from_message(error), item=definition.item(step, input),
+                          task_id=delivery.task_id, input=clear, results=results or {}, result=result,
+                          error=StepError.from_message(error), item=definition.item(step, clear),
                           saga_version=run.saga_version)
         if limit is None:
-            outcome, failure = run_function(definition, st, ctx, input)
+            outcome, failure = run_function(definition, st, ctx, clear)
         else:
             with soft_limit(limit):
-                outcome, failure = run_function(definition, st, ctx, input)
+                outcome, failure = run_function(definition, st, ctx, clear)
         if failure is not None:
             spans.failed(failure)
         return outcome, failure

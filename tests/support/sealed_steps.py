@@ -1,0 +1,49 @@
+"""Step functions of the sealed-field tests (tests/inprocess/test_sealed_fields.py): each records
+the input it was given, so a test can check the function saw the clear value.
+
+`seen` is cleared by the tests that read it."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from workflows import PermanentError, StepContext, step_task
+
+seen: list[tuple[str, str, Any]] = []
+"""(kind, step, the card the function was given) of every call."""
+
+
+class Payment(BaseModel):
+    card: str = Field(pattern=r"^\d{12,19}$")
+
+
+class CardOrder(BaseModel):
+    order_id: str
+    payment: Payment
+    decline: bool = False
+
+
+def _card(data: dict[str, Any]) -> Any:
+    return data.get("payment", {}).get("card")
+
+
+@step_task("sealed.charge", queue="sealed")
+def charge(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    seen.append((ctx.kind, ctx.step, _card(data)))
+    assert _card(ctx.input) == _card(data)  # the context's input is the clear one too
+    if data.get("decline"):
+        raise PermanentError(f"card ending {str(_card(data))[-4:]} was declined")
+    return {"last4": str(_card(data))[-4:]}
+
+
+@step_task("sealed.refund", queue="sealed")
+def refund(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    seen.append((ctx.kind, ctx.step, _card(data)))
+    return {"refunded": True}
+
+
+@step_task("sealed.typed", queue="sealed")
+def typed(ctx: StepContext, order: CardOrder) -> dict[str, Any]:
+    seen.append((ctx.kind, ctx.step, order.payment.card))
+    return {"typed_last4": order.payment.card[-4:]}
