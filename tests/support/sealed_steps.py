@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from workflows import PermanentError, StepContext, step_task
+from workflows import PermanentError, Saga, Step, StepContext, register_saga, step_task
 
 seen: list[tuple[str, str, Any]] = []
 """(kind, step, the card the function was given) of every call."""
@@ -47,3 +47,21 @@ def refund(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
 def typed(ctx: StepContext, order: CardOrder) -> dict[str, Any]:
     seen.append((ctx.kind, ctx.step, order.payment.card))
     return {"typed_last4": order.payment.card[-4:]}
+
+
+@step_task("sealed.rotation_charge", queue="sealed_rotation")
+def rotation_charge(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    """Charges the card it is given (a server test's worker: its result names the last four digits)."""
+    return {"last4": str(_card(data))[-4:]}
+
+
+@step_task("sealed.rotation_refund", queue="sealed_rotation")
+def rotation_refund(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    return {"refunded": str(_card(data))[-4:]}
+
+
+ROTATION = register_saga(Saga("sealed.rotation", sensitive=("payment.card",), input_model=CardOrder, steps=[
+    Step("charge", action=rotation_charge, compensation=rotation_refund),
+    Step("again", action=rotation_charge, compensation=None),
+]))
+"""The saga of tests/servers/test_key_rotation.py, on a queue only its worker consumes."""
