@@ -65,3 +65,26 @@ ROTATION = register_saga(Saga("sealed.rotation", sensitive=("payment.card",), in
     Step("again", action=rotation_charge, compensation=None),
 ]))
 """The saga of tests/servers/test_key_rotation.py, on a queue only its worker consumes."""
+
+
+@step_task("sealed.tokenize", queue="sealed")
+def tokenize(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    """A result with a sensitive field (`token`, the card itself here) beside a plain one."""
+    seen.append((ctx.kind, ctx.step, _card(data)))
+    return {"token": f"tok-{_card(data)}", "last4": str(_card(data))[-4:]}
+
+
+@step_task("sealed.detokenize", queue="sealed")
+def detokenize(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    """A compensation: its action's result, opened."""
+    seen.append((ctx.kind, ctx.step, (ctx.result or {}).get("token")))
+    return {"undone": True}
+
+
+@step_task("sealed.use_token", queue="sealed")
+def use_token(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    """A later step: the earlier result, opened; fails for good when the input says `decline`."""
+    seen.append((ctx.kind, ctx.step, ctx.results["tokenize"]["token"]))
+    if data.get("decline"):
+        raise PermanentError("declined")
+    return {"used": True}

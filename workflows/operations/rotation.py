@@ -4,7 +4,7 @@
 
 Put the new key first in `SAGA_FIELD_KEYS` (keep the old ones after it) on every process and
 restart them; new seals then use it, and every process still opens the old. This rewrites what
-is stored under an older key: runs' inputs, then dead letters' messages, each batch one short
+is stored under an older key: runs' inputs, steps' results, then dead letters' messages, each batch one short
 transaction (`store.sealed_rows`). A message already in the broker keeps its old envelope until
 it is delivered (the old key still opens it); the next message of its run is made from the
 rewritten input. Once no envelope names the old key (`remaining` is 0) and no message of before
@@ -27,6 +27,7 @@ class RotationReport:
     """The current key everything was re-sealed into."""
     runs: int = 0
     """Runs whose input was rewritten."""
+    step_results: int = 0
     dead_letters: int = 0
     batches: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
@@ -41,7 +42,8 @@ def rotate(rt: Runtime, *, batch: int = 200) -> RotationReport:
     rows = SealedRows(rt.settings.resolved_database_url())
     report = RotationReport(sealer.current)
     rewrite = sealer.reseal_all
-    for step, attr in ((rows.reseal_runs, "runs"), (rows.reseal_dead_letters, "dead_letters")):
+    for step, attr in ((rows.reseal_runs, "runs"), (rows.reseal_step_results, "step_results"),
+                       (rows.reseal_dead_letters, "dead_letters")):
         after: str | None = ""
         while after is not None:
             after, changed = step(rewrite, after=after, limit=batch)
@@ -64,7 +66,7 @@ def count_old(rows: SealedRows, sealer: Sealer) -> dict[str, int]:
             map_sealed(value, count)
         return value
 
-    for step in (rows.reseal_runs, rows.reseal_dead_letters):
+    for step in (rows.reseal_runs, rows.reseal_step_results, rows.reseal_dead_letters):
         after: str | None = ""
         while after is not None:
             after, _ = step(note, after=after, limit=1000)

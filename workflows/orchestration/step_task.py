@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery, Task
 
 from workflows.core.definition import Saga
+from workflows.core.outcomes import ActionSucceeded
 from workflows.core.state import Command, Outcome, RunState, Transition
 from workflows.core.steps import StepContext, StepError, StepTask
 from workflows.orchestration import crash_points
@@ -39,7 +40,7 @@ from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import message_for
 from workflows.runtime.hand_on import MAX_HANDOFFS, handoff_delay
 from workflows.runtime.poison import dead_letter_message
-from workflows.runtime.sealing import open_input
+from workflows.runtime.sealing import open_input, seal_result
 from workflows.runtime.step_report import Delivery, HandOn, StepReport
 from workflows.runtime.tracing import NO_TRACING, Attempts, trace_headers
 
@@ -108,7 +109,8 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
         # the one place a sealed field is opened: in memory, for the step function only
         clear = open_input(rt.sealer, input)
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
-                          task_id=delivery.task_id, input=clear, results=results or {}, result=result,
+                          task_id=delivery.task_id, input=clear, results=open_input(rt.sealer, results or {}),
+                          result=open_input(rt.sealer, result),
                           error=StepError.from_message(error), item=definition.item(step, clear),
                           saga_version=run.saga_version)
         if limit is None:
@@ -118,6 +120,8 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                 outcome, failure = run_function(definition, st, ctx, clear)
         if failure is not None:
             spans.failed(failure)
+        if isinstance(outcome, ActionSucceeded):  # sealed before it is recorded or sent on
+            outcome = replace(outcome, result=seal_result(rt.sealer, definition.step(step), outcome.result))
         return outcome, failure
 
     spans.begin(saga_id=saga_id, saga_type=saga, saga_version=saga_version, step=step, side=kind, attempt=attempt,

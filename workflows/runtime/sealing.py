@@ -27,7 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from workflows.core.definition import Saga
+from workflows.core.definition import Saga, Step
 from workflows.core.errors import SealingError
 from workflows.core.sealed import SEALED, has_sealed, is_sealed, map_paths, map_sealed
 from workflows.runtime.settings import Settings
@@ -131,6 +131,16 @@ def seal_input(sealer: Sealer | None, saga: Saga, data: dict[str, Any]) -> dict[
     return sealer.seal(saga, data)
 
 
+def seal_result(sealer: Sealer | None, step: Step, result: dict[str, Any]) -> dict[str, Any]:
+    """An action's `result` with the fields `step` declares sensitive sealed (before it is recorded)."""
+    if not step.sensitive_result:
+        return result
+    if sealer is None:
+        raise SealingError(f"step {step.name!r} declares sensitive result fields {', '.join(step.sensitive_result)} "
+                           "and no key is configured: set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY")
+    return map_paths(result, step.sensitive_result, lambda v: v if is_sealed(v) else sealer.seal_value(v))
+
+
 def open_input(sealer: Sealer | None, value: Any) -> Any:
     """`value` opened; `SealingError` if it holds an envelope and no key is configured."""
     if not has_sealed(value):
@@ -143,10 +153,15 @@ def open_input(sealer: Sealer | None, value: Any) -> Any:
 
 def check_declared(sealer: Sealer | None, sagas: list[Saga]) -> None:
     """At startup: `SealingError` naming each saga whose sensitive fields no key can seal."""
-    missing = [f"{s.name} v{s.version} ({', '.join(s.sensitive)})" for s in sagas if s.sensitive]
+    missing = [f"{s.name} v{s.version} ({', '.join(declared(s))})" for s in sagas if declared(s)]
     if missing and sealer is None:
         raise SealingError(f"sensitive fields are declared and no key is configured: {'; '.join(missing)}. "
                            "Set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY (docs: operations/security)")
+
+
+def declared(saga: Saga) -> list[str]:
+    """The sensitive fields `saga` declares: of its input, and of its steps' results (`step:path`)."""
+    return [*saga.sensitive, *(f"{st.name}:{p}" for st in saga.plan.task_steps for p in st.sensitive_result)]
 
 
 def parse_keys(raw: str) -> tuple[tuple[str, bytes], ...]:

@@ -1,4 +1,5 @@
-"""The rows that hold sealed fields, for `sagas rotate-key`: runs' inputs and dead letters' messages.
+"""The rows that hold sealed fields, for `sagas rotate-key`: runs' inputs, steps' results, dead
+letters' messages.
 
 `SealedRows(url)` on the saga store's database (its own engine, shared per URL). Each batch is one
 short transaction that locks the rows it rewrites (`FOR UPDATE` on PostgreSQL; SQLite's write
@@ -16,7 +17,7 @@ from sqlalchemy import String, cast, select, update
 
 from workflows.core.sealed import SEALED
 from workflows.store.db import get_engine
-from workflows.store.models import DeadLetterRow, SagaRow
+from workflows.store.models import DeadLetterRow, SagaRow, StepRow
 
 Rewrite = Callable[[Any], Any]
 """A value with its envelopes resealed (the same object when there was nothing to change)."""
@@ -45,6 +46,29 @@ class SealedRows:
                     conn.execute(update(SagaRow).where(SagaRow.id == saga_id).values(input=new))
                     changed += 1
         return (rows[-1][0] if rows else None), changed
+
+    def reseal_step_results(self, rewrite: Rewrite, *, after: str, limit: int) -> tuple[str | None, int]:
+        """The same for steps' results (`Step(sensitive_result=...)`), the steps of `limit` runs at a
+        time. A transition writing a step's result waits for the lock and its own value stands; one
+        decided on a result read before the rewrite may write the older envelope back (still opened
+        by the old key, counted in `remaining`: run the rotation again)."""
+        with self.engine.begin() as conn:
+            holds = cast(StepRow.result, String).like(_HOLDS)
+            ids = conn.scalars(select(StepRow.saga_id).where(StepRow.saga_id > after, holds).distinct()
+                               .order_by(StepRow.saga_id).limit(limit)).all()
+            if not ids:
+                return None, 0
+            q = select(StepRow.saga_id, StepRow.index, StepRow.result).where(StepRow.saga_id.in_(ids), holds)
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()
+            changed = 0
+            for saga_id, index, result in conn.execute(q).all():
+                new = rewrite(result)
+                if new is not result:
+                    conn.execute(update(StepRow).where(StepRow.saga_id == saga_id, StepRow.index == index)
+                                 .values(result=new))
+                    changed += 1
+        return ids[-1], changed
 
     def reseal_dead_letters(self, rewrite: Rewrite, *, after: str, limit: int) -> tuple[str | None, int]:
         """The same for dead letters' messages (a step message keeps its run's input)."""

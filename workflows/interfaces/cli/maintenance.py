@@ -132,7 +132,8 @@ def rotate_key(batch: int, as_json: bool) -> None:
     if as_json:
         echo_json(report.__dict__)
         return
-    click.echo(f"re-sealed under key {report.key!r}: {report.runs} run(s), {report.dead_letters} dead letter(s) "
+    click.echo(f"re-sealed under key {report.key!r}: {report.runs} run(s), {report.step_results} step result(s), "
+               f"{report.dead_letters} dead letter(s) "
                f"in {report.batches} batch(es); still under another key: {report.remaining or 'none'}")
 
 
