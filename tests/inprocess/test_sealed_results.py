@@ -88,3 +88,17 @@ def test_rotate_reseals_inputs_results_and_dead_letters_into_the_new_key(rt: Run
     view = get_saga(done)
     assert view.input["payment"]["card"]["kid"] == "new2" and view.steps[0].result["token"]["kid"] == "new2"
     assert rotate(rt).runs == 0  # nothing left
+
+
+def test_an_envelope_under_a_key_no_longer_held_fails_its_step_naming_the_key(rt: Runtime, saga_kit: Any) -> None:
+    saga_id = start_saga("sealed.tokens", order())
+    # the old key dropped too early (before the rotation, or with messages of before it still queued)
+    rt.settings = rt.settings.model_copy(update={"field_keys": SecretStr(NEW)})
+    rt._sealer = None
+    saga_kit.settle()
+
+    view = get_saga(saga_id)
+    [tok] = [s for s in view.steps if s.name == "tokenize"]
+    assert view.state == "COMPENSATED" and tok.status == "FAILED"
+    assert tok.error is not None and "SealingError" in tok.error and "'old1'" in tok.error
+    assert sealed_steps.seen == []  # the function never ran

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -106,18 +107,23 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
                         results, result, handoffs, inline_queues, error)
 
     def work(definition: Saga, run: RunState) -> tuple[Outcome, BaseException | None]:
-        # the one place a sealed field is opened: in memory, for the step function only
-        clear = open_input(rt.sealer, input)
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
-                          task_id=delivery.task_id, input=clear, results=open_input(rt.sealer, results or {}),
-                          result=open_input(rt.sealer, result),
-                          error=StepError.from_message(error), item=definition.item(step, clear),
-                          saga_version=run.saga_version)
+                          task_id=delivery.task_id, input=input, results=results or {}, result=result,
+                          error=StepError.from_message(error), saga_version=run.saga_version)
+
+        def opened(ctx: StepContext, data: dict[str, Any]) -> tuple[StepContext, dict[str, Any]]:
+            # the one place a sealed field is opened: in memory, for the step function only (a key
+            # this process does not hold fails the attempt, as the function raising would)
+            clear = open_input(rt.sealer, data)
+            return replace(ctx, input=clear, results=open_input(rt.sealer, ctx.results),
+                           result=open_input(rt.sealer, ctx.result), item=definition.item(step, clear)), clear
+
+        task = Opening(st.name, st.queue, st.fn, st.signature, opened)
         if limit is None:
-            outcome, failure = run_function(definition, st, ctx, clear)
+            outcome, failure = run_function(definition, task, ctx, input)
         else:
             with soft_limit(limit):
-                outcome, failure = run_function(definition, st, ctx, clear)
+                outcome, failure = run_function(definition, task, ctx, input)
         if failure is not None:
             spans.failed(failure)
         if isinstance(outcome, ActionSucceeded):  # sealed before it is recorded or sent on
@@ -138,6 +144,18 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
             return RetrySelf(args, kwargs, countdown, done.error, rt.tracing.message_headers(t.after, cmd) or None)
     return t
+
+
+@dataclass(frozen=True)
+class Opening(StepTask):
+    """A step task called with its message's sealed fields opened first (`runtime.sealing`)."""
+
+    open: Callable[[StepContext, dict[str, Any]], tuple[StepContext, dict[str, Any]]] | None = None
+
+    def __call__(self, ctx: StepContext, data: dict[str, Any]) -> Any:
+        if self.open is not None:
+            ctx, data = self.open(ctx, data)
+        return super().__call__(ctx, data)
 
 
 # ------------------------------------------------------------------ the Celery task
