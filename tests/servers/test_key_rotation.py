@@ -22,7 +22,7 @@ from tests.support.interfaces import wait_until
 from tests.support.workers import WorkerProcess, worker_env
 from workflows.core.sealed import is_sealed
 from workflows.interfaces import cli
-from workflows.operations.client import start_saga
+from workflows.operations.client import first_step_publisher, record_start, start_saga
 from workflows.operations.rotation import rotate
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.settings import Settings
@@ -76,16 +76,20 @@ def test_runs_keep_completing_during_the_rotation_and_no_envelope_names_the_old_
     after = runtime(app, rotation_db, f"{NEW},{OLD}")
     in_flight = [i for i in cards if after.store.load(i).status.value == "RUNNING"]
 
-    def start_more() -> None:
-        with activate(runtime(app, rotation_db, f"{NEW},{OLD}")):
-            for i in range(20):
-                c = card()
-                cards[start_saga("sealed.rotation", {"order_id": f"n-{i}", "payment": {"card": c}})] = c
+    def start_more() -> None:  # on its own runtime, given explicitly: `activate` is process-wide
+        rt = runtime(app, rotation_db, f"{NEW},{OLD}")
+        for i in range(20):
+            c = card()
+            saga_id, t = record_start(rt, "sealed.rotation", {"order_id": f"n-{i}", "payment": {"card": c}},
+                                      idempotency_key=None, saga_id=None, tx=None, start_at=None, countdown=None,
+                                      version=None)
+            assert t is not None
+            first_step_publisher(rt, t)()
+            cards[saga_id] = c
 
     more = threading.Thread(target=start_more)
     more.start()
-    with activate(after):
-        report = rotate(after, batch=5)
+    report = rotate(after, batch=5)
     more.join()
 
     # Then the rotation re-sealed the old runs while some were still running, and every run completed
