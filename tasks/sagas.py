@@ -159,6 +159,7 @@ class Settlement(BaseModel):
 order_paid_fulfillment = register_saga(Saga(
     "order_paid_fulfillment",
     input_model=Order,
+    sensitive=CARD,  # sealed in the run; the checkout choreography's events still carry it (not sealed)
     description="The hybrid's orchestrated half: started by the checkout choreography's OrderPlaced; reserve "
                 "stock, wait for the choreography's PaymentSettled event, then ship and confirm.",
     steps=[
