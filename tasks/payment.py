@@ -23,6 +23,7 @@ class Charged(BaseModel):
     payment_id: int = Field(gt=0)
     amount: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
     status: str = Field(description="CHARGED; VOIDED when a refund got there first")
+    card_last4: str = Field("", description="The last four digits of the card charged (the card itself is sealed)")
 
 
 @step_task("payment.charge", queue="payment")
@@ -36,7 +37,9 @@ def charge_payment(ctx: StepContext, order: dict[str, Any]) -> Charged:
         with transaction() as s:
             done = effects.charge(s, ctx.idempotency_key, ctx.saga_id, order)
         check_fault("payment", "after_action")
-    return Charged(payment_id=done.id, amount=Decimal(effects.money(done.amount)), status=done.status)
+    card = str(order.get("payment", {}).get("card", ""))
+    return Charged(payment_id=done.id, amount=Decimal(effects.money(done.amount)), status=done.status,
+                   card_last4=card[-4:])
 
 
 @step_task("payment.refund", queue="payment")

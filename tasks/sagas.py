@@ -35,6 +35,11 @@ class PaymentMethod(BaseModel):
     card: str = Field(pattern=r"^\d{12,19}$")
 
 
+CARD = ("payment.card",)
+"""The order's card number: sealed before the run is written or sent, opened only for the step
+function (docs: operations/security, "Sensitive fields")."""
+
+
 class Order(BaseModel):
     order_id: str = Field(min_length=1, max_length=64)
     customer_id: str = Field(min_length=1, max_length=64)
@@ -47,6 +52,7 @@ class Order(BaseModel):
 order_fulfillment = register_saga(Saga(
     "order_fulfillment",
     input_model=Order,
+    sensitive=CARD,
     description="Reserve stock, charge the card, book the shipment, confirm by e-mail.",
     steps=[
         Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
@@ -62,6 +68,7 @@ order_fulfillment = register_saga(Saga(
 order_fulfillment_parallel = register_saga(Saga(
     "order_fulfillment_parallel",
     input_model=Order,
+    sensitive=CARD,
     description="The seeds' parallel order: reserve stock and charge the card at once, then ship and confirm.",
     steps=[
         Parallel("prepare", [
@@ -98,6 +105,7 @@ def approved(approval: dict[str, Any]) -> bool:
 order_with_approval = register_saga(Saga(
     "order_approval",
     input_model=Order,
+    sensitive=CARD,
     description=f"Reserve stock; above {APPROVAL_LIMIT} wait up to two days for a manager's approval (signal "
                 "'approval'); then charge, ship and confirm. A rejection or no answer releases the stock.",
     steps=[
@@ -116,6 +124,7 @@ order_with_approval = register_saga(Saga(
 order_shipping = register_saga(Saga(
     "order_shipping",
     input_model=Order,
+    sensitive=CARD,
     description="Book the shipment of an order (run as the child saga of a checkout).",
     steps=[Step("create_shipment", action=create_shipment, compensation=cancel_shipment, timeout=30)],
 ))
@@ -124,6 +133,7 @@ order_shipping = register_saga(Saga(
 order_with_shipping = register_saga(Saga(
     "order_with_shipping",
     input_model=Order,
+    sensitive=CARD,
     description="Reserve stock, ship through the order_shipping saga, charge the card on dispatch, confirm.",
     steps=[
         Step("reserve_inventory", action=reserve_items, compensation=release_reservation, timeout=30),
@@ -149,6 +159,7 @@ class Settlement(BaseModel):
 order_paid_fulfillment = register_saga(Saga(
     "order_paid_fulfillment",
     input_model=Order,
+    sensitive=CARD,  # sealed in the run; the checkout choreography's events still carry it (not sealed)
     description="The hybrid's orchestrated half: started by the checkout choreography's OrderPlaced; reserve "
                 "stock, wait for the choreography's PaymentSettled event, then ship and confirm.",
     steps=[

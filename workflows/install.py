@@ -28,6 +28,7 @@ from workflows.runtime.brokers import check_sentinel, is_amqp, use_quorum_queues
 from workflows.notifications.setup import webhook_of
 from workflows.runtime.container import Runtime, get_runtime, set_runtime
 from workflows.runtime.settings import Settings, get_settings
+from workflows.runtime.sealing import check_declared
 from workflows.runtime.timer_heap import CompactTimerHeap
 from workflows.runtime.visibility import KOMBU_DEFAULT_VISIBILITY_TIMEOUT, check_visibility_timeout, is_redis
 
@@ -47,6 +48,7 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     webhook_of(settings)  # a webhook without its signing secret is refused here, not at the first failure
 
     runtime = Runtime(app=app, settings=settings)
+    check_declared(runtime.sealer, registry.definitions())  # a sensitive field with no key: refuse to start
     set_runtime(runtime)
     for st in step_tasks.all():
         make_step_task(app, st)

@@ -27,6 +27,9 @@ os.environ["SAGA_BROKER_URL"] = REDIS_URL
 os.environ["SAGA_DATABASE_URL"] = PG_URL
 os.environ["SAGA_EXTRA_MODULES"] = "tests.support.sagas"
 os.environ["SAGA_DISPATCH_GRACE"] = "1"
+# the example shop seals its orders' card numbers: fixed test keys (never a deployment's)
+os.environ.setdefault("SAGA_FIELD_KEYS", "t1:fCx7/5EEW5XYdi6l6DEi8a5/rAYpNKPVMCt0OLcv4QE=")
+os.environ.setdefault("SAGA_FIELD_HASH_KEY", "H7UqBjpn7x+uNaX662Vhwq7D+wBwwqpPjTZ1SpedLiY=")
 os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
 
 

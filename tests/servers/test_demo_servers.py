@@ -14,6 +14,8 @@ def test_the_same_demo_runs_on_rabbitmq_and_postgresql() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
     env["SAGA_BROKER_URL"] = os.environ["TEST_AMQP_URL"]
     env["SAGA_DATABASE_URL"] = os.environ["TEST_PG_URL"]
+    env["SAGA_FIELD_KEYS"] = os.environ["SAGA_FIELD_KEYS"]  # the example seals its orders' card numbers
+    env["SAGA_FIELD_HASH_KEY"] = os.environ["SAGA_FIELD_HASH_KEY"]
 
     done = subprocess.run([sys.executable, "-m", "tasks.demo"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)

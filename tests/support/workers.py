@@ -27,11 +27,12 @@ class WorkerProcess:
     """`celery -A worker worker` in a subprocess, stopped (or killed) by the test."""
 
     def __init__(self, name: str, queues: str, concurrency: int = 2, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, loglevel: str = "WARNING", args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.log = log or Path(f"/tmp/saga-test-worker-{name}-{os.getpid()}.log")
         cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "prefork", "-c", str(concurrency),
-               "-Q", queues, "-n", f"{name}@%h", "--loglevel=WARNING", "--without-gossip", "--without-mingle"]
+               "-Q", queues, "-n", f"{name}@%h", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+               *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env or worker_env(), stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

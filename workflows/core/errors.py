@@ -127,3 +127,8 @@ class VisibilityTimeoutTooShort(DefinitionError):
             f"above {needed:g}, or lower the step's timeout or its retry policy's max_interval")
         self.saga, self.step, self.kind = saga, step, kind
         self.needed, self.visibility_timeout = needed, visibility_timeout
+
+
+class SealingError(SagaError):
+    """Sensitive fields cannot be sealed or opened: no key configured, a key that does not parse,
+    an envelope naming a key this process does not hold, or one that does not decrypt."""

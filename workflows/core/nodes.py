@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from workflows.core.child import Child
 from workflows.core.errors import DefinitionError
 from workflows.core.names import NAME, REQUIRED, HasTaskName, task_name
+from workflows.core.sealed import check_paths
 from workflows.core.retry import DEFAULT_ACTION_POLICY, DEFAULT_COMPENSATION_POLICY, RetryPolicy
 from workflows.core.steps import StepTask
 from workflows.core.typed import declared_model
@@ -43,6 +44,10 @@ class Step:
     """A pydantic model the action's result must satisfy, checked when the action reports: a result
     that does not fit fails the step for good (`StepTypeError`, not retried). Default: the action's
     return annotation. Neither model is part of the saga's shape (`core.shape`)."""
+    sensitive_result: tuple[str, ...] = ()
+    """Dotted paths of fields of the action's result to keep sealed (`("card",)`): sealed by the
+    worker before the result is recorded or sent to a later step, opened for the step functions
+    that read it (`ctx.results`, a compensation's `ctx.result`), shown masked (`core.sealed`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -51,6 +56,8 @@ class Step:
                 "letters, digits, '_', '.', '-' (at most 100 characters)"
             )
         self._adopt_models()
+        object.__setattr__(self, "sensitive_result",
+                           check_paths(f"step {self.name!r}: sensitive_result", self.sensitive_result))
         object.__setattr__(self, "action", task_name(self.action, f"step {self.name!r}: action"))
         if self.compensation is REQUIRED:
             raise DefinitionError(

@@ -13,6 +13,7 @@ from workflows.core.errors import DefinitionError, InvalidInput, UnknownSaga
 from workflows.core.names import NAME
 from workflows.core.nodes import ForEach, Parallel, Step
 from workflows.core.plan import Node, Plan
+from workflows.core.sealed import check_paths, unsealed_errors
 from workflows.core.shape import fingerprint_of, shape_of
 from workflows.core.typed import field_errors, summary
 from workflows.core.wait import Wait
@@ -38,6 +39,9 @@ class Saga:
     stuck_after: float | timedelta | None = None
     """A RUNNING or COMPENSATING run unchanged for longer than this (seconds, or a timedelta) needs a
     person: the sweeper records a `no_progress` notification. None: the `SAGA_STUCK_AFTER` default."""
+    sensitive: tuple[str, ...] = ()
+    """Dotted paths of input fields to keep sealed (`("payment.card",)`): encrypted before the run is
+    written or any message sent, shown masked, opened only for the step function (`core.sealed`)."""
     plan: Plan = field(init=False, repr=False, compare=False)
     """Its nodes compiled: each row's stage, kind and policies per side."""
 
@@ -66,6 +70,7 @@ class Saga:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise DefinitionError(f"saga {self.name!r}: version must be an int >= 1 (got {self.version!r})")
         object.__setattr__(self, "steps", nodes)
+        object.__setattr__(self, "sensitive", check_paths(f"saga {self.name!r}", self.sensitive))
 
     @property
     def stuck_seconds(self) -> float | None:
@@ -154,12 +159,15 @@ class Saga:
         children = children or declared_child
         if self.input_model is not None:
             try:
-                model = self.input_model.model_validate(data)
+                clean: dict[str, Any] = self.input_model.model_validate(data).model_dump(mode="json")
             except ValidationError as e:
-                errors = field_errors(e)
-                raise InvalidInput(f"invalid input for saga {self.name!r}: {summary(errors, 'input')}",
-                                   errors) from None
-            clean: dict[str, Any] = model.model_dump(mode="json")
+                # an input already sealed (a child's, made from its parent's): a sealed field was
+                # checked in clear at its own door, and is kept as it is
+                errors = unsealed_errors(field_errors(e), data)
+                if errors or not isinstance(data, dict):
+                    raise InvalidInput(f"invalid input for saga {self.name!r}: {summary(errors, 'input')}",
+                                       errors) from None
+                clean = data
         elif not isinstance(data, dict):
             raise InvalidInput(f"input for saga {self.name!r} must be a JSON object, got {type(data).__name__}")
         else:
@@ -185,7 +193,9 @@ class Saga:
             try:
                 st.input_model.model_validate(data)
             except ValidationError as e:
-                mine = field_errors(e)
+                mine = unsealed_errors(field_errors(e), data)
+                if not mine:
+                    continue
                 errors += [{**x, "step": st.name} for x in mine]
                 parts.append(f"step {st.name!r} ({st.input_model.__name__}) reads {summary(mine, 'input')}")
         if errors:

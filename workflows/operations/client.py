@@ -18,6 +18,7 @@ from workflows.core.registry import definition_of
 from workflows.core.state import Transition
 from workflows.core.views import SagaView
 from workflows.runtime.container import Runtime, get_runtime
+from workflows.runtime.sealing import seal_input
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -100,6 +101,7 @@ def record_start(rt: Runtime, saga: Saga | str, data: Any, *, idempotency_key: s
             raise SagaError(f"saga {saga.name!r} version {saga.version} is not the registered definition of "
                             "that name and version")
     clean = definition.validate_input(data, registry.child_definition)
+    clean = seal_input(rt.sealer, definition, clean)  # validated in clear, stored and sent sealed
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise SagaError("idempotency_key must be a non-empty string of at most 200 characters")
     when = _start_time(rt, start_at, countdown)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
 
 from workflows.core.definition import Saga
+from workflows.core.outcomes import ActionSucceeded
 from workflows.core.state import Command, Outcome, RunState, Transition
 from workflows.core.steps import StepContext, StepError, StepTask
 from workflows.orchestration import crash_points
@@ -39,6 +41,7 @@ from workflows.runtime.delivery import DELIVERY_OPTIONS
 from workflows.runtime.dispatch import message_for
 from workflows.runtime.hand_on import MAX_HANDOFFS, handoff_delay
 from workflows.runtime.poison import dead_letter_message
+from workflows.runtime.sealing import open_input, seal_result
 from workflows.runtime.step_report import Delivery, HandOn, StepReport
 from workflows.runtime.tracing import NO_TRACING, Attempts, trace_headers
 
@@ -106,15 +109,25 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
     def work(definition: Saga, run: RunState) -> tuple[Outcome, BaseException | None]:
         ctx = StepContext(saga_id=saga_id, saga_type=saga, step=step, kind=kind, attempt=attempt,
                           task_id=delivery.task_id, input=input, results=results or {}, result=result,
-                          error=StepError.from_message(error), item=definition.item(step, input),
-                          saga_version=run.saga_version)
+                          error=StepError.from_message(error), saga_version=run.saga_version)
+
+        def opened(ctx: StepContext, data: dict[str, Any]) -> tuple[StepContext, dict[str, Any]]:
+            # the one place a sealed field is opened: in memory, for the step function only (a key
+            # this process does not hold fails the attempt, as the function raising would)
+            clear = open_input(rt.sealer, data)
+            return replace(ctx, input=clear, results=open_input(rt.sealer, ctx.results),
+                           result=open_input(rt.sealer, ctx.result), item=definition.item(step, clear)), clear
+
+        task = Opening(st.name, st.queue, st.fn, st.signature, opened)
         if limit is None:
-            outcome, failure = run_function(definition, st, ctx, input)
+            outcome, failure = run_function(definition, task, ctx, input)
         else:
             with soft_limit(limit):
-                outcome, failure = run_function(definition, st, ctx, input)
+                outcome, failure = run_function(definition, task, ctx, input)
         if failure is not None:
             spans.failed(failure)
+        if isinstance(outcome, ActionSucceeded):  # sealed before it is recorded or sent on
+            outcome = replace(outcome, result=seal_result(rt.sealer, definition.step(step), outcome.result))
         return outcome, failure
 
     spans.begin(saga_id=saga_id, saga_type=saga, saga_version=saga_version, step=step, side=kind, attempt=attempt,
@@ -131,6 +144,18 @@ def _handle_one(rt: Runtime, st: StepTask, saga_id: str, step: str, delivery: De
             countdown = max(0.0, (cmd.eta - rt.clock()).total_seconds()) if cmd.eta else 0.0
             return RetrySelf(args, kwargs, countdown, done.error, rt.tracing.message_headers(t.after, cmd) or None)
     return t
+
+
+@dataclass(frozen=True)
+class Opening(StepTask):
+    """A step task called with its message's sealed fields opened first (`runtime.sealing`)."""
+
+    open: Callable[[StepContext, dict[str, Any]], tuple[StepContext, dict[str, Any]]] | None = None
+
+    def __call__(self, ctx: StepContext, data: dict[str, Any]) -> Any:
+        if self.open is not None:
+            ctx, data = self.open(ctx, data)
+        return super().__call__(ctx, data)
 
 
 # ------------------------------------------------------------------ the Celery task

@@ -23,6 +23,7 @@ from workflows.projections.base import Projections
 from workflows.projections.setup import from_settings
 from workflows.runtime.dispatch import CeleryDispatcher, Dispatcher
 from workflows.runtime.loop import DecisionLoop
+from workflows.runtime.sealing import Sealer
 from workflows.runtime.settings import Settings
 from workflows.runtime.tracing import Tracing, tracing_for
 from workflows.store import SagaStore, open_store
@@ -49,6 +50,7 @@ class Runtime:
     _projections: Projections | None = field(default=None, repr=False)
     _tracing: Tracing | None = field(default=None, repr=False)
     _notifier: Notifier | None = field(default=None, repr=False)
+    _sealer: tuple[Sealer | None] | None = field(default=None, repr=False)
 
     @property
     def store(self) -> SagaStore:
@@ -82,6 +84,13 @@ class Runtime:
     def tracing(self) -> Tracing:
         """OpenTelemetry spans with `SAGA_TRACING=otel`; `NO_TRACING` (nothing imported) otherwise."""
         return self._tracing if self._tracing is not None else tracing_for(self.settings)
+
+    @property
+    def sealer(self) -> Sealer | None:
+        """The sealed fields' keys of the settings (`runtime.sealing`); None when none is configured."""
+        if self._sealer is None:
+            self._sealer = (Sealer.from_settings(self.settings),)
+        return self._sealer[0]
 
     @property
     def timing(self) -> Timing:

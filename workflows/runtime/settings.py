@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     """Key of the credentials' lookup hash (HMAC-SHA256 of the token): with it, a copy of the database
     alone cannot even test a guessed token. The same on every API process and wherever `sagas
     credentials` runs; changing it invalidates every credential. Unset: a fixed key."""
+    field_keys: SecretStr | None = None
+    """Keys of the sealed (sensitive) fields: `kid:<base64 of 32 bytes>,...`, the first the current one
+    (new seals), the others still opened (rotation: `sagas rotate-key` re-seals into the first). Required
+    wherever a saga declaring `sensitive` fields is started or run on a server database; with SQLite
+    and none set, a key is made once in `data_dir` (a laptop). Docs: operations/security."""
+    field_hash_key: SecretStr | None = None
+    """Key of the sealed fields' keyed hash (HMAC-SHA256, base64 of 32 bytes), what an idempotency key
+    compares instead of the clear value. Not rotated with `field_keys`: changing it makes a start
+    retried with the same idempotency key look like other input. Required with `field_keys`."""
     trusted_proxies: str = ""
     """Comma-separated addresses of reverse proxies (oauth2-proxy style) trusted to name the user in
     `proxy_user_header`. The name must be an active credential's; its role applies. Empty: off."""

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from workflows.core.sealed import stable
 from workflows.core.views import DeadLetterView
 
 CallerTx = Session | Connection
@@ -185,6 +186,8 @@ class ParkedStep:
 
 
 def input_hash(saga_type: str, data: dict[str, Any]) -> str:
-    """What an idempotency key is bound to: the saga type and its input."""
-    blob = json.dumps([saga_type, data], sort_keys=True, separators=(",", ":"), default=str)
+    """What an idempotency key is bound to: the saga type and its input. A sealed field counts by
+    its keyed `mac` (`core.sealed.stable`), not its ciphertext: the same clear value sealed again
+    (a new nonce, a rotated key) hashes the same, and the hash is never a plain hash of the value."""
+    blob = json.dumps([saga_type, stable(data)], sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

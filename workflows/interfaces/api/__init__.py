@@ -22,6 +22,7 @@ from workflows.interfaces.api.deps import Allowed, Authorized, IdempotencyKey, N
 from workflows.interfaces.api.endpoints import api, status_path
 from workflows.interfaces.api.errors import install_handlers
 from workflows.interfaces.api.health import ops
+from workflows.interfaces.api.masked import MaskedJSONResponse
 from workflows.interfaces.api.models import Started
 from workflows.interfaces.console import router as console_router
 from workflows.interfaces.metrics import saga_registry
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     runtime, looked up per request. `routers` are the deployment's own endpoints, mounted after
     the library's with the same error handling (guard them with `dependencies=[Authorized]`)."""
     settings = settings or get_settings()
-    app = FastAPI(title="Saga orchestration API", version="0.1.0",
+    app = FastAPI(title="Saga orchestration API", version="0.1.0", default_response_class=MaskedJSONResponse,
                   description="Start sagas, follow them, and operate them (retry, resume, cancel, dead letters).")
     app.state.settings = settings
     app.state.runtime = runtime

@@ -116,4 +116,25 @@ def _what_changed(url: str, before: tuple[tuple[str, ...], int] | None,
             + (f", {created} table(s) created" if created > 0 else ""))
 
 
-COMMANDS = (sweep, prune, migrate)
+
+
+@click.command("rotate-key")
+@click.option("--batch", default=200, show_default=True, type=click.IntRange(1, 10_000),
+              help="Rows re-sealed per transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rotate_key(batch: int, as_json: bool) -> None:
+    """Re-seal every stored sensitive field under the current key (the first of SAGA_FIELD_KEYS),
+    in batches, while the workers run. Afterwards no envelope names an older key: drop it from
+    SAGA_FIELD_KEYS once the messages sent before the rotation are delivered."""
+    from workflows.operations.rotation import rotate
+
+    report = rotate(runtime(), batch=batch)
+    if as_json:
+        echo_json(report.__dict__)
+        return
+    click.echo(f"re-sealed under key {report.key!r}: {report.runs} run(s), {report.step_results} step result(s), "
+               f"{report.dead_letters} dead letter(s) "
+               f"in {report.batches} batch(es); still under another key: {report.remaining or 'none'}")
+
+
+COMMANDS = (sweep, prune, migrate, rotate_key)

@@ -11,6 +11,8 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from workflows.core.sealed import masked
+
 STATE_STYLE = {"RUNNING": "cyan", "WAITING": "blue", "SCHEDULED": "dim cyan",
                "COMPENSATING": "magenta", "COMPLETED": "green", "COMPENSATED": "yellow",
                "FAILED": "bold red", "SUCCEEDED": "green", "PENDING": "dim", "TIMED_OUT": "red",
@@ -29,7 +31,7 @@ def console() -> Console:
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(json.dumps(masked(value), indent=2, default=str))
 
 
 def styled(value: str | None) -> Text:
@@ -60,7 +62,8 @@ def since(value: datetime | None, origin: datetime) -> str:
 
 
 def short(value: Any, width: int = 70) -> str:
-    s = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    s = value if isinstance(value, str) else json.dumps(masked(value), default=str, separators=(",", ":"),
+                                                        ensure_ascii=False)
     return s if len(s) <= width else s[: width - 1] + "…"
 
 

@@ -11,8 +11,11 @@ from urllib.parse import quote, unquote, urlencode
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup
 
 from workflows.core.access import Permission
+from workflows.core.sealed import masked
 from workflows.interfaces.console import auth
 from workflows.runtime.container import get_runtime
 from workflows.runtime.settings import Settings
@@ -22,7 +25,13 @@ PAGE_SIZE = 50
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    """A value shown on a page: a sealed field by its fixed mask (`core.sealed`)."""
+    return json.dumps(masked(value), indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _tojson(value: Any, indent: int | None = None) -> Markup:
+    """Jinja's `tojson`, a sealed field by its fixed mask."""
+    return htmlsafe_json_dumps(masked(value), indent=indent)
 
 
 def _ts(value: datetime | None) -> str:
@@ -31,7 +40,7 @@ def _ts(value: datetime | None) -> str:
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(enabled_extensions=("html",), default=True))
-templates.filters.update(json=_json, ts=_ts, urlquote=lambda v: quote(str(v), safe=""),
+templates.filters.update(json=_json, tojson=_tojson, ts=_ts, urlquote=lambda v: quote(str(v), safe=""),
                          omit=lambda d, key: {k: v for k, v in d.items() if k != key})
 
 
