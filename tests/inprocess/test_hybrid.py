@@ -19,7 +19,7 @@ from tests.support.hybrid_sagas import HYBRID
 from tests.support.inproc_bus import InprocBus, filesystem_app
 from workflows import OnEvent, Saga, Wait, register_saga, start_saga
 from workflows.choreography import choreographies, use_publisher
-from workflows.choreography.reactions import SERVICE, check_on_events
+from workflows.choreography.reactions import ANSWER_POLICY, SERVICE, check_on_events
 from workflows.core.errors import DefinitionError
 from workflows.core.state import WaitTimedOut
 from workflows.core.definition import registry
@@ -203,13 +203,35 @@ def test_a_declined_payment_rejects_the_wait_and_compensates(rt: Runtime, worker
     assert view.step("reserve").status == "COMPENSATED" and view.step("ship").status == "PENDING"
 
 
-def test_an_event_naming_no_run_is_recorded_as_unmatched(rt: Runtime, events: InprocBus) -> None:
+def test_an_event_naming_no_run_is_retried_then_recorded_as_unmatched(rt: Runtime, events: InprocBus) -> None:
     flow = place(events, "o-8")
-    events.deliver("inproc_payment")  # the fulfilment service has not started a saga for o-8
-    events.deliver(SERVICE)
+    events.deliver("inproc_payment")  # the fulfilment service never starts a saga for o-8
+    events.deliver(SERVICE, attempts=ANSWER_POLICY.max_attempts)
+    history = rt.store.get(flow).events
+    [answer] = [e.detail["result"] for e in history if e.type == "EventHandled" and e.detail["consumer"] == SERVICE]
+    assert answer == {"answered": [], "refused": [], "unmatched": ["o-8"]}
+    failed = [e for e in history if e.type == "EventAttemptFailed" and e.detail["consumer"] == SERVICE]
+    assert len(failed) == ANSWER_POLICY.max_attempts - 1 and "names no run yet: o-8" in failed[0].detail["error"]
+
+
+def test_an_event_before_its_run_exists_is_retried_and_answers_the_wait_once_the_run_starts(
+        rt: Runtime, worker: Worker, events: InprocBus) -> None:
+    # Given the payment's event handled before the fulfilment service's start committed
+    flow = place(events, "o-9")
+    events.deliver("inproc_payment")
+    [(settled, _)] = [p for p in events.pending() if p[1] == SERVICE]
+    with pytest.raises(AssertionError, match="RunNotStartedYet"):
+        events.redeliver(settled, SERVICE)  # attempt 1: no run yet, a retry is asked for
+    # When the run starts, and the retry comes
+    events.deliver("inproc_fulfilment")
+    events.redeliver(settled, SERVICE, attempt=2)
+    worker.drain()
+    # Then the event answered the wait: the saga completes
+    view = rt.store.get("o-9")
+    assert view.state == "COMPLETED" and view.event_types().count("SignalReceived") == 1
     [answer] = [e.detail["result"] for e in rt.store.get(flow).events
                 if e.type == "EventHandled" and e.detail["consumer"] == SERVICE]
-    assert answer == {"answered": [], "refused": [], "unmatched": ["o-8"]}
+    assert [a["saga_id"] for a in answer["answered"]] == ["o-9"]
 
 
 def test_on_event_is_checked_when_declared_and_when_installed() -> None:

@@ -3,7 +3,8 @@ filesystem broker in the test's folder, and delivered by calling the consumer's 
 (`choreography.consumer.consume`, what the task `events.<service>` runs in a worker) in the order the
 test chooses. The task itself is not made here: building a Celery app's task registry takes in every
 shared task the process declared, the test suite's included; `Delivery` stands for the task's name and
-request, and a retry (which Celery would schedule) fails the test with the handler's error.
+request, and a retry (which Celery would schedule) fails the test with the handler's error, unless the
+test delivers with `attempts=` (then the retry is delivered at once, as the next attempt).
 The outbox is the list of what was published: `deliver` hands each (event, service) pair over once,
 unless the test asks for it again (`redeliver`)."""
 from __future__ import annotations
@@ -44,8 +45,20 @@ class Delivery:
     name: str
     request: Request
 
-    def retry(self, *, exc: BaseException, **_: Any) -> BaseException:
+    retries_allowed: bool = False
+
+    def retry(self, *, exc: BaseException, kwargs: dict[str, Any] | None = None, **_: Any) -> BaseException:
+        if self.retries_allowed:
+            raise Retried(kwargs or {}) from exc
         raise AssertionError(f"{self.name}: the handler failed and would be retried: {exc!r}") from exc
+
+
+class Retried(Exception):
+    """Celery would deliver the message again with these keyword arguments (the next attempt)."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        super().__init__(kwargs)
+        self.kwargs = kwargs
 
 
 @dataclass
@@ -67,8 +80,10 @@ class InprocBus:
         return [(row.envelope, service) for saga_id in self.sagas for row in self.rt.store.outbox_of(saga_id)
                 if row.sent_at is not None for service in row.targets if (row.event_id, service) not in done]
 
-    def deliver(self, service: str | None = None, event_type: str | None = None) -> list[dict[str, Any] | None]:
-        """Deliver what is pending (only to `service`, only of `event_type`), until nothing is left."""
+    def deliver(self, service: str | None = None, event_type: str | None = None,
+                attempts: int = 1) -> list[dict[str, Any] | None]:
+        """Deliver what is pending (only to `service`, only of `event_type`), until nothing is left
+        (each with up to `attempts` attempts, see `redeliver`)."""
         results = []
         while True:
             ready = [(env, s) for env, s in self.pending() if service in (None, s)
@@ -76,11 +91,20 @@ class InprocBus:
             if not ready:
                 return results
             for env, s in ready:
-                results.append(self.redeliver(env, s))
+                results.append(self.redeliver(env, s, attempts=attempts))
 
-    def redeliver(self, envelope: dict[str, Any], service: str) -> dict[str, Any] | None:
-        """Hand `envelope` to `service`'s consumer (again), as the broker would."""
+    def redeliver(self, envelope: dict[str, Any], service: str, *, attempts: int = 1,
+                  attempt: int = 1) -> dict[str, Any] | None:
+        """Hand `envelope` to `service`'s consumer (again), as the broker would, as its `attempt`; a retry
+        the handler asks for is delivered at once, up to `attempts` deliveries in all (then the test fails)."""
         self.delivered.append((envelope["eventType"], service, envelope["eventId"]))
-        task = Delivery(bus.task_name(service), Request(f"{envelope['eventId']}.{service}"))
-        return consume(task, service, (envelope["sagaId"], envelope["eventType"]),  # type: ignore[arg-type]
-                       {"event": envelope})
+        kwargs: dict[str, Any] = {"event": envelope} if attempt == 1 else {"event": envelope, "attempt": attempt}
+        for n in range(1, attempts + 1):
+            task = Delivery(bus.task_name(service), Request(f"{envelope['eventId']}.{service}", retries=n - 1),
+                            retries_allowed=n < attempts)
+            try:
+                return consume(task, service, (envelope["sagaId"], envelope["eventType"]),  # type: ignore[arg-type]
+                               kwargs)
+            except Retried as again:
+                kwargs = again.kwargs
+        raise AssertionError("unreachable: the last attempt's retry fails the test")

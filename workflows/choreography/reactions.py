@@ -47,7 +47,13 @@ SERVICE = "saga_waits"
 """The service that delivers events to orchestrated waits (its queue: `<namespace>.saga_waits`)."""
 
 ANSWER_POLICY = RetryPolicy(max_attempts=5, initial_interval=1.0, backoff=2.0, max_interval=30.0)
-"""For a store or broker hiccup while signalling; a payload the wait refuses is dead-lettered at once."""
+"""For a store or broker hiccup while signalling, and for an event naming a run not started yet
+(1, 2, 4, 8 s: about 15 s for its start to commit); a payload the wait refuses is dead-lettered at once."""
+
+
+class RunNotStartedYet(Exception):
+    """The event names a run that does not exist (yet): retried by `ANSWER_POLICY`, since the run may
+    be starting in another service's transaction (two reactions to one event run side by side)."""
 
 
 class Named(Protocol):
@@ -75,6 +81,9 @@ class EventContext(Protocol):
 
     @property
     def saga_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
 
     @property
     def idempotency_key(self) -> str: ...
@@ -126,7 +135,8 @@ def answer_waits(ctx: EventContext, event: Envelope) -> dict[str, Any]:
 
     Returns what happened, recorded in the choreography's history (`EventHandled.result`):
     `answered` (saga id, signal, duplicate, the run's state), `refused` (the run is not waiting
-    for it: its wait is over, or it timed out first), `unmatched` (no run has that id or key)."""
+    for it: its wait is over, or it timed out first), `unmatched` (no run has that id or key, after
+    `ANSWER_POLICY`'s attempts: an event that comes while its run is being started waits for it)."""
     rt = get_runtime()
     answered: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
@@ -159,6 +169,8 @@ def answer_waits(ctx: EventContext, event: Envelope) -> dict[str, Any]:
             raise InvalidEvent(f"{event.event_type} cannot answer wait {wait.name!r} of saga {saga_id}: {e}") from None
         answered.append({"saga_id": saga_id, "signal": wait.signal, "signal_id": sent.signal.id,
                          "duplicate": sent.duplicate, "state": sent.state})
+    if unmatched and ctx.attempt < ANSWER_POLICY.max_attempts:  # the signals already sent repeat as duplicates
+        raise RunNotStartedYet(f"{event.event_type} names no run yet: {', '.join(unmatched)} (attempt {ctx.attempt})")
     if not targets or (not answered and not refused and not unmatched):
         log.info("%s answered no wait: no run named in its payload", event.event_type,
                  extra={"saga_id": event.saga_id, "step": event.event_type})
