@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.keys import use_bench_field_keys  # noqa: E402
+
 POOLS = {  # every queue is served by two pools: one kill never stalls a queue
     "orders-a": "saga,inventory,payment",
     "orders-b": "payment,shipping,notification",
@@ -148,6 +150,7 @@ def configure(args: argparse.Namespace, broker: str) -> dict[str, str]:
         "SAGA_REDIS_VISIBILITY_CHECK": "0",  # short on purpose: a killed pool's messages come back soon
         "SAGA_DISPATCH_GRACE": str(args.dispatch_grace),
         "SAGA_LOG_LEVEL": "WARNING"})
+    use_bench_field_keys()
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import CpuMeter  # noqa: E402
+from bench.keys import use_bench_field_keys  # noqa: E402
 from bench.partition import Host  # noqa: E402
 
 TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--hosts: ascending host counts, from 1 (hosts are added one at a time)")
     os.environ.update({"SAGA_DATABASE_URL": args.database, "SAGA_BROKER_URL": args.broker, "SAGA_EXTRA_MODULES": "",
                        "SAGA_LOG_LEVEL": "WARNING"})
+    use_bench_field_keys()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     import psycopg2
     import redis

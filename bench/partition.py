@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.keys import use_bench_field_keys  # noqa: E402
+
 QUEUES = "saga,inventory,payment,shipping,notification"
 TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
 
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                        "SAGA_REDIS_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
                        "SAGA_REDIS_VISIBILITY_CHECK": "0",  # short on purpose: a dead host's messages come back
                        "SAGA_DISPATCH_GRACE": "10", "SAGA_LOG_LEVEL": "WARNING"})
+    use_bench_field_keys()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     from tasks.schema import migrate  # the saga tables and the example shop's
 

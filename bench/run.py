@@ -38,7 +38,7 @@ POOLED = ("queues_state_pools", "saga_queues_pools")
 DBOS_CONFIGS = ("dbos", "dbos_queues")
 DBOS_SUFFIX = "_dbos"
 """DBOS's own database: the bench database's name with this suffix (`test_bench_dbos`), so two
-benches on databases of their own never share DBOS's queue."""
+benches on databases of their own never share DBOS's queue. Made anew by every run (`prepare`)."""
 COUNT_FIELDS = ("statements", "checkouts", "begins", "commits", "rollbacks", "messages")
 
 
@@ -82,6 +82,9 @@ def configure_env(args: argparse.Namespace) -> None:
     })
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from bench.keys import use_bench_field_keys
+
+    use_bench_field_keys()
 
 
 def worker_env() -> dict[str, str]:
@@ -140,6 +143,10 @@ def prepare(database_url: str, broker_url: str, fresh: bool = False):  # type: i
     from workflows.store.db import get_engine, migrate
 
     with admin_connection(database_url) as cur:
+        # DBOS's own database is made anew: what an earlier run left in it (workflows still queued by a
+        # killed run, an application version of other code registered as the newest) keeps DBOS's queue
+        # workers from dequeuing this run's workflows, and the queue configuration waits forever
+        cur.execute(f'DROP DATABASE IF EXISTS "{dbos_database(database_url)}" WITH (FORCE)')
         for name in (make_url(database_url).database, dbos_database(database_url)):  # the sagas', and DBOS's own
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cur.fetchone() is None:
