@@ -43,8 +43,11 @@ def order(card: str = CARD, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _clear_seen() -> None:
+def _clear_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     sealed_steps.seen.clear()
+    # no keys in the environment (a servers session sets test keys): the embedded default's own key
+    monkeypatch.delenv("SAGA_FIELD_KEYS", raising=False)
+    monkeypatch.delenv("SAGA_FIELD_HASH_KEY", raising=False)
 
 
 def test_the_stored_input_and_every_message_hold_an_envelope_and_the_steps_see_the_card(

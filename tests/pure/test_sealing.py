@@ -71,7 +71,9 @@ def test_keys_that_do_not_parse_are_refused_naming_the_problem() -> None:
             parse_keys(raw)
 
 
-def test_no_key_on_a_server_database_is_an_error_naming_the_fields() -> None:
+def test_no_key_on_a_server_database_is_an_error_naming_the_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAGA_FIELD_KEYS", raising=False)  # the settings read the environment: none here
+    monkeypatch.delenv("SAGA_FIELD_HASH_KEY", raising=False)
     settings = Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     none = Sealer.from_settings(settings)
     assert none is None

@@ -27,9 +27,6 @@ os.environ["SAGA_BROKER_URL"] = REDIS_URL
 os.environ["SAGA_DATABASE_URL"] = PG_URL
 os.environ["SAGA_EXTRA_MODULES"] = "tests.support.sagas"
 os.environ["SAGA_DISPATCH_GRACE"] = "1"
-# the example shop seals its orders' card numbers: fixed test keys (never a deployment's)
-os.environ.setdefault("SAGA_FIELD_KEYS", "t1:fCx7/5EEW5XYdi6l6DEi8a5/rAYpNKPVMCt0OLcv4QE=")
-os.environ.setdefault("SAGA_FIELD_HASH_KEY", "H7UqBjpn7x+uNaX662Vhwq7D+wBwwqpPjTZ1SpedLiY=")
 os.environ.setdefault("SAGA_LOG_LEVEL", "WARNING")
 
 
@@ -56,7 +53,13 @@ def _deployment_registered() -> None:
     """The deployment's sagas and step tasks (worker.py, with SAGA_EXTRA_MODULES) registered before
     any test snapshots the registries: tests/conftest.py restores them after each test, so a first
     `import worker` inside a test would have its registrations undone, and the module, imported
-    once, would never make them again (a later test: "unknown saga 'tests.three'")."""
+    once, would never make them again (a later test: "unknown saga 'tests.three'").
+
+    The example shop seals its orders' card numbers: fixed test keys (never a deployment's), set
+    here, when the first servers test starts, not at import, so that the pure and in-process tiers
+    collected in the same session do not run with them."""
+    os.environ.setdefault("SAGA_FIELD_KEYS", "t1:fCx7/5EEW5XYdi6l6DEi8a5/rAYpNKPVMCt0OLcv4QE=")
+    os.environ.setdefault("SAGA_FIELD_HASH_KEY", "H7UqBjpn7x+uNaX662Vhwq7D+wBwwqpPjTZ1SpedLiY=")
     import worker  # noqa: F401
 
 
