@@ -40,7 +40,9 @@ from tests.support.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = os.environ["TEST_AMQP_URL"]
-FIELD_KEYS = {k: os.environ[k] for k in ("SAGA_FIELD_KEYS", "SAGA_FIELD_HASH_KEY")}
+def field_keys() -> dict[str, str]:
+    """The session's sealed-field test keys (set when the first servers test starts: conftest)."""
+    return {k: os.environ[k] for k in ("SAGA_FIELD_KEYS", "SAGA_FIELD_HASH_KEY")}
 """The keys of the example's sealed card numbers (tests/servers/conftest.py), which a deployment sets."""
 EXAMPLE_QUEUES = ("saga", "inventory", "payment", "shipping", "notification")
 
@@ -107,7 +109,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     # no token: the seed's curl sends none; test mode only where `make payment-service` turns it on)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
     env.update({"PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": url, "SAGA_BROKER_URL": AMQP_URL,
-                "SAGA_DATA_DIR": str(home / "data"), "SAGA_LOG_LEVEL": "WARNING", **FIELD_KEYS})
+                "SAGA_DATA_DIR": str(home / "data"), "SAGA_LOG_LEVEL": "WARNING", **field_keys()})
     procs: list[Any] = []
     try:
         subprocess.run([sys.executable, "-m", "tasks.schema"], cwd=ROOT, env=env, check=True, capture_output=True,
@@ -208,7 +210,7 @@ def test_the_payment_service_without_test_mode_has_no_switch(deployment: Deploym
                                                              tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGA_", "TEST_"))}
     env.update({"PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": deployment.database_url, "SAGA_BROKER_URL": AMQP_URL,
-                "SAGA_DATA_DIR": str(tmp_path), **FIELD_KEYS})
+                "SAGA_DATA_DIR": str(tmp_path), **field_keys()})
     port = free_port()
     proc = _serve(["tasks.payment_service:app"], port, env, tmp_path / "payment.log")
     try:
