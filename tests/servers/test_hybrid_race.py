@@ -25,7 +25,7 @@ import pytest
 
 from tasks.choreography.checkout import checkout
 from tasks.inventory import available
-from tests.support.choreo import NAMESPACE, broker_url, client_app, effects, order, settle
+from tests.support.choreo import NAMESPACE, purge_event_queues, broker_url, client_app, effects, order, settle
 from tests.support.databases import own_pg_database
 from tests.support.interfaces import wait_until
 from tests.support.workers import WorkerProcess, worker_env
@@ -57,18 +57,7 @@ def amqp_app(app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def workers(amqp_app: Any, race_database: str) -> Iterator[None]:
-    from kombu import Connection
-
-    from workflows.choreography import choreographies
-    from workflows.choreography.bus import consumer_queue
-
-    with Connection(broker_url("amqp")) as conn:  # nothing left from an earlier module or run
-        ch = conn.channel()
-        for service, routes in choreographies.routes().items():
-            if service in EVENT_SERVICES:
-                q = consumer_queue(service, routes)(ch)
-                q.declare()
-                q.purge()
+    purge_event_queues(broker_url("amqp"), EVENT_SERVICES)  # nothing left from an earlier module or run
     env = worker_env(SAGA_BROKER_URL=broker_url("amqp"), SAGA_EVENT_NAMESPACE=NAMESPACE,
                      SAGA_DATABASE_URL=race_database)
     started = [WorkerProcess(f"{NAMESPACE}-race-events", ",".join(queue_name(s) for s in EVENT_SERVICES), env=env),

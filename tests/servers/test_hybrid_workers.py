@@ -17,7 +17,8 @@ import pytest
 
 from tasks.choreography.checkout import checkout
 from tasks.inventory import available
-from tests.support.choreo import NAMESPACE, DECLINED, broker_url, client_app, envelope_of, handled, order, settle
+from tests.support.choreo import (NAMESPACE, DECLINED, broker_url, client_app, envelope_of, handled, order,
+                                  purge_event_queues, settle)
 from tests.support.interfaces import wait_until
 from tests.support.workers import WorkerProcess, worker_env
 from workflows import get_saga
@@ -34,18 +35,7 @@ def amqp_app(app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def events_worker(amqp_app: Any) -> Iterator[WorkerProcess]:
-    from kombu import Connection
-
-    from workflows.choreography import choreographies
-    from workflows.choreography.bus import consumer_queue
-
-    with Connection(broker_url("amqp")) as conn:  # nothing left from an earlier run
-        ch = conn.channel()
-        for service, routes in choreographies.routes().items():
-            if service in EVENT_SERVICES:
-                q = consumer_queue(service, routes)(ch)
-                q.declare()
-                q.purge()
+    purge_event_queues(broker_url("amqp"), EVENT_SERVICES)  # nothing left from an earlier module or run
     w = WorkerProcess(f"{NAMESPACE}-hybrid-events", ",".join(queue_name(s) for s in EVENT_SERVICES),
                       env=worker_env(SAGA_BROKER_URL=broker_url("amqp"), SAGA_EVENT_NAMESPACE=NAMESPACE))
     try:

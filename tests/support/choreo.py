@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -39,6 +40,24 @@ POOLS = {  # worker name -> services whose queues it consumes (and its pool size
     "shipping": (["shipping", "notification"], 1),
 }
 SERVICES = ["orders", "inventory", "payment", "shipping", "notification"]
+
+
+def purge_event_queues(url: str, services: Iterable[str]) -> None:
+    """Declare the event queues of `services` on the broker at `url` and empty them: nothing an
+    earlier module or run left there reaches this one's workers."""
+    from kombu import Connection
+
+    from workflows.choreography import choreographies
+    from workflows.choreography.bus import consumer_queue
+
+    wanted = set(services)
+    with Connection(url) as conn:
+        ch = conn.channel()
+        for service, routes in choreographies.routes().items():
+            if service in wanted:
+                q = consumer_queue(service, routes)(ch)
+                q.declare()
+                q.purge()
 
 
 def broker_url(kind: str) -> str:
@@ -102,19 +121,7 @@ class Cluster:
 
     def purge(self, *services: str) -> None:
         """Empty the event queues of `services` (default: all), declaring them first."""
-        from kombu import Connection
-
-        from workflows.choreography import choreographies
-        from workflows.choreography.bus import consumer_queue
-
-        with Connection(self.url) as conn:
-            ch = conn.channel()
-            for service, routes in choreographies.routes().items():
-                if service not in (services or SERVICES):
-                    continue
-                q = consumer_queue(service, routes)(ch)
-                q.declare()
-                q.purge()
+        purge_event_queues(self.url, services or SERVICES)
 
     def dead_letter_ids(self) -> set[str]:
         """Dead-letter ids on the broker's `dead_letter` queue, read without removing anything."""
