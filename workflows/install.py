@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from celery import Celery, Task
 from kombu.entity import Queue
 
+from workflows.choreography.declaration import choreographies
 from workflows.choreography.install import install_consumers
 from workflows.core.definition import registry
 from workflows.core.steps import step_tasks
@@ -48,7 +49,8 @@ def install(app: Celery, *, settings: Settings | None = None, modules: Sequence[
     webhook_of(settings)  # a webhook without its signing secret is refused here, not at the first failure
 
     runtime = Runtime(app=app, settings=settings)
-    check_declared(runtime.sealer, registry.definitions())  # a sensitive field with no key: refuse to start
+    # a sensitive field with no key: refuse to start
+    check_declared(runtime.sealer, registry.definitions(), choreographies.all())
     set_runtime(runtime)
     for st in step_tasks.all():
         make_step_task(app, st)

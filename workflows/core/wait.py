@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from workflows.core.errors import DefinitionError, InvalidInput
 from workflows.core.names import NAME
+from workflows.core.sealed import check_paths
 from workflows.core.typed import field_errors, summary
 
 TIMEOUT_ACTIONS = ("compensate", "fail")
@@ -83,7 +84,9 @@ class Wait:
     dict as the wait's result. A signal sent before its wait begins is kept, and consumed when it
     begins. `when(input)` (default: always) says whether the run waits at all: False, the wait is
     skipped (SUCCEEDED at once, result `{}`), as for an order below the limit that needs approval.
-    `on_event` (an `OnEvent`): a choreographed event also answers it, as the signal would."""
+    `on_event` (an `OnEvent`): a choreographed event also answers it, as the signal would.
+    `sensitive` (dotted paths into the payload, like `("card",)`): sealed before the signal is
+    recorded, as a saga's `sensitive` input fields are; later steps read them in clear."""
 
     name: str
     signal: str
@@ -93,6 +96,7 @@ class Wait:
     approve: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
     when: Callable[[dict[str, Any]], bool] | None = field(default=None, compare=False)
     on_event: OnEvent | None = None
+    sensitive: tuple[str, ...] = ()
     approve_name: str = field(default="", init=False)
     """The approve function's qualified name: what equality compares."""
     when_name: str = field(default="", init=False)
@@ -122,6 +126,7 @@ class Wait:
             raise DefinitionError(f"wait {self.name!r}: when must be a function of the saga's input, "
                                   "like lambda order: order['total'] > 500")
         object.__setattr__(self, "when_name", getattr(self.when, "__qualname__", "") if self.when else "")
+        object.__setattr__(self, "sensitive", check_paths(f"wait {self.name!r}", self.sensitive))
         if self.on_event is not None and not isinstance(self.on_event, OnEvent):
             raise DefinitionError(f"wait {self.name!r}: on_event must be an OnEvent, like "
                                   "OnEvent('PaymentSettled', match='order_id')")

@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,13 @@ class Sealer:
 
     def seal(self, saga: Saga, data: dict[str, Any]) -> dict[str, Any]:
         """`data` with each of `saga`'s sensitive fields sealed (one already sealed is kept)."""
-        if not saga.sensitive:
+        return self.seal_fields(saga.sensitive, data)
+
+    def seal_fields(self, paths: tuple[str, ...], data: dict[str, Any]) -> dict[str, Any]:
+        """`data` with the value at each dotted path of `paths` sealed (one already sealed is kept)."""
+        if not paths:
             return data
-        return map_paths(data, saga.sensitive, lambda v: v if is_sealed(v) else self.seal_value(v))
+        return map_paths(data, paths, lambda v: v if is_sealed(v) else self.seal_value(v))
 
     def open(self, value: Any) -> Any:
         """`value` with every envelope in it opened (the step function's view)."""
@@ -121,47 +126,53 @@ class Sealer:
         return map_sealed(value, self.reseal)
 
 
-def seal_input(sealer: Sealer | None, saga: Saga, data: dict[str, Any]) -> dict[str, Any]:
-    """`data` sealed as `saga` declares; `SealingError` naming the fields when no key is configured."""
-    if not saga.sensitive:
+def seal_paths(sealer: Sealer | None, owner: str, paths: tuple[str, ...], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the value at each of `paths` sealed (one already sealed is kept); `SealingError`
+    naming `owner` and the fields when no key is configured. The one place a declaration is sealed:
+    a saga's input, a step's result, an event's payload, a signal's payload."""
+    if not paths:
         return data
     if sealer is None:
-        raise SealingError(f"saga {saga.name!r} declares sensitive fields {', '.join(saga.sensitive)} and no "
-                           "key is configured: set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY (docs: operations/security)")
-    return sealer.seal(saga, data)
+        raise SealingError(f"{owner} declares sensitive fields {', '.join(paths)} and no key is configured: "
+                           "set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY (docs: operations/security)")
+    return sealer.seal_fields(paths, data)
+
+
+def seal_input(sealer: Sealer | None, saga: Saga, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` sealed as `saga` declares."""
+    return seal_paths(sealer, f"saga {saga.name!r}", saga.sensitive, data)
 
 
 def seal_result(sealer: Sealer | None, step: Step, result: dict[str, Any]) -> dict[str, Any]:
     """An action's `result` with the fields `step` declares sensitive sealed (before it is recorded)."""
-    if not step.sensitive_result:
-        return result
-    if sealer is None:
-        raise SealingError(f"step {step.name!r} declares sensitive result fields {', '.join(step.sensitive_result)} "
-                           "and no key is configured: set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY")
-    return map_paths(result, step.sensitive_result, lambda v: v if is_sealed(v) else sealer.seal_value(v))
+    return seal_paths(sealer, f"step {step.name!r}", step.sensitive_result, result)
 
 
-def open_input(sealer: Sealer | None, value: Any) -> Any:
+def open_input(sealer: Sealer | None, value: Any, what: str = "a step's input") -> Any:
     """`value` opened; `SealingError` if it holds an envelope and no key is configured."""
     if not has_sealed(value):
         return value
     if sealer is None:
-        raise SealingError("a step's input holds a sealed field and this process has no key: "
+        raise SealingError(f"{what} holds a sealed field and this process has no key: "
                            "set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY")
     return sealer.open(value)
 
 
-def check_declared(sealer: Sealer | None, sagas: list[Saga]) -> None:
-    """At startup: `SealingError` naming each saga whose sensitive fields no key can seal."""
+def check_declared(sealer: Sealer | None, sagas: list[Saga], choreographies: Iterable[Any] = ()) -> None:
+    """At startup: `SealingError` naming each saga (and choreography) whose sensitive fields no key can seal."""
     missing = [f"{s.name} v{s.version} ({', '.join(declared(s))})" for s in sagas if declared(s)]
+    missing += [f"choreography {ch.name} ({', '.join(ch.sensitive_declared())})" for ch in choreographies
+                if ch.sensitive_declared()]
     if missing and sealer is None:
         raise SealingError(f"sensitive fields are declared and no key is configured: {'; '.join(missing)}. "
                            "Set SAGA_FIELD_KEYS and SAGA_FIELD_HASH_KEY (docs: operations/security)")
 
 
 def declared(saga: Saga) -> list[str]:
-    """The sensitive fields `saga` declares: of its input, and of its steps' results (`step:path`)."""
-    return [*saga.sensitive, *(f"{st.name}:{p}" for st in saga.plan.task_steps for p in st.sensitive_result)]
+    """The sensitive fields `saga` declares: of its input, of its steps' results and of its waits'
+    signals (`step:path`)."""
+    return [*saga.sensitive, *(f"{st.name}:{p}" for st in saga.plan.task_steps for p in st.sensitive_result),
+            *(f"{w.name}:{p}" for w in saga.plan.waits for p in w.sensitive)]
 
 
 def parse_keys(raw: str) -> tuple[tuple[str, bytes], ...]:

@@ -3,7 +3,8 @@ or a choreographed event (`OnEvent`, answered by `choreography.reactions`).
 
     signal(saga_id, "approval", {"approved": True}, idempotency_key="approval-1001", who="alice")
 
-The payload is validated by the wait's model (`InvalidInput`: nothing written), then the signal is
+The payload is validated by the wait's model (`InvalidInput`: nothing written), its `sensitive`
+fields sealed (`runtime.sealing`), then the signal is
 recorded and applied in one version-checked write through the decision loop: consumed by the wait
 that is parked on it (its payload becomes the wait's result; the wait's `approve` says whether the
 saga goes on or compensates), or kept, when its wait has not begun, and consumed when it begins.
@@ -19,9 +20,11 @@ import kombu.exceptions
 
 from workflows.core.definition import Saga, Wait, definition_of
 from workflows.core.errors import NotWaiting, SagaError, SignalConflict
+from workflows.core.sealed import stable
 from workflows.core.state import HistoryEvent, RunState, Signal, StepStatus
 from workflows.core.views import Signalled, SignalView
 from workflows.runtime.container import get_runtime
+from workflows.runtime.sealing import seal_paths
 from workflows.runtime.loop import signal_by
 
 
@@ -29,8 +32,10 @@ log = logging.getLogger("workflows.signals")
 
 
 def signal(saga_id: str, name: str, payload: Any = None, *, idempotency_key: str | None = None,
-           who: str = "operator") -> Signalled:
+           who: str = "operator", also_sealed: tuple[str, ...] = ()) -> Signalled:
     """Send signal `name` with `payload` to run `saga_id`. Without a key every call is a new signal.
+    `also_sealed`: payload fields to seal besides the wait's own `sensitive` (an event's declared
+    ones, when a choreographed event answers the wait).
     Once recorded, the signal is accepted: a broker down for what it dispatches is logged, and the
     sweeper sends it at its deadline (as for a start)."""
     rt = get_runtime()
@@ -49,6 +54,8 @@ def signal(saga_id: str, name: str, payload: Any = None, *, idempotency_key: str
         raise NotWaiting(f"saga {saga_id} is not waiting for signal {name!r}: {why}")
     clean = wait.validate(payload)
     wait.approves(clean)  # a payload its approve function cannot read is refused here, before any write
+    clean = seal_paths(rt.sealer, f"wait {wait.name!r} of saga {saga.name!r}",
+                       tuple(dict.fromkeys([*wait.sensitive, *also_sealed])), clean)
     key = idempotency_key or f"signal-{rt.ids()}"
     seen = rt.store.signal_for_key(saga_id, key)
     if seen is not None:
@@ -87,7 +94,7 @@ def _wait_for(saga: Saga, run: RunState, name: str) -> Wait | None:
 
 def _duplicate(seen: SignalView, name: str, payload: dict[str, Any], saga: Saga, run: RunState, *,
                republish: bool) -> Signalled:
-    if seen.name != name or seen.payload != payload:
+    if seen.name != name or stable(seen.payload) != stable(payload):  # a sealed field: by its keyed mac
         raise SignalConflict(f"idempotency key {seen.idempotency_key!r} was already used on saga {run.saga_id} for "
                              f"signal {seen.name!r} with another payload; use a new key for a new signal")
     if republish and run.caused_by == signal_by(seen.id):  # its sender may have died between commit and publish
