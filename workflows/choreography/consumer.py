@@ -37,6 +37,7 @@ from workflows.core.retry import RetryVerdict, retry_verdict
 from workflows.core.state import DeadLetter, ErrorInfo, MessageInfo
 from workflows.runtime.container import Runtime, get_runtime
 from workflows.runtime.delivery import INFRASTRUCTURE_ERRORS
+from workflows.runtime.sealing import open_input
 from workflows.store.events import EventAlreadyProcessed
 
 log = logging.getLogger("workflows.choreography")
@@ -105,6 +106,7 @@ def _handle(rt: Runtime, ch: Choreography, sub: Subscription, event: Envelope, a
     """Run the handler and record everything it did, in one transaction. Returns outbox row ids
     to relay. `EventAlreadyProcessed`: another delivery of the event committed first."""
     now = rt.clock()
+    event = opened(rt, event)  # the handler reads sealed fields in clear; nothing below writes the payload
     with rt.store.event_unit() as u:
         ctx = EventContext(event=event, service=sub.service, choreography=ch, unit=u, attempt=attempt)
         token = _current.set(ctx)
@@ -121,6 +123,13 @@ def _handle(rt: Runtime, ch: Choreography, sub: Subscription, event: Envelope, a
         history.refresh(u, ch, event.saga_id, now)
     ids: list[int] = u.outbox_ids
     return ids
+
+
+def opened(rt: Runtime, event: Envelope) -> Envelope:
+    """`event` with its sealed payload fields opened (itself when it holds none). A process without
+    the key raises `SealingError`: the handler's retry policy applies, as for a step."""
+    payload = open_input(rt.sealer, event.payload, f"event {event.event_type} of saga {event.saga_id}")
+    return event if payload is event.payload else event.model_copy(update={"payload": payload})
 
 
 def _as_json(result: Any, sub: Subscription) -> Any:

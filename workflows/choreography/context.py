@@ -23,7 +23,7 @@ from typing import Any
 from workflows.choreography import history
 from workflows.choreography.declaration import Choreography, choreographies
 from workflows.choreography.envelope import Envelope, InvalidEvent, make_envelope
-from workflows.choreography.publishing import Published, check_idempotency_key, publish_standalone
+from workflows.choreography.publishing import Published, check_idempotency_key, publish_standalone, sealed_payload
 from workflows.runtime.container import get_runtime
 from workflows.store.events import EventUnit
 
@@ -64,7 +64,7 @@ class EventContext:
 
     def publish(self, event_type: str, payload: dict[str, Any]) -> Published:
         """Emit an event caused by the one being handled; sent once this handler's transaction commits."""
-        clean = self.choreography.validate(event_type, payload)
+        clean = sealed_payload(self.choreography, event_type, payload)
         env = make_envelope(event_type, clean, saga_id=self.event.saga_id, saga_type=self.choreography.name,
                             source=self.service, causation_id=self.event.event_id,
                             traceparent=get_runtime().tracing.traceparent())

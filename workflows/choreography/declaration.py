@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ from workflows.choreography import publishing, reactions
 from workflows.choreography.envelope import EVENT_TYPE, NAME, InvalidEvent
 from workflows.core.errors import DefinitionError, UnknownSaga
 from workflows.core.retry import RetryPolicy
+from workflows.core.sealed import check_paths, unsealed_errors
+from workflows.core.typed import field_errors, summary
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -109,6 +111,10 @@ class Choreography:
     """Event types published but subscribed by no service (they are still validated and recorded)."""
     schemas: dict[str, type[BaseModel]] = field(default_factory=dict)
     """Payload models by event type, checked on publish and on receipt."""
+    sensitive: Iterable[str] | Mapping[str, Iterable[str]] = ()
+    """Payload fields sealed before an event is written or sent (`runtime.sealing`), as dotted paths:
+    `("payment.card", "order.payment.card")` in every event type's payload (a path an event does not
+    have is skipped), or `{"OrderPlaced": ("payment.card",)}` per event type. Handlers read them in clear."""
     deadline: float = 300.0
     """Seconds without any new event after which a non-terminal saga is reported stuck."""
     description: str = ""
@@ -137,6 +143,7 @@ class Choreography:
             _check_event_type(self.name, t)
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise DefinitionError(f"choreography {self.name!r}: schema of {t!r} must be a pydantic model")
+        self.sensitive = _sensitive(self.name, self.sensitive)
         if not isinstance(self.deadline, (int, float)) or self.deadline <= 0:
             raise DefinitionError(f"choreography {self.name!r}: deadline must be seconds > 0 (got {self.deadline!r})")
         choreographies.register(self)
@@ -180,6 +187,16 @@ class Choreography:
 
     # ------------------------------------------------------------ questions
 
+    def sensitive_paths(self, event_type: str) -> tuple[str, ...]:
+        """The payload paths of `event_type` to seal: those of every event type, then its own."""
+        sensitive: dict[str, tuple[str, ...]] = self.sensitive  # type: ignore[assignment]
+        return tuple(dict.fromkeys([*sensitive.get(ALL_EVENTS, ()), *sensitive.get(event_type, ())]))
+
+    def sensitive_declared(self) -> list[str]:
+        """Every declared sensitive path, as `path` (every event type) or `EventType:path`."""
+        sensitive: dict[str, tuple[str, ...]] = self.sensitive  # type: ignore[assignment]
+        return [p if t == ALL_EVENTS else f"{t}:{p}" for t, paths in sensitive.items() for p in paths]
+
     def subscription(self, event_type: str, service: str) -> Subscription | None:
         sub = self.subscriptions.get((event_type, service))
         if sub is None and service == reactions.SERVICE and self.answers_waits(event_type):
@@ -221,8 +238,28 @@ class Choreography:
         try:
             return model.model_validate(payload).model_dump(mode="json")
         except ValidationError as e:
-            errors = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-            raise InvalidEvent(f"invalid payload for {self.name}.{event_type}: {errors}") from None
+            # a received payload's sealed field was checked in clear when it was published
+            errors = unsealed_errors(field_errors(e), payload)
+            if not errors and isinstance(payload, dict):
+                return payload
+            raise InvalidEvent(f"invalid payload for {self.name}.{event_type}: {summary(errors, 'payload')}") from None
+
+
+ALL_EVENTS = "*"
+"""The key of `Choreography.sensitive` (normalised) for the paths sealed in every event type."""
+
+
+def _sensitive(name: str, declared: Any) -> dict[str, tuple[str, ...]]:
+    """`sensitive=` as {event type or ALL_EVENTS: paths}, or `DefinitionError` naming what is wrong."""
+    owner = f"choreography {name!r}"
+    if isinstance(declared, Mapping):
+        out: dict[str, tuple[str, ...]] = {}
+        for t, paths in declared.items():
+            _check_event_type(name, t)
+            out[t] = check_paths(f"{owner} event {t!r}", paths)
+        return out
+    paths = check_paths(owner, declared)
+    return {ALL_EVENTS: paths} if paths else {}
 
 
 def _check_event_type(choreography: str, t: Any) -> None:

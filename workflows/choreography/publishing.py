@@ -19,6 +19,7 @@ from workflows.choreography import history, outbox
 from workflows.choreography.envelope import Envelope, InvalidEvent, make_envelope
 from workflows.core.errors import SagaIdTaken
 from workflows.runtime.container import get_runtime
+from workflows.runtime.sealing import seal_paths
 from workflows.store.base import SagaStore
 from workflows.store.events import EventUnit, SagaRowTaken
 
@@ -48,6 +49,16 @@ class Publishable(history.Meanings, Protocol):
     def validate(self, event_type: str, payload: dict[str, Any]) -> dict[str, Any]: ...
 
     def consumers(self, event_type: str) -> list[str]: ...
+
+    def sensitive_paths(self, event_type: str) -> tuple[str, ...]: ...
+
+
+def sealed_payload(ch: Publishable, event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` validated in clear, then with its sensitive fields sealed: what is written to the
+    outbox and the history and sent on the bus. Raises `InvalidEvent`, or `SealingError` (no key)."""
+    clean = ch.validate(event_type, payload)
+    return seal_paths(get_runtime().sealer, f"choreography {ch.name!r} event {event_type!r}",
+                      ch.sensitive_paths(event_type), clean)
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -83,7 +94,7 @@ def publish_standalone(ch: Publishable, event_type: str, payload: dict[str, Any]
     rt = get_runtime()
     check_idempotency_key(idempotency_key)
     now = rt.clock()
-    clean = ch.validate(event_type, payload)
+    clean = sealed_payload(ch, event_type, payload)
     env = make_envelope(event_type, clean, saga_id=saga_id or str(uuid.uuid4()), saga_type=ch.name, source=source,
                         causation_id=causation_id, now=now, traceparent=rt.tracing.traceparent())
     try:

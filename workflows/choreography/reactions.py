@@ -38,6 +38,7 @@ from workflows.core.errors import DefinitionError, IdempotencyConflict, InvalidI
 from workflows.core.registry import definition_of
 from workflows.core.retry import RetryPolicy
 from workflows.runtime.container import get_runtime
+from workflows.runtime.sealing import seal_input
 from workflows.runtime.signals import signal
 from workflows.store.events import EventUnit
 
@@ -59,6 +60,8 @@ class RunNotStartedYet(Exception):
 class Named(Protocol):
     @property
     def name(self) -> str: ...
+
+    def sensitive_paths(self, event_type: str) -> tuple[str, ...]: ...
 
 
 class EventContext(Protocol):
@@ -161,7 +164,8 @@ def answer_waits(ctx: EventContext, event: Envelope) -> dict[str, Any]:
             continue
         who = f"event {event.event_type} of {ctx.choreography.name} {event.saga_id}"
         try:
-            sent = signal(saga_id, wait.signal, event.payload, idempotency_key=f"event-{event.event_id}", who=who)
+            sent = signal(saga_id, wait.signal, event.payload, idempotency_key=f"event-{event.event_id}", who=who,
+                          also_sealed=ctx.choreography.sensitive_paths(event.event_type))  # sealed stays sealed
         except NotWaiting as e:  # its wait is over (answered, timed out, cancelled): recorded in its history
             refused.append({"saga_id": saga_id, "signal": wait.signal, "reason": str(e)})
             continue
@@ -208,6 +212,7 @@ def start_saga(ctx: EventContext, saga: Saga | str, data: Any, *, saga_id: str |
         clean = definition.validate_input(data, registry.child_definition)
     except InvalidInput as e:
         raise InvalidEvent(f"cannot start saga {name!r} from {ctx.event.event_type}: {e}") from None
+    clean = seal_input(rt.sealer, definition, clean)  # validated in clear, stored and sent sealed (as start_saga)
     cause = {"choreography": ctx.choreography.name, "saga_id": ctx.saga_id, "event_id": ctx.event.event_id,
              "event_type": ctx.event.event_type, "service": ctx.service}
     try:

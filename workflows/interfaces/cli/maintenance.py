@@ -133,7 +133,8 @@ def rotate_key(batch: int, as_json: bool) -> None:
         echo_json(report.__dict__)
         return
     click.echo(f"re-sealed under key {report.key!r}: {report.runs} run(s), {report.step_results} step result(s), "
-               f"{report.dead_letters} dead letter(s) "
+               f"{report.dead_letters} dead letter(s), {report.events} event(s), {report.history} history row(s), "
+               f"{report.signals} signal(s), {report.projections} projection record(s) "
                f"in {report.batches} batch(es); still under another key: {report.remaining or 'none'}")
 
 
