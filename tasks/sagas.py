@@ -38,6 +38,9 @@ class PaymentMethod(BaseModel):
 CARD = ("payment.card",)
 """The order's card number: sealed before the run is written or sent, opened only for the step
 function (docs: operations/security, "Sensitive fields")."""
+EVENT_CARD = ("payment.card", "order.payment.card")
+"""The card in a choreography's events: in the order itself (`OrderCreated`), or in the order an
+event carries on (`{"order": {...}}`); an event without it has nothing to seal."""
 
 
 class Order(BaseModel):
@@ -159,7 +162,7 @@ class Settlement(BaseModel):
 order_paid_fulfillment = register_saga(Saga(
     "order_paid_fulfillment",
     input_model=Order,
-    sensitive=CARD,  # sealed in the run; the checkout choreography's events still carry it (not sealed)
+    sensitive=CARD,  # sealed in the run, as in the checkout choreography's OrderPlaced that starts it
     description="The hybrid's orchestrated half: started by the checkout choreography's OrderPlaced; reserve "
                 "stock, wait for the choreography's PaymentSettled event, then ship and confirm.",
     steps=[

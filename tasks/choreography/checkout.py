@@ -17,7 +17,7 @@ from typing import Any
 
 from workflows import PermanentError
 from workflows.choreography import Choreography, Envelope, EventContext
-from tasks.sagas import Order
+from tasks.sagas import CARD, Order
 
 from .. import effects
 from ..common import check_fault
@@ -27,6 +27,7 @@ checkout = Choreography(
     description="The hybrid: OrderPlaced starts the orchestrated fulfilment; PaymentSettled answers its wait.",
     completed={"PaymentSettled"},
     schemas={"OrderPlaced": Order},
+    sensitive={"OrderPlaced": CARD},  # sealed on the bus and in the flow's history; the handlers read it in clear
     deadline=60.0,
 )
 

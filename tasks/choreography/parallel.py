@@ -19,7 +19,7 @@ from typing import Any
 
 from workflows import PermanentError, RetryPolicy
 from workflows.choreography import Choreography, Envelope, EventContext
-from tasks.sagas import Order
+from tasks.sagas import EVENT_CARD, Order
 
 from ..common import check_fault
 from .. import effects
@@ -32,6 +32,7 @@ parallel = Choreography(
     compensated={"OrderCancelled"},
     events={"ConfirmationSent"},
     schemas={"OrderCreated": Order},
+    sensitive=EVENT_CARD,  # sealed in every event that carries the order: the handlers read it in clear
     deadline=60.0,
 )
 

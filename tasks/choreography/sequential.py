@@ -17,7 +17,7 @@ from typing import Any
 
 from workflows import PermanentError, RetryPolicy
 from workflows.choreography import Choreography, Envelope, EventContext
-from tasks.sagas import Order
+from tasks.sagas import EVENT_CARD, Order
 
 from ..common import check_fault
 from .. import effects
@@ -30,6 +30,7 @@ sequential = Choreography(
     compensated={"OrderFailed"},
     events={"InventoryReleased", "PaymentRefunded"},
     schemas={"OrderCreated": Order},
+    sensitive=EVENT_CARD,  # sealed in every event that carries the order: the handlers read it in clear
     deadline=60.0,
 )
 

@@ -51,10 +51,12 @@ def start_through(client: Celery, saga: str, data: dict[str, Any]) -> str:
     from tests.support.runs import create_run
     from workflows import get_runtime, registry
     from workflows.runtime.dispatch import CeleryDispatcher
+    from workflows.runtime.sealing import seal_input
 
     rt = get_runtime()
     definition = registry.get(saga)
-    created = create_run(rt.store, definition, definition.validate_input(data), timing=rt.timing)
+    clean = seal_input(rt.sealer, definition, definition.validate_input(data))  # as start_saga stores it
+    created = create_run(rt.store, definition, clean, timing=rt.timing)
     assert created.state is not None and created.command is not None
     CeleryDispatcher(client).send_step(created.state, created.command)
     return created.saga_id
