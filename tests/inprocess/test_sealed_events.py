@@ -167,3 +167,19 @@ def test_a_declaration_that_is_not_dotted_paths_is_refused() -> None:
         Choreography("inproc_sealed_bad2", completed={"Done"}, sensitive={"not_pascal": ("card",)})
     with pytest.raises(DefinitionError, match="tuple of dotted field paths"):
         Choreography("inproc_sealed_bad3", completed={"Done"}, sensitive="payment.card")
+
+
+def test_a_consumer_without_the_key_never_runs_the_handler_and_dead_letters_the_event_naming_the_key(
+        rt: Runtime, events: InprocBus) -> None:
+    flow = place(events, "o-7")
+    # the old key dropped too early, while the event was still queued
+    rt.settings = rt.settings.model_copy(update={"field_keys": SecretStr(NEW)})
+    rt._sealer = None
+
+    [outcome] = events.deliver("inproc_sealed_pay", attempts=5)
+
+    assert outcome is not None and "SealingError" in outcome["dead_lettered"] and "'old1'" in outcome["dead_lettered"]
+    assert sealed_events.seen == []  # the handler never ran
+    [dl] = rt.store.dead_letters(saga_id=flow)
+    assert dl.kind == "event" and is_sealed(dl.kwargs["event"]["payload"]["payment"]["card"])  # kept sealed
+    assert rt.store.get(flow).state == "FAILED"
