@@ -13,6 +13,7 @@ import pytest
 from celery import Celery
 
 from workflows import RetryPolicy, Saga, Step
+from workflows.choreography.declaration import ChoreographyRegistry
 from workflows.core.definition import Parallel, SagaRegistry
 from workflows.core.errors import DefinitionError, VisibilityTimeoutTooShort
 from workflows.runtime.settings import Settings
@@ -54,6 +55,7 @@ def test_install_refuses_on_redis_and_not_on_rabbitmq(monkeypatch: pytest.Monkey
     only = SagaRegistry()
     only.register(PATIENT)
     monkeypatch.setattr(wiring, "registry", only)  # this process's registry stays as it is
+    monkeypatch.setattr(wiring, "choreographies", ChoreographyRegistry())  # nor do the session's choreographies count
     monkeypatch.setattr(wiring, "set_runtime", lambda rt: None)  # nor is its runtime replaced
     monkeypatch.setattr(wiring, "install_consumers", lambda app: None)
     settings = Settings(redis_visibility_timeout=10)
