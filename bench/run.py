@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", default=",".join(ORDER), help="subset of " + ",".join(ORDER))
     p.add_argument("--unloaded-n", type=int, default=40,
                    help="runs per configuration per round with one in flight (unloaded latency); 0: none")
+    p.add_argument("--unloaded-poll", type=float, default=0.001,
+                   help="seconds between the driver's checks for finished runs when one is in flight")
     p.add_argument("--database-url", default=os.environ.get("SAGA_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--broker-url", default=os.environ.get("SAGA_BROKER_URL", DEFAULT_BROKER))
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
@@ -262,13 +264,13 @@ def settled_totals(r) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return prev
 
 
-def measure(cfg, n: int, *, window: int, tag: str, r, sampler, cpu):  # type: ignore[no-untyped-def]
+def measure(cfg, n: int, *, window: int, tag: str, r, sampler, cpu, poll: float = 0.005):  # type: ignore[no-untyped-def]
     from bench.harness import drive
 
     before = settled_totals(r)
     sampler.reset()
     cpu0 = cpu.snapshot()
-    phase = drive(cfg, n, window=window, tag=tag)
+    phase = drive(cfg, n, window=window, tag=tag, poll=poll)
     after = settled_totals(r)
     spent = cpu.delta(cpu0, cpu.snapshot())
     phase.worker_cpu, phase.db_cpu, phase.redis_cpu, phase.busy = spent.workers, spent.db, spent.redis, spent.busy
@@ -425,8 +427,11 @@ class Session:
             return measure_dbos(self.args.database_url, n, window,
                                 queue_workers=self.args.concurrency if name == "dbos_queues" else 0)
         vacuum(pg_dsn(self.args.database_url))
+        # one run in flight: its latency is 10-20 ms, which a 5 ms poll would round up to whole polls
+        # (DBOS in-process is not polled: its handle's result is awaited in memory)
+        poll = self.args.unloaded_poll if window == 1 else 0.005
         phase = measure(self.configs[name], n, window=window, tag=f"{os.environ['BENCH_RUN_ID']}-{tag}",
-                        r=self.r, sampler=self.sampler, cpu=self.cpu)
+                        r=self.r, sampler=self.sampler, cpu=self.cpu, poll=poll)
         if name.startswith("saga"):
             self.saga_ids.extend(phase.keys)
         return phase
