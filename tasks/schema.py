@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tasks.models import ServiceBase, Stock
+from workflows.store.db import engine_from_url
 from workflows.store.db import migrate as migrate_saga_tables
 
 SHOP_TABLES = frozenset(ServiceBase.metadata.tables)
@@ -28,7 +29,7 @@ STARTING_STOCK = {"123": 100}
 
 def create_shop_tables(url: str) -> None:
     """Create the shop's tables that are missing; stock a fresh shop with `STARTING_STOCK` (safe to repeat)."""
-    engine = create_engine(url)
+    engine = engine_from_url(url)  # the URL's driver options too (?prepare_threshold=none behind PgBouncer)
     try:
         ServiceBase.metadata.create_all(engine)
         insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -42,7 +43,7 @@ def create_shop_tables(url: str) -> None:
 
 def drop_shop_tables(url: str) -> None:
     """Drop the shop's tables (tests that start from an empty database)."""
-    engine = create_engine(url)
+    engine = engine_from_url(url)
     try:
         ServiceBase.metadata.drop_all(engine)
     finally:

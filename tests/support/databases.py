@@ -12,16 +12,15 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from workflows.store.db import driver_arguments
+from workflows.store.db import driver_arguments, engine_from_url
 
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def plain_engine(url: str, **options: object) -> Engine:
     """`create_engine(url)` as an app would make it, with the driver options the URL carries
-    (`?prepare_threshold=none` behind PgBouncer, `workflows.store.db.driver_arguments`)."""
-    bare, connect_args = driver_arguments(url)
-    return create_engine(bare, connect_args=connect_args, **options)  # type: ignore[arg-type]
+    (`?prepare_threshold=none` behind PgBouncer: `workflows.store.db.engine_from_url`)."""
+    return engine_from_url(url, **options)
 
 
 def empty_pg_database(url: str) -> None:

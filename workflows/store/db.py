@@ -152,6 +152,16 @@ def driver_arguments(url: str) -> tuple[str, dict[str, Any]]:
     return rest.render_as_string(hide_password=False), {PREPARE_THRESHOLD: threshold}
 
 
+def engine_from_url(url: str, **options: Any) -> Engine:
+    """An engine of your own (your app's tables, beside the saga store's) on the saga store's URL:
+    `create_engine` with the driver options the URL carries applied (`?prepare_threshold=none`
+    behind PgBouncer, which plain `create_engine` would hand psycopg as a string)."""
+    bare, connect_args = driver_arguments(url)
+    if connect_args:
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
+    return create_engine(bare, **options)
+
+
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
