@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -268,9 +269,12 @@ def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_sag
     wait_until(lambda: effects(redis_client, saga_id) == ["action:a:1"])
 
     # When the database drops every connection while the step runs (a failover, a restart) ...
-    with get_runtime().store.sessions() as s:
-        killed = s.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    if os.environ.get("TEST_PGBOUNCER") == "1":  # the workers' connections are PgBouncer's clients
+        killed = pgbouncer_drops_its_clients(os.environ["TEST_PG_URL"])
+    else:
+        with get_runtime().store.sessions() as s:
+            killed = s.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
     dispose_engines()  # this test process's own pool held some of them
     get_runtime()._store = None
     assert killed and killed >= 1
@@ -281,6 +285,27 @@ def test_database_connections_dropped_mid_step_are_retried_by_celery_and_the_sag
     assert view.state == "COMPLETED"
     assert effects(redis_client, saga_id).count("action:a:1") == 2
     assert view.step("a").attempts == 1 and "StepAttemptFailed" not in view.event_types()
+
+
+def pgbouncer_drops_its_clients(url: str) -> int:
+    """PgBouncer's `KILL <db>` (every client and server connection of the database dropped), then
+    `RESUME <db>`, on its admin console: what a restart of the pooler does to the workers. Returns
+    how many client connections it had."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    admin = psycopg2.connect(host=u.host, port=u.port, user="postgres", dbname="pgbouncer")
+    admin.autocommit = True  # the admin console takes only simple queries, outside a transaction
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SHOW CLIENTS")
+            clients = sum(1 for row in cur.fetchall() if row[2] == u.database)  # type, user, database, ...
+            cur.execute(f"KILL {u.database}")
+            cur.execute(f"RESUME {u.database}")
+    finally:
+        admin.close()
+    return clients
 
 
 def test_a_second_sweeper_finding_the_first_ones_transition_publishes_nothing(app):  # type: ignore[no-untyped-def]

@@ -75,6 +75,7 @@ listen_port = {port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {folder / 'users.txt'}
+admin_users = postgres
 pool_mode = transaction
 default_pool_size = {pool_size}
 max_client_conn = 2000

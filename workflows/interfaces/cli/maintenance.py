@@ -58,14 +58,16 @@ def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
     application's own come from its own migrations."""
     from sqlalchemy.engine import make_url
 
-    from workflows.store.db import migrate as run_migrations
     from workflows.runtime.settings import get_settings
+    from workflows.store.db import driver_arguments
+    from workflows.store.db import migrate as run_migrations
 
     if example_tables:
         raise click.UsageError("the example shop's tables are the example's own now: in the repository, "
                                "`python -m tasks.schema` (or `make migrate`) creates them")
     url = url or get_settings().resolved_database_url()
-    where = make_url(url).render_as_string(hide_password=True) + (f" (schema {schema})" if schema else "")
+    bare = driver_arguments(url)[0]  # the database, not psycopg's options (?prepare_threshold=none)
+    where = make_url(bare).render_as_string(hide_password=True) + (f" (schema {schema})" if schema else "")
     before = _schema_state(url, schema)
     try:
         run_migrations(url, schema=schema)
@@ -78,12 +80,14 @@ def migrate(url: str | None, schema: str | None, example_tables: bool) -> None:
 def _schema_state(url: str, schema: str | None) -> tuple[tuple[str, ...], int] | None:
     """The revisions recorded in the database (its alembic_version rows) and its number of tables;
     None where there is nothing to read (a schema on SQLite, refused by the migration itself)."""
-    from sqlalchemy import column, create_engine, inspect, select, table
+    from sqlalchemy import column, inspect, select, table
     from sqlalchemy.engine import make_url
+
+    from workflows.store.db import engine_from_url
 
     if schema is not None and make_url(url).get_backend_name() != "postgresql":
         return None
-    engine = create_engine(url)
+    engine = engine_from_url(url)
     try:
         names = inspect(engine).get_table_names(schema=schema)
         tables = len(names) - ("alembic_version" in names)
