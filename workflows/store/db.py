@@ -162,6 +162,17 @@ def engine_from_url(url: str, **options: Any) -> Engine:
     return create_engine(bare, **options)
 
 
+def async_engine_from_url(url: str, **options: Any) -> Any:
+    """`engine_from_url` for asyncio: SQLAlchemy's `create_async_engine` with the URL's driver
+    options applied (`postgresql+psycopg://` is async as well)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    bare, connect_args = driver_arguments(url)
+    if connect_args:
+        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
+    return create_async_engine(bare, **options)
+
+
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
