@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, create_engine, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
-from tests.support.databases import own_pg_database
+from tests.support.databases import own_pg_database, plain_engine
 from workflows import (IdempotencyConflict, Saga, SagaNotFound, Step, StepContext, Wait, aio, register_saga,
                        step_task)
 from workflows.core.errors import NotWaiting, SagaError
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
+from workflows.store.db import driver_arguments
 
 
 def _act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class ThreadRecordingDispatcher(RecordingDispatcher):
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     with own_pg_database("aio") as u:
-        engine = create_engine(u)
+        engine = plain_engine(u)
         app_metadata.create_all(engine)
         engine.dispose()
         yield u
@@ -96,12 +97,13 @@ def run_async(coro: Any) -> Any:
 
 def async_engine(url: str) -> AsyncEngine:
     assert url.startswith("postgresql+psycopg://")  # psycopg 3's async mode: no other driver needed
-    return create_async_engine(url)
+    bare, connect_args = driver_arguments(url)  # behind PgBouncer: ?prepare_threshold=none as psycopg's option
+    return create_async_engine(bare, connect_args=connect_args)
 
 
 def committed(url: str, saga_id: str, order_id: str) -> tuple[bool, bool]:
     """(is the run there, is the order row there), read on a connection of the test's own."""
-    engine = create_engine(url)
+    engine = plain_engine(url)
     try:
         with engine.connect() as c:
             run = c.scalar(text("SELECT count(*) FROM sagas WHERE id = :id"), {"id": saga_id}) == 1
@@ -245,7 +247,7 @@ def test_an_async_connection_commits_or_rolls_back_the_run_with_the_callers_row(
 
 
 def test_a_sync_session_or_another_object_is_refused_with_an_error_naming_what_to_use(rt: Runtime, url: str) -> None:
-    engine = create_engine(url)
+    engine = plain_engine(url)
     try:
         with Session(engine) as session:
             with pytest.raises(SagaError, match="AsyncSession"):

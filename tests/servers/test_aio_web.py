@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
+from tests.support.databases import plain_engine
 from tests.support.workers import WorkerProcess
 from tests.support.interfaces import stop_process_group, wait_until
 from workflows import SagaNotFound, get_saga
@@ -56,7 +57,7 @@ def free_port() -> int:
 
 
 def sql(statement: str, **params: Any) -> Any:
-    engine = create_engine(PG_URL)
+    engine = plain_engine(PG_URL)
     try:
         with engine.begin() as c:
             result = c.execute(text(statement), params)

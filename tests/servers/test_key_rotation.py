@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import tests.support.sealed_steps  # noqa: F401  (registers sealed.rotation)
-from tests.support.databases import own_pg_database
+from tests.support.databases import libpq_url, own_pg_database
 from tests.support.interfaces import wait_until
 from tests.support.workers import WorkerProcess, worker_env
 from workflows.core.sealed import is_sealed
@@ -107,7 +107,7 @@ def test_runs_keep_completing_during_the_rotation_and_no_envelope_names_the_old_
         env = view.input["payment"]["card"]
         assert is_sealed(env) and env["kid"] == "new2"
     # ... and no envelope anywhere in the database names the old key
-    dump = subprocess.run(["pg_dump", "--data-only", rotation_db.replace("+psycopg", "")],
+    dump = subprocess.run(["pg_dump", "--data-only", libpq_url(rotation_db)],
                           capture_output=True, text=True, check=True).stdout
     assert '"kid": "new2"' in dump and '"kid": "old1"' not in dump
     assert not any(c in dump for c in cards.values())

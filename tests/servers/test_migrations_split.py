@@ -16,13 +16,13 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 import tasks.sagas  # noqa: F401  (registers order_fulfillment)
 from tasks.models import Notification, Payment, Reservation, Shipment, Stock
 from tasks.schema import SHOP_TABLES, migrate as migrate_example
-from tests.support.databases import drop_pg_database, fresh_pg_database
+from tests.support.databases import drop_pg_database, fresh_pg_database, plain_engine
 from workflows import start_saga
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
@@ -53,7 +53,7 @@ def migrate_as_0_1_0(url: str) -> None:
 
 def columns_of(url: str) -> dict[str, list[str]]:
     """Every table but alembic_version, with its columns."""
-    engine = create_engine(url)
+    engine = plain_engine(url)
     try:
         with engine.connect() as c:
             names = sorted(set(inspect(c).get_table_names()) - {"alembic_version"})
@@ -66,7 +66,7 @@ def every_row(url: str, columns: dict[str, list[str]] | None = None) -> dict[str
     """Every row of every table but alembic_version (of `columns`' tables, those columns: what a
     later migration added is not compared), in a stable order."""
     columns = columns or columns_of(url)
-    engine = create_engine(url)
+    engine = plain_engine(url)
     try:
         with engine.connect() as c:
             return {t: sorted(tuple(map(repr, row)) for row in c.execute(text(
@@ -77,7 +77,7 @@ def every_row(url: str, columns: dict[str, list[str]] | None = None) -> dict[str
 
 
 def head_of(url: str) -> str | None:
-    engine = create_engine(url)
+    engine = plain_engine(url)
     try:
         with engine.connect() as c:
             return c.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
@@ -91,7 +91,7 @@ def test_a_database_at_0_1_0s_head_upgrades_without_losing_a_row(tmp_path: Path)
         # Given a database migrated by 0.1.0, the shop's tables in it, with runs and the shop's rows
         migrate_as_0_1_0(url)
         assert head_of(url) == "0009"
-        assert SAGA_TABLES - ADDED_SINCE_0_1_0 | SHOP_TABLES_0_1_0 <= set(inspect(create_engine(url)).get_table_names())
+        assert SAGA_TABLES - ADDED_SINCE_0_1_0 | SHOP_TABLES_0_1_0 <= set(inspect(plain_engine(url)).get_table_names())
         counter = itertools.count(1)
         prefix = uuid.uuid4().hex[:16]
         rt = Runtime(app=None, settings=Settings(database_url=url, data_dir=tmp_path),
@@ -101,7 +101,7 @@ def test_a_database_at_0_1_0s_head_upgrades_without_losing_a_row(tmp_path: Path)
                  "shipping_address": {"name": "Ada", "street": "1 Main St", "city": "Berlin", "country": "DE"}}
         with activate(rt):
             saga_ids = [start_saga("order_fulfillment", {**order, "order_id": f"order-{i}"}) for i in range(3)]
-        engine = create_engine(url)
+        engine = plain_engine(url)
         with Session(engine) as s, s.begin():
             s.add(Stock(sku="SKU-1", available=7))
             s.add(Reservation(idempotency_key=f"{saga_ids[0]}-reserve", saga_id=saga_ids[0],
@@ -128,7 +128,7 @@ def test_a_database_at_0_1_0s_head_upgrades_without_losing_a_row(tmp_path: Path)
         assert {"trace_context"} <= set(columns_of(url)["sagas"]) - set(old_columns["sagas"])
         assert every_row(url, {"sagas": ["trace_context"]}) == {"sagas": [("None",)] * len(before["sagas"])}
         assert head_of(url) == ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-        with Session(create_engine(url)) as s:
+        with Session(plain_engine(url)) as s:
             assert s.scalar(select(Stock.available).where(Stock.sku == "SKU-1")) == 7
     finally:
         drop_pg_database(url)
@@ -138,10 +138,10 @@ def test_a_fresh_database_gets_only_the_saga_tables_from_the_library() -> None:
     url = fresh_pg_database("split_fresh")
     try:
         migrate(url)
-        assert set(inspect(create_engine(url)).get_table_names()) == SAGA_TABLES_NOW | {"alembic_version"}
+        assert set(inspect(plain_engine(url)).get_table_names()) == SAGA_TABLES_NOW | {"alembic_version"}
         migrate_example(url)  # the example's setup adds the shop's, and is safe to repeat
         migrate_example(url)
-        assert set(inspect(create_engine(url)).get_table_names()) == SAGA_TABLES_NOW | SHOP_TABLES | {"alembic_version"}
+        assert set(inspect(plain_engine(url)).get_table_names()) == SAGA_TABLES_NOW | SHOP_TABLES | {"alembic_version"}
     finally:
         drop_pg_database(url)
 

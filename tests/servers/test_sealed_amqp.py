@@ -31,6 +31,7 @@ from kombu import Connection
 from tasks.choreography.checkout import checkout
 from tasks.choreography.sequential import sequential
 from tests.support.choreo import NAMESPACE, broker_url, client_app, order, purge_event_queues, settle
+from tests.support.databases import libpq_url
 from tests.support.interfaces import wait_until
 from tests.support.workers import WorkerProcess, worker_env
 from workflows import start_saga, wait_for
@@ -138,7 +139,7 @@ def test_a_known_card_is_in_no_message_rabbitmq_carried_nor_in_the_database(  # 
     for saga_id in (orchestrated, checkout_flow, placed["order_id"], sequential_flow):
         assert saga_id in seen, f"no message of {saga_id} in the RabbitMQ capture"
     assert "$sealed" in seen
-    dump = subprocess.run(["pg_dump", "--data-only", _libpq(database)], capture_output=True, text=True,
+    dump = subprocess.run(["pg_dump", "--data-only", libpq_url(database)], capture_output=True, text=True,
                           check=True).stdout
     assert orchestrated in dump and sequential_flow in dump and "$sealed" in dump  # the dump is of these runs
 
@@ -246,7 +247,3 @@ def columns_with(needle: str, dump: str, runs: dict[str, str]) -> set[str]:
             found.update(f"{table}.{c} [{run}{', ' + kind if kind else ''}]" for c, v in row.items() if needle in v)
     return found
 
-
-def _libpq(url: str) -> str:
-    """A SQLAlchemy URL as pg_dump takes it."""
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)

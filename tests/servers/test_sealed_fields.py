@@ -26,6 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tasks.common import arm_fault
+from tests.support.databases import libpq_url
 from tests.support.interfaces import stop_process_group, wait_until
 from tests.support.workers import ROOT, WorkerProcess, worker_env
 from workflows import wait_for
@@ -145,7 +146,7 @@ def test_a_known_card_is_charged_and_found_nowhere_in_clear(  # type: ignore[no-
     tasks = wait_until(lambda: _flower_tasks(flower, completed), timeout=30, what="flower saw the run's tasks")
 
     # ... and the card is in clear nowhere
-    dump = subprocess.run(["pg_dump", "--data-only", _libpq(database)], capture_output=True, text=True, check=True)
+    dump = subprocess.run(["pg_dump", "--data-only", libpq_url(database)], capture_output=True, text=True, check=True)
     assert completed in dump.stdout and "$sealed" in dump.stdout  # the dump is of these runs
     time.sleep(0.5)  # the last commands reach the MONITOR's file
     redis_seen = _with_bodies(monitor.read_text(errors="replace"))
@@ -171,8 +172,4 @@ def _with_bodies(capture: str) -> str:
     assert bodies, "no message body in the Redis capture"
     return capture + "\n".join(base64.b64decode(b).decode(errors="replace") for b in bodies)
 
-
-def _libpq(url: str) -> str:
-    """A SQLAlchemy URL as pg_dump takes it."""
-    return re.sub(r"^postgresql\+\w+://", "postgresql://", url)
 

@@ -23,6 +23,12 @@ def plain_engine(url: str, **options: object) -> Engine:
     return engine_from_url(url, **options)
 
 
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL as `pg_dump` and `psql` take it: no `+driver`, no driver options
+    (`?prepare_threshold=none` behind PgBouncer, which libpq refuses)."""
+    return make_url(driver_arguments(url)[0]).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def empty_pg_database(url: str) -> None:
     """Empty the database at `url` whatever is in it: its `public` schema dropped and made again.
     A suite's database may hold what another checkout left there (an alembic_version naming a
