@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from tests.support.databases import own_pg_database, plain_engine
@@ -29,7 +29,7 @@ from workflows.core.errors import NotWaiting, SagaError
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.dispatch import RecordingDispatcher
 from workflows.runtime.settings import Settings
-from workflows.store.db import driver_arguments
+from workflows.store.db import async_engine_from_url
 
 
 def _act(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +97,7 @@ def run_async(coro: Any) -> Any:
 
 def async_engine(url: str) -> AsyncEngine:
     assert url.startswith("postgresql+psycopg://")  # psycopg 3's async mode: no other driver needed
-    bare, connect_args = driver_arguments(url)  # behind PgBouncer: ?prepare_threshold=none as psycopg's option
-    return create_async_engine(bare, connect_args=connect_args)
+    return async_engine_from_url(url)  # behind PgBouncer: ?prepare_threshold=none as psycopg's option
 
 
 def committed(url: str, saga_id: str, order_id: str) -> tuple[bool, bool]:

@@ -21,9 +21,10 @@ import pytest
 from celery import Celery
 from tests.support.workers import WorkerProcess, worker_env
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.support.servers import pgbouncer, private_redis
-from workflows.store.db import driver_arguments, statement_engine
+from workflows.store.db import async_engine_from_url, driver_arguments, engine_from_url, statement_engine
 
 PG_URL = os.environ["TEST_PG_URL"]  # the session's database (tests/servers/conftest.py sets it)
 N = int(os.environ.get("PGBOUNCER_N", "120"))
@@ -40,6 +41,30 @@ def test_prepare_threshold_is_read_from_the_url_and_bad_values_are_named() -> No
         driver_arguments("postgresql+psycopg://h/db?prepare_threshold=sometimes")
     with pytest.raises(ValueError, match="option of psycopg 3"):
         driver_arguments("postgresql+psycopg2://h/db?prepare_threshold=none")
+
+
+def test_an_engine_from_the_url_gets_its_driver_options_and_the_callers_own_win() -> None:
+    import asyncio
+
+    url = make_url(PG_URL).update_query_dict({"prepare_threshold": "none"}).render_as_string(hide_password=False)
+    engine = engine_from_url(url, pool_size=1)
+    with engine.connect() as c:  # a plain create_engine(url) fails here: psycopg gets the string "none"
+        assert c.connection.dbapi_connection.prepare_threshold is None  # type: ignore[union-attr]
+        assert c.exec_driver_sql("SELECT 1").scalar() == 1
+    engine.dispose()
+    engine = engine_from_url(url, connect_args={"prepare_threshold": 7})
+    with engine.connect() as c:
+        assert c.connection.dbapi_connection.prepare_threshold == 7  # type: ignore[union-attr]
+    engine.dispose()
+
+    async def threshold() -> object:
+        aengine = async_engine_from_url(url)
+        async with aengine.connect() as c:
+            value = (await c.get_raw_connection()).driver_connection.prepare_threshold  # type: ignore[union-attr]
+        await aengine.dispose()
+        return value
+
+    assert asyncio.run(threshold()) is None
 
 
 @pytest.fixture(scope="module")

@@ -156,10 +156,8 @@ def engine_from_url(url: str, **options: Any) -> Engine:
     """An engine of your own (your app's tables, beside the saga store's) on the saga store's URL:
     `create_engine` with the driver options the URL carries applied (`?prepare_threshold=none`
     behind PgBouncer, which plain `create_engine` would hand psycopg as a string)."""
-    bare, connect_args = driver_arguments(url)
-    if connect_args:
-        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
-    return create_engine(bare, **options)
+    bare, merged = _with_driver_options(url, options)
+    return create_engine(bare, **merged)
 
 
 def async_engine_from_url(url: str, **options: Any) -> Any:
@@ -167,10 +165,17 @@ def async_engine_from_url(url: str, **options: Any) -> Any:
     options applied (`postgresql+psycopg://` is async as well)."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    bare, merged = _with_driver_options(url, options)
+    return create_async_engine(bare, **merged)
+
+
+def _with_driver_options(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(`url` without its driver options, `options` with them added to `connect_args`; the
+    caller's own `connect_args` win)."""
     bare, connect_args = driver_arguments(url)
     if connect_args:
-        options["connect_args"] = {**connect_args, **options.get("connect_args", {})}
-    return create_async_engine(bare, **options)
+        options = {**options, "connect_args": {**connect_args, **options.get("connect_args", {})}}
+    return bare, options
 
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
