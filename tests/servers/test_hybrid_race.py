@@ -25,12 +25,11 @@ import pytest
 
 from tasks.choreography.checkout import checkout
 from tasks.inventory import available
-from tests.support.choreo import NAMESPACE, purge_event_queues, broker_url, client_app, effects, order, settle
+from tests.support.choreo import broker_url, client_app, effects, order, rabbitmq_workers, settle
 from tests.support.databases import own_pg_database
 from tests.support.interfaces import wait_until
-from tests.support.workers import WorkerProcess, worker_env
 from workflows import get_saga
-from workflows.choreography import bus, queue_name, use_publisher
+from workflows.choreography import bus, use_publisher
 from workflows.choreography.envelope import make_envelope
 from workflows.choreography.reactions import SERVICE
 from workflows.operations.sweeper import sweep
@@ -57,18 +56,9 @@ def amqp_app(app: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def workers(amqp_app: Any, race_database: str) -> Iterator[None]:
-    purge_event_queues(broker_url("amqp"), EVENT_SERVICES)  # nothing left from an earlier module or run
-    env = worker_env(SAGA_BROKER_URL=broker_url("amqp"), SAGA_EVENT_NAMESPACE=NAMESPACE,
-                     SAGA_DATABASE_URL=race_database)
-    started = [WorkerProcess(f"{NAMESPACE}-race-events", ",".join(queue_name(s) for s in EVENT_SERVICES), env=env),
-               WorkerProcess(f"{NAMESPACE}-race-steps", "inventory,shipping,notification", env=env)]
-    try:
-        for w in started:
-            w.wait_ready(amqp_app, timeout=90)
+    with rabbitmq_workers(amqp_app, "race", EVENT_SERVICES, "inventory,shipping,notification", timeout=90,
+                          SAGA_DATABASE_URL=race_database):
         yield
-    finally:
-        for w in started:
-            w.stop()
 
 
 @pytest.fixture

@@ -30,12 +30,11 @@ from kombu import Connection
 
 from tasks.choreography.checkout import checkout
 from tasks.choreography.sequential import sequential
-from tests.support.choreo import NAMESPACE, broker_url, client_app, order, purge_event_queues, settle
+from tests.support.choreo import broker_url, client_app, order, rabbitmq_workers, settle
 from tests.support.databases import libpq_url
 from tests.support.interfaces import wait_until
-from tests.support.workers import WorkerProcess, worker_env
 from workflows import start_saga, wait_for
-from workflows.choreography import choreographies, queue_name, use_publisher
+from workflows.choreography import choreographies, use_publisher
 from workflows.runtime.container import Runtime, activate
 from workflows.runtime.settings import get_settings
 
@@ -71,18 +70,8 @@ def amqp_app(app: Any) -> Any:
 @pytest.fixture(scope="module")
 def workers(amqp_app: Any) -> Iterator[None]:
     """One worker on the step queues, one on the event queues; both on RabbitMQ and the session's database."""
-    purge_event_queues(broker_url("amqp"), EVENT_SERVICES)  # nothing left from an earlier module or run
-    env = worker_env(SAGA_BROKER_URL=broker_url("amqp"), SAGA_EVENT_NAMESPACE=NAMESPACE)
-    started = [WorkerProcess(f"{NAMESPACE}-sealed-steps", STEP_QUEUES, env=env),
-               WorkerProcess(f"{NAMESPACE}-sealed-events", ",".join(queue_name(s) for s in EVENT_SERVICES),
-                             env=env)]
-    try:
-        for w in started:
-            w.wait_ready(amqp_app, timeout=60)
+    with rabbitmq_workers(amqp_app, "sealed", EVENT_SERVICES, STEP_QUEUES):
         yield
-    finally:
-        for w in started:
-            w.stop()
 
 
 @pytest.fixture

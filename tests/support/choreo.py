@@ -13,7 +13,8 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -58,6 +59,28 @@ def purge_event_queues(url: str, services: Iterable[str]) -> None:
                 q = consumer_queue(service, routes)(ch)
                 q.declare()
                 q.purge()
+
+
+@contextmanager
+def rabbitmq_workers(app: Any, name: str, event_services: Iterable[str], step_queues: str, *,
+                     timeout: float = 60, **env: str) -> Iterator[None]:
+    """Two workers on RabbitMQ, this session's event namespace and `env`: one consuming the event
+    queues of `event_services` (emptied first of what an earlier module or run left), one the step
+    queues `step_queues`; both ready (pinged through `app`) before the body runs, stopped after it."""
+    from workflows.choreography import queue_name
+
+    services = list(event_services)
+    purge_event_queues(broker_url("amqp"), services)
+    environment = worker_env(SAGA_BROKER_URL=broker_url("amqp"), SAGA_EVENT_NAMESPACE=NAMESPACE, **env)
+    started = [WorkerProcess(f"{NAMESPACE}-{name}-events", ",".join(queue_name(s) for s in services), env=environment),
+               WorkerProcess(f"{NAMESPACE}-{name}-steps", step_queues, env=environment)]
+    try:
+        for w in started:
+            w.wait_ready(app, timeout=timeout)
+        yield
+    finally:
+        for w in started:
+            w.stop()
 
 
 def broker_url(kind: str) -> str:
