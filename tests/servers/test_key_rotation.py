@@ -119,3 +119,32 @@ def test_runs_keep_completing_during_the_rotation_and_no_envelope_names_the_old_
     assert out.exit_code == 0, out.output
     assert "0 run(s), 0 step result(s), 0 dead letter(s)" in out.output
     assert "still under another key: none" in out.output
+
+
+def test_counting_what_is_left_locks_no_row_a_transition_would_wait_for(app, rotation_db) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    from tests.support.databases import libpq_url
+    from workflows.operations.rotation import count_old
+    from workflows.runtime.sealing import Sealer
+    from workflows.store.sealed_rows import SealedRows
+
+    old = runtime(app, rotation_db, OLD)
+    with activate(old):
+        saga_id = start_saga("sealed.rotation", {"order_id": "r-lock", "payment": {"card": card()}})
+    sealer = Sealer.from_settings(Settings(database_url=rotation_db, field_keys=f"{NEW},{OLD}",  # type: ignore[arg-type]
+                                           field_hash_key=HASH))
+    assert sealer is not None
+    # Given a transition holding the run's row (as a worker's write does for a moment)
+    with psycopg.connect(libpq_url(rotation_db)) as holder:
+        holder.execute("SELECT 1 FROM sagas WHERE id = %s FOR UPDATE", (saga_id,))
+        # When what is left under the old key is counted meanwhile
+        left: dict[str, int] = {}
+        counting = threading.Thread(target=lambda: left.update(count_old(SealedRows(rotation_db), sealer)))
+        counting.start()
+        counting.join(timeout=10)
+        # Then it read past the held row without waiting for it, and counted its envelope
+        done = not counting.is_alive()
+    counting.join()  # (had it waited, the holder's end lets it finish)
+    assert done, "counting waited for a row a transition held"
+    assert left.get("old1", 0) >= 1

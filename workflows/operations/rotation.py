@@ -59,11 +59,13 @@ def rotate(rt: Runtime, *, batch: int = 200) -> RotationReport:
     return report
 
 
-def _passes(rows: SealedRows, rewrite: Rewrite, batch: int) -> Iterator[tuple[str, int]]:
-    """(part, rows changed) of each batch over every part that holds envelopes, in order."""
+def _passes(rows: SealedRows, rewrite: Rewrite, batch: int, *, lock: bool = True) -> Iterator[tuple[str, int]]:
+    """(part, rows changed) of each batch over every part that holds envelopes, in order. `lock`:
+    the rows of a batch are locked while it rewrites them (False for a pass that only reads)."""
     parts: list[tuple[str, Callable[..., tuple[Any, int]]]] = [
-        ("runs", partial(rows.reseal, "runs")), ("step_results", rows.reseal_step_results),
-        *((t, partial(rows.reseal, t)) for t in TABLES if t != "runs")]
+        ("runs", partial(rows.reseal, "runs", lock=lock)),
+        ("step_results", partial(rows.reseal_step_results, lock=lock)),
+        *((t, partial(rows.reseal, t, lock=lock)) for t in TABLES if t != "runs")]
     for part, reseal in parts:
         after: Any = None
         while True:
@@ -87,6 +89,6 @@ def count_old(rows: SealedRows, sealer: Sealer) -> dict[str, int]:
             map_sealed(value, count)
         return value  # the same object: nothing is written
 
-    for _ in _passes(rows, note, 1000):
+    for _ in _passes(rows, note, 1000, lock=False):  # a count: no transition waits for it
         pass
     return found

@@ -41,10 +41,10 @@ class SealedRows:
     def __init__(self, url: str) -> None:
         self.engine = get_engine(url)
 
-    def reseal(self, table: str, rewrite: Rewrite, *, after: Any, limit: int) -> tuple[Any, int]:
+    def reseal(self, table: str, rewrite: Rewrite, *, after: Any, limit: int, lock: bool = True) -> tuple[Any, int]:
         """Rewrite the sealed columns of the next `limit` rows of `table` (a name of `TABLES`, by
         id, after `after`; None: from the first) holding an envelope; returns the last id looked at
-        (None: no more) and how many rows changed."""
+        (None: no more) and how many rows changed. `lock=False`: only read (a count), no row locked."""
         model, columns = TABLES[table]
         key = model.id
         cols = [getattr(model, c) for c in columns]
@@ -53,7 +53,7 @@ class SealedRows:
             q = select(key, *cols).where(holds).order_by(key).limit(limit)
             if after is not None:
                 q = q.where(key > after)
-            if conn.dialect.name == "postgresql":
+            if lock and conn.dialect.name == "postgresql":
                 q = q.with_for_update()
             rows = conn.execute(q).all()
             changed = 0
@@ -64,7 +64,8 @@ class SealedRows:
                     changed += 1
         return (rows[-1][0] if rows else None), changed
 
-    def reseal_step_results(self, rewrite: Rewrite, *, after: str | None, limit: int) -> tuple[str | None, int]:
+    def reseal_step_results(self, rewrite: Rewrite, *, after: str | None, limit: int,
+                            lock: bool = True) -> tuple[str | None, int]:
         """The same for steps' results (`Step(sensitive_result=...)`), the steps of `limit` runs at a
         time. A transition writing a step's result waits for the lock and its own value stands; one
         decided on a result read before the rewrite may write the older envelope back (still opened
@@ -76,7 +77,7 @@ class SealedRows:
             if not ids:
                 return None, 0
             q = select(StepRow.saga_id, StepRow.index, StepRow.result).where(StepRow.saga_id.in_(ids), holds)
-            if conn.dialect.name == "postgresql":
+            if lock and conn.dialect.name == "postgresql":
                 q = q.with_for_update()
             changed = 0
             for saga_id, index, result in conn.execute(q).all():
